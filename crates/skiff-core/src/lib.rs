@@ -1,0 +1,13 @@
+//! Shared, I/O-free helpers for the Kubernetes API as Skiff serves it: the registry of
+//! resource kinds, label and field selectors, and accessors for object metadata held as
+//! JSON. Every other Skiff crate builds on these; none of them touches a disk or socket.
+
+pub mod fields;
+pub mod labels;
+pub mod meta;
+pub mod names;
+pub mod resources;
+
+pub use fields::FieldSelector;
+pub use labels::LabelSelector;
+pub use resources::{ResourceType, RESOURCES};
