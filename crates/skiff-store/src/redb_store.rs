@@ -1,0 +1,485 @@
+//! The embedded backend: objects, an event log and the revision counter in one redb file.
+//!
+//! One writer thread owns all writes. It takes every request waiting in its queue, applies
+//! them in one transaction (each with its own revision and precondition check), commits
+//! once with an fsync, then answers them all and fans the events out to watchers. Under
+//! concurrency that is group commit: many writes per fsync.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::watch::{EventLog, Watch};
+use crate::{Event, EventType, ListOptions, ListResult, Store, StoreError, continue_token, object_revision};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+const COMPACTED: &str = "compacted";
+
+/// Most write requests one commit takes.
+const MAX_BATCH: usize = 2048;
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many recent events the log keeps for watches to resume from.
+    pub event_retention: u64,
+    /// Buffer of live events per watcher before it falls back to reading the log.
+    pub watch_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { event_retention: 100_000, watch_buffer: 8192 }
+    }
+}
+
+fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+enum Mutation {
+    Create(Value),
+    Update(Value, Option<u64>),
+    Delete(Option<u64>),
+}
+
+struct WriteRequest {
+    key: String,
+    mutation: Mutation,
+    reply: oneshot::Sender<Result<Value, StoreError>>,
+}
+
+/// The event log's on-disk form.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LoggedEvent {
+    kind: EventType,
+    key: String,
+    object: Value,
+    prev: Option<Value>,
+}
+
+struct Shared {
+    db: Database,
+    revision: AtomicU64,
+    compacted: AtomicU64,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    writes: mpsc::Sender<WriteRequest>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(backend)?;
+        let (revision, compacted) = {
+            let txn = db.begin_write().map_err(backend)?;
+            let (r, c) = {
+                txn.open_table(OBJECTS).map_err(backend)?;
+                txn.open_table(EVENTS).map_err(backend)?;
+                let meta = txn.open_table(META).map_err(backend)?;
+                let r = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                let c = meta.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+                (r, c)
+            };
+            txn.commit().map_err(backend)?;
+            (r, c)
+        };
+        let (events, _) = broadcast::channel(options.watch_buffer.max(16));
+        let shared = Arc::new(Shared {
+            db,
+            revision: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+            events,
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("skiff-store-writer".into())
+            .spawn(move || writer_loop(writer_shared, rx, options.event_retention))
+            .map_err(backend)?;
+        Ok(Self { shared, writes: tx })
+    }
+
+    async fn write(&self, key: &str, mutation: Mutation) -> Result<Value, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(WriteRequest { key: key.to_string(), mutation, reply })
+            .map_err(|_| StoreError::Backend("store writer stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Backend("store writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared)).await.map_err(backend)?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedbStore {
+    async fn get(&self, key: &str) -> Result<Value, StoreError> {
+        let key = key.to_string();
+        self.read(move |s| {
+            let txn = s.db.begin_read().map_err(backend)?;
+            let table = txn.open_table(OBJECTS).map_err(backend)?;
+            let guard = table.get(key.as_str()).map_err(backend)?.ok_or(StoreError::NotFound(key))?;
+            serde_json::from_slice(guard.value()).map_err(backend)
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListResult, StoreError> {
+        let prefix = prefix.to_string();
+        let options = options.clone();
+        self.read(move |s| list_blocking(s, &prefix, &options)).await
+    }
+
+    async fn create(&self, key: &str, object: Value) -> Result<Value, StoreError> {
+        self.write(key, Mutation::Create(object)).await
+    }
+
+    async fn update(&self, key: &str, object: Value, expected_revision: Option<u64>) -> Result<Value, StoreError> {
+        self.write(key, Mutation::Update(object, expected_revision)).await
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<u64>) -> Result<Value, StoreError> {
+        self.write(key, Mutation::Delete(expected_revision)).await
+    }
+
+    fn watch(&self, prefix: &str, after: Option<u64>) -> Result<Watch, StoreError> {
+        let live = self.shared.events.subscribe();
+        let after = after.unwrap_or_else(|| self.current_revision());
+        Watch::start(prefix, after, live, self.shared.clone())
+    }
+
+    fn current_revision(&self) -> u64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+}
+
+impl EventLog for Shared {
+    fn events_after(&self, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let compacted = txn.open_table(META).map_err(backend)?.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        if after < compacted {
+            return Err(StoreError::Expired { requested: after, oldest: compacted });
+        }
+        let table = txn.open_table(EVENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.range(after + 1..).map_err(backend)? {
+            let (rev, bytes) = entry.map_err(backend)?;
+            let logged: LoggedEvent = serde_json::from_slice(bytes.value()).map_err(backend)?;
+            if logged.key.starts_with(prefix) {
+                out.push(Arc::new(Event {
+                    revision: rev.value(),
+                    kind: logged.kind,
+                    key: logged.key,
+                    object: Arc::new(logged.object),
+                    prev: logged.prev.map(Arc::new),
+                }));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<ListResult, StoreError> {
+    let txn = s.db.begin_read().map_err(backend)?;
+    let meta = txn.open_table(META).map_err(backend)?;
+    let mut revision = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+    let mut start = prefix.to_string();
+    if let Some(token) = &options.continue_token {
+        let (rv, from) = continue_token::decode(token)?;
+        let compacted = meta.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        if rv < compacted {
+            return Err(StoreError::Expired { requested: rv, oldest: compacted });
+        }
+        if !from.starts_with(prefix) {
+            return Err(StoreError::InvalidContinue("token is for another list".into()));
+        }
+        // Later pages report the first page's revision, as Kubernetes does.
+        revision = rv;
+        start = from;
+    }
+    let table = txn.open_table(OBJECTS).map_err(backend)?;
+    let limit = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut items = Vec::new();
+    let mut continue_token = None;
+    let name_only = options.fields.required_name();
+    for entry in table.range(start.as_str()..).map_err(backend)? {
+        let (key, bytes) = entry.map_err(backend)?;
+        let key = key.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        // A pinned name (kubectl's `fieldSelector=metadata.name=x`) skips parsing others.
+        if name_only.is_some_and(|n| !key.ends_with(&format!("/{n}"))) {
+            continue;
+        }
+        let object: Value = serde_json::from_slice(bytes.value()).map_err(backend)?;
+        if !options.labels.matches_object(&object) || !options.fields.matches(&object) {
+            continue;
+        }
+        if items.len() == limit {
+            continue_token = Some(continue_token::encode(revision, key));
+            break;
+        }
+        items.push(object);
+    }
+    Ok(ListResult { items, revision, continue_token })
+}
+
+fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, retention: u64) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&shared, &batch, retention) {
+            Ok((results, events)) => {
+                if let Some(last) = events.last() {
+                    shared.revision.store(last.revision, Ordering::Release);
+                }
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
+                }
+                for event in events {
+                    // No receivers is fine: nobody is watching.
+                    let _ = shared.events.send(Arc::new(event));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                for request in batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+type BatchOutcome = (Vec<Result<Value, StoreError>>, Vec<Event>);
+
+fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Result<BatchOutcome, StoreError> {
+    let txn = shared.db.begin_write().map_err(backend)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::with_capacity(batch.len());
+    {
+        let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
+        let mut log = txn.open_table(EVENTS).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let mut revision = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        for request in batch {
+            let current: Option<Value> = match objects.get(request.key.as_str()).map_err(backend)? {
+                Some(g) => Some(serde_json::from_slice(g.value()).map_err(backend)?),
+                None => None,
+            };
+            let outcome = apply(&request.key, &request.mutation, current, revision + 1);
+            let (result, event) = match outcome {
+                Ok(event) => {
+                    revision += 1;
+                    if event.kind == EventType::Deleted {
+                        objects.remove(request.key.as_str()).map_err(backend)?;
+                    } else {
+                        let bytes = serde_json::to_vec(&*event.object).map_err(backend)?;
+                        objects.insert(request.key.as_str(), bytes.as_slice()).map_err(backend)?;
+                    }
+                    let logged = LoggedEvent {
+                        kind: event.kind,
+                        key: event.key.clone(),
+                        object: (*event.object).clone(),
+                        prev: event.prev.as_deref().cloned(),
+                    };
+                    log.insert(revision, serde_json::to_vec(&logged).map_err(backend)?.as_slice()).map_err(backend)?;
+                    (Ok((*event.object).clone()), Some(event))
+                }
+                Err(e) => (Err(e), None),
+            };
+            results.push(result);
+            events.extend(event);
+        }
+        meta.insert(REVISION, revision).map_err(backend)?;
+        // Compact in steps of a tenth of the retention, so most commits skip it.
+        let compacted = shared.compacted.load(Ordering::Acquire);
+        if revision > compacted + retention + retention / 10 {
+            let new_compacted = revision - retention;
+            let mut doomed = Vec::new();
+            for entry in log.range(..=new_compacted).map_err(backend)? {
+                doomed.push(entry.map_err(backend)?.0.value());
+            }
+            for rev in doomed {
+                log.remove(rev).map_err(backend)?;
+            }
+            meta.insert(COMPACTED, new_compacted).map_err(backend)?;
+            shared.compacted.store(new_compacted, Ordering::Release);
+        }
+    }
+    txn.commit().map_err(backend)?;
+    Ok((results, events))
+}
+
+/// Decides one mutation against the current object; the event it makes, or why not.
+fn apply(key: &str, mutation: &Mutation, current: Option<Value>, revision: u64) -> Result<Event, StoreError> {
+    let check = |expected: &Option<u64>, current: &Value| -> Result<(), StoreError> {
+        let actual = object_revision(current).unwrap_or(0);
+        match expected {
+            Some(e) if *e != actual => Err(StoreError::Conflict { expected: *e, actual }),
+            _ => Ok(()),
+        }
+    };
+    let stamp = |mut object: Value| {
+        skiff_core::meta::set_resource_version(&mut object, revision);
+        Arc::new(object)
+    };
+    match (mutation, current) {
+        (Mutation::Create(_), Some(_)) => Err(StoreError::AlreadyExists(key.to_string())),
+        (Mutation::Create(object), None) => {
+            Ok(Event { revision, kind: EventType::Added, key: key.into(), object: stamp(object.clone()), prev: None })
+        }
+        (Mutation::Update(..) | Mutation::Delete(_), None) => Err(StoreError::NotFound(key.to_string())),
+        (Mutation::Update(object, expected), Some(current)) => {
+            check(expected, &current)?;
+            Ok(Event {
+                revision,
+                kind: EventType::Modified,
+                key: key.into(),
+                object: stamp(object.clone()),
+                prev: Some(Arc::new(current)),
+            })
+        }
+        (Mutation::Delete(expected), Some(current)) => {
+            check(expected, &current)?;
+            Ok(Event {
+                revision,
+                kind: EventType::Deleted,
+                key: key.into(),
+                object: stamp(current.clone()),
+                prev: Some(Arc::new(current)),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use skiff_core::LabelSelector;
+
+    fn obj(name: &str, app: &str) -> Value {
+        json!({"metadata": {"name": name, "labels": {"app": app}}, "data": {"k": "v"}})
+    }
+
+    fn open(dir: &tempfile::TempDir, retention: u64) -> RedbStore {
+        RedbStore::open(&dir.path().join("db"), StoreOptions { event_retention: retention, watch_buffer: 64 }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn crud_with_revisions_and_preconditions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1000);
+        let a = store.create("/core/cm/d/a", obj("a", "x")).await.unwrap();
+        assert_eq!(object_revision(&a), Some(1));
+        assert_eq!(store.create("/core/cm/d/a", obj("a", "x")).await, Err(StoreError::AlreadyExists("/core/cm/d/a".into())));
+        let b = store.update("/core/cm/d/a", obj("a", "y"), Some(1)).await.unwrap();
+        assert_eq!(object_revision(&b), Some(2));
+        assert!(matches!(store.update("/core/cm/d/a", obj("a", "z"), Some(1)).await, Err(StoreError::Conflict { expected: 1, actual: 2 })));
+        assert_eq!(store.get("/core/cm/d/a").await.unwrap(), b);
+        let gone = store.delete("/core/cm/d/a", None).await.unwrap();
+        assert_eq!(object_revision(&gone), Some(3));
+        assert!(matches!(store.get("/core/cm/d/a").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.update("/core/cm/d/a", obj("a", "y"), None).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.current_revision(), 3);
+    }
+
+    #[tokio::test]
+    async fn list_filters_and_paginates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1000);
+        for i in 0..10 {
+            let app = if i % 2 == 0 { "even" } else { "odd" };
+            store.create(&format!("/core/cm/d/n{i}"), obj(&format!("n{i}"), app)).await.unwrap();
+        }
+        store.create("/core/cm/other/n0", obj("n0", "even")).await.unwrap();
+        let all = store.list("/core/cm/d/", &ListOptions::default()).await.unwrap();
+        assert_eq!(all.items.len(), 10);
+        assert_eq!(all.revision, 11);
+        let mut options = ListOptions { labels: LabelSelector::parse("app=even").unwrap(), limit: Some(2), ..Default::default() };
+        let mut names = Vec::new();
+        loop {
+            let page = store.list("/core/cm/d/", &options).await.unwrap();
+            assert_eq!(page.revision, 11);
+            names.extend(page.items.iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_string()));
+            match page.continue_token {
+                Some(t) => options.continue_token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["n0", "n2", "n4", "n6", "n8"]);
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 10);
+        for i in 0..5 {
+            store.create(&format!("/core/cm/d/n{i}"), obj("n", "a")).await.unwrap();
+        }
+        let mut w = store.watch("/core/cm/", Some(2)).unwrap();
+        for rev in 3..=5 {
+            assert_eq!(w.next().await.unwrap().unwrap().revision, rev);
+        }
+        store.delete("/core/cm/d/n0", None).await.unwrap();
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!((e.revision, e.kind), (6, EventType::Deleted));
+        for i in 0..20 {
+            store.update("/core/cm/d/n1", obj("n1", &format!("v{i}")), None).await.unwrap();
+        }
+        assert!(matches!(store.watch("/core/cm/", Some(1)), Err(StoreError::Expired { .. })));
+        assert!(store.watch("/core/cm/", Some(store.current_revision() - 5)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(&dir, 1000));
+        let mut watch = store.watch("/", None).unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.create(&format!("/core/cm/d/c{i}"), obj("c", "a")).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for rev in 1..=64 {
+            assert_eq!(watch.next().await.unwrap().unwrap().revision, rev);
+        }
+        drop(watch);
+        drop(store);
+        // The writer thread lets go of the file once its queue closes.
+        let reopened = loop {
+            match RedbStore::open(&dir.path().join("db"), StoreOptions::default()) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(reopened.current_revision(), 64);
+        assert_eq!(reopened.list("/core/cm/", &ListOptions::default()).await.unwrap().items.len(), 64);
+    }
+}

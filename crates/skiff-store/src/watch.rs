@@ -1,0 +1,68 @@
+//! A watch over a key prefix: first the retained events after the starting revision, then
+//! live events as they commit, in revision order and without gaps or repeats.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::{Event, StoreError};
+
+/// Where a watch reads retained events from when it starts or falls behind.
+pub(crate) trait EventLog: Send + Sync {
+    /// Events with revision > `after` under `prefix`, oldest first; `Expired` if compacted.
+    fn events_after(&self, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError>;
+}
+
+pub struct Watch {
+    prefix: String,
+    last: u64,
+    backlog: VecDeque<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
+    log: Arc<dyn EventLog>,
+}
+
+impl Watch {
+    /// Subscribes before reading the log, so no event falls between the two.
+    pub(crate) fn start(
+        prefix: &str,
+        after: u64,
+        live: broadcast::Receiver<Arc<Event>>,
+        log: Arc<dyn EventLog>,
+    ) -> Result<Self, StoreError> {
+        let backlog = log.events_after(prefix, after)?.into();
+        Ok(Self { prefix: prefix.to_string(), last: after, backlog, live, log })
+    }
+
+    /// The next event, `Err(Expired)` once the watch fell too far behind to continue, or
+    /// `None` when the store shut down.
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                if event.revision > self.last {
+                    self.last = event.revision;
+                    return Some(Ok(event));
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(event) => {
+                    if event.revision > self.last && event.key.starts_with(&self.prefix) {
+                        self.last = event.revision;
+                        return Some(Ok(event));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => match self.log.events_after(&self.prefix, self.last) {
+                    Ok(events) => self.backlog = events.into(),
+                    Err(e) => return Some(Err(e)),
+                },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The revision of the last event handed out (or the starting revision).
+    pub fn last_revision(&self) -> u64 {
+        self.last
+    }
+}
