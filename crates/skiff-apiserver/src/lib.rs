@@ -1,1 +1,202 @@
+//! Skiff's API server: the Kubernetes REST API (discovery, CRUD, watch, patch, the status
+//! and scale subresources, Table output, OpenAPI) over a [`skiff_store::Store`].
+//!
+//! Requests pass authentication (a bearer token), then the object pipeline in
+//! [`objects`]: metadata, defaulting, typed decoding, validation, allocation, storage.
 
+pub mod convert;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod request;
+pub mod rest;
+pub mod services;
+pub mod table;
+pub mod typed;
+pub mod validation;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Value, json};
+use skiff_core::resources;
+use skiff_store::Store;
+
+use crate::error::ApiError;
+use crate::objects::WriteOptions;
+pub use crate::services::ServiceCidr;
+
+/// The Kubernetes version whose API Skiff serves (what `/version` reports).
+pub const KUBERNETES_VERSION: &str = "v1.32.0";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The bearer token every request (but `/version` and health) must carry.
+    pub token: String,
+    /// Request bodies above this many bytes get 413.
+    pub max_body_bytes: usize,
+    pub service_cidr: ServiceCidr,
+    pub node_port_range: (u16, u16),
+    /// How long a watch without `timeoutSeconds` lasts.
+    pub watch_timeout: Duration,
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    pub fn new(token: String) -> Self {
+        Self {
+            token,
+            max_body_bytes: 3 * 1024 * 1024,
+            service_cidr: "10.43.0.0/16".parse().expect("valid CIDR"),
+            node_port_range: (30000, 32767),
+            watch_timeout: Duration::from_secs(1800),
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct ApiServer {
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    /// Service creates and updates allocate addresses one at a time.
+    service_lock: tokio::sync::Mutex<()>,
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
+    /// and `kube-node-lease` namespaces and the `kubernetes` Service. Idempotent.
+    pub async fn bootstrap(&self, api_port: u16) -> Result<(), ApiError> {
+        let namespaces = resources::find("", "v1", "namespaces").expect("namespaces");
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            ignore_exists(self.create_object(namespaces, None, object, WriteOptions::default()).await)?;
+        }
+        let services = resources::find("", "v1", "services").expect("services");
+        let kubernetes = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": self.config.service_cidr.nth(1).to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}});
+        ignore_exists(self.create_object(services, Some("default"), kubernetes, WriteOptions::default()).await)?;
+        Ok(())
+    }
+}
+
+fn ignore_exists(r: Result<objects::Written, ApiError>) -> Result<(), ApiError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn json_body(value: &Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(value).unwrap_or_default()).into_response()
+}
+
+fn json_bytes(bytes: &'static [u8]) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+async fn version() -> Response {
+    let (major, minor) = ("1", KUBERNETES_VERSION.trim_start_matches("v1.").split('.').next().unwrap_or("32"));
+    json_body(&json!({
+        "major": major, "minor": minor, "gitVersion": KUBERNETES_VERSION, "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean", "buildDate": "", "goVersion": "skiff", "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    }))
+}
+
+async fn healthy() -> &'static str {
+    "ok"
+}
+
+async fn api_group(Path(group): Path<String>) -> Response {
+    match discovery::api_group(&group) {
+        Some(g) => json_body(&g),
+        None => ApiError::no_route(format!("the server could not find the requested resource (group {group})")).into_response(),
+    }
+}
+
+async fn group_version(Path((group, version)): Path<(String, String)>) -> Response {
+    match discovery::resource_list(&group, &version) {
+        Some(l) => json_body(&l),
+        None => ApiError::no_route(format!("the server could not find the requested resource ({group}/{version})")).into_response(),
+    }
+}
+
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    // kubectl asks for protobuf only; we serve the JSON form to clients that take it.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    if accept.contains("json") || accept.contains("*/*") {
+        json_bytes(openapi::v2())
+    } else {
+        ApiError::not_acceptable("only application/json is served at /openapi/v2").into_response()
+    }
+}
+
+async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
+    match openapi::v3(&gv) {
+        Some(doc) => json_bytes(doc),
+        None => ApiError::no_route(format!("no OpenAPI document for {gv}")).into_response(),
+    }
+}
+
+async fn authenticate(State(server): State<Arc<ApiServer>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if public || presented.is_some_and(|t| constant_time_eq(t.as_bytes(), server.config.token.as_bytes())) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(uri: http::Uri) -> Response {
+    (StatusCode::NOT_FOUND, ApiError::no_route(format!("the server could not find the requested resource ({})", uri.path()))).into_response()
+}
+
+/// The HTTP router of the whole API.
+pub fn router(server: Arc<ApiServer>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(healthy))
+        .route("/livez", get(healthy))
+        .route("/readyz", get(healthy))
+        .route("/api", get(|| async { json_body(&discovery::core_versions()) }))
+        .route("/apis", get(|| async { json_body(&discovery::group_list()) }))
+        .route("/api/v1", get(|| async { json_body(&discovery::resource_list("", "v1").expect("core")) }))
+        .route("/apis/{group}", get(api_group))
+        .route("/apis/{group}/{version}", get(group_version))
+        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(|| async { json_bytes(openapi::v3_index()) }))
+        .route("/openapi/v3/{*gv}", get(openapi_v3_doc))
+        .route("/api/v1/{*rest}", axum::routing::any(rest::handle))
+        .route("/apis/{group}/{version}/{*rest}", axum::routing::any(rest::handle))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(server.clone(), authenticate))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(server)
+}

@@ -1,0 +1,627 @@
+//! The REST surface of resources: one handler that reads the path, the verb and the
+//! query, and calls the object pipeline; plus content negotiation (JSON or Table) and
+//! watch streaming.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde_json::{Value, json};
+use skiff_core::{FieldSelector, LabelSelector, ResourceType, meta};
+use skiff_store::{EventType, ListOptions, StoreError, object_revision};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, ApiResult};
+use crate::objects::{FieldValidation, WriteOptions, Written, now};
+use crate::patch::{self, PatchType};
+use crate::request::{self, Target};
+use crate::table::{self, IncludeObject};
+use crate::{ApiServer, convert};
+
+type Params = HashMap<String, String>;
+
+/// How the client asked to see objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Json,
+    Table(IncludeObject),
+    Metadata,
+}
+
+fn output(headers: &HeaderMap, params: &Params) -> Output {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // The first acceptable media type wins, as the client lists them by preference.
+    for media in accept.split(',') {
+        let media = media.replace(' ', "");
+        if media.contains("as=Table") {
+            let include = match params.get("includeObject").map(String::as_str) {
+                Some("None") => IncludeObject::None,
+                Some("Object") => IncludeObject::Object,
+                _ => IncludeObject::Metadata,
+            };
+            return Output::Table(include);
+        }
+        if media.contains("as=PartialObjectMetadata") {
+            return Output::Metadata;
+        }
+        if media.starts_with("application/json") || media.starts_with("*/*") {
+            return Output::Json;
+        }
+    }
+    Output::Json
+}
+
+fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(body).unwrap_or_default()).into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn partial_metadata(o: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+fn present_one(r: &ResourceType, object: Value, out: Output) -> Value {
+    match out {
+        Output::Json => object,
+        Output::Metadata => partial_metadata(&object),
+        Output::Table(include) => {
+            let rv = meta::resource_version(&object).unwrap_or_default().to_string();
+            table::table(r.kind, &[object], json!({"resourceVersion": rv}), include)
+        }
+    }
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    match media {
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
+            serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        }
+        // The Python client posts without a Content-Type: take JSON.
+        _ => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
+    }
+}
+
+fn write_options(params: &Params) -> ApiResult<WriteOptions> {
+    let dry_run = match params.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("dryRun must be All, not {other:?}"))),
+    };
+    Ok(WriteOptions { field_validation: FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?, dry_run })
+}
+
+fn list_options(params: &Params) -> ApiResult<ListOptions> {
+    let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = match params.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit must be a non-negative integer, not {l:?}")))?),
+        None => None,
+    };
+    let continue_token = params.get("continue").filter(|c| !c.is_empty()).cloned();
+    Ok(ListOptions { labels, fields, limit, continue_token })
+}
+
+/// The handler behind every resource path.
+pub async fn handle(
+    State(server): State<Arc<ApiServer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match dispatch(server, method, uri, headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let target = request::parse(uri.path())?;
+    let params: Params = Query::try_from_uri(&uri).map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let limit = server.config.max_body_bytes;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let out = output(&headers, &params);
+    let r = target.resource;
+    if let Some(ns) = &target.namespace {
+        skiff_core::names::validate_dns1123_label(ns).map_err(|e| ApiError::bad_request(format!("invalid namespace {ns:?}: {e}")))?;
+    }
+    match (&method, target.name.is_some(), target.subresource.as_deref()) {
+        (&Method::GET, false, _) => {
+            let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+            if watch { watch_response(server, target, params, out) } else { list(&server, &target, &params, out).await }
+        }
+        (&Method::POST, false, _) => {
+            let object = parse_body(&headers, &body)?;
+            let Written { object, warnings } = server.create_object(r, target.namespace.as_deref(), object, write_options(&params)?).await?;
+            Ok(json_response(StatusCode::CREATED, &present_one(r, object, out), &warnings))
+        }
+        (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &body).await,
+        (&Method::GET, true, None | Some("status")) => {
+            let object = get(&server, &target).await?;
+            Ok(json_response(StatusCode::OK, &present_one(r, convert::from_storage(r, object), out), &[]))
+        }
+        (&Method::GET, true, Some("scale")) if r.has_subresource("scale") => {
+            let object = get(&server, &target).await?;
+            Ok(json_response(StatusCode::OK, &to_scale(&object), &[]))
+        }
+        (&Method::PUT, true, sub @ (None | Some("status") | Some("finalize"))) => {
+            check_subresource(r, sub)?;
+            let new = parse_body(&headers, &body)?;
+            let old = get(&server, &target).await?;
+            let sub = if sub == Some("finalize") { None } else { sub };
+            let Written { object, warnings } = server.update_object(r, &old, new, sub, write_options(&params)?).await?;
+            Ok(json_response(StatusCode::OK, &present_one(r, object, out), &warnings))
+        }
+        (&Method::PATCH, true, sub @ (None | Some("status"))) => {
+            check_subresource(r, sub)?;
+            let kind = patch_type(&headers)?;
+            let patch_body = parse_body(&headers, &body)?;
+            let Written { object, warnings } = patch_object(&server, &target, kind, &patch_body, sub, write_options(&params)?).await?;
+            Ok(json_response(StatusCode::OK, &present_one(r, object, out), &warnings))
+        }
+        (&Method::PUT | &Method::PATCH, true, Some("scale")) if r.has_subresource("scale") => {
+            let kind = if method == Method::PATCH { Some(patch_type(&headers)?) } else { None };
+            let body = parse_body(&headers, &body)?;
+            let scale = update_scale(&server, &target, kind, &body, write_options(&params)?).await?;
+            Ok(json_response(StatusCode::OK, &scale, &[]))
+        }
+        (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {
+            let binding = parse_body(&headers, &body)?;
+            bind(&server, &target, &binding).await?;
+            Ok(json_response(StatusCode::CREATED, &success_status(&target, None), &[]))
+        }
+        (&Method::DELETE, true, None) => delete(&server, &target, &params, &body).await,
+        (_, true, Some(sub)) if !r.has_subresource(sub) && sub != "finalize" => {
+            Err(ApiError::no_route(format!("the server could not find the requested resource ({}/{sub})", target.qualified())))
+        }
+        _ => Err(ApiError::method_not_allowed(format!("{method} is not supported on {}", uri.path()))),
+    }
+}
+
+fn check_subresource(r: &ResourceType, sub: Option<&str>) -> ApiResult<()> {
+    match sub {
+        Some("finalize") if r.kind != "Namespace" => Err(ApiError::no_route("finalize is a Namespace subresource")),
+        Some(s) if s != "finalize" && !r.has_subresource(s) => Err(ApiError::no_route(format!("{} has no {s} subresource", request::qualified(r)))),
+        _ => Ok(()),
+    }
+}
+
+fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))
+}
+
+async fn get(server: &ApiServer, target: &Target) -> ApiResult<Value> {
+    let name = target.name.as_deref().unwrap_or_default();
+    server.store.get(&target.key()).await.map_err(|e| ApiError::from_store(e, &target.qualified(), name))
+}
+
+async fn list(server: &ApiServer, target: &Target, params: &Params, out: Output) -> ApiResult<Response> {
+    let r = target.resource;
+    let options = list_options(params)?;
+    let result = server
+        .store
+        .list(&r.list_prefix(target.namespace.as_deref()), &options)
+        .await
+        .map_err(|e| match e {
+            StoreError::Expired { .. } => ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."),
+            other => ApiError::from_store(other, &target.qualified(), ""),
+        })?;
+    let items: Vec<Value> = result.items.into_iter().map(|o| convert::from_storage(r, o)).collect();
+    let mut list_meta = json!({"resourceVersion": result.revision.to_string()});
+    if let Some(c) = result.continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    let body = match out {
+        Output::Table(include) => table::table(r.kind, &items, list_meta, include),
+        Output::Metadata => json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
+            "items": items.iter().map(partial_metadata).collect::<Vec<_>>()}),
+        Output::Json => json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": list_meta, "items": items}),
+    };
+    Ok(json_response(StatusCode::OK, &body, &[]))
+}
+
+/// Applies a patch to the current object and writes it back, re-reading and trying again
+/// when a concurrent write got there first (unless the patch itself pins a resourceVersion).
+async fn patch_object(server: &ApiServer, target: &Target, kind: PatchType, patch_body: &Value, sub: Option<&str>, opts: WriteOptions) -> ApiResult<Written> {
+    let r = target.resource;
+    let pinned = patch_body.pointer("/metadata/resourceVersion").is_some();
+    let mut attempts = 0;
+    loop {
+        let old = get(server, target).await?;
+        let served = convert::from_storage(r, old.clone());
+        let patched = patch::apply(kind, &served, patch_body).map_err(|e| {
+            let mut err = ApiError::bad_request(format!("the patch could not be applied: {e}"));
+            if kind != PatchType::Json {
+                err.code = StatusCode::UNPROCESSABLE_ENTITY;
+                err.reason = "Invalid";
+            }
+            err
+        })?;
+        let mut patched = patched;
+        if !pinned {
+            // Without a pinned version the patch applies to what we read: guard that.
+            let rv = meta::resource_version(&old).unwrap_or_default().to_string();
+            meta::metadata_mut(&mut patched).insert("resourceVersion".into(), json!(rv));
+        }
+        match server.update_object(r, &old, patched, sub, opts).await {
+            Err(e) if e.reason == "Conflict" && !pinned && attempts < 8 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+fn to_scale(object: &Value) -> Value {
+    let selector = object.pointer("/spec/selector").and_then(|s| LabelSelector::from_json(s).ok()).map(|s| {
+        s.requirements
+            .iter()
+            .map(|r| match r.op {
+                skiff_core::labels::Operator::Equals => format!("{}={}", r.key, r.values[0]),
+                skiff_core::labels::Operator::NotEquals => format!("{}!={}", r.key, r.values[0]),
+                skiff_core::labels::Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
+                skiff_core::labels::Operator::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
+                skiff_core::labels::Operator::Exists => r.key.clone(),
+                skiff_core::labels::Operator::DoesNotExist => format!("!{}", r.key),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let m = object.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": m.get("name"), "namespace": m.get("namespace"), "uid": m.get("uid"),
+            "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")},
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector.unwrap_or_default()},
+    })
+}
+
+async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchType>, body: &Value, opts: WriteOptions) -> ApiResult<Value> {
+    let r = target.resource;
+    let mut attempts = 0;
+    loop {
+        let old = get(server, target).await?;
+        let current = to_scale(&old);
+        let scale = match kind {
+            Some(k) => patch::apply(k, &current, body).map_err(|e| ApiError::bad_request(format!("the patch could not be applied: {e}")))?,
+            None => body.clone(),
+        };
+        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        if replicas < 0 {
+            let name = target.name.clone().unwrap_or_default();
+            return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![crate::error::FieldError::invalid("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")]));
+        }
+        let mut new = convert::from_storage(r, old.clone());
+        new["spec"]["replicas"] = json!(replicas);
+        let rv = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let pinned = kind.is_none() && rv.is_some();
+        meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv.map(String::from).unwrap_or_else(|| meta::resource_version(&old).unwrap_or_default().to_string())));
+        match server.update_object(r, &old, new, None, opts).await {
+            Ok(w) => return Ok(to_scale(&w.object)),
+            Err(e) if e.reason == "Conflict" && !pinned && attempts < 8 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn bind(server: &ApiServer, target: &Target, binding: &Value) -> ApiResult<()> {
+    let node = binding.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request("a Binding needs target.name (the node)"))?;
+    let old = get(server, target).await?;
+    let name = target.name.clone().unwrap_or_default();
+    if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        return Err(ApiError::conflict("pods/binding", &name, format!("pod {name} is already assigned to node \"{current}\"")));
+    }
+    if meta::is_terminating(&old) {
+        return Err(ApiError::conflict("pods/binding", &name, format!("pod {name} is being deleted, cannot be assigned to a host")));
+    }
+    let mut new = old.clone();
+    new["spec"]["nodeName"] = json!(node);
+    let conditions = new.pointer_mut("/status").and_then(Value::as_object_mut).map(|s| s.entry("conditions").or_insert(json!([])));
+    if let Some(Value::Array(list)) = conditions {
+        list.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
+        list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
+    }
+    let expected = object_revision(&old);
+    server.store.update(&target.key(), new, expected).await.map_err(|e| ApiError::from_store(e, "pods/binding", &name))?;
+    Ok(())
+}
+
+fn success_status(target: &Target, uid: Option<&str>) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": target.name, "group": target.resource.group, "kind": target.resource.plural, "uid": uid}})
+}
+
+fn delete_options(params: &Params, body: &Bytes) -> ApiResult<Value> {
+    let mut opts: Value = if body.is_empty() { json!({}) } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
+    if !opts.is_object() {
+        return Err(ApiError::bad_request("DeleteOptions must be a JSON object"));
+    }
+    for (param, field) in [("propagationPolicy", "propagationPolicy"), ("gracePeriodSeconds", "gracePeriodSeconds"), ("dryRun", "dryRun")] {
+        if let Some(v) = params.get(param) {
+            opts[field] = match field {
+                "gracePeriodSeconds" => json!(v.parse::<i64>().map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?),
+                "dryRun" => json!([v]),
+                _ => json!(v),
+            };
+        }
+    }
+    if let Some(p) = opts.get("propagationPolicy").and_then(Value::as_str)
+        && !["Orphan", "Background", "Foreground"].contains(&p)
+    {
+        return Err(ApiError::bad_request(format!("propagationPolicy must be Orphan, Background or Foreground, not {p:?}")));
+    }
+    Ok(opts)
+}
+
+/// Kinds whose DELETE answers with the object rather than a Status, as in Kubernetes.
+fn returns_deleted_object(r: &ResourceType) -> bool {
+    matches!(r.kind, "Pod" | "Service" | "Namespace")
+}
+
+async fn delete(server: &ApiServer, target: &Target, params: &Params, body: &Bytes) -> ApiResult<Response> {
+    let opts = delete_options(params, body)?;
+    let object = delete_one(server, target, &opts).await?;
+    let r = target.resource;
+    let gone = !meta::is_terminating(&object) || server.store.get(&target.key()).await.is_err();
+    if gone && !returns_deleted_object(r) {
+        let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
+        return Ok(json_response(StatusCode::OK, &success_status(target, uid), &[]));
+    }
+    let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(json_response(code, &convert::from_storage(r, object), &[]))
+}
+
+/// Deletes one object as DeleteOptions say: at once, or (with finalizers, a propagation
+/// policy that needs the garbage collector, or a grace period on a bound pod) by marking it
+/// with `deletionTimestamp`. Returns the object's last or current state.
+async fn delete_one(server: &ApiServer, target: &Target, opts: &Value) -> ApiResult<Value> {
+    let r = target.resource;
+    let name = target.name.clone().unwrap_or_default();
+    let qualified = target.qualified();
+    let dry_run = opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+    let mut attempts = 0;
+    loop {
+        let old = get(server, target).await?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
+            && Some(uid) != old.pointer("/metadata/uid").and_then(Value::as_str)
+        {
+            return Err(ApiError::conflict(&qualified, &name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default())));
+        }
+        let pinned_rv = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str);
+        if let Some(rv) = pinned_rv
+            && Some(rv) != meta::resource_version(&old)
+        {
+            return Err(ApiError::conflict(&qualified, &name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", meta::resource_version(&old).unwrap_or_default())));
+        }
+        if dry_run {
+            return Ok(old);
+        }
+        let mut finalizers = server.finalizers_of(r, &old);
+        let policy = opts.get("propagationPolicy").and_then(Value::as_str);
+        let mut new = old.clone();
+        let mut add_finalizer = |f: &str, new: &mut Value| {
+            if !finalizers.iter().any(|x| x == f) {
+                finalizers.push(f.to_string());
+                let m = meta::metadata_mut(new);
+                let list = m.entry("finalizers").or_insert(json!([]));
+                if let Some(l) = list.as_array_mut() {
+                    l.push(json!(f));
+                }
+            }
+        };
+        if !meta::is_terminating(&old) {
+            match policy {
+                Some("Orphan") => add_finalizer("orphan", &mut new),
+                Some("Foreground") => add_finalizer("foregroundDeletion", &mut new),
+                _ => {}
+            }
+        }
+        let grace = opts.get("gracePeriodSeconds").and_then(Value::as_i64)
+            .or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(0);
+        // A pod on a node is stopped by its agent within the grace period; an unbound
+        // pod has nothing to stop and goes at once.
+        let graceful = r.kind == "Pod" && grace > 0 && old.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let expected = object_revision(&old);
+        let result = if finalizers.is_empty() && !graceful {
+            server.store.delete(&target.key(), expected).await
+        } else {
+            let m = meta::metadata_mut(&mut new);
+            if !meta::is_terminating(&old) {
+                let when = if graceful {
+                    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now())
+                        .checked_add(jiff::SignedDuration::from_secs(grace)).map(|t| t.to_string()).unwrap_or_else(|_| now())
+                } else {
+                    now()
+                };
+                m.insert("deletionTimestamp".into(), json!(when));
+                m.insert("deletionGracePeriodSeconds".into(), json!(if graceful { grace } else { 0 }));
+            } else if graceful || !finalizers.is_empty() {
+                // Shortening the grace period of a terminating pod, as `--grace-period` does.
+                let current = old.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+                if !(r.kind == "Pod" && grace < current) {
+                    return Ok(old);
+                }
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
+            if r.kind == "Namespace" {
+                new["status"]["phase"] = json!("Terminating");
+            }
+            server.store.update(&target.key(), new, expected).await
+        };
+        match result {
+            Ok(o) => return Ok(o),
+            Err(StoreError::Conflict { .. }) if pinned_rv.is_none() && attempts < 8 => attempts += 1,
+            Err(e) => return Err(ApiError::from_store(e, &qualified, &name)),
+        }
+    }
+}
+
+async fn delete_collection(server: &ApiServer, target: &Target, params: &Params, body: &Bytes) -> ApiResult<Response> {
+    let opts = delete_options(params, body)?;
+    let r = target.resource;
+    let mut options = list_options(params)?;
+    options.limit = None;
+    options.continue_token = None;
+    let items = server.store.list(&r.list_prefix(target.namespace.as_deref()), &options).await
+        .map_err(|e| ApiError::from_store(e, &target.qualified(), ""))?.items;
+    for item in items {
+        let one = Target {
+            resource: r,
+            namespace: meta::namespace(&item).map(String::from),
+            name: meta::name(&item).map(String::from),
+            subresource: None,
+        };
+        match delete_one(server, &one, &opts).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}), &[]))
+}
+
+fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, out: Output) -> ApiResult<Response> {
+    let options = list_options(&params)?;
+    let start = match params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(skiff_store::parse_revision(rv).ok_or_else(|| ApiError::bad_request(format!("invalid resourceVersion {rv:?}: must be an integer")))?),
+    };
+    let timeout = params.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs)
+        .unwrap_or(server.config.watch_timeout);
+    let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| b == "true" || b == "1");
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let watch = WatchRequest { target, options, start, timeout, bookmarks, out };
+        watch.run(&server, tx).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .expect("valid response"))
+}
+
+struct WatchRequest {
+    target: Target,
+    options: ListOptions,
+    start: Option<u64>,
+    timeout: Duration,
+    bookmarks: bool,
+    out: Output,
+}
+
+type Sink = mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
+
+impl WatchRequest {
+    fn matches(&self, object: &Value) -> bool {
+        self.options.labels.matches_object(object) && self.options.fields.matches(object)
+    }
+
+    fn line(&self, kind: &str, object: Value) -> Bytes {
+        let r = self.target.resource;
+        let object = match kind {
+            "ERROR" | "BOOKMARK" => object,
+            _ => present_one(r, convert::from_storage(r, object), self.out),
+        };
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    async fn run(self, server: &ApiServer, tx: Sink) {
+        let r = self.target.resource;
+        let prefix = r.list_prefix(self.target.namespace.as_deref());
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Without a starting version, the watch begins with the current state as ADDED.
+        let after = match self.start {
+            Some(rv) => rv,
+            None => {
+                let mut opts = self.options.clone();
+                opts.limit = None;
+                opts.continue_token = None;
+                match server.store.list(&prefix, &opts).await {
+                    Ok(list) => {
+                        for o in list.items {
+                            if tx.send(Ok(self.line("ADDED", o))).await.is_err() {
+                                return;
+                            }
+                        }
+                        list.revision
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Ok(self.line("ERROR", ApiError::internal(e.to_string()).status()))).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let mut watch = match server.store.watch(&prefix, Some(after)) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(Ok(self.line("ERROR", ApiError::from_store(e, &self.target.qualified(), "").status()))).await;
+                return;
+            }
+        };
+        let mut bookmark = tokio::time::interval(server.config.bookmark_interval);
+        bookmark.tick().await;
+        loop {
+            let line = tokio::select! {
+                event = watch.next() => match event {
+                    Some(Ok(e)) => {
+                        let now = self.matches(&e.object);
+                        let before = e.prev.as_deref().is_some_and(|p| self.matches(p));
+                        let kind = match (e.kind, before, now) {
+                            (EventType::Added, _, true) => "ADDED",
+                            (EventType::Modified, true, true) => "MODIFIED",
+                            (EventType::Modified, false, true) => "ADDED",
+                            (EventType::Modified, true, false) => "DELETED",
+                            (EventType::Deleted, b, n) if b || n => "DELETED",
+                            _ => continue,
+                        };
+                        self.line(kind, (*e.object).clone())
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send(Ok(self.line("ERROR", ApiError::from_store(e, &self.target.qualified(), "").status()))).await;
+                        return;
+                    }
+                    None => return,
+                },
+                _ = bookmark.tick(), if self.bookmarks => {
+                    let object = json!({"kind": r.kind, "apiVersion": r.api_version(),
+                        "metadata": {"resourceVersion": watch.last_revision().to_string()}});
+                    self.line("BOOKMARK", object)
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+                _ = tx.closed() => return,
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

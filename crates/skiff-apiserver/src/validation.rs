@@ -1,0 +1,251 @@
+//! Validation of objects on create and update: names, metadata and the fields of each kind
+//! that later parts rely on. Failures become one 422 with a cause per field.
+
+use serde_json::Value;
+use skiff_core::{LabelSelector, names};
+
+use crate::error::FieldError;
+
+/// Every problem with `object` of `kind`; empty when valid.
+pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    metadata(kind, object, &mut errs);
+    let spec = object.get("spec");
+    match kind {
+        "Pod" => match spec {
+            Some(s) => pod_spec(s, "spec", &mut errs),
+            None => errs.push(FieldError::required("spec")),
+        },
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(object, &mut errs),
+        "Job" => job(object.get("spec"), "spec", &mut errs),
+        "CronJob" => {
+            if object.pointer("/spec/schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
+                errs.push(FieldError::required("spec.schedule"));
+            }
+            job(object.pointer("/spec/jobTemplate/spec"), "spec.jobTemplate.spec", &mut errs);
+        }
+        "Service" => service(spec, &mut errs),
+        "ConfigMap" | "Secret" => {
+            for field in ["data", "binaryData", "stringData"] {
+                for key in object.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+                    let ok = !key.is_empty() && key.len() <= 253 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                    if !ok {
+                        errs.push(FieldError::invalid(&format!("{field}[{key}]"), key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    errs
+}
+
+fn metadata(kind: &str, object: &Value, errs: &mut Vec<FieldError>) {
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        errs.push(FieldError::required("metadata.name"));
+    } else {
+        let check = match kind {
+            "Namespace" => names::validate_dns1123_label(name),
+            "Service" => names::validate_dns1035_label(name),
+            // Role-like names may contain ':' (system:controller:...), as in Kubernetes.
+            "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+                if name.contains('/') || name.contains('%') || name == "." || name == ".." {
+                    Err("may not contain '/' or '%'".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+            _ => names::validate_dns1123_subdomain(name),
+        };
+        if let Err(e) = check {
+            errs.push(FieldError::invalid("metadata.name", name, e));
+        }
+    }
+    labels_and_annotations(object.get("metadata").unwrap_or(&Value::Null), "metadata", errs);
+}
+
+fn labels_and_annotations(meta: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    for (k, v) in meta.get("labels").and_then(Value::as_object).into_iter().flatten() {
+        if let Err(e) = names::validate_qualified_name(k) {
+            errs.push(FieldError::invalid(&format!("{path}.labels"), k, e));
+        }
+        let v = v.as_str().unwrap_or_default();
+        if let Err(e) = names::validate_label_value(v) {
+            errs.push(FieldError::invalid(&format!("{path}.labels"), v, e));
+        }
+    }
+    for k in meta.get("annotations").and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+        if let Err(e) = names::validate_qualified_name(&k.to_ascii_lowercase()) {
+            errs.push(FieldError::invalid(&format!("{path}.annotations"), k, e));
+        }
+    }
+}
+
+fn pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    if containers.is_none_or(|c| c.is_empty()) {
+        errs.push(FieldError::required(&format!("{path}.containers")));
+    }
+    let mut seen = Vec::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let cpath = format!("{path}.{list}[{i}]");
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                errs.push(FieldError::required(&format!("{cpath}.name")));
+            } else if let Err(e) = names::validate_dns1123_label(name) {
+                errs.push(FieldError::invalid(&format!("{cpath}.name"), name, e));
+            } else if seen.contains(&name) {
+                errs.push(FieldError { field: format!("{cpath}.name"), reason: "FieldValueDuplicate", message: format!("Duplicate value: {name:?}") });
+            } else {
+                seen.push(name);
+            }
+            if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                errs.push(FieldError::required(&format!("{cpath}.image")));
+            }
+            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    errs.push(FieldError::invalid(&format!("{cpath}.ports[{j}].containerPort"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+                }
+            }
+        }
+    }
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
+        && !["Always", "OnFailure", "Never"].contains(&policy)
+    {
+        errs.push(FieldError::unsupported(&format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+    }
+}
+
+fn workload(object: &Value, errs: &mut Vec<FieldError>) {
+    let Some(spec) = object.get("spec") else {
+        errs.push(FieldError::required("spec"));
+        return;
+    };
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid("spec.replicas", &r.to_string(), "must be greater than or equal to 0"));
+    }
+    template_matches_selector(spec, "spec", errs);
+}
+
+fn template_matches_selector(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let Some(selector) = spec.get("selector") else {
+        errs.push(FieldError::required(&format!("{path}.selector")));
+        return;
+    };
+    let parsed = match LabelSelector::from_json(selector) {
+        Ok(s) => s,
+        Err(e) => {
+            errs.push(FieldError::invalid(&format!("{path}.selector"), &selector.to_string(), e.reason));
+            return;
+        }
+    };
+    if parsed.is_empty() {
+        errs.push(FieldError::invalid(&format!("{path}.selector"), "{}", "empty selector is invalid for deployment"));
+    }
+    let Some(template) = spec.get("template") else {
+        errs.push(FieldError::required(&format!("{path}.template")));
+        return;
+    };
+    if !parsed.matches(template.pointer("/metadata/labels").and_then(Value::as_object)) {
+        errs.push(FieldError::invalid(&format!("{path}.template.metadata.labels"), &template.pointer("/metadata/labels").cloned().unwrap_or_default().to_string(), "`selector` does not match template `labels`"));
+    }
+    labels_and_annotations(template.get("metadata").unwrap_or(&Value::Null), &format!("{path}.template.metadata"), errs);
+    match template.get("spec") {
+        Some(s) => pod_spec(s, &format!("{path}.template.spec"), errs),
+        None => errs.push(FieldError::required(&format!("{path}.template.spec"))),
+    }
+}
+
+fn job(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required(path));
+        return;
+    };
+    match spec.pointer("/template/spec") {
+        Some(s) => {
+            pod_spec(s, &format!("{path}.template.spec"), errs);
+            let policy = s.get("restartPolicy").and_then(Value::as_str).unwrap_or_default();
+            if !["OnFailure", "Never"].contains(&policy) {
+                errs.push(FieldError::unsupported(&format!("{path}.template.spec.restartPolicy"), policy, &["OnFailure", "Never"]));
+            }
+        }
+        None => errs.push(FieldError::required(&format!("{path}.template.spec"))),
+    }
+    for field in ["parallelism", "completions", "backoffLimit"] {
+        if let Some(n) = spec.get(field).and_then(Value::as_i64)
+            && n < 0
+        {
+            errs.push(FieldError::invalid(&format!("{path}.{field}"), &n.to_string(), "must be greater than or equal to 0"));
+        }
+    }
+}
+
+fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else {
+        errs.push(FieldError::required("spec"));
+        return;
+    };
+    let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    const TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+    if !TYPES.contains(&kind) {
+        errs.push(FieldError::unsupported("spec.type", kind, &TYPES));
+        return;
+    }
+    if kind == "ExternalName" {
+        if spec.get("externalName").and_then(Value::as_str).is_none_or(str::is_empty) {
+            errs.push(FieldError::required("spec.externalName"));
+        }
+        return;
+    }
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = spec.get("ports").and_then(Value::as_array);
+    if ports.is_none_or(|p| p.is_empty()) && !headless {
+        errs.push(FieldError::required("spec.ports"));
+    }
+    let many = ports.is_some_and(|p| p.len() > 1);
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            errs.push(FieldError::invalid(&format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+        }
+        if many && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            errs.push(FieldError::required(&format!("spec.ports[{i}].name")));
+        }
+        if let Some(proto) = p.get("protocol").and_then(Value::as_str)
+            && !["TCP", "UDP", "SCTP"].contains(&proto)
+        {
+            errs.push(FieldError::unsupported(&format!("spec.ports[{i}].protocol"), proto, &["TCP", "UDP", "SCTP"]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(kind: &str, v: Value) -> Vec<String> {
+        validate(kind, &v).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn names_and_required_fields() {
+        assert_eq!(fields("ConfigMap", json!({"metadata": {"name": "Bad_Name"}})), ["metadata.name"]);
+        assert_eq!(fields("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}})), ["spec.containers[0].image"]);
+        assert!(fields("Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})).is_empty());
+        assert_eq!(fields("Service", json!({"metadata": {"name": "s"}, "spec": {}})), ["spec.ports"]);
+        assert_eq!(fields("Namespace", json!({"metadata": {"name": "a.b"}})), ["metadata.name"]);
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        assert_eq!(fields("Deployment", d), ["spec.template.metadata.labels"]);
+    }
+}
