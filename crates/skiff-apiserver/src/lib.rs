@@ -15,6 +15,7 @@ pub mod request;
 pub mod rest;
 pub mod services;
 pub mod table;
+pub mod tls;
 pub mod typed;
 pub mod validation;
 

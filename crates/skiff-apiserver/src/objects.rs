@@ -328,6 +328,12 @@ impl ApiServer {
         if opts.dry_run {
             return Ok(Written { object: convert::from_storage(r, object), warnings });
         }
+        // A write that changes nothing is not a change: same resourceVersion, no event.
+        let mut unchanged = old.clone();
+        meta::metadata_mut(&mut unchanged).remove("resourceVersion");
+        if unchanged == object && expected.is_none_or(|e| Some(e) == object_revision(old)) {
+            return Ok(Written { object: convert::from_storage(r, old.clone()), warnings });
+        }
         // The last finalizer gone from a terminating object completes its deletion.
         if meta::is_terminating(&object) && self.finalizers_of(r, &object).is_empty() {
             let deleted = self.store.delete(&key, Some(expected.unwrap_or_else(|| object_revision(old).unwrap_or(0)))).await.map_err(store_err(r, &name))?;

@@ -124,7 +124,10 @@ fn path_param(name: &str, v3: bool) -> Value {
     }
 }
 
-/// Adds `x-kubernetes-group-version-kind` to each kind's top-level schema.
+/// Adds `x-kubernetes-group-version-kind` to each kind's top-level schema. Only the v2
+/// document gets these: kubectl computes `apply` patches from a v3 schema that names the
+/// kind, and these schemas carry no patch merge keys, so with the tags it would replace
+/// whole lists; without them it uses its built-in types, which know the keys.
 fn tag_kinds(defs: &mut Map<String, Value>, names: &BTreeMap<(String, String), String>) {
     for ((api_version, kind), name) in names {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
@@ -136,8 +139,7 @@ fn tag_kinds(defs: &mut Map<String, Value>, names: &BTreeMap<(String, String), S
 
 fn build() -> Documents {
     let version_info = json!({"title": "Kubernetes", "version": crate::KUBERNETES_VERSION});
-    let (mut defs3, names) = schemas(SchemaSettings::openapi3());
-    tag_kinds(&mut defs3, &names);
+    let (defs3, names) = schemas(SchemaSettings::openapi3());
     let mut v3 = BTreeMap::new();
     let mut index = Map::new();
     for (group, version) in resources::group_versions() {

@@ -92,6 +92,9 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
+        "application/vnd.kubernetes.protobuf" | "application/cbor" | "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+            Err(ApiError::unsupported_media_type(content_type))
+        }
         // The Python client posts without a Content-Type: take JSON.
         _ => serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON: {e}"))),
     }

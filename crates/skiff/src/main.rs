@@ -1,1 +1,120 @@
-fn main(){}
+//! `skiff`: one binary for the whole orchestrator. `skiff up` runs a single-node cluster,
+//! `skiff server` the control plane, and the client commands (`get`, `apply`, `describe`,
+//! `delete`, `create namespace`) talk to any Kubernetes-compatible API through a kubeconfig.
+
+mod client;
+mod print;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "A Kubernetes-compatible orchestrator for WebAssembly and OCI workloads")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole single-node cluster in this process.
+    Up(server::ServerArgs),
+    /// Run only the control plane (API server and store).
+    Server(server::ServerArgs),
+    /// Run a node agent (arrives with the node agent).
+    Agent,
+    /// Create or update objects from YAML/JSON files (multi-document), a directory, or `-`.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// List objects of a kind, or show one.
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'o', long = "output")]
+        output: Option<String>,
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        #[arg(short = 'w', long = "watch")]
+        watch: bool,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// Show an object in detail, with its events.
+    Describe {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// Delete objects by kind and name, or those in files.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// Create an object from arguments.
+    Create {
+        #[command(subcommand)]
+        what: CreateWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreateWhat {
+    /// Create a namespace.
+    #[command(alias = "ns")]
+    Namespace {
+        name: String,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+}
+
+/// The kubeconfig file a client command uses: `--kubeconfig`, `$KUBECONFIG`, or the one
+/// `skiff up` writes.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("skiff");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/skiff")
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => server::run(args, true).await,
+            Command::Server(args) => server::run(args, false).await,
+            Command::Agent => anyhow::bail!("`skiff agent` is not built yet: the node agent arrives in a later release"),
+            Command::Apply { files, target } => client::apply(&target, &files).await,
+            Command::Get { kind, name, output, selector, watch, target } => {
+                client::get(&target, &kind, name.as_deref(), output.as_deref(), selector.as_deref(), watch).await
+            }
+            Command::Describe { kind, name, target } => client::describe(&target, &kind, &name).await,
+            Command::Delete { kind, names, files, target } => client::delete(&target, kind.as_deref(), &names, &files).await,
+            Command::Create { what: CreateWhat::Namespace { name, target } } => client::create_namespace(&target, &name).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

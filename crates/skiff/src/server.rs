@@ -1,0 +1,117 @@
+//! `skiff up` and `skiff server`: open the store, bootstrap the cluster, serve the API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use skiff_apiserver::{ApiServer, Config, ServiceCidr};
+use skiff_store::{RedbStore, StoreOptions};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Where the cluster keeps its state, token and kubeconfig.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Virtual IP range of Services.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: ServiceCidr,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// How many recent changes watches can resume from.
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: u64,
+}
+
+/// The admin token: made at first start, kept in the data directory.
+fn admin_token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token = format!("{}{}", uuid_hex(), uuid_hex());
+    write_private(&path, &token)?;
+    Ok(token)
+}
+
+fn uuid_hex() -> String {
+    // A v4 UUID is 122 random bits from the OS; two make the token.
+    let mut bytes = [0u8; 16];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("read /dev/urandom");
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, contents.as_bytes())?;
+    Ok(())
+}
+
+fn kubeconfig(server: &str, token: &str, ca_pem: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: skiff-admin\n  user:\n    token: {token}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff-admin\n    namespace: default\ncurrent-context: skiff\n"
+    )
+}
+
+pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
+    let dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let token = admin_token(&dir)?;
+    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions { event_retention: args.watch_history.max(1), ..Default::default() })
+        .with_context(|| format!("opening the store in {} (is another skiff running on it?)", dir.display()))?;
+    let mut config = Config::new(token.clone());
+    config.service_cidr = args.service_cidr;
+    config.max_body_bytes = args.max_request_bytes;
+    let api = ApiServer::new(Arc::new(store), config);
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    api.bootstrap(addr.port()).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {}", e.message))?;
+    let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string()])?;
+    let kubeconfig_path = dir.join("kubeconfig");
+    let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem))?;
+    let what = if whole_cluster { "Skiff cluster" } else { "Skiff control plane" };
+    println!("{what} is up: API at https://{host}");
+    println!("  export KUBECONFIG={}", kubeconfig_path.display());
+    println!("  kubectl get namespaces");
+    tracing::info!(%addr, data_dir = %dir.display(), "serving the Kubernetes API");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = skiff_apiserver::router(api);
+    let serving = tokio::spawn(async move {
+        skiff_apiserver::tls::serve(listener, router, &certs, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    shutdown_signal().await;
+    let _ = stop.send(());
+    // Open watches would hold a graceful shutdown for their whole timeout; every
+    // acknowledged write is already durable, so give requests a moment and go.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
+    println!("{what} stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
