@@ -1,1 +1,160 @@
-fn main(){}
+//! Skiff's benchmark harness. Each bench starts what it measures, runs a bounded load on
+//! loopback and prints a table of figures (never asserting a speed).
+//!
+//! `cargo run --release -p skiff-bench -- api [--quick]`: durable ConfigMap creates through
+//! the API server's HTTP path and through the Store alone, at 1, 16 and 64 concurrent
+//! clients, with throughput and p50/p99 latency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use skiff_store::{RedbStore, Store, StoreOptions};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Create throughput and latency: API (HTTP) and Store layer.
+    Api {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Creates per concurrency level.
+        #[arg(long, default_value_t = 20_000)]
+        creates: usize,
+    },
+}
+
+struct Figures {
+    what: String,
+    clients: usize,
+    ops: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            self.what,
+            self.clients,
+            self.ops,
+            self.ops as f64 / self.elapsed.as_secs_f64(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+        )
+    }
+}
+
+fn configmap(i: usize) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "default",
+        "labels": {"bench": "api"}}, "data": {"key": "value", "index": i.to_string()}})
+}
+
+/// Runs `total` operations split over `clients` tasks; each op is timed.
+async fn drive<F, Fut>(what: &str, clients: usize, total: usize, op: F) -> anyhow::Result<Figures>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = c;
+            while i < total {
+                let t = Instant::now();
+                op(i).await?;
+                lat.push(t.elapsed());
+                i += clients;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(Figures { what: what.into(), clients, ops: total, elapsed: start.elapsed(), latencies })
+}
+
+async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<()> {
+    let creates = if quick { 200 } else { creates };
+    let levels = [1usize, 16, 64];
+    let mut rows = Vec::new();
+    for &clients in &levels {
+        // A fresh store per level, so every level writes into the same-sized database.
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
+        let level_creates = if clients == 1 { creates / 10 } else { creates };
+        let s = store.clone();
+        rows.push(drive("Store (redb, no HTTP)", clients, level_creates, move |i| {
+            let s = s.clone();
+            async move {
+                s.create(&format!("/core/configmaps/default/cm-{i}"), configmap(i)).await?;
+                Ok(())
+            }
+        }).await?);
+
+        let dir = tempfile::tempdir()?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
+        let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
+        server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let serving = tokio::spawn(async move { axum::serve(listener, skiff_apiserver::router(server)).await });
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
+        let url = format!("http://{addr}/api/v1/namespaces/default/configmaps");
+        rows.push(drive("API server (HTTP, JSON)", clients, level_creates, move |i| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let req = http::Request::post(&url)
+                    .header("Authorization", "Bearer bench-token")
+                    .header("Content-Type", "application/json")
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&configmap(i))?)))?;
+                let resp = client.request(req).await?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                anyhow::ensure!(status == 201, "create answered {status}: {}", String::from_utf8_lossy(&body));
+                Ok(())
+            }
+        }).await.context("API bench")?);
+        serving.abort();
+    }
+    println!("api bench: durable ConfigMap creates ({} CPUs)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{}", r.row());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Api { quick, creates } => api_bench(quick, creates).await,
+    }
+}
