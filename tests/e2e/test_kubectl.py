@@ -123,3 +123,15 @@ def test_skiff_cli(cluster, namespace):
     assert 'configmap "c1" deleted' in cluster.skiff("delete", "cm", "c1", "-n", namespace).stdout
     bad = cluster.skiff("get", "widgets", check=False)
     assert bad.returncode != 0 and "widgets" in bad.stderr
+
+
+def test_readme_example_applies(cluster, namespace):
+    import os
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "hello.yaml")
+    out = cluster.kubectl("apply", "-n", namespace, "-f", example).stdout
+    assert "deployment.apps/hello created" in out and "service/hello created" in out
+    svc = json.loads(cluster.kubectl("get", "svc", "hello", "-n", namespace, "-o", "json").stdout)
+    assert svc["spec"]["clusterIP"].startswith("10.43.") and svc["spec"]["ports"][0]["targetPort"] == 8080
+    watch = cluster.kubectl("get", "cm", "-n", namespace, "--watch", "--request-timeout=2s", check=False)
+    assert "hello-config" in watch.stdout
+    cluster.kubectl("delete", "-n", namespace, "-f", example)

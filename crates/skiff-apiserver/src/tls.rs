@@ -37,7 +37,8 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
     }
 }
 
-fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+/// Writes a file only its owner can read (keys, tokens, kubeconfigs).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| TlsError::Io { path: path.display().to_string(), source };
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
@@ -69,10 +70,10 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<ServingCerts, TlsE
     let issuer = Issuer::new(ca_params, &ca_key);
     let cert = params.signed_by(&key, &issuer)?;
     let certs = ServingCerts { ca_pem: ca_cert.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
-    write(&ca_path, &certs.ca_pem)?;
-    write(&cert_path, &certs.cert_pem)?;
-    write(&key_path, &certs.key_pem)?;
+    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_private(&ca_path, &certs.ca_pem)?;
+    write_private(&cert_path, &certs.cert_pem)?;
+    write_private(&key_path, &certs.key_pem)?;
     Ok(certs)
 }
 

@@ -37,7 +37,7 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
         }
     }
     let token = format!("{}{}", uuid_hex(), uuid_hex());
-    write_private(&path, &token)?;
+    skiff_apiserver::tls::write_private(&path, &token)?;
     Ok(token)
 }
 
@@ -53,13 +53,6 @@ fn getrandom(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("read /dev/urandom");
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, contents.as_bytes())?;
-    Ok(())
-}
 
 fn kubeconfig(server: &str, token: &str, ca_pem: &str) -> String {
     use base64::Engine;
@@ -85,7 +78,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string()])?;
     let kubeconfig_path = dir.join("kubeconfig");
     let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem))?;
+    skiff_apiserver::tls::write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem))?;
     let what = if whole_cluster { "Skiff cluster" } else { "Skiff control plane" };
     println!("{what} is up: API at https://{host}");
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
