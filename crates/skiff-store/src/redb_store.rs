@@ -5,6 +5,7 @@
 //! once with an fsync, then answers them all and fans the events out to watchers. Under
 //! concurrency that is group commit: many writes per fsync.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -43,6 +44,11 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A counter of the META table (`REVISION` or `COMPACTED`); 0 until first written.
+fn counter(meta: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
+    Ok(meta.get(name).map_err(backend)?.map(|g| g.value()).unwrap_or(0))
+}
+
 enum Mutation {
     Create(Value),
     Update(Value, Option<u64>),
@@ -55,19 +61,18 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<Value, StoreError>>,
 }
 
-/// The event log's on-disk form.
+/// The event log's on-disk form: written from borrowed values, read back owned.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct LoggedEvent {
+struct LoggedEvent<'a> {
     kind: EventType,
-    key: String,
-    object: Value,
-    prev: Option<Value>,
+    key: Cow<'a, str>,
+    object: Cow<'a, Value>,
+    prev: Option<Cow<'a, Value>>,
 }
 
 struct Shared {
     db: Database,
     revision: AtomicU64,
-    compacted: AtomicU64,
     events: broadcast::Sender<Arc<Event>>,
 }
 
@@ -80,26 +85,18 @@ impl RedbStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(backend)?;
-        let (revision, compacted) = {
+        let revision = {
             let txn = db.begin_write().map_err(backend)?;
-            let (r, c) = {
+            let revision = {
                 txn.open_table(OBJECTS).map_err(backend)?;
                 txn.open_table(EVENTS).map_err(backend)?;
-                let meta = txn.open_table(META).map_err(backend)?;
-                let r = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
-                let c = meta.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
-                (r, c)
+                counter(&txn.open_table(META).map_err(backend)?, REVISION)?
             };
             txn.commit().map_err(backend)?;
-            (r, c)
+            revision
         };
         let (events, _) = broadcast::channel(options.watch_buffer.max(16));
-        let shared = Arc::new(Shared {
-            db,
-            revision: AtomicU64::new(revision),
-            compacted: AtomicU64::new(compacted),
-            events,
-        });
+        let shared = Arc::new(Shared { db, revision: AtomicU64::new(revision), events });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         std::thread::Builder::new()
@@ -171,7 +168,7 @@ impl Store for RedbStore {
 impl EventLog for Shared {
     fn events_after(&self, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
-        let compacted = txn.open_table(META).map_err(backend)?.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        let compacted = counter(&txn.open_table(META).map_err(backend)?, COMPACTED)?;
         if after < compacted {
             return Err(StoreError::Expired { requested: after, oldest: compacted });
         }
@@ -184,9 +181,9 @@ impl EventLog for Shared {
                 out.push(Arc::new(Event {
                     revision: rev.value(),
                     kind: logged.kind,
-                    key: logged.key,
-                    object: Arc::new(logged.object),
-                    prev: logged.prev.map(Arc::new),
+                    key: logged.key.into_owned(),
+                    object: Arc::new(logged.object.into_owned()),
+                    prev: logged.prev.map(|p| Arc::new(p.into_owned())),
                 }));
             }
         }
@@ -197,11 +194,11 @@ impl EventLog for Shared {
 fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<ListResult, StoreError> {
     let txn = s.db.begin_read().map_err(backend)?;
     let meta = txn.open_table(META).map_err(backend)?;
-    let mut revision = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+    let mut revision = counter(&meta, REVISION)?;
     let mut start = prefix.to_string();
     if let Some(token) = &options.continue_token {
         let (rv, from) = continue_token::decode(token)?;
-        let compacted = meta.get(COMPACTED).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        let compacted = counter(&meta, COMPACTED)?;
         if rv < compacted {
             return Err(StoreError::Expired { requested: rv, oldest: compacted });
         }
@@ -282,7 +279,7 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
         let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
         let mut log = txn.open_table(EVENTS).map_err(backend)?;
         let mut meta = txn.open_table(META).map_err(backend)?;
-        let mut revision = meta.get(REVISION).map_err(backend)?.map(|g| g.value()).unwrap_or(0);
+        let mut revision = counter(&meta, REVISION)?;
         for request in batch {
             let current: Option<Value> = match objects.get(request.key.as_str()).map_err(backend)? {
                 Some(g) => Some(serde_json::from_slice(g.value()).map_err(backend)?),
@@ -300,9 +297,9 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
                     }
                     let logged = LoggedEvent {
                         kind: event.kind,
-                        key: event.key.clone(),
-                        object: (*event.object).clone(),
-                        prev: event.prev.as_deref().cloned(),
+                        key: Cow::Borrowed(&event.key),
+                        object: Cow::Borrowed(&event.object),
+                        prev: event.prev.as_deref().map(Cow::Borrowed),
                     };
                     log.insert(revision, serde_json::to_vec(&logged).map_err(backend)?.as_slice()).map_err(backend)?;
                     (Ok((*event.object).clone()), Some(event))
@@ -314,7 +311,7 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
         }
         meta.insert(REVISION, revision).map_err(backend)?;
         // Compact in steps of a tenth of the retention, so most commits skip it.
-        let compacted = shared.compacted.load(Ordering::Acquire);
+        let compacted = counter(&meta, COMPACTED)?;
         if revision > compacted + retention + retention / 10 {
             let new_compacted = revision - retention;
             let mut doomed = Vec::new();
@@ -325,7 +322,6 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
                 log.remove(rev).map_err(backend)?;
             }
             meta.insert(COMPACTED, new_compacted).map_err(backend)?;
-            shared.compacted.store(new_compacted, Ordering::Release);
         }
     }
     txn.commit().map_err(backend)?;
@@ -351,25 +347,14 @@ fn apply(key: &str, mutation: &Mutation, current: Option<Value>, revision: u64) 
             Ok(Event { revision, kind: EventType::Added, key: key.into(), object: stamp(object.clone()), prev: None })
         }
         (Mutation::Update(..) | Mutation::Delete(_), None) => Err(StoreError::NotFound(key.to_string())),
-        (Mutation::Update(object, expected), Some(current)) => {
+        (Mutation::Update(_, expected) | Mutation::Delete(expected), Some(current)) => {
             check(expected, &current)?;
-            Ok(Event {
-                revision,
-                kind: EventType::Modified,
-                key: key.into(),
-                object: stamp(object.clone()),
-                prev: Some(Arc::new(current)),
-            })
-        }
-        (Mutation::Delete(expected), Some(current)) => {
-            check(expected, &current)?;
-            Ok(Event {
-                revision,
-                kind: EventType::Deleted,
-                key: key.into(),
-                object: stamp(current.clone()),
-                prev: Some(Arc::new(current)),
-            })
+            // A deletion's event carries the object's last state at the deletion revision.
+            let (kind, object) = match mutation {
+                Mutation::Update(object, _) => (EventType::Modified, object.clone()),
+                _ => (EventType::Deleted, current.clone()),
+            };
+            Ok(Event { revision, kind, key: key.into(), object: stamp(object), prev: Some(Arc::new(current)) })
         }
     }
 }
