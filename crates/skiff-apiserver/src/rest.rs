@@ -273,20 +273,7 @@ async fn patch_object(server: &ApiServer, target: &Target, kind: PatchType, patc
 }
 
 fn to_scale(object: &Value) -> Value {
-    let selector = object.pointer("/spec/selector").and_then(|s| LabelSelector::from_json(s).ok()).map(|s| {
-        s.requirements
-            .iter()
-            .map(|r| match r.op {
-                skiff_core::labels::Operator::Equals => format!("{}={}", r.key, r.values[0]),
-                skiff_core::labels::Operator::NotEquals => format!("{}!={}", r.key, r.values[0]),
-                skiff_core::labels::Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
-                skiff_core::labels::Operator::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
-                skiff_core::labels::Operator::Exists => r.key.clone(),
-                skiff_core::labels::Operator::DoesNotExist => format!("!{}", r.key),
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let selector = object.pointer("/spec/selector").and_then(|s| LabelSelector::from_json(s).ok()).map(|s| s.to_string());
     let m = object.get("metadata").cloned().unwrap_or(json!({}));
     json!({
         "kind": "Scale",

@@ -98,24 +98,7 @@ fn containers_images(o: &Value, pointer: &str) -> (String, String) {
 }
 
 fn selector_string(sel: Option<&Value>) -> String {
-    let Some(sel) = sel else { return "<none>".into() };
-    let mut parts: Vec<String> = sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    for e in list(sel, "/matchExpressions") {
-        let values: Vec<&str> = list(e, "/values").filter_map(Value::as_str).collect();
-        parts.push(match s(e, "/operator") {
-            "In" => format!("{} in ({})", s(e, "/key"), values.join(",")),
-            "NotIn" => format!("{} notin ({})", s(e, "/key"), values.join(",")),
-            "Exists" => s(e, "/key").to_string(),
-            _ => format!("!{}", s(e, "/key")),
-        });
-    }
-    or_none(parts.join(","))
+    or_none(sel.and_then(|s| skiff_core::LabelSelector::from_json(s).ok()).map(|s| s.to_string()).unwrap_or_default())
 }
 
 fn pod_status(p: &Value) -> (String, String, String) {

@@ -102,6 +102,25 @@ impl LabelSelector {
     }
 }
 
+/// The string form, as `?labelSelector=` takes it and `kubectl` prints it.
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let terms: Vec<String> = self
+            .requirements
+            .iter()
+            .map(|r| match r.op {
+                Operator::Equals => format!("{}={}", r.key, r.values[0]),
+                Operator::NotEquals => format!("{}!={}", r.key, r.values[0]),
+                Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
+                Operator::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
+                Operator::Exists => r.key.clone(),
+                Operator::DoesNotExist => format!("!{}", r.key),
+            })
+            .collect();
+        f.write_str(&terms.join(","))
+    }
+}
+
 /// Splits on commas that are not inside a parenthesised value list.
 fn split_terms(input: &str) -> Result<Vec<&str>, String> {
     let mut terms = Vec::new();
@@ -221,5 +240,13 @@ mod tests {
         .unwrap();
         assert!(sel.matches(Some(&labels(json!({"app": "web", "tier": "front"})))));
         assert!(!sel.matches(Some(&labels(json!({"app": "web"})))));
+    }
+
+    #[test]
+    fn display_parses_back() {
+        let s = "app=web,tier!=db,zone in (a,b),env notin (x),legacy,!beta";
+        let sel = LabelSelector::parse(s).unwrap();
+        assert_eq!(sel.to_string(), s);
+        assert_eq!(LabelSelector::parse(&sel.to_string()).unwrap(), sel);
     }
 }
