@@ -27,7 +27,7 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, header};
 use serde_json::{Value, json};
 use skiff_core::resources;
 use skiff_store::Store;
@@ -176,7 +176,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(uri: http::Uri) -> Response {
-    (StatusCode::NOT_FOUND, ApiError::no_route(format!("the server could not find the requested resource ({})", uri.path()))).into_response()
+    ApiError::no_route(format!("the server could not find the requested resource ({})", uri.path())).into_response()
 }
 
 /// The HTTP router of the whole API.

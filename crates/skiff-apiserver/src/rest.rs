@@ -242,13 +242,30 @@ async fn list(server: &ApiServer, target: &Target, params: &Params, out: Output)
     Ok(json_response(StatusCode::OK, &body, &[]))
 }
 
-/// Applies a patch to the current object and writes it back, re-reading and trying again
-/// when a concurrent write got there first (unless the patch itself pins a resourceVersion).
+/// How often a read-modify-write is tried again after losing a race to another write.
+const CONFLICT_RETRIES: usize = 8;
+
+/// Kubernetes' GuaranteedUpdate: runs a read-modify-write `attempt` again when another
+/// write got in between, unless the client pinned the resourceVersion itself (then the
+/// conflict is the answer).
+async fn retry_on_conflict<T, Fut>(pinned: bool, mut attempt: impl FnMut() -> Fut) -> ApiResult<T>
+where
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if e.reason == "Conflict" && !pinned && retries < CONFLICT_RETRIES => retries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Applies a patch to the current object and writes it back.
 async fn patch_object(server: &ApiServer, target: &Target, kind: PatchType, patch_body: &Value, sub: Option<&str>, opts: WriteOptions) -> ApiResult<Written> {
     let r = target.resource;
     let pinned = patch_body.pointer("/metadata/resourceVersion").is_some();
-    let mut attempts = 0;
-    loop {
+    retry_on_conflict(pinned, || async {
         let old = get(server, target).await?;
         let served = convert::from_storage(r, old.clone());
         let patched = patch::apply(kind, &served, patch_body).map_err(|e| {
@@ -265,11 +282,9 @@ async fn patch_object(server: &ApiServer, target: &Target, kind: PatchType, patc
             let rv = meta::resource_version(&old).unwrap_or_default().to_string();
             meta::metadata_mut(&mut patched).insert("resourceVersion".into(), json!(rv));
         }
-        match server.update_object(r, &old, patched, sub, opts).await {
-            Err(e) if e.reason == "Conflict" && !pinned && attempts < 8 => attempts += 1,
-            other => return other,
-        }
-    }
+        server.update_object(r, &old, patched, sub, opts).await
+    })
+    .await
 }
 
 fn to_scale(object: &Value) -> Value {
@@ -287,8 +302,9 @@ fn to_scale(object: &Value) -> Value {
 
 async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchType>, body: &Value, opts: WriteOptions) -> ApiResult<Value> {
     let r = target.resource;
-    let mut attempts = 0;
-    loop {
+    // A PUT of a Scale that names a resourceVersion is a precondition; a patch is not.
+    let pinned = kind.is_none() && body.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    retry_on_conflict(pinned, || async {
         let old = get(server, target).await?;
         let current = to_scale(&old);
         let scale = match kind {
@@ -303,14 +319,10 @@ async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchTyp
         let mut new = convert::from_storage(r, old.clone());
         new["spec"]["replicas"] = json!(replicas);
         let rv = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
-        let pinned = kind.is_none() && rv.is_some();
         meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv.map(String::from).unwrap_or_else(|| meta::resource_version(&old).unwrap_or_default().to_string())));
-        match server.update_object(r, &old, new, None, opts).await {
-            Ok(w) => return Ok(to_scale(&w.object)),
-            Err(e) if e.reason == "Conflict" && !pinned && attempts < 8 => attempts += 1,
-            Err(e) => return Err(e),
-        }
-    }
+        Ok(to_scale(&server.update_object(r, &old, new, None, opts).await?.object))
+    })
+    .await
 }
 
 async fn bind(server: &ApiServer, target: &Target, binding: &Value) -> ApiResult<()> {
@@ -448,8 +460,9 @@ async fn delete_one(server: &ApiServer, target: &Target, opts: &Value) -> ApiRes
                 };
                 m.insert("deletionTimestamp".into(), json!(when));
                 m.insert("deletionGracePeriodSeconds".into(), json!(if graceful { grace } else { 0 }));
-            } else if graceful || !finalizers.is_empty() {
-                // Shortening the grace period of a terminating pod, as `--grace-period` does.
+            } else {
+                // Already terminating: only a pod's grace period may still shorten, as
+                // `kubectl delete --grace-period` does.
                 let current = old.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
                 if !(r.kind == "Pod" && grace < current) {
                     return Ok(old);

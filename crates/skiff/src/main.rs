@@ -79,8 +79,8 @@ enum CreateWhat {
     },
 }
 
-/// The kubeconfig file a client command uses: `--kubeconfig`, `$KUBECONFIG`, or the one
-/// `skiff up` writes.
+/// Where `skiff up` keeps its state by default (and so where client commands look for its
+/// kubeconfig): `$XDG_DATA_HOME/skiff`, else `~/.local/share/skiff`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("skiff");

@@ -36,21 +36,12 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
             return Ok(t);
         }
     }
-    let token = format!("{}{}", uuid_hex(), uuid_hex());
+    // 256 bits from the OS, hex-encoded.
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes).context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     skiff_apiserver::tls::write_private(&path, &token)?;
     Ok(token)
-}
-
-fn uuid_hex() -> String {
-    // A v4 UUID is 122 random bits from the OS; two make the token.
-    let mut bytes = [0u8; 16];
-    getrandom(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn getrandom(buf: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("read /dev/urandom");
 }
 
 
