@@ -83,8 +83,18 @@ impl LabelSelector {
 
     /// True when the labels (a JSON object of strings, or absent) satisfy every requirement.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
+        self.matches_with(|key| labels.and_then(|l| l.get(key)).and_then(Value::as_str))
+    }
+
+    /// True when a typed label map (as k8s-openapi objects carry) satisfies the selector.
+    pub fn matches_map(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+        self.matches_with(|key| labels.and_then(|l| l.get(key)).map(String::as_str))
+    }
+
+    /// True when the labels, read through `label`, satisfy every requirement.
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| {
-            let value = labels.and_then(|l| l.get(&r.key)).and_then(Value::as_str);
+            let value = label(&r.key);
             match r.op {
                 Operator::Equals => value == Some(r.values[0].as_str()),
                 Operator::NotEquals => value != Some(r.values[0].as_str()),

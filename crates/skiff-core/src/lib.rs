@@ -6,6 +6,7 @@ pub mod fields;
 pub mod labels;
 pub mod meta;
 pub mod names;
+pub mod quantity;
 pub mod resources;
 
 pub use fields::FieldSelector;

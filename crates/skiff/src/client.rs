@@ -34,17 +34,21 @@ struct Session {
 }
 
 async fn connect(args: &TargetArgs) -> anyhow::Result<Session> {
-    let path = args
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| crate::default_data_dir().join("kubeconfig"));
-    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
-        .with_context(|| format!("using kubeconfig {}", path.display()))?;
+    let config = kube_config(args.kubeconfig.clone()).await?;
     let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = kube::Client::try_from(config)?;
     Ok(Session { client, namespace, all_namespaces: args.all_namespaces })
+}
+
+/// Client configuration from a kubeconfig: the one given, else $KUBECONFIG, else the
+/// one `skiff up` wrote.
+pub async fn kube_config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Config> {
+    let path = kubeconfig
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| crate::default_data_dir().join("kubeconfig"));
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
+        .with_context(|| format!("using kubeconfig {}", path.display()))
 }
 
 fn resolve(kind: &str) -> anyhow::Result<&'static ResourceType> {

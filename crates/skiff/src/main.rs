@@ -2,6 +2,7 @@
 //! `skiff server` the control plane, and the client commands (`get`, `apply`, `describe`,
 //! `delete`, `create namespace`) talk to any Kubernetes-compatible API through a kubeconfig.
 
+mod agent;
 mod client;
 mod print;
 mod server;
@@ -23,8 +24,8 @@ enum Command {
     Up(server::ServerArgs),
     /// Run only the control plane (API server and store).
     Server(server::ServerArgs),
-    /// Run a node agent (arrives with the node agent).
-    Agent,
+    /// Run a node agent against a cluster's API.
+    Agent(agent::AgentArgs),
     /// Create or update objects from YAML/JSON files (multi-document), a directory, or `-`.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -100,7 +101,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => server::run(args, true).await,
             Command::Server(args) => server::run(args, false).await,
-            Command::Agent => anyhow::bail!("`skiff agent` is not built yet: the node agent arrives in a later release"),
+            Command::Agent(args) => agent::run(args).await,
             Command::Apply { files, target } => client::apply(&target, &files).await,
             Command::Get { kind, name, output, selector, watch, target } => {
                 client::get(&target, &kind, name.as_deref(), output.as_deref(), selector.as_deref(), watch).await

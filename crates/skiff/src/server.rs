@@ -25,6 +25,16 @@ pub struct ServerArgs {
     /// How many recent changes watches can resume from.
     #[arg(long, default_value_t = 100_000)]
     watch_history: u64,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    /// How long a node may go without renewing its lease before it is marked unknown
+    /// and tainted unreachable (seconds).
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
 }
 
 /// The admin token: made at first start, kept in the data directory.
@@ -77,6 +87,12 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     tracing::info!(%addr, data_dir = %dir.display(), "serving the Kubernetes API");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = skiff_apiserver::router(api);
+    // The scheduler and controllers are API clients like any other, wired straight to the
+    // router: no socket, no TLS, same request path.
+    let client = in_process_client(router.clone(), &token)?;
+    tokio::spawn(skiff_scheduler::run(client.clone()));
+    let options = skiff_controllers::Options { node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period) };
+    tokio::spawn(skiff_controllers::run(client, options));
     let serving = tokio::spawn(async move {
         skiff_apiserver::tls::serve(listener, router, &certs, async move {
             let _ = stopped.await;
@@ -90,6 +106,18 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
     println!("{what} stopped");
     Ok(())
+}
+
+/// A kube-rs client whose requests go straight into the API router, authenticated as admin.
+fn in_process_client(router: axum::Router, token: &str) -> anyhow::Result<kube::Client> {
+    let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut req: http::Request<kube::client::Body>| {
+            req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
+            req
+        })
+        .service(router);
+    Ok(kube::Client::new(service, "default"))
 }
 
 async fn shutdown_signal() {

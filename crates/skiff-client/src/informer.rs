@@ -1,0 +1,63 @@
+//! One watch and one cache per kind, shared by every controller in a process: the
+//! informer of client-go, built from kube-rs's shared reflector.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use futures::StreamExt;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ReflectHandle, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+
+/// How many changes a slow subscriber may lag behind before the watch waits for it.
+const BUFFER: usize = 8192;
+
+/// A shared cache of every `K` in the cluster. Subscribe all controllers first, then
+/// `run` it; a subscriber that stops reading holds the others back, so every subscription
+/// must be consumed.
+pub struct SharedInformer<K: Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    writer: Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+}
+
+impl<K> SharedInformer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    pub fn new(api: Api<K>) -> Self {
+        Self::with_config(api, watcher::Config::default())
+    }
+
+    pub fn with_config(api: Api<K>, config: watcher::Config) -> Self {
+        Self { writer: Writer::new_shared(BUFFER, ()), api, config }
+    }
+
+    /// A read handle on the cache.
+    pub fn store(&self) -> Store<K> {
+        self.writer.as_reader()
+    }
+
+    /// A stream of every object as it changes (after the cache has it).
+    pub fn subscribe(&self) -> ReflectHandle<K> {
+        self.writer.subscribe().expect("shared writers can be subscribed")
+    }
+
+    /// Watches forever, feeding the cache and subscribers; restarts the watch with backoff
+    /// on errors, re-listing when the server says the resume point expired.
+    pub async fn run(self) {
+        let stream = watcher(self.api, self.config).default_backoff();
+        reflector::reflector(self.writer, stream)
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    tracing::debug!(error = %e, kind = %K::kind(&()), "watch error; retrying");
+                }
+            })
+            .await;
+    }
+}

@@ -1,0 +1,25 @@
+//! What every API client part of Skiff (scheduler, controllers, agents) shares: a shared
+//! informer (one watch and cache per kind, fanned out to many controllers), an event
+//! recorder that `kubectl describe` can read, helpers for pods and owner references, and
+//! the create/delete expectations that keep a controller from acting twice on a cache
+//! that has not caught up with its own writes.
+
+pub mod events;
+pub mod expectations;
+pub mod informer;
+pub mod owners;
+pub mod pods;
+
+pub use events::Recorder;
+pub use expectations::Expectations;
+pub use informer::SharedInformer;
+
+/// The current time as Kubernetes timestamps carry it (whole seconds).
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_else(|_| jiff::Timestamp::now()))
+}
+
+/// Seconds since `t` (negative if in the future).
+pub fn seconds_since(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    jiff::Timestamp::now().as_second() - t.0.as_second()
+}
