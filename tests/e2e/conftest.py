@@ -87,6 +87,19 @@ class Cluster:
             raise AssertionError(f"skiff {' '.join(args)} failed: {p.stderr}")
         return p
 
+    def hollow_nodes(self, prefix, count, *extra):
+        """Starts `skiff agent --hollow`: simulated nodes that report bound pods running.
+        Returns the process; terminating it stops the nodes' leases."""
+        log = open(os.path.join(self.data_dir, f"hollow-{prefix}.log"), "ab")
+        proc = subprocess.Popen([skiff_binary(), "agent", "--kubeconfig", self.kubeconfig, "--hollow", str(count), "--hollow-prefix", prefix, *extra],
+                                stdout=log, stderr=log)
+        wait_for(lambda: all(self.kubectl("get", "node", f"{prefix}-{i}", check=False).returncode == 0 for i in range(count)), 30, "hollow nodes registered")
+        return proc
+
+    def json(self, *args):
+        import json as _json
+        return _json.loads(self.kubectl(*args, "-o", "json").stdout)
+
     def api(self):
         """An ApiClient of the official Python client, configured from the kubeconfig."""
         return config.new_client_from_config(config_file=self.kubeconfig)
@@ -114,9 +127,30 @@ class Cluster:
 def cluster():
     """The shared cluster. A short watch history lets tests reach a compacted revision."""
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--watch-history", "200", "--max-request-bytes", "1048576"]).start()
+        c = Cluster(d, ["--watch-history", "1000", "--max-request-bytes", "1048576", "--node-monitor-grace-period", "6"]).start()
         yield c
         c.stop()
+
+
+def wait_for(check, timeout, what):
+    """Polls `check` until it returns something truthy; fails naming `what` after `timeout` s."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def nodes(cluster):
+    """Three hollow nodes, n-0 … n-2, for the whole session."""
+    proc = cluster.hollow_nodes("n", 3)
+    yield ["n-0", "n-1", "n-2"]
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -150,7 +150,7 @@ def test_watch_of_compacted_revision_is_gone(api, namespace):
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(namespace, cm("churn"))
     old = core.read_namespaced_config_map("churn", namespace).metadata.resource_version
-    for i in range(260):  # the test cluster keeps 200 events
+    for i in range(1100):  # the test cluster keeps 1000 events
         core.patch_namespaced_config_map("churn", namespace, {"data": {"k": str(i)}})
     w = watch.Watch()
     with pytest.raises(ApiException) as e:

@@ -111,28 +111,28 @@ async fn keep_leases(client: Client, nodes: Vec<Node>) {
     }
 }
 
-/// Reports every node's status once a minute, as a kubelet's heartbeat does, so a node
-/// marked unknown while its agent was away turns ready again.
+/// Reports a node's status again whenever it shows anything but `Ready=True` (the node
+/// controller marks a node unknown when its lease lapses), as a kubelet would on its
+/// next status update.
 async fn keep_ready(client: Client, regs: Vec<NodeRegistration>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        futures::stream::iter(regs.iter())
-            .for_each_concurrent(CONCURRENCY, |r| {
-                let client = client.clone();
-                async move {
-                    if let Err(e) = r.report_status(&client).await {
-                        tracing::debug!(node = %r.name, error = %e, "reporting node status");
-                    }
-                }
-            })
-            .await;
+    let by_name: HashMap<String, NodeRegistration> = regs.into_iter().map(|r| (r.name.clone(), r)).collect();
+    let api: Api<Node> = Api::all(client.clone());
+    let mut events = watcher(api, watcher::Config::default().labels("skiff.dev/hollow=true")).default_backoff().touched_objects().boxed();
+    while let Some(ev) = events.next().await {
+        let Ok(node) = ev else { continue };
+        let Some(reg) = by_name.get(&node.name_any()) else { continue };
+        let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready && let Err(e) = reg.report_status(&client).await {
+            tracing::debug!(node = %reg.name, error = %e, "reporting node status");
+        }
     }
 }
 
-/// What this process already did to a pod (by uid), so repeated events do not repeat writes.
+/// What this process already did to a pod, so repeated events do not repeat writes:
+/// started pods by uid and the resource version that was seen, deleted pods by uid.
 #[derive(Default)]
 struct Done {
-    started: HashSet<String>,
+    started: HashMap<String, String>,
     deleting: HashSet<String>,
 }
 
@@ -141,9 +141,19 @@ async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<
     let done = Arc::new(Mutex::new(Done::default()));
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
     let next_ip = Arc::new(std::sync::atomic::AtomicU32::new(1));
-    let mut events = watcher(api, watcher::Config::default().fields("spec.nodeName!=")).default_backoff().touched_objects().boxed();
+    let mut events = watcher(api, watcher::Config::default().fields("spec.nodeName!=")).default_backoff().boxed();
     while let Some(ev) = events.next().await {
-        let Ok(pod) = ev else { continue };
+        let pod = match ev {
+            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
+            Ok(watcher::Event::Delete(p)) => {
+                let uid = p.uid().unwrap_or_default();
+                let mut d = done.lock().unwrap();
+                d.started.remove(&uid);
+                d.deleting.remove(&uid);
+                continue;
+            }
+            _ => continue,
+        };
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| names.contains(n)) else { continue };
         let uid = pod.uid().unwrap_or_default();
         let phase = skiff_client::pods::phase(&pod).to_string();
@@ -151,7 +161,11 @@ async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<
             let mut d = done.lock().unwrap();
             if pod.metadata.deletion_timestamp.is_some() {
                 d.deleting.insert(uid.clone()).then_some(Action::Delete)
-            } else if phase == "Pending" && d.started.insert(uid.clone()) {
+            } else if (phase == "Pending" || (phase == "Running" && !skiff_client::pods::is_ready(&pod)))
+                && d.started.get(&uid) != pod.metadata.resource_version.as_ref()
+            {
+                // New, or marked not ready while its node was unreachable: (re)start it.
+                d.started.insert(uid.clone(), pod.metadata.resource_version.clone().unwrap_or_default());
                 Some(Action::Start)
             } else {
                 None

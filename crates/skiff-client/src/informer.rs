@@ -51,6 +51,7 @@ where
     /// Watches forever, feeding the cache and subscribers; restarts the watch with backoff
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {
+        tracing::debug!(kind = %K::kind(&()), "informer starting");
         let stream = watcher(self.api, self.config).default_backoff();
         reflector::reflector(self.writer, stream)
             .for_each(|event| async move {

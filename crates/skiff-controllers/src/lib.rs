@@ -1,3 +1,200 @@
-//! placeholder
-pub struct Options { pub node_monitor_grace_period: std::time::Duration }
-pub async fn run(_client: kube::Client, _options: Options) {}
+//! Skiff's controllers. Each module is one controller in kube-rs's style: a `reconcile`
+//! function that reads the world from shared caches, acts through the API with patches,
+//! and says when to look again; the decisions live in plain functions the unit tests
+//! call with objects. `run` starts them all over one set of shared informers, so a pod
+//! is watched and cached once per process however many controllers read pods.
+
+pub mod children;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
+pub mod garbage_collector;
+pub mod job;
+pub mod namespace;
+pub mod node_lifecycle;
+pub mod replicaset;
+pub mod revisions;
+pub mod serviceaccount;
+pub mod statefulset;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::Api;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use skiff_client::{Expectations, Recorder, SharedInformer};
+use skiff_core::LabelSelector;
+
+/// Settings of the controllers.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a node may go without renewing its lease before it is marked unknown.
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { node_monitor_grace_period: Duration::from_secs(40) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A workload's `spec.selector` as a matcher. A missing selector matches nothing.
+pub fn selector_of(selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>) -> Result<LabelSelector, Error> {
+    let Some(s) = selector else { return Ok(LabelSelector::default()) };
+    let v = serde_json::to_value(s).map_err(|e| Error::Invalid(e.to_string()))?;
+    LabelSelector::from_json(&v).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// `maxSurge`/`maxUnavailable`-style values as a count: numbers as they are,
+/// percentages of `total` rounded up or down, `default_percent` when unset.
+pub fn int_or_percent(value: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, default_percent: i32, total: i32, round_up: bool) -> i32 {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let percent = match value {
+        Some(IntOrString::Int(n)) => return *n,
+        Some(IntOrString::String(s)) => s.trim_end_matches('%').parse::<i64>().unwrap_or(i64::from(default_percent)),
+        None => i64::from(default_percent),
+    };
+    let v = percent * i64::from(total);
+    (if round_up { (v + 99) / 100 } else { v / 100 }) as i32
+}
+
+/// Failed reconciles are retried after a pause; the error is logged at debug level
+/// because conflicts and races with other writers are normal.
+fn retry<K: Resource>(object: Arc<K>, error: &Error, _: Arc<impl Send + Sync>) -> Action {
+    tracing::debug!(kind = %std::any::type_name::<K>(), name = ?object.meta().name, %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn informer<K>(client: &Client) -> SharedInformer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    SharedInformer::new(Api::all(client.clone()))
+}
+
+/// Starts every controller; runs until the process ends.
+pub async fn run(client: Client, options: Options) {
+    tracing::info!("starting controllers");
+    let pods = informer::<Pod>(&client);
+    let replica_sets = informer::<ReplicaSet>(&client);
+    let deployments = informer::<Deployment>(&client);
+    let stateful_sets = informer::<StatefulSet>(&client);
+    let daemon_sets = informer::<DaemonSet>(&client);
+    let revisions = informer::<ControllerRevision>(&client);
+    let jobs = informer::<Job>(&client);
+    let cron_jobs = informer::<CronJob>(&client);
+    let nodes = informer::<Node>(&client);
+    let namespaces = informer::<Namespace>(&client);
+
+    let rs = Controller::for_shared_stream(replica_sets.subscribe(), replica_sets.store())
+        .owns_shared_stream(pods.subscribe())
+        .run(
+            replicaset::reconcile,
+            retry,
+            Arc::new(replicaset::Ctx { client: client.clone(), pods: pods.store(), recorder: Recorder::new(client.clone(), "replicaset-controller"), expectations: Expectations::new() }),
+        )
+        .for_each(|_| async {});
+    let deploy = Controller::for_shared_stream(deployments.subscribe(), deployments.store())
+        .owns_shared_stream(replica_sets.subscribe())
+        .run(
+            deployment::reconcile,
+            retry,
+            Arc::new(deployment::Ctx { client: client.clone(), replica_sets: replica_sets.store(), recorder: Recorder::new(client.clone(), "deployment-controller") }),
+        )
+        .for_each(|_| async {});
+    let sts = Controller::for_shared_stream(stateful_sets.subscribe(), stateful_sets.store())
+        .owns_shared_stream(pods.subscribe())
+        .run(
+            statefulset::reconcile,
+            retry,
+            Arc::new(statefulset::Ctx {
+                client: client.clone(),
+                pods: pods.store(),
+                revisions: revisions.store(),
+                recorder: Recorder::new(client.clone(), "statefulset-controller"),
+            }),
+        )
+        .for_each(|_| async {});
+    let ds_nodes = nodes.subscribe();
+    let ds = Controller::for_shared_stream(daemon_sets.subscribe(), daemon_sets.store())
+        .owns_shared_stream(pods.subscribe())
+        // Every DaemonSet looks again when a node comes, goes or changes.
+        .reconcile_all_on(ds_nodes.map(|_| ()))
+        .run(
+            daemonset::reconcile,
+            retry,
+            Arc::new(daemonset::Ctx {
+                client: client.clone(),
+                pods: pods.store(),
+                nodes: nodes.store(),
+                revisions: revisions.store(),
+                recorder: Recorder::new(client.clone(), "daemonset-controller"),
+                expectations: Expectations::new(),
+            }),
+        )
+        .for_each(|_| async {});
+    let job = Controller::for_shared_stream(jobs.subscribe(), jobs.store())
+        .owns_shared_stream(pods.subscribe())
+        .run(
+            job::reconcile,
+            retry,
+            Arc::new(job::Ctx { client: client.clone(), pods: pods.store(), recorder: Recorder::new(client.clone(), "job-controller"), expectations: Expectations::new() }),
+        )
+        .for_each(|_| async {});
+    let cron = Controller::for_shared_stream(cron_jobs.subscribe(), cron_jobs.store())
+        .owns_shared_stream(jobs.subscribe())
+        .run(
+            cronjob::reconcile,
+            retry,
+            Arc::new(cronjob::Ctx { client: client.clone(), jobs: jobs.store(), recorder: Recorder::new(client.clone(), "cronjob-controller") }),
+        )
+        .for_each(|_| async {});
+    let ns = Controller::for_shared_stream(namespaces.subscribe(), namespaces.store())
+        .run(namespace::reconcile, retry, Arc::new(namespace::Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), "namespace-controller") }))
+        .for_each(|_| async {});
+    let sa = Controller::for_shared_stream(namespaces.subscribe(), namespaces.store())
+        .run(serviceaccount::reconcile, retry, Arc::new(serviceaccount::Ctx { client: client.clone() }))
+        .for_each(|_| async {});
+    let lifecycle = node_lifecycle::run(client.clone(), nodes.store(), pods.store(), options.node_monitor_grace_period);
+    let gc = garbage_collector::run(client.clone());
+
+    tokio::join!(
+        pods.run(),
+        replica_sets.run(),
+        deployments.run(),
+        stateful_sets.run(),
+        daemon_sets.run(),
+        revisions.run(),
+        jobs.run(),
+        cron_jobs.run(),
+        nodes.run(),
+        namespaces.run(),
+        rs,
+        deploy,
+        sts,
+        ds,
+        job,
+        cron,
+        ns,
+        sa,
+        lifecycle,
+        gc,
+    );
+}

@@ -1,0 +1,28 @@
+//! ServiceAccounts: every active namespace has a `default` ServiceAccount.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+
+use crate::children::ignore_gone;
+use crate::Error;
+
+pub struct Ctx {
+    pub client: Client,
+}
+
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if ns.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ns.name_any());
+    if api.get_opt("default").await?.is_none() {
+        let sa = ServiceAccount { metadata: ObjectMeta { name: Some("default".into()), ..Default::default() }, ..Default::default() };
+        ignore_gone(api.create(&PostParams::default(), &sa).await)?;
+    }
+    // Looked at again now and then, so a deleted default ServiceAccount comes back.
+    Ok(Action::requeue(std::time::Duration::from_secs(60)))
+}
