@@ -240,7 +240,7 @@ def test_lost_node_is_tainted_and_its_pods_replaced(cluster, nodes, namespace):
 
 def test_namespace_deletion_empties_it(cluster, nodes, api):
     name = "doomed"
-    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
     wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30, "the default ServiceAccount")
     apply(cluster, name, deployment("d", 2, "nginx:1"))
     cluster.kubectl("rollout", "status", "-n", name, "deployment/d", "--timeout=60s")

@@ -87,7 +87,8 @@ def test_scale_patch_and_delete(cluster, namespace):
 def test_pods_table_and_selectors(cluster, namespace):
     pods = "\n---\n".join(
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{tier: {tier}, idx: '{i}'}}}}\n"
-        f"spec: {{containers: [{{name: c, image: busybox:1.36}}]}}"
+        # A node selector no node matches keeps them Pending whatever nodes exist.
+        f"spec: {{nodeSelector: {{pool: none}}, containers: [{{name: c, image: busybox:1.36}}]}}"
         for i, tier in enumerate(["front", "front", "back", "db"]))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=pods)
     out = cluster.kubectl("get", "pods", "-n", namespace).stdout.splitlines()

@@ -68,15 +68,14 @@ def test_many_kinds_round_trip(api, namespace):
 
 
 def test_status_subresource_separates_spec_and_status(api, namespace):
-    apps = client.AppsV1Api(api)
-    d = apps.create_namespaced_deployment(namespace, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
-        "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}, "status": {"replicas": 9}})
-    assert d.status is None or not d.status.replicas
-    apps.patch_namespaced_deployment_status("d", namespace, {"status": {"replicas": 1}})
-    apps.patch_namespaced_deployment("d", namespace, {"status": {"replicas": 7}})
-    got = apps.read_namespaced_deployment("d", namespace)
-    assert got.status.replicas == 1 and got.metadata.generation == 1
+    # A ResourceQuota: it has a status subresource and no controller writing it.
+    core = client.CoreV1Api(api)
+    q = core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}}, "status": {"hard": {"pods": "9"}}})
+    assert q.status is None or not q.status.hard
+    core.patch_namespaced_resource_quota_status("q", namespace, {"status": {"hard": {"pods": "1"}}})
+    core.patch_namespaced_resource_quota("q", namespace, {"status": {"hard": {"pods": "7"}}})
+    got = core.read_namespaced_resource_quota("q", namespace)
+    assert got.status.hard == {"pods": "1"} and got.spec.hard == {"pods": "10"}
 
 
 def test_stale_update_conflicts(api, namespace):
