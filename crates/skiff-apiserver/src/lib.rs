@@ -180,6 +180,20 @@ async fn not_found(uri: http::Uri) -> Response {
 }
 
 /// The HTTP router of the whole API.
+/// A kube-rs client whose requests go straight into `router`, authenticated with
+/// `token`: how the scheduler, controllers and benchmarks in the same process reach the
+/// API (no socket, no TLS, the same request path as any client).
+pub fn in_process_client(router: Router, token: &str) -> Result<kube::Client, http::header::InvalidHeaderValue> {
+    let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut req: http::Request<kube::client::Body>| {
+            req.headers_mut().insert(header::AUTHORIZATION, auth.clone());
+            req
+        })
+        .service(router);
+    Ok(kube::Client::new(service, "default"))
+}
+
 pub fn router(server: Arc<ApiServer>) -> Router {
     Router::new()
         .route("/version", get(version))

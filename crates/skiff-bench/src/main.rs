@@ -4,6 +4,11 @@
 //! `cargo run --release -p skiff-bench -- api [--quick]`: durable ConfigMap creates through
 //! the API server's HTTP path and through the Store alone, at 1, 16 and 64 concurrent
 //! clients, with throughput and p50/p99 latency.
+//!
+//! `cargo run --release -p skiff-bench -- schedule [--quick]`: pods bound per second by
+//! the scheduler on 100 and 1,000 simulated nodes (Node objects, no agent), and the time
+//! from a ReplicaSet's scale-up to each of its pods being bound (p50/p99), with the
+//! controllers running too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +21,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
+
+mod schedule;
 
 #[derive(Parser)]
 struct Cli {
@@ -33,6 +40,18 @@ enum Bench {
         /// Creates per concurrency level.
         #[arg(long, default_value_t = 20_000)]
         creates: usize,
+    },
+    /// Scheduling throughput and ReplicaSet scale-up to bound latency on simulated nodes.
+    Schedule {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Pods to schedule per node count.
+        #[arg(long, default_value_t = 5_000)]
+        pods: usize,
+        /// ReplicaSet size for the scale-up latency.
+        #[arg(long, default_value_t = 1_000)]
+        replicas: usize,
     },
 }
 
@@ -156,5 +175,6 @@ async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
+        Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
     }
 }

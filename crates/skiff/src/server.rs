@@ -89,7 +89,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let router = skiff_apiserver::router(api);
     // The scheduler and controllers are API clients like any other, wired straight to the
     // router: no socket, no TLS, same request path.
-    let client = in_process_client(router.clone(), &token)?;
+    let client = skiff_apiserver::in_process_client(router.clone(), &token)?;
     tokio::spawn(skiff_scheduler::run(client.clone()));
     let options = skiff_controllers::Options { node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period) };
     tokio::spawn(skiff_controllers::run(client, options));
@@ -106,18 +106,6 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
     println!("{what} stopped");
     Ok(())
-}
-
-/// A kube-rs client whose requests go straight into the API router, authenticated as admin.
-fn in_process_client(router: axum::Router, token: &str) -> anyhow::Result<kube::Client> {
-    let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
-    let service = tower::ServiceBuilder::new()
-        .map_request(move |mut req: http::Request<kube::client::Body>| {
-            req.headers_mut().insert(http::header::AUTHORIZATION, auth.clone());
-            req
-        })
-        .service(router);
-    Ok(kube::Client::new(service, "default"))
 }
 
 async fn shutdown_signal() {
