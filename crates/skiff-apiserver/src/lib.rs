@@ -91,6 +91,12 @@ impl ApiServer {
             "spec": {"clusterIP": self.config.service_cidr.nth(1).to_string(),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}});
         ignore_exists(self.create_object(services, Some("default"), kubernetes, WriteOptions::default()).await)?;
+        // The Wasm runtime class: pods naming it are scheduled only onto nodes whose agent
+        // offers wasmtime (they carry the label).
+        let classes = resources::find("node.k8s.io", "v1", "runtimeclasses").expect("runtimeclasses");
+        let wasmtime = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "wasmtime"},
+            "handler": "wasmtime", "scheduling": {"nodeSelector": {"skiff.dev/runtime-wasm": "true"}}});
+        ignore_exists(self.create_object(classes, None, wasmtime, WriteOptions::default()).await)?;
         Ok(())
     }
 }

@@ -352,3 +352,72 @@ pub async fn run(client: Client) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cpu: &str, labels: serde_json::Value, taints: serde_json::Value) -> Arc<Node> {
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints},
+            "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "10"}, "conditions": [{"type": "Ready", "status": "True"}]}})).unwrap())
+    }
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d", "labels": {"app": "x"}}, "spec": spec})).unwrap()
+    }
+
+    fn cache() -> Cache {
+        let mut c = Cache::default();
+        c.set_node(node("small", "1", json!({"skiff.dev/runtime-wasm": "true", "zone": "a"}), json!([])));
+        c.set_node(node("big", "8", json!({"zone": "b"}), json!([])));
+        c.set_node(node("tainted", "8", json!({"zone": "c"}), json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])));
+        c.runtime_classes.insert("wasmtime".into(), Arc::new(serde_json::from_value(json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime",
+            "scheduling": {"nodeSelector": {"skiff.dev/runtime-wasm": "true"}}})).unwrap()));
+        c
+    }
+
+    #[test]
+    fn decisions() {
+        let plugins = default_plugins();
+        let c = cache();
+        let cases = [
+            // Too big for `small`; `tainted` is not tolerated.
+            (json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}), Decision::Node("big".into())),
+            // Wasm pods go where the runtime is.
+            (json!({"runtimeClassName": "wasmtime", "containers": [{"name": "c"}]}), Decision::Node("small".into())),
+            // A toleration and a selector pick the tainted node.
+            (json!({"nodeSelector": {"zone": "c"}, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu"}], "containers": [{"name": "c"}]}), Decision::Node("tainted".into())),
+            (json!({"runtimeClassName": "gvisor", "containers": [{"name": "c"}]}), Decision::Unschedulable("0/3 nodes are available: 3 RuntimeClass \"gvisor\" not found.".into())),
+            (json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "16"}}}]}),
+             Decision::Unschedulable("0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {dedicated: gpu}.".into())),
+            (json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a", "b"]}]}]}}},
+                    "containers": [{"name": "c"}]}),
+             Decision::Unschedulable("0/3 nodes are available: 2 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}.".into())),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(decide(&plugins, &c, &pod(spec.clone()), 0), want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn assumed_pods_count_and_anti_affinity_spreads() {
+        let plugins = default_plugins();
+        let mut c = cache();
+        let anti = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "zone"}]}}, "containers": [{"name": "c"}]});
+        let mut placed = Vec::new();
+        for i in 0..2 {
+            let mut p = pod(anti.clone());
+            p.metadata.name = Some(format!("p{i}"));
+            let Decision::Node(n) = decide(&plugins, &c, &p, 0) else { panic!("pod {i} must fit") };
+            c.place(pod_key(&p), &n, PlacedPod::of(&p, true));
+            placed.push(n);
+        }
+        placed.sort();
+        assert_eq!(placed, ["big", "small"]);
+        let mut third = pod(anti);
+        third.metadata.name = Some("p2".into());
+        assert!(matches!(decide(&plugins, &c, &third, 0), Decision::Unschedulable(m) if m.contains("2 node(s) didn't match pod anti-affinity rules")));
+    }
+}
