@@ -51,10 +51,11 @@ def test_bootstrap_objects_and_tables(cluster):
 def test_apply_is_idempotent_and_updates(cluster, namespace):
     first = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT).stdout
     assert "deployment.apps/web created" in first and "configmap/settings created" in first
-    rv = cluster.kubectl("get", "deploy", "web", "-n", namespace, "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    # The ConfigMap's revision: no controller writes it (the Deployment's status moves on).
+    rv = cluster.kubectl("get", "cm", "settings", "-n", namespace, "-o", "jsonpath={.metadata.resourceVersion}").stdout
     again = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT).stdout
     assert "deployment.apps/web unchanged" in again and "configmap/settings unchanged" in again
-    assert cluster.kubectl("get", "deploy", "web", "-n", namespace, "-o", "jsonpath={.metadata.resourceVersion}").stdout == rv
+    assert cluster.kubectl("get", "cm", "settings", "-n", namespace, "-o", "jsonpath={.metadata.resourceVersion}").stdout == rv
     changed = DEPLOYMENT.replace("replicas: 2", "replicas: 3").replace("web:1.0", "web:2.0")
     out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=changed).stdout
     assert "deployment.apps/web configured" in out
