@@ -15,6 +15,12 @@ pub use events::Recorder;
 pub use expectations::Expectations;
 pub use informer::SharedInformer;
 
+/// A typed `metav1.LabelSelector` (as k8s-openapi objects carry it) as a matcher.
+pub fn label_selector(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<skiff_core::LabelSelector, skiff_core::labels::SelectorError> {
+    let value = serde_json::to_value(selector).expect("a LabelSelector always serialises");
+    skiff_core::LabelSelector::from_json(&value)
+}
+
 /// The current time as Kubernetes timestamps carry it (whole seconds).
 pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_else(|_| jiff::Timestamp::now()))

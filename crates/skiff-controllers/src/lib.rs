@@ -58,8 +58,7 @@ pub enum Error {
 /// A workload's `spec.selector` as a matcher. A missing selector matches nothing.
 pub fn selector_of(selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>) -> Result<LabelSelector, Error> {
     let Some(s) = selector else { return Ok(LabelSelector::default()) };
-    let v = serde_json::to_value(s).map_err(|e| Error::Invalid(e.to_string()))?;
-    LabelSelector::from_json(&v).map_err(|e| Error::Invalid(e.to_string()))
+    skiff_client::label_selector(s).map_err(|e| Error::Invalid(e.to_string()))
 }
 
 /// `maxSurge`/`maxUnavailable`-style values as a count: numbers as they are,

@@ -25,31 +25,38 @@ struct Domains {
     preferred: HashMap<(String, String), i64>,
 }
 
-/// True when `term` (of a pod in `owner_ns`) selects a pod in `ns` with `labels`.
-fn term_selects(term: &PodAffinityTerm, owner_ns: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
-    let namespaces = term.namespaces.as_deref().unwrap_or_default();
-    let all_namespaces = term.namespace_selector.as_ref().is_some_and(|s| s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
-    let ns_ok = all_namespaces || if namespaces.is_empty() { ns == owner_ns } else { namespaces.iter().any(|n| n == ns) };
-    if !ns_ok {
-        return false;
-    }
-    let Some(selector) = term.label_selector.as_ref() else { return false };
-    let Ok(sel) = serde_json::to_value(selector).map_err(|_| ()).and_then(|v| LabelSelector::from_json(&v).map_err(|_| ())) else { return false };
-    sel.matches_map(Some(labels))
+/// A pod affinity term made ready to match: its label selector parsed once, however
+/// many pods it is checked against.
+struct Term<'a> {
+    term: &'a PodAffinityTerm,
+    owner_ns: &'a str,
+    selector: Option<LabelSelector>,
 }
 
-fn domains_where(cache: &Cache, term: &PodAffinityTerm, owner_ns: &str) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for node in cache.nodes.values() {
-        let Some(value) = node.labels.get(&term.topology_key) else { continue };
-        if out.contains(value) {
-            continue;
-        }
-        if node.pods.values().any(|p| term_selects(term, owner_ns, &p.namespace, &p.labels)) {
-            out.insert(value.clone());
-        }
+impl<'a> Term<'a> {
+    fn new(term: &'a PodAffinityTerm, owner_ns: &'a str) -> Self {
+        Term { term, owner_ns, selector: term.label_selector.as_ref().and_then(|s| skiff_client::label_selector(s).ok()) }
     }
-    out
+
+    /// True when the term (of a pod in `owner_ns`) selects a pod in `ns` with `labels`.
+    fn selects(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
+        let namespaces = self.term.namespaces.as_deref().unwrap_or_default();
+        let all_namespaces = self.term.namespace_selector.as_ref().is_some_and(|s| s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|e| e.is_empty()));
+        let ns_ok = all_namespaces || if namespaces.is_empty() { ns == self.owner_ns } else { namespaces.iter().any(|n| n == ns) };
+        ns_ok && self.selector.as_ref().is_some_and(|sel| sel.matches_map(Some(labels)))
+    }
+
+    /// The topology values (of the term's key) of nodes running a pod the term selects.
+    fn domains(&self, cache: &Cache) -> HashSet<String> {
+        let mut out = HashSet::new();
+        for node in cache.nodes.values() {
+            let Some(value) = node.labels.get(&self.term.topology_key) else { continue };
+            if !out.contains(value) && node.pods.values().any(|p| self.selects(&p.namespace, &p.labels)) {
+                out.insert(value.clone());
+            }
+        }
+        out
+    }
 }
 
 impl Plugin for InterPodAffinity {
@@ -65,18 +72,19 @@ impl Plugin for InterPodAffinity {
         let labels = pod.labels().unwrap_or(&empty);
         let mut d = Domains { affinity: vec![], anti: vec![], preferred: HashMap::new() };
         for term in pa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()).into_iter().flatten() {
-            let found = domains_where(cache, term, &pod.namespace);
-            let free = found.is_empty() && term_selects(term, &pod.namespace, &pod.namespace, labels);
+            let t = Term::new(term, &pod.namespace);
+            let found = t.domains(cache);
+            let free = found.is_empty() && t.selects(&pod.namespace, labels);
             d.affinity.push((term.topology_key.clone(), if free { None } else { Some(found) }));
         }
         for term in paa.and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref()).into_iter().flatten() {
-            d.anti.push((term.topology_key.clone(), domains_where(cache, term, &pod.namespace)));
+            d.anti.push((term.topology_key.clone(), Term::new(term, &pod.namespace).domains(cache)));
         }
         // Symmetry: existing pods whose anti-affinity selects this pod.
         for node in cache.nodes.values() {
             for placed in node.pods.values().filter(|p| !p.anti_affinity.is_empty()) {
                 for term in &placed.anti_affinity {
-                    if term_selects(term, &placed.namespace, &pod.namespace, labels)
+                    if Term::new(term, &placed.namespace).selects(&pod.namespace, labels)
                         && let Some(v) = node.labels.get(&term.topology_key)
                     {
                         d.anti.push((term.topology_key.clone(), HashSet::from([v.clone()])));
@@ -91,7 +99,7 @@ impl Plugin for InterPodAffinity {
             .map(|w| (&w.pod_affinity_term, i64::from(w.weight)))
             .chain(paa.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref()).into_iter().flatten().map(|w| (&w.pod_affinity_term, -i64::from(w.weight))));
         for (term, weight) in weighted {
-            for value in domains_where(cache, term, &pod.namespace) {
+            for value in Term::new(term, &pod.namespace).domains(cache) {
                 *d.preferred.entry((term.topology_key.clone(), value)).or_default() += weight;
             }
         }

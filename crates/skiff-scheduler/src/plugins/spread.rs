@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use skiff_core::LabelSelector;
-
 use super::affinity::NodeAffinity;
 use super::taints::TaintToleration;
 use super::{Plugin, PodContext, State};
@@ -32,11 +30,7 @@ impl Plugin for PodTopologySpread {
         let constraints = pod.pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()).filter(|c| !c.is_empty())?;
         let mut out = Vec::new();
         for c in constraints {
-            let selector = c
-                .label_selector
-                .as_ref()
-                .and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| LabelSelector::from_json(&v).ok());
+            let selector = c.label_selector.as_ref().and_then(|s| skiff_client::label_selector(s).ok());
             let honor_taints = c.node_taints_policy.as_deref() == Some("Honor");
             let honor_affinity = c.node_affinity_policy.as_deref() != Some("Ignore");
             let mut counts: HashMap<String, i64> = HashMap::new();
