@@ -121,8 +121,7 @@ async fn keep_ready(client: Client, regs: Vec<NodeRegistration>) {
     while let Some(ev) = events.next().await {
         let Ok(node) = ev else { continue };
         let Some(reg) = by_name.get(&node.name_any()) else { continue };
-        let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if !ready && let Err(e) = reg.report_status(&client).await {
+        if skiff_client::nodes::ready_status(&node) != Some("True") && let Err(e) = reg.report_status(&client).await {
             tracing::debug!(node = %reg.name, error = %e, "reporting node status");
         }
     }

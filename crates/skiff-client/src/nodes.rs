@@ -3,7 +3,35 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, Taint, Toleration};
+
+/// The status of the node's `Ready` condition (`True`, `False`, `Unknown`), if it has one.
+pub fn ready_status(node: &Node) -> Option<&str> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
+}
+
+/// True when the pod's `nodeSelector` and required node affinity accept the node.
+pub fn matches_node_selection(spec: &PodSpec, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(selector) = spec.node_selector.as_ref()
+        && !selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    required.is_none_or(|req| req.node_selector_terms.iter().any(|t| term_matches(t, node_name, labels)))
+}
+
+/// The first `NoSchedule` or `NoExecute` taint none of the tolerations tolerate.
+pub fn first_untolerated<'a, 'b>(taints: &'a [Taint], tolerations: impl IntoIterator<Item = &'b Toleration> + Clone) -> Option<&'a Taint> {
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tolerations.clone().into_iter().any(|tol| tolerates(tol, t)))
+}
 
 /// A node selector term matches when all its label and field expressions hold; a term
 /// with neither matches nothing, as in Kubernetes.

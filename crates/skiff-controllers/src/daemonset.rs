@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use skiff_client::nodes::{term_matches, tolerates};
+use skiff_client::nodes::{first_untolerated, matches_node_selection};
 use skiff_client::pods::{self, Availability};
 use skiff_client::{Expectations, Recorder, owners};
 
@@ -49,25 +49,13 @@ pub fn daemon_tolerations() -> Vec<Toleration> {
 pub fn should_run(ds: &DaemonSet, node: &Node) -> bool {
     let name = node.name_any();
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    let spec = Some(&ds.spec).and_then(|s| s.template.spec.as_ref());
-    if let Some(sel) = spec.and_then(|s| s.node_selector.as_ref())
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
+    let spec = ds.spec.template.spec.as_ref();
+    if !spec.is_none_or(|s| matches_node_selection(s, &name, &labels)) {
         return false;
     }
-    let required = spec
-        .and_then(|s| s.affinity.as_ref())
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    if let Some(req) = required
-        && !req.node_selector_terms.iter().any(|t| term_matches(t, &name, &labels))
-    {
-        return false;
-    }
-    let mut tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
-    tolerations.extend(daemon_tolerations());
+    let tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default().into_iter().chain(daemon_tolerations()).collect::<Vec<_>>();
     let taints: &[Taint] = node.spec.as_ref().and_then(|s| s.taints.as_deref()).unwrap_or_default();
-    taints.iter().filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute").all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
+    first_untolerated(taints, &tolerations).is_none()
 }
 
 /// The node a daemon pod is for: its node name, else its node-name affinity.

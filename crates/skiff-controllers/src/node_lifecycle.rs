@@ -16,7 +16,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use skiff_client::Recorder;
 use skiff_client::events::EventType;
-use skiff_client::nodes::tolerates;
+use skiff_client::nodes::{ready_status, tolerates};
 
 use crate::children::ignore_gone;
 use crate::Error;
@@ -31,10 +31,6 @@ pub fn wanted_condition_taints(ready: Option<&str>) -> Option<&'static str> {
         Some("False") => Some(NOT_READY),
         _ => Some(UNREACHABLE),
     }
-}
-
-fn ready_status(node: &Node) -> Option<&str> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
 }
 
 /// When pod `tolerations` let it stay on a node with these NoExecute `taints`:

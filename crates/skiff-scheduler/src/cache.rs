@@ -132,11 +132,7 @@ impl NodeInfo {
 
     /// The `Ready` condition is `True`.
     pub fn ready(&self) -> bool {
-        self.node
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        skiff_client::nodes::ready_status(&self.node) == Some("True")
     }
 
     fn place(&mut self, key: PodKey, placed: PlacedPod) {

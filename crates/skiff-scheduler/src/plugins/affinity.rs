@@ -2,7 +2,7 @@
 //! where the Wasm runtime is), required node affinity as a filter and preferred node
 //! affinity as a score.
 
-use skiff_client::nodes::term_matches;
+use skiff_client::nodes::{matches_node_selection, term_matches};
 
 use super::{Plugin, PodContext, State};
 use crate::cache::NodeInfo;
@@ -21,26 +21,10 @@ impl Plugin for NodeAffinity {
             Ok(c) => c,
             Err(name) => return Err(vec![format!("RuntimeClass {name:?} not found")]),
         };
-        let spec = pod.pod.spec.as_ref();
-        let selectors = spec
-            .and_then(|s| s.node_selector.as_ref())
-            .into_iter()
-            .chain(class.as_ref().and_then(|c| c.scheduling.as_ref()).and_then(|s| s.node_selector.as_ref()));
-        for selector in selectors {
-            if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
-                return Err(vec![MISMATCH.into()]);
-            }
-        }
-        let required = spec
-            .and_then(|s| s.affinity.as_ref())
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-        if let Some(req) = required
-            && !req.node_selector_terms.iter().any(|t| term_matches(t, &node.name, &node.labels))
-        {
-            return Err(vec![MISMATCH.into()]);
-        }
-        Ok(())
+        let class_selector = class.as_ref().and_then(|c| c.scheduling.as_ref()).and_then(|s| s.node_selector.as_ref());
+        let class_ok = class_selector.is_none_or(|sel| sel.iter().all(|(k, v)| node.labels.get(k) == Some(v)));
+        let pod_ok = pod.pod.spec.as_ref().is_none_or(|s| matches_node_selection(s, &node.name, &node.labels));
+        if class_ok && pod_ok { Ok(()) } else { Err(vec![MISMATCH.into()]) }
     }
 
     fn weight(&self) -> i64 {

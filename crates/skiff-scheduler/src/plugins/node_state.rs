@@ -32,8 +32,7 @@ impl Plugin for NodeReady {
         if node.ready() {
             return Ok(());
         }
-        let status = node.node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str());
-        let taint = if status == Some("False") { "node.kubernetes.io/not-ready" } else { "node.kubernetes.io/unreachable" };
+        let taint = if skiff_client::nodes::ready_status(&node.node) == Some("False") { "node.kubernetes.io/not-ready" } else { "node.kubernetes.io/unreachable" };
         if tolerates(&pod.tolerations, taint, "NoSchedule") {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! that do not tolerate them; `PreferNoSchedule` taints only lower the node's score.
 
 pub use skiff_client::nodes::tolerates;
+use skiff_client::nodes::first_untolerated;
 
 use super::{Plugin, PodContext, State};
 use crate::cache::NodeInfo;
@@ -14,12 +15,7 @@ impl Plugin for TaintToleration {
     }
 
     fn filter(&self, pod: &PodContext, node: &NodeInfo, _: &State) -> Result<(), Vec<String>> {
-        let untolerated = node
-            .taints()
-            .iter()
-            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-            .find(|t| !pod.tolerations.iter().any(|tol| tolerates(tol, t)));
-        match untolerated {
+        match first_untolerated(node.taints(), &pod.tolerations) {
             Some(t) => Err(vec![format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value.as_deref().unwrap_or_default())]),
             None => Ok(()),
         }
