@@ -22,7 +22,7 @@ use skiff_client::{Recorder, owners};
 
 use crate::children::{self, ignore_gone};
 use crate::revisions::template_hash;
-use crate::{Error, int_or_percent as resolve, selector_of};
+use crate::{Error, int_or_percent, selector_of};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -58,8 +58,8 @@ pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
     let spec = Some(&d.spec);
     let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
     let ru = spec.and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
-    let surge = resolve(ru.and_then(|r| r.max_surge.as_ref()), 25, replicas, true);
-    let unavailable = resolve(ru.and_then(|r| r.max_unavailable.as_ref()), 25, replicas, false);
+    let surge = int_or_percent(ru.and_then(|r| r.max_surge.as_ref()), 25, replicas, true);
+    let unavailable = int_or_percent(ru.and_then(|r| r.max_unavailable.as_ref()), 25, replicas, false);
     if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) }
 }
 
@@ -468,9 +468,9 @@ mod tests {
 
     #[test]
     fn percentages_round_like_kubernetes() {
-        assert_eq!(resolve(Some(&IntOrString::String("25%".into())), 25, 10, true), 3);
-        assert_eq!(resolve(Some(&IntOrString::String("25%".into())), 25, 10, false), 2);
-        assert_eq!(resolve(Some(&IntOrString::Int(0)), 25, 10, false), 0);
+        assert_eq!(int_or_percent(Some(&IntOrString::String("25%".into())), 25, 10, true), 3);
+        assert_eq!(int_or_percent(Some(&IntOrString::String("25%".into())), 25, 10, false), 2);
+        assert_eq!(int_or_percent(Some(&IntOrString::Int(0)), 25, 10, false), 0);
         assert_eq!(surge_and_unavailable(&deployment(10, "0", "0")), (0, 1));
     }
 

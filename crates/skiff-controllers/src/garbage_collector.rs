@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::Client;
@@ -20,7 +20,7 @@ use skiff_core::resources::{self, ResourceType};
 use tokio::sync::Semaphore;
 
 use crate::children::ignore_gone;
-use crate::Error;
+use crate::{Error, api_resource, dynamic_api};
 
 const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
@@ -36,23 +36,10 @@ struct Vertex {
     finalizers: Vec<String>,
 }
 
-fn api_resource(r: &ResourceType) -> ApiResource {
-    ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() }
-}
-
-fn dynamic_api(client: &Client, r: &ResourceType, namespace: Option<&str>) -> Api<DynamicObject> {
-    let ar = api_resource(r);
-    match (r.namespaced, namespace) {
-        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
-        _ => Api::all_with(client.clone(), &ar),
-    }
-}
-
 /// Kinds whose objects may own or be owned: every served kind in its preferred version,
 /// except Events (many, short-lived, and never owners).
 fn watched_kinds() -> Vec<&'static ResourceType> {
-    let mut seen = HashSet::new();
-    resources::RESOURCES.iter().filter(|r| r.kind != "Event" && seen.insert((r.group, r.plural))).collect()
+    resources::stored().filter(|r| r.kind != "Event").collect()
 }
 
 /// The work the graph asks for.

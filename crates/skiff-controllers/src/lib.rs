@@ -61,6 +61,21 @@ pub fn selector_of(selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta:
     skiff_client::label_selector(s).map_err(|e| Error::Invalid(e.to_string()))
 }
 
+/// The dynamic-client description of a served resource.
+pub fn api_resource(r: &skiff_core::ResourceType) -> kube::api::ApiResource {
+    kube::api::ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() }
+}
+
+/// A dynamic API for objects of `r`: in `namespace` when the kind is namespaced and one is
+/// given, across the cluster otherwise.
+pub fn dynamic_api(client: &Client, r: &skiff_core::ResourceType, namespace: Option<&str>) -> Api<kube::api::DynamicObject> {
+    let ar = api_resource(r);
+    match (r.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    }
+}
+
 /// `maxSurge`/`maxUnavailable`-style values as a count: numbers as they are,
 /// percentages of `total` rounded up or down, `default_percent` when unset.
 pub fn int_or_percent(value: Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>, default_percent: i32, total: i32, round_up: bool) -> i32 {

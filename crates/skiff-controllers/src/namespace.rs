@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -15,7 +15,7 @@ use skiff_client::Recorder;
 use skiff_core::resources;
 
 use crate::children::ignore_gone;
-use crate::Error;
+use crate::{Error, dynamic_api};
 
 pub struct Ctx {
     pub client: Client,
@@ -28,10 +28,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Erro
     }
     let name = ns.name_any();
     let mut remaining = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for r in resources::RESOURCES.iter().filter(|r| r.namespaced && seen.insert((r.group, r.plural))) {
-        let ar = ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() };
-        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &name, &ar);
+    for r in resources::stored().filter(|r| r.namespaced) {
+        let api = dynamic_api(&ctx.client, r, Some(&name));
         let left = api.list_metadata(&ListParams::default()).await?;
         if left.items.is_empty() {
             continue;

@@ -158,6 +158,12 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     out
 }
 
+/// Every stored resource once: each group/plural in its stored (first listed) version,
+/// as clients that walk all kinds (garbage collector, namespace deletion) need them.
+pub fn stored() -> impl Iterator<Item = &'static ResourceType> {
+    RESOURCES.iter().enumerate().filter(|(i, r)| !RESOURCES[..*i].iter().any(|o| o.group == r.group && o.plural == r.plural)).map(|(_, r)| r)
+}
+
 /// The preferred version of a group: the version of its first listed resource.
 pub fn preferred_version(group: &str) -> Option<&'static str> {
     RESOURCES.iter().find(|r| r.group == group).map(|r| r.version)
@@ -166,6 +172,13 @@ pub fn preferred_version(group: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_lists_each_kind_once_in_its_stored_version() {
+        let hpas: Vec<_> = stored().filter(|r| r.plural == "horizontalpodautoscalers").map(|r| r.version).collect();
+        assert_eq!(hpas, ["v2"]);
+        assert_eq!(stored().count(), RESOURCES.len() - 1);
+    }
 
     #[test]
     fn kubectl_style_names_resolve() {
