@@ -59,12 +59,7 @@ impl Recorder {
 
     /// Records an event about `object`.
     pub fn record<K: Resource<DynamicType = ()>>(&self, object: &K, kind: EventType, reason: &str, message: impl Into<String>) {
-        self.record_ref(object.object_ref(&()), kind, reason, message);
-    }
-
-    /// Records an event about the object `regarding` names.
-    pub fn record_ref(&self, regarding: ObjectReference, kind: EventType, reason: &str, message: impl Into<String>) {
-        let pending = Pending { regarding, kind, reason: reason.to_string(), message: message.into() };
+        let pending = Pending { regarding: object.object_ref(&()), kind, reason: reason.to_string(), message: message.into() };
         if self.queue.try_send(pending).is_err() {
             tracing::debug!(reason, "event queue full; dropping an event");
         }
@@ -78,7 +73,7 @@ async fn write_events(client: Client, component: String, rx: mpsc::Receiver<Pend
     let series = &series;
     let client = &client;
     let component = &component;
-    tokio_stream_from(rx)
+    tokio_stream::wrappers::ReceiverStream::new(rx)
         .for_each_concurrent(CONCURRENCY, |p| async move {
             let namespace = p.regarding.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
             let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
@@ -126,10 +121,6 @@ async fn write_events(client: Client, component: String, rx: mpsc::Receiver<Pend
             }
         })
         .await;
-}
-
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Event names need only be unique; a per-process counter mixed with the clock is enough.

@@ -23,7 +23,6 @@ where
 {
     writer: Writer<K>,
     api: Api<K>,
-    config: watcher::Config,
 }
 
 impl<K> SharedInformer<K>
@@ -31,11 +30,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Self {
-        Self::with_config(api, watcher::Config::default())
-    }
-
-    pub fn with_config(api: Api<K>, config: watcher::Config) -> Self {
-        Self { writer: Writer::new_shared(BUFFER, ()), api, config }
+        Self { writer: Writer::new_shared(BUFFER, ()), api }
     }
 
     /// A read handle on the cache.
@@ -52,7 +47,7 @@ where
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {
         tracing::debug!(kind = %K::kind(&()), "informer starting");
-        let stream = watcher(self.api, self.config).default_backoff();
+        let stream = watcher(self.api, watcher::Config::default()).default_backoff();
         reflector::reflector(self.writer, stream)
             .for_each(|event| async move {
                 if let Err(e) = event {

@@ -47,10 +47,6 @@ fn priority(pod: &Pod) -> i32 {
 }
 
 impl Queue {
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     pub fn has_active(&self) -> bool {
         !self.active.is_empty()
     }
