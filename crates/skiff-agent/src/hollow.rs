@@ -49,7 +49,9 @@ pub enum HollowError {
     Register { node: String, source: kube::Error },
 }
 
-fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
+/// What hollow node `i` registers: the standard and runtime labels, the configured
+/// capacity and a made-up address.
+pub fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
     let name = format!("{}-{i}", config.prefix);
     let mut labels = NodeRegistration::standard_labels(&name);
     labels.insert(WASM_RUNTIME_LABEL.into(), "true".into());

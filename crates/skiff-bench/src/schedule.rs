@@ -1,12 +1,12 @@
-//! The `schedule` bench: an in-process API server with simulated nodes (registered Node
-//! objects, ready, with no agent behind them), then
+//! The `schedule` bench: an in-process API server with simulated nodes (hollow nodes'
+//! Node objects, registered and ready, with no agent behind them), then
 //! 1. throughput: N pending pods exist, the scheduler starts, and the time until every
 //!    one is bound gives pods/s (kube-scheduler's own benchmark minimum is 680 pods/s
 //!    on 5,000 nodes);
 //! 2. latency: with controllers and scheduler running, a ReplicaSet of R replicas is
 //!    created and each pod's time from that moment to being bound is recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use skiff_agent::node::NodeRegistration;
+use skiff_agent::hollow::{self, HollowConfig};
 use skiff_store::{RedbStore, Store, StoreOptions};
 
 struct Cluster {
@@ -30,21 +30,12 @@ async fn cluster(nodes: usize) -> anyhow::Result<Cluster> {
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
     server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), "bench-token")?;
+    let config = HollowConfig { prefix: "sim".into(), count: nodes, cpu: "32".into(), memory: "128Gi".into(), pods: 250, ..Default::default() };
+    let config = &config;
     futures::stream::iter(0..nodes)
         .map(|i| {
             let client = client.clone();
-            async move {
-                let name = format!("sim-{i}");
-                let reg = NodeRegistration {
-                    labels: NodeRegistration::standard_labels(&name),
-                    capacity: BTreeMap::from([("cpu".into(), "32".into()), ("memory".into(), "128Gi".into()), ("pods".into(), "250".into())]),
-                    internal_ip: format!("10.200.{}.{}", i / 250, i % 250 + 1),
-                    kernel_version: "simulated".into(),
-                    os_image: "simulated".into(),
-                    name,
-                };
-                reg.register(&client).await
-            }
+            async move { hollow::registration(config, i).register(&client).await }
         })
         .buffer_unordered(64)
         .collect::<Vec<_>>()
