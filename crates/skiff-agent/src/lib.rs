@@ -1,7 +1,8 @@
-//! Skiff's node agent. This release holds what every node shares (registering the Node
-//! object and renewing its Lease) and hollow nodes: many simulated nodes in one process
-//! that accept bound pods and report them running without running anything, for tests
-//! and benchmarks at cluster scale (Kubernetes' kubemark).
+//! Skiff's node agent (its kubelet): registers the node, renews its lease and makes the
+//! pods bound to it real, running Wasm containers in wasmtime. Hollow nodes simulate
+//! many agents in one process for tests and benchmarks at cluster scale (kubemark).
 
 pub mod hollow;
+pub mod logs;
 pub mod node;
+pub mod runtime;

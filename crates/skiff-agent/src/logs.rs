@@ -1,0 +1,313 @@
+//! Container logs: one file per container run in the CRI log format that kubelets write
+//! (`<RFC 3339 time> <stdout|stderr> <F|P> <text>`), so a line keeps its stream and time,
+//! and reading them back with `kubectl logs`' options (tail, since, timestamps, limit,
+//! follow, previous).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+/// Longest line kept whole; longer output is split into partial (`P`) lines.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The log file of one container run, shared by its stdout and stderr.
+#[derive(Clone)]
+pub struct LogSink {
+    inner: Arc<Mutex<SinkState>>,
+}
+
+struct SinkState {
+    file: std::fs::File,
+    /// Unterminated output per stream (0 stdout, 1 stderr).
+    partial: [Vec<u8>; 2],
+}
+
+impl LogSink {
+    /// Creates (truncating) the log file at `path`.
+    pub fn create(path: &Path) -> std::io::Result<LogSink> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
+        Ok(LogSink { inner: Arc::new(Mutex::new(SinkState { file, partial: [Vec::new(), Vec::new()] })) })
+    }
+
+    pub fn stdout(&self) -> LogStream {
+        LogStream { sink: self.clone(), stream: 0 }
+    }
+
+    pub fn stderr(&self) -> LogStream {
+        LogStream { sink: self.clone(), stream: 1 }
+    }
+
+    /// Writes a line on behalf of the agent (e.g. why a guest was stopped), as stderr.
+    pub fn note(&self, text: &str) {
+        let mut s = self.inner.lock().unwrap();
+        let _ = write_line(&mut s.file, 1, 'F', text.as_bytes());
+    }
+
+    /// Writes out what is left of unterminated lines, at the end of a run.
+    pub fn finish(&self) {
+        let mut s = self.inner.lock().unwrap();
+        for stream in 0..2 {
+            let rest = std::mem::take(&mut s.partial[stream]);
+            if !rest.is_empty() {
+                let _ = write_line(&mut s.file, stream, 'F', &rest);
+            }
+        }
+    }
+
+    fn write(&self, stream: usize, mut buf: &[u8]) -> std::io::Result<()> {
+        let mut s = self.inner.lock().unwrap();
+        let SinkState { file, partial } = &mut *s;
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line = &buf[..end];
+            if partial[stream].is_empty() {
+                write_line(file, stream, 'F', line)?;
+            } else {
+                partial[stream].extend_from_slice(line);
+                let whole = std::mem::take(&mut partial[stream]);
+                write_line(file, stream, 'F', &whole)?;
+            }
+            buf = &buf[end + 1..];
+        }
+        partial[stream].extend_from_slice(buf);
+        if partial[stream].len() >= MAX_LINE {
+            let long = std::mem::take(&mut partial[stream]);
+            write_line(file, stream, 'P', &long)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_line(file: &mut std::fs::File, stream: usize, tag: char, text: &[u8]) -> std::io::Result<()> {
+    let name = if stream == 0 { "stdout" } else { "stderr" };
+    let now = jiff::Timestamp::now();
+    let mut line = Vec::with_capacity(text.len() + 48);
+    write!(line, "{now:.9} {name} {tag} ")?;
+    line.extend_from_slice(text);
+    line.push(b'\n');
+    file.write_all(&line)
+}
+
+/// A guest's stdout or stderr.
+pub struct LogStream {
+    sink: LogSink,
+    stream: usize,
+}
+
+impl AsyncWrite for LogStream {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        // A local append: small and bounded, so done in place rather than on a thread.
+        Poll::Ready(self.sink.write(self.stream, buf).map(|_| buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LogStream { sink: self.sink.clone(), stream: self.stream })
+    }
+}
+
+/// Where a pod's container logs live: `<root>/<namespace>_<pod>_<uid>/<container>/<run>.log`,
+/// `run` being the container's restart count when it started.
+#[derive(Debug, Clone)]
+pub struct LogDir {
+    root: PathBuf,
+}
+
+impl LogDir {
+    pub fn new(root: PathBuf) -> Self {
+        LogDir { root }
+    }
+
+    pub fn pod_dir(&self, namespace: &str, pod: &str, uid: &str) -> PathBuf {
+        self.root.join(format!("{namespace}_{pod}_{uid}"))
+    }
+
+    pub fn file(&self, namespace: &str, pod: &str, uid: &str, container: &str, run: u32) -> PathBuf {
+        self.pod_dir(namespace, pod, uid).join(container).join(format!("{run}.log"))
+    }
+
+    /// The newest run's log of a container, and the one before it (`previous`).
+    pub fn runs(&self, namespace: &str, pod: &str, uid: &str, container: &str) -> Vec<(u32, PathBuf)> {
+        let dir = self.pod_dir(namespace, pod, uid).join(container);
+        let mut runs: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let run = name.strip_suffix(".log")?.parse().ok()?;
+                Some((run, e.path()))
+            })
+            .collect();
+        runs.sort();
+        runs
+    }
+
+    /// Keeps only the two newest runs of a container (current and previous), as kubelets do.
+    pub fn prune(&self, namespace: &str, pod: &str, uid: &str, container: &str) {
+        let runs = self.runs(namespace, pod, uid, container);
+        for (_, path) in runs.iter().rev().skip(2) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What `kubectl logs` asks for.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogOptions {
+    #[serde(default, deserialize_with = "flag")]
+    pub follow: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub previous: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub timestamps: bool,
+    #[serde(default, deserialize_with = "number")]
+    pub tail_lines: Option<i64>,
+    #[serde(default, deserialize_with = "number")]
+    pub since_seconds: Option<i64>,
+    #[serde(default)]
+    pub since_time: Option<jiff::Timestamp>,
+    #[serde(default, deserialize_with = "number")]
+    pub limit_bytes: Option<i64>,
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let s: String = serde::Deserialize::deserialize(d)?;
+    match s.as_str() {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!("{s:?} is not a boolean"))),
+    }
+}
+
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let s: String = serde::Deserialize::deserialize(d)?;
+    s.parse().map(Some).map_err(|_| serde::de::Error::custom(format!("{s:?} is not an integer")))
+}
+
+/// One parsed line of a log file.
+struct Line<'a> {
+    time: &'a str,
+    text: &'a [u8],
+    whole: bool,
+}
+
+fn parse_line(line: &[u8]) -> Option<Line<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
+    let _stream = parts.next()?;
+    let tag = parts.next()?;
+    let text = parts.next().unwrap_or_default();
+    Some(Line { time, text, whole: tag != b"P" })
+}
+
+/// Renders complete lines of a log file's bytes as `kubectl logs` shows them.
+pub fn render(content: &[u8], options: &LogOptions, out: &mut Vec<u8>) {
+    let since = options.since_time.or_else(|| options.since_seconds.map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)));
+    let lines: Vec<Line> = content.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(parse_line)
+        .filter(|l| since.is_none_or(|since| l.time.parse::<jiff::Timestamp>().is_ok_and(|t| t >= since)))
+        .collect();
+    let skip = match options.tail_lines {
+        Some(n) if n >= 0 => lines.iter().filter(|l| l.whole).count().saturating_sub(n as usize),
+        _ => 0,
+    };
+    let mut whole_seen = 0;
+    let mut at_line_start = true;
+    for line in lines {
+        let counted = whole_seen;
+        if line.whole {
+            whole_seen += 1;
+        }
+        if counted < skip {
+            continue;
+        }
+        if options.timestamps && at_line_start {
+            out.extend_from_slice(line.time.as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(line.text);
+        if line.whole {
+            out.push(b'\n');
+        }
+        at_line_start = line.whole;
+    }
+}
+
+/// Cuts `out` to `limitBytes`, if asked.
+pub fn limit(out: &mut Vec<u8>, options: &LogOptions, already_sent: u64) -> bool {
+    if let Some(limit) = options.limit_bytes.filter(|l| *l >= 0) {
+        let room = (limit as u64).saturating_sub(already_sent) as usize;
+        if out.len() >= room {
+            out.truncate(room);
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_and_read(options: &LogOptions) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let sink = LogSink::create(&path).unwrap();
+        sink.write(0, b"one\ntw").unwrap();
+        sink.write(1, b"err\n").unwrap();
+        sink.write(0, b"o\nthree").unwrap();
+        sink.finish();
+        let mut out = Vec::new();
+        render(&std::fs::read(&path).unwrap(), options, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn lines_keep_their_order_across_streams_and_partial_writes() {
+        assert_eq!(write_and_read(&LogOptions::default()), "one\nerr\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn tail_and_timestamps() {
+        let tail = LogOptions { tail_lines: Some(2), ..Default::default() };
+        assert_eq!(write_and_read(&tail), "two\nthree\n");
+        let stamped = LogOptions { timestamps: true, tail_lines: Some(1), ..Default::default() };
+        let line = write_and_read(&stamped);
+        let (time, text) = line.split_once(' ').unwrap();
+        assert!(time.parse::<jiff::Timestamp>().is_ok(), "{line}");
+        assert_eq!(text, "three\n");
+    }
+
+    #[test]
+    fn since_in_the_future_shows_nothing() {
+        let since = LogOptions { since_time: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(60)), ..Default::default() };
+        assert_eq!(write_and_read(&since), "");
+    }
+
+    #[test]
+    fn limit_cuts_bytes() {
+        let mut out = b"abcdef".to_vec();
+        assert!(limit(&mut out, &LogOptions { limit_bytes: Some(4), ..Default::default() }, 0));
+        assert_eq!(out, b"abcd");
+    }
+}

@@ -1,0 +1,3 @@
+//! The runtimes a node offers. Wasm is the first; OCI containers come in their own issue.
+
+pub mod wasm;

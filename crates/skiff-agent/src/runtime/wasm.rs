@@ -1,0 +1,521 @@
+//! The Wasm runtime: one wasmtime engine per agent (cranelift, the pooling allocator,
+//! epoch interruption), an on-disk cache of compiled code keyed by the Wasm's content
+//! digest and the engine's compatibility hash, and running WASI commands — preview 1
+//! modules (`_start`) and preview 2 components (`wasi:cli/run`) — with a memory cap, a
+//! CPU share and their output in a log file.
+//!
+//! Guests run on their own tokio runtime, so a busy guest never delays the agent's own
+//! work; every guest yields to it at each epoch tick (10 ms), which is also where its CPU
+//! share is enforced.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Precompiled, ResourceLimiter, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::logs::LogSink;
+
+/// How often the engine's epoch ticks: the longest a guest runs before yielding.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Exit code reported for a guest that trapped (as a process killed by SIGABRT).
+const TRAP_EXIT_CODE: i32 = 134;
+/// Exit code reported for a guest stopped for memory (as a process killed by SIGKILL).
+const OOM_EXIT_CODE: i32 = 137;
+/// A guest's table may hold at most this many elements.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// How the engine is sized.
+#[derive(Debug, Clone)]
+pub struct WasmConfig {
+    /// Guests running at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// The most linear memory one guest may have (its slot size).
+    pub max_memory_bytes: u64,
+    /// Where compiled code is cached.
+    pub cache_dir: PathBuf,
+    /// Threads running guests.
+    pub threads: usize,
+}
+
+/// Compiled Wasm, ready to instantiate.
+#[derive(Clone)]
+pub enum Program {
+    /// A WASI preview 1 core module.
+    Module(Module),
+    /// A component (WASI preview 2 command).
+    Component(Component),
+}
+
+/// What a container run needs from the agent.
+pub struct GuestSpec {
+    /// argv, the first being the program name.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    /// `resources.limits.memory`.
+    pub memory_limit: Option<u64>,
+    /// `resources.limits.cpu` in millicores.
+    pub cpu_limit_milli: Option<u64>,
+    pub log: LogSink,
+    pub usage: Arc<Usage>,
+}
+
+/// A directory the guest sees at `guest_path`.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exit {
+    pub code: i32,
+    /// Kubernetes' terminated reason: `Completed`, `Error` or `OOMKilled`.
+    pub reason: &'static str,
+    pub message: Option<String>,
+}
+
+/// CPU time and memory of a running guest, for the stats endpoint.
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub cpu_nanos: AtomicU64,
+    pub memory_bytes: AtomicU64,
+}
+
+/// Why a guest could not be started (the container's `CreateContainerError`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+pub struct WasmRuntime {
+    engine: Engine,
+    p1_linker: Arc<wasmtime::Linker<P1State>>,
+    p2_linker: Arc<wasmtime::component::Linker<P2State>>,
+    cache_dir: PathBuf,
+    compiled: Mutex<HashMap<String, Program>>,
+    /// Always `Some` until dropped.
+    guests: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which an async context must not do.
+        if let Some(rt) = self.guests.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl WasmRuntime {
+    pub fn new(config: &WasmConfig) -> anyhow::Result<Arc<WasmRuntime>> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances.max(1);
+        // A component may hold a few core instances and memories (its module plus adapters).
+        pool.total_component_instances(n)
+            .total_core_instances(n * 4)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .total_stacks(n)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .max_memory_size(config.max_memory_bytes as usize);
+        let mut wasm = Config::new();
+        wasm.strategy(wasmtime::Strategy::Cranelift)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_reservation(config.max_memory_bytes.max(1 << 20))
+            .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
+        let engine = Engine::new(&wasm)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        let mut p1_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)?;
+        let mut p2_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)?;
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads.max(1))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()?;
+        let cache_dir = config.cache_dir.join(engine_key(&engine));
+        std::fs::create_dir_all(&cache_dir)?;
+        Ok(Arc::new(WasmRuntime {
+            engine,
+            p1_linker: Arc::new(p1_linker),
+            p2_linker: Arc::new(p2_linker),
+            cache_dir,
+            compiled: Mutex::new(HashMap::new()),
+            guests: Some(guests),
+        }))
+    }
+
+    /// The compiled program for the Wasm at `path` whose content digest is `digest`: from
+    /// memory, else from the on-disk cache, else compiled (and cached). Blocking: call it
+    /// from `spawn_blocking`.
+    pub fn load(&self, digest: &str, path: &Path) -> Result<Program, StartError> {
+        if let Some(p) = self.compiled.lock().unwrap().get(digest) {
+            return Ok(p.clone());
+        }
+        let cached = self.cache_dir.join(format!("{}.cwasm", digest.replace(':', "-")));
+        let program = match self.load_cached(&cached) {
+            Some(p) => p,
+            None => {
+                let bytes = std::fs::read(path).map_err(|e| StartError(format!("reading {}: {e}", path.display())))?;
+                let (program, artifact) = self.compile(&bytes)?;
+                // Written then renamed, so a crash never leaves a torn artifact to load.
+                let tmp = cached.with_extension("tmp");
+                if std::fs::write(&tmp, artifact).and_then(|_| std::fs::rename(&tmp, &cached)).is_err() {
+                    tracing::warn!(path = %cached.display(), "could not cache compiled Wasm");
+                }
+                program
+            }
+        };
+        self.compiled.lock().unwrap().insert(digest.to_string(), program.clone());
+        Ok(program)
+    }
+
+    /// Compiles Wasm bytes, returning the program and its serialized form.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Program, Vec<u8>), StartError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(StartError("not a WebAssembly binary (no \\0asm header)".into()));
+        }
+        let invalid = |e: wasmtime::Error| StartError(format!("invalid Wasm: {e:#}"));
+        if is_component(bytes) {
+            let c = Component::new(&self.engine, bytes).map_err(invalid)?;
+            let artifact = c.serialize().map_err(invalid)?;
+            Ok((Program::Component(c), artifact))
+        } else {
+            let m = Module::new(&self.engine, bytes).map_err(invalid)?;
+            let artifact = m.serialize().map_err(invalid)?;
+            Ok((Program::Module(m), artifact))
+        }
+    }
+
+    fn load_cached(&self, path: &Path) -> Option<Program> {
+        // SAFETY: wasmtime trusts deserialized artifacts. These are files this agent wrote
+        // into its own private cache directory, named by content digest and engine hash.
+        let loaded = match Engine::detect_precompiled_file(path).ok()?? {
+            Precompiled::Module => unsafe { Module::deserialize_file(&self.engine, path) }.map(Program::Module),
+            Precompiled::Component => unsafe { Component::deserialize_file(&self.engine, path) }.map(Program::Component),
+        };
+        match loaded {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding cached compiled Wasm");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    /// Starts a guest on the guest runtime. The returned handle resolves when it exits;
+    /// aborting the handle stops the guest at its next epoch tick.
+    pub fn spawn(self: &Arc<Self>, program: Program, spec: GuestSpec) -> tokio::task::JoinHandle<Result<Exit, StartError>> {
+        let this = self.clone();
+        let usage = spec.usage.clone();
+        let cpu = spec.cpu_limit_milli;
+        self.guests.as_ref().expect("runtime is live").spawn(Throttled::new(async move { this.run(program, spec).await }, cpu, usage))
+    }
+
+    async fn run(&self, program: Program, spec: GuestSpec) -> Result<Exit, StartError> {
+        let mut builder = WasiCtxBuilder::new();
+        builder.args(&spec.argv).envs(&spec.env).stdout(spec.log.stdout()).stderr(spec.log.stderr());
+        for m in &spec.mounts {
+            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            builder.preopened_dir(&m.host_path, &m.guest_path, perms)
+                .map_err(|e| StartError(format!("mounting {} at {}: {e}", m.host_path.display(), m.guest_path)))?;
+        }
+        let limiter = Limiter { limit: spec.memory_limit.map(|l| l as usize), current: 0, exceeded: false, usage: spec.usage.clone() };
+        let result = match program {
+            Program::Module(module) => {
+                let mut store = Store::new(&self.engine, P1State { wasi: builder.build_p1(), limiter });
+                store.limiter(|s| &mut s.limiter);
+                store.epoch_deadline_async_yield_and_update(1);
+                let instance = self.p1_linker.instantiate_async(&mut store, &module).await.map_err(link_error)?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(|_| StartError("the module exports no `_start`: it is not a WASI command".into()))?;
+                let outcome = start.call_async(&mut store, ()).await;
+                exit_of(outcome.map(|_| 0), store.data().limiter.exceeded)
+            }
+            Program::Component(component) => {
+                let mut store = Store::new(&self.engine, P2State { wasi: builder.build(), table: ResourceTable::new(), limiter });
+                store.limiter(|s| &mut s.limiter);
+                store.epoch_deadline_async_yield_and_update(1);
+                let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &self.p2_linker)
+                    .await
+                    .map_err(link_error)?;
+                let outcome = command.wasi_cli_run().call_run(&mut store).await;
+                exit_of(outcome.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.exceeded)
+            }
+        };
+        spec.log.finish();
+        Ok(result)
+    }
+
+    /// Compiled programs held in memory.
+    pub fn compiled_count(&self) -> usize {
+        self.compiled.lock().unwrap().len()
+    }
+}
+
+fn engine_key(engine: &Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// A component's preamble has layer 1 where a core module's has version 1.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[6..8] == [1, 0]
+}
+
+fn link_error(e: wasmtime::Error) -> StartError {
+    StartError(format!("instantiating: {e:#}"))
+}
+
+/// Turns a guest's outcome into the container's exit.
+fn exit_of(outcome: wasmtime::Result<i32>, out_of_memory: bool) -> Exit {
+    match outcome {
+        Ok(0) => Exit { code: 0, reason: "Completed", message: None },
+        Ok(code) => Exit { code, reason: "Error", message: None },
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                let code = exit.0;
+                return Exit { code, reason: if code == 0 { "Completed" } else { "Error" }, message: None };
+            }
+            if out_of_memory {
+                return Exit { code: OOM_EXIT_CODE, reason: "OOMKilled", message: Some(format!("{e:#}")) };
+            }
+            let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+            let message = match trap {
+                Some(t) => format!("the guest trapped: {t}"),
+                None => format!("{e:#}"),
+            };
+            Exit { code: TRAP_EXIT_CODE, reason: "Error", message: Some(message) }
+        }
+    }
+}
+
+struct P1State {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+}
+
+struct P2State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps a guest's linear memory at its container's memory limit. Growth past it ends
+/// the guest (reported `OOMKilled`), as the kernel's OOM killer ends a process.
+struct Limiter {
+    limit: Option<usize>,
+    /// Bytes of linear memory across the guest's memories.
+    current: usize,
+    exceeded: bool,
+    usage: Arc<Usage>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.current - current.min(self.current) + desired;
+        if let Some(limit) = self.limit
+            && total > limit
+        {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {limit} bytes exceeded: the guest asked for {total} bytes");
+        }
+        self.current = total;
+        self.usage.memory_bytes.store(total as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Runs a guest future, counting the time spent polling it (the guest's CPU time, since
+/// it yields at every epoch tick) and, with a CPU limit, pausing it after each slice so
+/// its share of a core stays at the limit: a guest limited to 200m that ran 10 ms waits
+/// 40 ms before running again.
+struct Throttled<F> {
+    inner: Pin<Box<F>>,
+    cpu_limit_milli: Option<u64>,
+    usage: Arc<Usage>,
+    /// CPU time owed as a pause, accumulated until it is worth a timer.
+    owed: Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F> Throttled<F> {
+    fn new(inner: F, cpu_limit_milli: Option<u64>, usage: Arc<Usage>) -> Self {
+        let cpu_limit_milli = cpu_limit_milli.filter(|m| *m < 1000).map(|m| m.max(1));
+        Throttled { inner: Box::pin(inner), cpu_limit_milli, usage, owed: Duration::ZERO, pause: None }
+    }
+}
+
+impl<F: Future> Future for Throttled<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if let Some(pause) = self.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let started = Instant::now();
+        let result = self.inner.as_mut().poll(cx);
+        let spent = started.elapsed();
+        self.usage.cpu_nanos.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        if result.is_pending()
+            && let Some(milli) = self.cpu_limit_milli
+        {
+            self.owed += spent * (1000 - milli as u32) / milli as u32;
+            if self.owed >= Duration::from_millis(5) {
+                let owed = std::mem::take(&mut self.owed);
+                let mut pause = Box::pin(tokio::time::sleep(owed));
+                // Registers the waker; the guest resumes when the pause is over.
+                if pause.as_mut().poll(cx).is_pending() {
+                    self.pause = Some(pause);
+                }
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> Arc<WasmRuntime> {
+        WasmRuntime::new(&WasmConfig { max_instances: 8, max_memory_bytes: 256 << 20, cache_dir: dir.join("cache"), threads: 1 }).unwrap()
+    }
+
+    fn spec(dir: &Path, memory_limit: Option<u64>) -> (GuestSpec, PathBuf) {
+        let log = dir.join("run.log");
+        let spec = GuestSpec {
+            argv: vec!["guest".into()],
+            env: vec![],
+            mounts: vec![],
+            memory_limit,
+            cpu_limit_milli: None,
+            log: LogSink::create(&log).unwrap(),
+            usage: Arc::default(),
+        };
+        (spec, log)
+    }
+
+    async fn run_wat(wat: &str, memory_limit: Option<u64>) -> (Result<Exit, StartError>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let bytes = wat::parse_str(wat).unwrap();
+        let (program, _) = rt.compile(&bytes).unwrap();
+        let (spec, log) = spec(dir.path(), memory_limit);
+        let exit = rt.spawn(program, spec).await.unwrap();
+        (exit, std::fs::read_to_string(log).unwrap())
+    }
+
+    const HELLO: &str = r#"(module
+        (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 16) "hello\n")
+        (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 16))
+            (i32.store (i32.const 4) (i32.const 6))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+            (call $exit (i32.const 3))))"#;
+
+    #[tokio::test]
+    async fn a_command_writes_its_log_and_exit_code() {
+        let (exit, log) = run_wat(HELLO, None).await;
+        assert_eq!(exit.unwrap(), Exit { code: 3, reason: "Error", message: None });
+        assert!(log.ends_with(" stdout F hello\n"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn a_trap_ends_the_guest_with_a_message() {
+        let (exit, _) = run_wat(r#"(module (memory (export "memory") 1) (func (export "_start") unreachable))"#, None).await;
+        let exit = exit.unwrap();
+        assert_eq!((exit.code, exit.reason), (TRAP_EXIT_CODE, "Error"));
+        assert!(exit.message.unwrap().contains("unreachable"));
+    }
+
+    #[tokio::test]
+    async fn growing_past_the_memory_limit_is_oom_killed() {
+        let hog = r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))"#;
+        let (exit, _) = run_wat(hog, Some(8 << 20)).await;
+        let exit = exit.unwrap();
+        assert_eq!((exit.code, exit.reason), (OOM_EXIT_CODE, "OOMKilled"), "{exit:?}");
+    }
+
+    #[tokio::test]
+    async fn a_module_without_start_is_a_start_error() {
+        let (exit, _) = run_wat(r#"(module (memory (export "memory") 1))"#, None).await;
+        assert!(exit.unwrap_err().0.contains("_start"));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        assert!(rt.compile(b"not wasm").err().unwrap().0.contains("not a WebAssembly binary"));
+        assert!(rt.compile(b"\0asm\x01\0\0\0\x99").err().unwrap().0.contains("invalid Wasm"));
+    }
+
+    #[test]
+    fn compiled_code_is_cached_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("m.wasm");
+        std::fs::write(&wasm, wat::parse_str(HELLO).unwrap()).unwrap();
+        runtime(dir.path()).load("sha256:abc", &wasm).unwrap();
+        std::fs::remove_file(&wasm).unwrap();
+        // A new runtime (a restarted agent) finds it without the source.
+        assert!(matches!(runtime(dir.path()).load("sha256:abc", &wasm), Ok(Program::Module(_))));
+    }
+
+    #[tokio::test]
+    async fn a_spinning_guest_is_stopped_by_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let (program, _) = rt.compile(&wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).unwrap()).unwrap();
+        let (spec, _) = spec(dir.path(), None);
+        let usage = spec.usage.clone();
+        let handle = rt.spawn(program, spec);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.abort();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        assert!(usage.cpu_nanos.load(Ordering::Relaxed) > 0);
+    }
+}
