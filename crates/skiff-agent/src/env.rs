@@ -1,0 +1,296 @@
+//! A container's environment as Kubernetes builds it: `envFrom` sources, then `env`
+//! (plain values with `$(VAR)` expansion, and `valueFrom` ConfigMap and Secret keys, pod
+//! fields and resource fields); and the expansion of `$(VAR)` in command and args.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret};
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+/// ConfigMaps and Secrets as the agent's watches last saw them.
+#[derive(Clone)]
+pub struct ConfigSources {
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
+}
+
+impl ConfigSources {
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<ConfigMap>> {
+        self.config_maps.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Secret>> {
+        self.secrets.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The keys of a ConfigMap as bytes (`data` and `binaryData`).
+    pub fn config_map_data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let cm = self.config_map(namespace, name)?;
+        let mut out: BTreeMap<String, Vec<u8>> = cm.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+        out.extend(cm.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+        Some(out)
+    }
+
+    /// The keys of a Secret as bytes (`data`, and `stringData` if a client left it).
+    pub fn secret_data(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let s = self.secret(namespace, name)?;
+        let mut out: BTreeMap<String, Vec<u8>> = s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        out.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+        Some(out)
+    }
+}
+
+/// Why a container's configuration cannot be built (`CreateContainerConfigError`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What of the pod and its node a container's environment may refer to.
+pub struct PodFacts<'a> {
+    pub pod: &'a Pod,
+    pub pod_ip: &'a str,
+    pub host_ip: &'a str,
+    /// The node's allocatable cpu (millicores) and memory (bytes): the default of unset limits.
+    pub node_cpu_milli: i64,
+    pub node_memory: i64,
+}
+
+/// The container's environment, in order, later entries overriding earlier ones.
+pub fn container_env(container: &Container, facts: &PodFacts, sources: &ConfigSources) -> Result<Vec<(String, String)>, ConfigError> {
+    let ns = facts.pod.namespace().unwrap_or_default();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let data = if let Some(r) = &from.config_map_ref {
+            match sources.config_map_data(&ns, &r.name) {
+                Some(d) => d,
+                None if r.optional == Some(true) => continue,
+                None => return Err(ConfigError(format!("configmap {:?} not found", r.name))),
+            }
+        } else if let Some(r) = &from.secret_ref {
+            match sources.secret_data(&ns, &r.name) {
+                Some(d) => d,
+                None if r.optional == Some(true) => continue,
+                None => return Err(ConfigError(format!("secret {:?} not found", r.name))),
+            }
+        } else {
+            continue;
+        };
+        for (k, v) in data {
+            set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let value = match &var.value_from {
+            None => Some(expand(var.value.as_deref().unwrap_or_default(), &env)),
+            Some(from) => {
+                if let Some(f) = &from.field_ref {
+                    Some(field(f, facts)?)
+                } else if let Some(r) = &from.resource_field_ref {
+                    Some(resource_field(r, container, facts)?)
+                } else if let Some(k) = &from.config_map_key_ref {
+                    let optional = k.optional == Some(true);
+                    match sources.config_map_data(&ns, &k.name) {
+                        None if optional => None,
+                        None => return Err(ConfigError(format!("configmap {:?} not found", k.name))),
+                        Some(d) => match d.get(&k.key) {
+                            Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
+                            None if optional => None,
+                            None => return Err(ConfigError(format!("couldn't find key {} in ConfigMap {ns}/{}", k.key, k.name))),
+                        },
+                    }
+                } else if let Some(k) = &from.secret_key_ref {
+                    let optional = k.optional == Some(true);
+                    match sources.secret_data(&ns, &k.name) {
+                        None if optional => None,
+                        None => return Err(ConfigError(format!("secret {:?} not found", k.name))),
+                        Some(d) => match d.get(&k.key) {
+                            Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
+                            None if optional => None,
+                            None => return Err(ConfigError(format!("couldn't find key {} in Secret {ns}/{}", k.key, k.name))),
+                        },
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(v) = value {
+            set(&mut env, var.name.clone(), v);
+        }
+    }
+    Ok(env)
+}
+
+/// A pod field named by a `fieldRef` (the paths the downward API allows).
+pub fn field(selector: &ObjectFieldSelector, facts: &PodFacts) -> Result<String, ConfigError> {
+    let pod = facts.pod;
+    let path = selector.field_path.as_str();
+    let keyed = |prefix: &str, map: &BTreeMap<String, String>| -> Option<String> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.get(key).cloned().unwrap_or_default())
+    };
+    let render = |map: &BTreeMap<String, String>| map.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join("\n");
+    let spec = pod.spec.as_ref();
+    Ok(match path {
+        "metadata.name" => pod.name_any(),
+        "metadata.namespace" => pod.namespace().unwrap_or_default(),
+        "metadata.uid" => pod.uid().unwrap_or_default(),
+        "metadata.labels" => render(pod.labels()),
+        "metadata.annotations" => render(pod.annotations()),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "status.podIP" | "status.podIPs" => facts.pod_ip.to_string(),
+        "status.hostIP" | "status.hostIPs" => facts.host_ip.to_string(),
+        _ => match keyed("metadata.labels['", pod.labels()).or_else(|| keyed("metadata.annotations['", pod.annotations())) {
+            Some(v) => v,
+            None => return Err(ConfigError(format!("unsupported fieldRef path {path:?}"))),
+        },
+    })
+}
+
+/// A container resource named by a `resourceFieldRef`, in units of its divisor (rounded
+/// up, as Kubernetes does); an unset limit is the node's allocatable.
+pub fn resource_field(selector: &ResourceFieldSelector, container: &Container, facts: &PodFacts) -> Result<String, ConfigError> {
+    let resources = container.resources.as_ref();
+    let (kind, name) = selector.resource.split_once('.').ok_or_else(|| ConfigError(format!("unsupported resourceFieldRef {:?}", selector.resource)))?;
+    let list = match kind {
+        "limits" => resources.and_then(|r| r.limits.as_ref()),
+        "requests" => resources.and_then(|r| r.requests.as_ref()),
+        _ => return Err(ConfigError(format!("unsupported resourceFieldRef {:?}", selector.resource))),
+    };
+    let bad = |q: &str| ConfigError(format!("bad quantity {q:?} for {}", selector.resource));
+    let divisor = selector.divisor.as_ref().map(|d| d.0.as_str());
+    match name {
+        "cpu" => {
+            let milli = match list.and_then(|l| l.get("cpu")) {
+                Some(q) => skiff_core::quantity::parse_milli(&q.0).map_err(|_| bad(&q.0))?,
+                None if kind == "limits" => facts.node_cpu_milli,
+                None => 0,
+            };
+            let div = divisor.map(|d| skiff_core::quantity::parse_milli(d).map_err(|_| bad(d))).transpose()?.filter(|d| *d > 0).unwrap_or(1000);
+            Ok(((milli + div - 1) / div).to_string())
+        }
+        "memory" | "ephemeral-storage" => {
+            let bytes = match list.and_then(|l| l.get(name)) {
+                Some(q) => skiff_core::quantity::parse_units(&q.0).map_err(|_| bad(&q.0))?,
+                None if kind == "limits" && name == "memory" => facts.node_memory,
+                None => 0,
+            };
+            let div = divisor.map(|d| skiff_core::quantity::parse_units(d).map_err(|_| bad(d))).transpose()?.filter(|d| *d > 0).unwrap_or(1);
+            Ok(((bytes + div - 1) / div).to_string())
+        }
+        _ => Err(ConfigError(format!("unsupported resourceFieldRef {:?}", selector.resource))),
+    }
+}
+
+/// Kubernetes' `$(VAR)` expansion: a defined variable is replaced, `$$` is a literal `$`,
+/// and anything else is left as written.
+pub fn expand(input: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, v)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
+        {
+            out.push_str(v);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ConfigMapKeySelector, EnvVar, EnvVarSource, PodSpec};
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn sources() -> ConfigSources {
+        let (cms, mut w) = store::<ConfigMap>();
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"greeting": "hi", "who": "world"}})).unwrap();
+        w.apply_watcher_event(&Event::Apply(cm));
+        let (secrets, _) = store::<Secret>();
+        ConfigSources { config_maps: cms, secrets }
+    }
+
+    fn pod() -> Pod {
+        Pod {
+            metadata: kube::api::ObjectMeta { name: Some("p".into()), namespace: Some("ns".into()), labels: Some([("app".to_string(), "a".to_string())].into()), ..Default::default() },
+            spec: Some(PodSpec { node_name: Some("n1".into()), ..Default::default() }),
+            status: None,
+        }
+    }
+
+    fn var(name: &str, value: Option<&str>, from: Option<EnvVarSource>) -> EnvVar {
+        EnvVar { name: name.into(), value: value.map(Into::into), value_from: from }
+    }
+
+    #[test]
+    fn env_from_values_fields_and_config_maps() {
+        let pod = pod();
+        let facts = PodFacts { pod: &pod, pod_ip: "10.0.0.5", host_ip: "10.0.0.1", node_cpu_milli: 2000, node_memory: 1 << 30 };
+        let key = |k: &str, optional| EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: k.into(), optional }), ..Default::default() };
+        let field = |p: &str| EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: p.into(), api_version: None }), ..Default::default() };
+        let c = Container {
+            name: "c".into(),
+            env: Some(vec![
+                var("GREETING", None, Some(key("greeting", None))),
+                var("MSG", Some("$(GREETING), $(NOPE) $$(GREETING)"), None),
+                var("NODE", None, Some(field("spec.nodeName"))),
+                var("APP", None, Some(field("metadata.labels['app']"))),
+                var("IP", None, Some(field("status.podIP"))),
+                var("GONE", None, Some(key("missing", Some(true)))),
+            ]),
+            ..Default::default()
+        };
+        let env = container_env(&c, &facts, &sources()).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("GREETING"), Some("hi"));
+        assert_eq!(get("MSG"), Some("hi, $(NOPE) $(GREETING)"));
+        assert_eq!(get("NODE"), Some("n1"));
+        assert_eq!(get("APP"), Some("a"));
+        assert_eq!(get("IP"), Some("10.0.0.5"));
+        assert_eq!(get("GONE"), None);
+    }
+
+    #[test]
+    fn a_missing_key_or_map_is_a_config_error() {
+        let pod = pod();
+        let facts = PodFacts { pod: &pod, pod_ip: "", host_ip: "", node_cpu_milli: 1000, node_memory: 1 };
+        let from = |name: &str, key: &str| Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: name.into(), key: key.into(), optional: None }), ..Default::default() });
+        let c = Container { name: "c".into(), env: Some(vec![var("X", None, from("cfg", "nope"))]), ..Default::default() };
+        assert_eq!(container_env(&c, &facts, &sources()).unwrap_err().0, "couldn't find key nope in ConfigMap ns/cfg");
+        let c = Container { name: "c".into(), env: Some(vec![var("X", None, from("absent", "k"))]), ..Default::default() };
+        assert_eq!(container_env(&c, &facts, &sources()).unwrap_err().0, "configmap \"absent\" not found");
+    }
+
+    #[test]
+    fn resource_fields_round_up_in_divisor_units() {
+        let pod = pod();
+        let facts = PodFacts { pod: &pod, pod_ip: "", host_ip: "", node_cpu_milli: 2000, node_memory: 1 << 30 };
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}})).unwrap();
+        let sel = |r: &str, d: Option<&str>| ResourceFieldSelector { resource: r.into(), divisor: d.map(|d| k8s_openapi::apimachinery::pkg::api::resource::Quantity(d.into())), container_name: None };
+        assert_eq!(resource_field(&sel("limits.cpu", None), &c, &facts).unwrap(), "1");
+        assert_eq!(resource_field(&sel("limits.cpu", Some("1m")), &c, &facts).unwrap(), "250");
+        assert_eq!(resource_field(&sel("limits.memory", Some("1Mi")), &c, &facts).unwrap(), "64");
+        let bare = Container { name: "c".into(), ..Default::default() };
+        assert_eq!(resource_field(&sel("limits.cpu", None), &bare, &facts).unwrap(), "2");
+    }
+}
