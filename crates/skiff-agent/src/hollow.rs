@@ -67,6 +67,8 @@ pub fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
         internal_ip: format!("10.200.{}.{}", (i / 250) % 250, i % 250 + 1),
         kernel_version: "hollow".into(),
         os_image: "Skiff hollow node".into(),
+        agent_port: None,
+        pressure: Default::default(),
         labels,
         name,
     }

@@ -1,6 +1,11 @@
 //! Skiff's node agent (its kubelet): registers the node, renews its lease and makes the
 //! pods bound to it real, running Wasm containers in wasmtime. Hollow nodes simulate
 //! many agents in one process for tests and benchmarks at cluster scale (kubemark).
+//!
+//! [`run`] is the agent: it watches the pods bound to its node and gives each a
+//! [`worker`]; the workers share the [`Agent`] (runtime, images, watches of ConfigMaps
+//! and Secrets, log and volume directories) and the agent's HTTPS endpoint ([`server`])
+//! serves their logs and usage.
 
 pub mod env;
 pub mod hollow;
@@ -8,4 +13,305 @@ pub mod images;
 pub mod logs;
 pub mod node;
 pub mod runtime;
+pub mod server;
+pub mod status;
 pub mod volumes;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::env::{ConfigSources, PodFacts};
+use crate::logs::LogDir;
+use crate::node::{LEASE_RENEW_INTERVAL, Machine, NodeRegistration, WASM_RUNTIME_LABEL};
+use crate::runtime::wasm::{Usage, WasmConfig, WasmRuntime};
+use crate::volumes::VolumeRoots;
+
+/// How an agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// The node's InternalIP: where the API server reaches the agent.
+    pub node_ip: String,
+    pub data_dir: PathBuf,
+    /// Pods the node accepts (`status.allocatable.pods`). Wasm pods are cheap.
+    pub max_pods: u32,
+    /// Wasm guests that may run at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Registries reached over plain HTTP besides those on loopback.
+    pub insecure_registries: Vec<String>,
+    /// Port of the agent's HTTPS endpoint (0: any free port).
+    pub port: u16,
+    /// The bearer token callers of the agent's endpoint must present (the API server's).
+    pub token: String,
+    /// Extra node labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What every pod worker of the node shares.
+pub struct Agent {
+    pub client: Client,
+    pub config: AgentConfig,
+    pub runtime: Arc<WasmRuntime>,
+    pub images: images::ImageStore,
+    pub logs: LogDir,
+    pub volumes: VolumeRoots,
+    pub sources: ConfigSources,
+    pub recorder: skiff_client::events::Recorder,
+    pub machine: Machine,
+    /// Per pod uid: namespace, name and each container's usage.
+    usage: Mutex<HashMap<String, PodUsage>>,
+    /// Container runs whose guest is running: (uid, container, run).
+    running: Mutex<HashSet<(String, String, i32)>>,
+    /// Per pod uid: the latest object its worker sees, and the worker.
+    pods: Mutex<HashMap<String, (watch::Sender<Arc<Pod>>, tokio::task::JoinHandle<()>)>>,
+}
+
+/// A pod's containers' usage, for the stats endpoint.
+#[derive(Clone)]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub containers: BTreeMap<String, Arc<Usage>>,
+}
+
+impl Agent {
+    /// What a pod's environment and downward API may refer to.
+    pub fn facts<'a>(&'a self, pod: &'a Pod) -> PodFacts<'a> {
+        PodFacts {
+            pod,
+            pod_ip: &self.config.node_ip,
+            host_ip: &self.config.node_ip,
+            node_cpu_milli: self.machine.cpus as i64 * 1000,
+            node_memory: self.machine.memory_bytes as i64,
+        }
+    }
+
+    fn track_usage(&self, pod: &Pod, container: &str, usage: Arc<Usage>) {
+        let mut all = self.usage.lock().unwrap();
+        let entry = all.entry(pod.uid().unwrap_or_default()).or_insert_with(|| PodUsage {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
+            containers: BTreeMap::new(),
+        });
+        entry.containers.insert(container.to_string(), usage);
+    }
+
+    /// Usage of every pod on the node.
+    pub fn usage(&self) -> Vec<PodUsage> {
+        self.usage.lock().unwrap().values().cloned().collect()
+    }
+
+    fn set_running(&self, uid: &str, container: &str, run: i32, running: bool) {
+        let key = (uid.to_string(), container.to_string(), run);
+        let mut set = self.running.lock().unwrap();
+        if running {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// Whether run `run` of a container is still going (a followed log may grow).
+    pub fn is_running(&self, uid: &str, container: &str, run: i32) -> bool {
+        self.running.lock().unwrap().contains(&(uid.to_string(), container.to_string(), run))
+    }
+
+    /// Hands a new or changed pod to its worker, starting one for a new pod.
+    fn pod_changed(self: &Arc<Self>, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let mut pods = self.pods.lock().unwrap();
+        match pods.get(&uid) {
+            Some((tx, _)) => {
+                tx.send_replace(Arc::new(pod));
+            }
+            None => {
+                let (tx, rx) = watch::channel(Arc::new(pod));
+                let worker = tokio::spawn(worker::run(self.clone(), rx));
+                pods.insert(uid, (tx, worker));
+            }
+        }
+    }
+
+    /// The pod is gone from the API: stop its worker (and so its guests) and remove
+    /// what it left on the node.
+    fn pod_gone(&self, uid: &str) {
+        let Some((tx, worker)) = self.pods.lock().unwrap().remove(uid) else { return };
+        worker.abort();
+        let pod = tx.borrow().clone();
+        self.usage.lock().unwrap().remove(uid);
+        self.volumes.clean_up(uid);
+        let dir = self.logs.pod_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), uid);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Removes volumes and logs of pods deleted while the agent was not running.
+    fn clean_up_leftovers(&self, live: &HashSet<String>) {
+        for entry in std::fs::read_dir(&self.volumes.root).into_iter().flatten().flatten() {
+            let uid = entry.file_name().to_string_lossy().to_string();
+            if !live.contains(&uid) {
+                self.volumes.clean_up(&uid);
+            }
+        }
+        for entry in self.logs.pod_dirs() {
+            let name = entry.file_name().unwrap_or_default().to_string_lossy().to_string();
+            if name.rsplit('_').next().is_none_or(|uid| !live.contains(uid)) {
+                let _ = std::fs::remove_dir_all(&entry);
+            }
+        }
+    }
+
+    /// The pod with this namespace and name that the agent runs, if any.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.lock().unwrap().values().map(|(tx, _)| tx.borrow().clone()).find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
+    }
+}
+
+/// Runs the agent until it fails to start; it then runs for good.
+pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let machine = Machine::read(&config.data_dir);
+    let runtime = WasmRuntime::new(&WasmConfig {
+        max_instances: config.max_instances,
+        // One guest may use up to the machine's memory, within wasm32's 4 GiB.
+        max_memory_bytes: machine.memory_bytes.clamp(64 << 20, 4 << 30),
+        cache_dir: config.data_dir.join("compiled"),
+        threads: machine.cpus,
+    })
+    .context("starting the Wasm runtime")?;
+    let images = images::ImageStore::open(config.data_dir.join("images"), config.insecure_registries.clone()).context("opening the image store")?;
+    let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
+    let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
+    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store() };
+    tokio::spawn(config_maps.run());
+    tokio::spawn(secrets.run());
+    let agent = Arc::new(Agent {
+        recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet"),
+        client: client.clone(),
+        logs: LogDir::new(config.data_dir.join("logs")),
+        volumes: VolumeRoots::new(&config.data_dir),
+        config,
+        runtime,
+        images,
+        sources,
+        machine,
+        usage: Mutex::default(),
+        running: Mutex::default(),
+        pods: Mutex::default(),
+    });
+    let (port, serving) = server::start(agent.clone()).await.context("starting the agent's HTTPS endpoint")?;
+    let registration = registration(&agent, port);
+    let node = registration.register(&client).await.with_context(|| format!("registering node {}", registration.name))?;
+    tracing::info!(node = %registration.name, port, "node registered");
+    let _ = tokio::join!(agent.sources.config_maps.wait_until_ready(), agent.sources.secrets.wait_until_ready());
+    tokio::select! {
+        _ = keep_alive(agent.clone(), registration, node) => {}
+        _ = run_pods(agent) => {}
+        r = serving => r.context("the agent's HTTPS endpoint")??,
+    }
+    Ok(())
+}
+
+fn registration(agent: &Agent, port: u16) -> NodeRegistration {
+    let c = &agent.config;
+    let m = &agent.machine;
+    let mut labels = NodeRegistration::standard_labels(&c.node_name);
+    labels.insert(WASM_RUNTIME_LABEL.into(), "true".into());
+    labels.extend(c.labels.clone());
+    NodeRegistration {
+        name: c.node_name.clone(),
+        labels,
+        capacity: BTreeMap::from([
+            ("cpu".to_string(), m.cpus.to_string()),
+            ("memory".to_string(), format!("{}Ki", m.memory_bytes / 1024)),
+            ("ephemeral-storage".to_string(), format!("{}Ki", m.disk_bytes / 1024)),
+            ("pods".to_string(), c.max_pods.to_string()),
+        ]),
+        internal_ip: c.node_ip.clone(),
+        kernel_version: m.kernel_version.clone(),
+        os_image: m.os_image.clone(),
+        agent_port: Some(port),
+        pressure: Machine::pressure(&c.data_dir),
+    }
+}
+
+/// Renews the lease every 10 s; reports the node's status when its pressure changes,
+/// when something else marked it not ready, and at least every minute.
+async fn keep_alive(agent: Arc<Agent>, mut registration: NodeRegistration, mut node: k8s_openapi::api::core::v1::Node) {
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = node::renew_lease(&agent.client, &node).await {
+            tracing::warn!(error = %e, "renewing the node lease");
+        }
+        tokio::time::sleep(LEASE_RENEW_INTERVAL).await;
+        let pressure = Machine::pressure(&agent.config.data_dir);
+        let current = Api::<k8s_openapi::api::core::v1::Node>::all(agent.client.clone()).get_opt(&registration.name).await;
+        let gone = matches!(current, Ok(None));
+        let not_ready = matches!(&current, Ok(Some(n)) if skiff_client::nodes::ready_status(n) != Some("True"));
+        if gone {
+            // Deleted from the API: register again, as kubelets do.
+            match registration.register(&agent.client).await {
+                Ok(n) => node = n,
+                Err(e) => tracing::warn!(error = %e, "registering the node again"),
+            }
+            continue;
+        }
+        if pressure != registration.pressure || not_ready || last_report.elapsed() >= Duration::from_secs(60) {
+            registration.pressure = pressure;
+            match registration.report_status(&agent.client).await {
+                Ok(n) => {
+                    node = n;
+                    last_report = tokio::time::Instant::now();
+                }
+                Err(e) => tracing::warn!(error = %e, "reporting node status"),
+            }
+        }
+    }
+}
+
+/// Watches the pods bound to this node and keeps one worker per pod.
+async fn run_pods(agent: Arc<Agent>) {
+    let api: Api<Pod> = Api::all(agent.client.clone());
+    let selector = format!("spec.nodeName={}", agent.config.node_name);
+    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut first_list = true;
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the node's pods");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) => {
+                listed.insert(pod.uid().unwrap_or_default());
+                agent.pod_changed(pod);
+            }
+            watcher::Event::Apply(pod) => agent.pod_changed(pod),
+            watcher::Event::Delete(pod) => agent.pod_gone(&pod.uid().unwrap_or_default()),
+            watcher::Event::InitDone => {
+                // Pods that went while the watch was down.
+                let gone: Vec<String> = agent.pods.lock().unwrap().keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+                for uid in gone {
+                    agent.pod_gone(&uid);
+                }
+                if std::mem::take(&mut first_list) {
+                    agent.clean_up_leftovers(&listed);
+                }
+            }
+        }
+    }
+}

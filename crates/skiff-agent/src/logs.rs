@@ -141,6 +141,11 @@ impl LogDir {
         self.root.join(format!("{namespace}_{pod}_{uid}"))
     }
 
+    /// Every pod's log directory.
+    pub fn pod_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.root).into_iter().flatten().flatten().map(|e| e.path()).collect()
+    }
+
     pub fn file(&self, namespace: &str, pod: &str, uid: &str, container: &str, run: u32) -> PathBuf {
         self.pod_dir(namespace, pod, uid).join(container).join(format!("{run}.log"))
     }

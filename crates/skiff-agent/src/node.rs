@@ -29,6 +29,60 @@ pub struct NodeRegistration {
     pub internal_ip: String,
     pub kernel_version: String,
     pub os_image: String,
+    /// Port of the agent's own HTTPS endpoint (logs, stats), if it serves one.
+    pub agent_port: Option<u16>,
+    pub pressure: Pressure,
+}
+
+/// Which resources of the machine are short (the node's pressure conditions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+/// What the agent reads off the machine it runs on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpus: usize,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub kernel_version: String,
+    pub os_image: String,
+}
+
+impl Machine {
+    /// Reads the machine; `data_dir` is where the node keeps pods' files (its
+    /// ephemeral storage).
+    pub fn read(data_dir: &std::path::Path) -> Machine {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let memory_bytes = meminfo("MemTotal:").unwrap_or(0);
+        let disk_bytes = rustix::fs::statvfs(data_dir).map(|s| s.f_blocks * s.f_frsize).unwrap_or(0);
+        let kernel_version = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+        let os_image = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+            .unwrap_or_else(|| std::env::consts::OS.to_string());
+        Machine { cpus, memory_bytes, disk_bytes, kernel_version, os_image }
+    }
+
+    /// Pressure as kubelet's default hard eviction thresholds define it: less than
+    /// 100 MiB of memory available, less than 10% of the disk free, more than 90% of
+    /// the PID space in use.
+    pub fn pressure(data_dir: &std::path::Path) -> Pressure {
+        let memory = meminfo("MemAvailable:").is_some_and(|a| a < 100 << 20);
+        let disk = rustix::fs::statvfs(data_dir).is_ok_and(|s| s.f_blocks > 0 && s.f_bavail * 10 < s.f_blocks);
+        let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX);
+        let processes = std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64).unwrap_or(0);
+        Pressure { memory, disk, pid: processes * 10 > pid_max * 9 }
+    }
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl NodeRegistration {
@@ -61,7 +115,11 @@ impl NodeRegistration {
             last_heartbeat_time: Some(now.clone()),
             last_transition_time: Some(now.clone()),
         };
+        let p = self.pressure;
         NodeStatus {
+            daemon_endpoints: self.agent_port.map(|port| k8s_openapi::api::core::v1::NodeDaemonEndpoints {
+                kubelet_endpoint: Some(k8s_openapi::api::core::v1::DaemonEndpoint { port: port.into() }),
+            }),
             capacity: Some(q.clone()),
             allocatable: Some(q),
             addresses: Some(vec![
@@ -69,9 +127,21 @@ impl NodeRegistration {
                 NodeAddress { type_: "Hostname".into(), address: self.name.clone() },
             ]),
             conditions: Some(vec![
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                if p.memory {
+                    condition("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+                } else {
+                    condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+                },
+                if p.disk {
+                    condition("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure")
+                } else {
+                    condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+                },
+                if p.pid {
+                    condition("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+                } else {
+                    condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+                },
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ]),
             node_info: Some(NodeSystemInfo {

@@ -18,6 +18,8 @@ pub struct AgentArgs {
     /// PEM file of the CA that signed the API server's certificate (for --server).
     #[arg(long, requires = "server")]
     certificate_authority: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Simulate this many hollow nodes (register, renew leases, report bound pods running)
     /// instead of running pods: for tests and benchmarks at scale.
     #[arg(long, hide = true)]
@@ -37,6 +39,72 @@ pub struct AgentArgs {
     /// Extra label for hollow nodes, `key=value` (repeatable).
     #[arg(long = "hollow-label", hide = true)]
     hollow_labels: Vec<String>,
+}
+
+/// How a real node is set up; shared by `skiff agent` and `skiff up`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP, where the API server reaches its agent (default: the
+    /// address of the default route, else 127.0.0.1).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Where the agent keeps images, compiled code, logs and pod volumes (default:
+    /// `agent` under skiff's data directory).
+    #[arg(long = "agent-data-dir")]
+    agent_data_dir: Option<PathBuf>,
+    /// Pods the node accepts.
+    #[arg(long, default_value_t = 1000)]
+    max_pods: u32,
+    /// Wasm guests that may run at once.
+    #[arg(long, default_value_t = 500)]
+    max_instances: u32,
+    /// A registry (`host[:port]`) to reach over plain HTTP; loopback registries always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Port of the agent's HTTPS endpoint (logs, stats); 0 picks a free one.
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// Extra node label, `key=value` (repeatable).
+    #[arg(long = "node-label")]
+    node_labels: Vec<String>,
+}
+
+impl NodeArgs {
+    pub fn config(&self, data_dir: &std::path::Path, token: &str) -> anyhow::Result<skiff_agent::AgentConfig> {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
+        Ok(skiff_agent::AgentConfig {
+            node_name: self.node_name.clone().unwrap_or(hostname),
+            node_ip: self.node_ip.clone().unwrap_or_else(default_ip),
+            data_dir: self.agent_data_dir.clone().unwrap_or_else(|| data_dir.join("agent")),
+            max_pods: self.max_pods,
+            max_instances: self.max_instances,
+            insecure_registries: self.insecure_registries.clone(),
+            port: self.agent_port,
+            token: token.to_string(),
+            labels: key_values(&self.node_labels, "--node-label")?,
+        })
+    }
+}
+
+/// The source address of the default route, found by connecting a UDP socket (which
+/// sends nothing); 127.0.0.1 on a machine without one.
+fn default_ip() -> String {
+    let probe = || -> std::io::Result<std::net::IpAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("10.255.255.255:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    probe().map(|ip| ip.to_string()).unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+fn key_values(items: &[String], flag: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("{flag} {l:?} is not key=value")))
+        .collect()
 }
 
 async fn client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
@@ -68,13 +136,20 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let client = client(&args).await?;
     let Some(count) = args.hollow else {
-        anyhow::bail!("this build's agent cannot run pods yet (the Wasm runtime is not built); use --hollow N to simulate nodes");
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => crate::client::kube_config(args.kubeconfig.clone()).await?.auth_info.token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string())
+                .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?,
+        };
+        let config = args.node.config(&crate::default_data_dir(), &token)?;
+        println!("node agent {} starting", config.node_name);
+        tokio::select! {
+            r = skiff_agent::run(client, config) => r?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(());
     };
-    let mut labels = std::collections::BTreeMap::new();
-    for l in &args.hollow_labels {
-        let (k, v) = l.split_once('=').with_context(|| format!("--hollow-label {l:?} is not key=value"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = key_values(&args.hollow_labels, "--hollow-label")?;
     let config = skiff_agent::hollow::HollowConfig {
         prefix: args.hollow_prefix,
         count,

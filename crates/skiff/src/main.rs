@@ -26,6 +26,22 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a node agent against a cluster's API.
     Agent(agent::AgentArgs),
+    /// Push a Wasm module or component to a registry as an OCI artifact (the CNCF Wasm
+    /// layout), for pods to use as their image.
+    Push {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Where to push it, e.g. `127.0.0.1:5000/hello:v1`.
+        reference: String,
+        /// Registry user name (with --password, or $SKIFF_REGISTRY_PASSWORD).
+        #[arg(long, env = "SKIFF_REGISTRY_USERNAME")]
+        username: Option<String>,
+        #[arg(long, env = "SKIFF_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Reach the registry over plain HTTP (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Create or update objects from YAML/JSON files (multi-document), a directory, or `-`.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -90,11 +106,26 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/skiff")
 }
 
+async fn push(file: &std::path::Path, reference: &str, username: Option<String>, password: Option<String>, insecure: bool) -> anyhow::Result<()> {
+    use oci_client::secrets::RegistryAuth;
+    let auth = match (username, password) {
+        (Some(u), Some(p)) => RegistryAuth::Basic(u, p),
+        (None, None) => RegistryAuth::Anonymous,
+        _ => anyhow::bail!("give both --username and --password, or neither"),
+    };
+    let insecure: Vec<String> = if insecure { reference.split('/').next().map(|r| vec![r.to_string()]).unwrap_or_default() } else { vec![] };
+    let url = skiff_agent::images::push(file, reference, &auth, &insecure).await?;
+    println!("pushed {} to {url}", file.display());
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    // One TLS crypto provider for every client in the process (kube, oci-client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
@@ -102,6 +133,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => server::run(args, true).await,
             Command::Server(args) => server::run(args, false).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Push { file, reference, username, password, insecure } => push(&file, &reference, username, password, insecure).await,
             Command::Apply { files, target } => client::apply(&target, &files).await,
             Command::Get { kind, name, output, selector, watch, target } => {
                 client::get(&target, &kind, name.as_deref(), output.as_deref(), selector.as_deref(), watch).await

@@ -27,6 +27,9 @@ pub struct ServerArgs {
     watch_history: u64,
     #[command(flatten)]
     controllers: ControllerArgs,
+    /// The node `skiff up` runs (ignored by `skiff server`).
+    #[command(flatten)]
+    node: crate::agent::NodeArgs,
 }
 
 #[derive(clap::Args)]
@@ -64,7 +67,7 @@ fn kubeconfig(server: &str, token: &str, ca_pem: &str) -> String {
 }
 
 pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
-    let dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let dir = args.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = admin_token(&dir)?;
     let store = RedbStore::open(&dir.join("state.redb"), StoreOptions { event_retention: args.watch_history.max(1), ..Default::default() })
@@ -92,7 +95,15 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let client = skiff_apiserver::in_process_client(router.clone(), &token)?;
     tokio::spawn(skiff_scheduler::run(client.clone()));
     let options = skiff_controllers::Options { node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period) };
-    tokio::spawn(skiff_controllers::run(client, options));
+    tokio::spawn(skiff_controllers::run(client.clone(), options));
+    if whole_cluster {
+        let config = args.node.config(&dir, &token)?;
+        tokio::spawn(async move {
+            if let Err(e) = skiff_agent::run(client, config).await {
+                tracing::error!(error = format!("{e:#}"), "the node agent stopped");
+            }
+        });
+    }
     let serving = tokio::spawn(async move {
         skiff_apiserver::tls::serve(listener, router, &certs, async move {
             let _ = stopped.await;

@@ -1,0 +1,200 @@
+//! The agent's HTTPS endpoint (kubelet's port 10250): container logs, which the API
+//! server forwards `pods/log` requests to, and per-pod usage (`/stats/summary`). Callers
+//! present the cluster's bearer token. The certificate is self-signed and made at each
+//! start; like kube-apiserver with kubelets by default, the API server does not verify it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kube::ResourceExt;
+use serde_json::json;
+
+use crate::Agent;
+use crate::logs::{self, LogOptions};
+
+/// How often a followed log is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Binds the endpoint and starts serving; returns the port it listens on.
+pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", agent.config.port)).await?;
+    let port = listener.local_addr()?.port();
+    let names = vec![agent.config.node_name.clone(), agent.config.node_ip.clone(), "localhost".into()];
+    let cert = rcgen::generate_simple_self_signed(names)?;
+    let tls = tls_config(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes())?;
+    let router = Router::new()
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/stats/summary", get(stats))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), authenticate))
+        .with_state(agent);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let serving = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, service) = (acceptor.clone(), hyper_util::service::TowerToHyperService::new(router.clone()));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((port, serving))
+}
+
+fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in constant time: the token is the cluster's admin credential.
+    let expected = agent.config.token.as_bytes();
+    let ok = presented.is_some_and(|p| p.len() == expected.len() && p.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+    if !ok {
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    next.run(request).await
+}
+
+/// A Kubernetes `Status`, which the API server passes on to the client.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn container_logs(
+    State(agent): State<Arc<Agent>>,
+    Path((namespace, pod_name, container)): Path<(String, String, String)>,
+    options: Result<Query<LogOptions>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(options) = match options {
+        Ok(o) => o,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("invalid log options: {}", e.body_text())),
+    };
+    let Some(pod) = agent.pod(&namespace, &pod_name) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("pods {pod_name:?} not found on node {}", agent.config.node_name));
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    if !spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == container) {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("container {container} is not valid for pod {pod_name}"));
+    }
+    let uid = pod.uid().unwrap_or_default();
+    let runs = agent.logs.runs(&namespace, &pod_name, &uid, &container);
+    let chosen = if options.previous { runs.iter().rev().nth(1) } else { runs.last() };
+    let Some((run, path)) = chosen.cloned() else {
+        return if options.previous {
+            status(StatusCode::BAD_REQUEST, "BadRequest", &format!("previous terminated container {container:?} in pod {pod_name:?} not found"))
+        } else {
+            status(StatusCode::BAD_REQUEST, "BadRequest", &format!("container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"))
+        };
+    };
+    let content = match tokio::fs::read(&path).await {
+        Ok(c) => c,
+        Err(e) => return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &format!("reading {}: {e}", path.display())),
+    };
+    let complete = content.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut out = Vec::new();
+    logs::render(&content[..complete], &options, &mut out);
+    let full = logs::limit(&mut out, &options, 0);
+    let headers = [(header::CONTENT_TYPE, "text/plain")];
+    if !options.follow || full {
+        return (StatusCode::OK, headers, out).into_response();
+    }
+    // Following: what is there, then new lines as they come, until the run ends.
+    let state = Follow { agent, uid, container, run: run as i32, path, offset: complete as u64, sent: out.len() as u64, options, first: Some(out) };
+    let stream = futures::stream::unfold(state, |mut f| async move {
+        if let Some(first) = f.first.take() {
+            return Some((Ok::<_, std::io::Error>(bytes_of(first)), f));
+        }
+        loop {
+            let running = f.agent.is_running(&f.uid, &f.container, f.run);
+            let content = tokio::fs::read(&f.path).await.ok()?;
+            let new = content.get(f.offset as usize..).unwrap_or_default();
+            let complete = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if complete > 0 {
+                let mut out = Vec::new();
+                let mut opts = f.options.clone();
+                opts.tail_lines = None;
+                opts.since_seconds = None;
+                opts.since_time = None;
+                logs::render(&new[..complete], &opts, &mut out);
+                f.offset += complete as u64;
+                let done = logs::limit(&mut out, &f.options, f.sent);
+                f.sent += out.len() as u64;
+                if done {
+                    f.options.follow = false;
+                }
+                return Some((Ok(bytes_of(out)), f));
+            }
+            if !running || !f.options.follow {
+                return None;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    });
+    (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
+}
+
+fn bytes_of(v: Vec<u8>) -> axum::body::Bytes {
+    axum::body::Bytes::from(v)
+}
+
+struct Follow {
+    agent: Arc<Agent>,
+    uid: String,
+    container: String,
+    run: i32,
+    path: std::path::PathBuf,
+    offset: u64,
+    sent: u64,
+    options: LogOptions,
+    first: Option<Vec<u8>>,
+}
+
+/// Per-pod and per-container usage, shaped like kubelet's Summary API.
+async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
+    use std::sync::atomic::Ordering;
+    let now = jiff::Timestamp::now().to_string();
+    let pods: Vec<_> = agent
+        .usage()
+        .into_iter()
+        .map(|p| {
+            let containers: Vec<_> = p.containers.iter().map(|(name, u)| {
+                json!({"name": name, "startTime": now,
+                       "cpu": {"time": now, "usageCoreNanoSeconds": u.cpu_nanos.load(Ordering::Relaxed)},
+                       "memory": {"time": now, "workingSetBytes": u.memory_bytes.load(Ordering::Relaxed), "usageBytes": u.memory_bytes.load(Ordering::Relaxed)}})
+            }).collect();
+            let cpu: u64 = p.containers.values().map(|u| u.cpu_nanos.load(Ordering::Relaxed)).sum();
+            let memory: u64 = p.containers.values().map(|u| u.memory_bytes.load(Ordering::Relaxed)).sum();
+            json!({"podRef": {"name": p.name, "namespace": p.namespace}, "containers": containers,
+                   "cpu": {"time": now, "usageCoreNanoSeconds": cpu}, "memory": {"time": now, "workingSetBytes": memory}})
+        })
+        .collect();
+    let rss = std::fs::read_to_string("/proc/self/status").ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024)))
+        .unwrap_or(0);
+    let body = json!({
+        "node": {"nodeName": agent.config.node_name, "memory": {"time": now, "workingSetBytes": rss},
+                 "runtime": {"compiledPrograms": agent.runtime.compiled_count()}},
+        "pods": pods,
+    });
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}

@@ -1,0 +1,422 @@
+//! The pod worker: one task per pod bound to the node. It prepares the pod's volumes,
+//! runs its init containers in order and then its containers, each restarted under the
+//! pod's `restartPolicy` with kubelet's crash-loop back-off; it writes the pod's status
+//! as things change, enforces `activeDeadlineSeconds`, and on deletion stops the
+//! containers and finishes the deletion.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::ResourceExt;
+use oci_client::secrets::RegistryAuth;
+use skiff_client::events::EventType;
+use tokio::sync::{Notify, watch};
+
+use crate::Agent;
+use crate::env::{ConfigError, PodFacts};
+use crate::images::PullPolicy;
+use crate::runtime::wasm::{Exit, GuestSpec, Program, Usage};
+use crate::status::{ContainerState, PodState, State, Terminated, crash_backoff};
+use crate::volumes::{self, VolumeDir};
+
+/// A container that ran this long has its crash-loop back-off reset.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// Image pull back-off: 10 s doubling to 5 min, as kubelet.
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often configMap, secret and downwardAPI volume files are brought up to date.
+const VOLUME_REFRESH: Duration = Duration::from_secs(2);
+
+/// The worker's shared view of its pod.
+struct Shared {
+    node: Arc<Agent>,
+    pod: watch::Receiver<Arc<Pod>>,
+    state: Mutex<PodState>,
+    changed: Notify,
+    /// Set by the status writer after each write.
+    written: AtomicBool,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut PodState)) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.notify_one();
+    }
+
+    fn pod(&self) -> Arc<Pod> {
+        self.pod.borrow().clone()
+    }
+}
+
+/// Runs the pod until it is deleted (or the worker is aborted because the pod is gone).
+pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
+    let first = pod.borrow().clone();
+    let uid = first.uid().unwrap_or_default();
+    let state = PodState::new(&first, &node.config.node_ip, &node.config.node_ip);
+    let shared = Arc::new(Shared { node: node.clone(), pod, state: Mutex::new(state), changed: Notify::new(), written: AtomicBool::new(false) });
+    let writer = tokio::spawn(write_status(shared.clone()));
+    shared.changed.notify_one();
+    let terminal_at_start = shared.state.lock().unwrap().is_terminal() || skiff_client::pods::is_terminal(&first);
+    if !terminal_at_start {
+        let mut pod_rx = shared.pod.clone();
+        tokio::select! {
+            _ = run_pod(shared.clone()) => {}
+            _ = deadline(shared.clone()) => {
+                shared.update(|s| {
+                    stop_all(s, "DeadlineExceeded");
+                    s.forced = Some(("Failed".into(), "DeadlineExceeded".into(), "Pod was active on the node longer than the specified deadline".into()));
+                });
+                node.recorder.record(&*shared.pod(), EventType::Normal, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
+            }
+            _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()) => {}
+        }
+    }
+    // Finished, or being deleted: wait for deletion; then every container is stopped
+    // (the running ones were dropped above, which aborts their guests).
+    let mut pod_rx = shared.pod.clone();
+    let _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()).await;
+    shared.update(|s| stop_all(s, "Killing"));
+    wait_written(&shared).await;
+    writer.abort();
+    let pod = shared.pod();
+    let api: Api<Pod> = Api::namespaced(node.client.clone(), &pod.namespace().unwrap_or_default());
+    let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
+    match api.delete(&pod.name_any(), &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "finishing the pod's deletion"),
+    }
+}
+
+/// Marks every container that has not ended as ended by the agent.
+fn stop_all(s: &mut PodState, why: &str) {
+    for c in s.init.iter_mut().chain(s.containers.iter_mut()) {
+        let started_at = match &c.state {
+            State::Terminated(_) => continue,
+            State::Running { started_at } => Some(started_at.clone()),
+            State::Waiting { .. } => None,
+        };
+        c.state = State::Terminated(Terminated {
+            exit_code: 137,
+            reason: "Error".into(),
+            message: Some(format!("stopped by the node agent ({why})")),
+            started_at,
+            finished_at: skiff_client::now(),
+        });
+    }
+    s.sandbox_ready = false;
+}
+
+/// Resolves when the pod's `activeDeadlineSeconds` has passed since it started.
+async fn deadline(shared: Arc<Shared>) {
+    let mut pod_rx = shared.pod.clone();
+    loop {
+        let seconds = pod_rx.borrow().spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        let Some(seconds) = seconds else {
+            if pod_rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            continue;
+        };
+        let started = shared.state.lock().unwrap().start_time.clone();
+        let left = seconds - skiff_client::seconds_since(&started);
+        if left <= 0 {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(left as u64)) => {}
+            r = pod_rx.changed() => if r.is_err() { std::future::pending::<()>().await },
+        }
+    }
+}
+
+/// Writes the pod's status each time it changes, coalescing bursts.
+async fn write_status(shared: Arc<Shared>) {
+    let pod = shared.pod();
+    let api: Api<Pod> = Api::namespaced(shared.node.client.clone(), &pod.namespace().unwrap_or_default());
+    let name = pod.name_any();
+    loop {
+        shared.changed.notified().await;
+        let status = shared.state.lock().unwrap().to_status();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status}))).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 404 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "writing pod status");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        shared.written.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Gives the status writer a moment to write the last change before the pod goes.
+async fn wait_written(shared: &Shared) {
+    shared.written.store(false, Ordering::SeqCst);
+    shared.changed.notify_one();
+    for _ in 0..50 {
+        if shared.written.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run_pod(shared: Arc<Shared>) {
+    let node = shared.node.clone();
+    let pod = shared.pod();
+    // Volumes first: until they are ready no container starts (kubelet's ContainerCreating).
+    let volumes = loop {
+        let facts = node.facts(&pod);
+        match volumes::prepare(&node.client, &node.volumes, &facts, &node.sources).await {
+            Ok(v) => break Arc::new(v),
+            Err(e) => {
+                node.recorder.record(&*pod, EventType::Warning, "FailedMount", e.0.clone());
+                shared.update(|s| {
+                    for c in s.init.iter_mut().chain(s.containers.iter_mut()).filter(|c| matches!(c.state, State::Waiting { .. })) {
+                        c.state = State::Waiting { reason: "ContainerCreating".into(), message: Some(e.0.clone()) };
+                    }
+                });
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    shared.update(|s| s.sandbox_ready = true);
+    let refresher = volumes::has_projected(&pod).then(|| {
+        let (shared, volumes) = (shared.clone(), volumes.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(VOLUME_REFRESH).await;
+                let pod = shared.pod();
+                volumes::refresh(&volumes, &shared.node.facts(&pod), &shared.node.sources);
+            }
+        }))
+    });
+    let spec = pod.spec.clone().unwrap_or_default();
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        if shared.state.lock().unwrap().init[i].succeeded() {
+            continue; // done before an agent restart
+        }
+        let exit = run_container(&shared, &volumes, c, Slot::Init(i)).await;
+        if exit.code != 0 {
+            return; // the pod failed (restartPolicy Never); its status says so
+        }
+    }
+    let containers = spec.containers.iter().enumerate().map(|(i, c)| run_container(&shared, &volumes, c, Slot::App(i)));
+    futures::future::join_all(containers).await;
+    drop(refresher);
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Init(usize),
+    App(usize),
+}
+
+fn slot(s: &mut PodState, slot: Slot) -> &mut ContainerState {
+    match slot {
+        Slot::Init(i) => &mut s.init[i],
+        Slot::App(i) => &mut s.containers[i],
+    }
+}
+
+/// Runs one container until it ends for good under the restart policy (init containers
+/// restart on failure unless the policy is Never).
+async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir>, container: &Container, at: Slot) -> Exit {
+    let node = &shared.node;
+    let usage = Arc::new(Usage::default());
+    let pod = shared.pod();
+    let uid = pod.uid().unwrap_or_default();
+    node.track_usage(&pod, &container.name, usage.clone());
+    let restarts = |s: &PodState, code: i32| match at {
+        Slot::Init(_) => s.restart_policy != "Never" && code != 0,
+        Slot::App(_) => s.restarts(code),
+    };
+    // A container that ended before an agent restart: done, or to be restarted.
+    let previous = match &slot(&mut shared.state.lock().unwrap(), at).state {
+        State::Terminated(t) => Some(Exit { code: t.exit_code, reason: "Error", message: t.message.clone() }),
+        _ => None,
+    };
+    if let Some(exit) = previous {
+        if !restarts(&shared.state.lock().unwrap(), exit.code) {
+            return exit;
+        }
+        shared.update(|s| {
+            let c = slot(s, at);
+            if let State::Terminated(t) = &c.state {
+                c.last = Some(t.clone());
+            }
+            c.restart_count += 1;
+        });
+    }
+    let mut pull_backoff = Duration::from_secs(10);
+    // Crash-loop back-offs since the last reset; a restarted agent keeps backing off.
+    let mut backoffs = run_number(shared, at);
+    loop {
+        let pod = shared.pod();
+        let program = match prepare(node, &pod, container).await {
+            Ok((program, image_id)) => {
+                pull_backoff = Duration::from_secs(10);
+                shared.update(|s| slot(s, at).image_id = image_id);
+                program
+            }
+            Err(Failure { reason, message }) => {
+                node.recorder.record(&*pod, EventType::Warning, if reason == "ErrImagePull" { "Failed" } else { reason }, format!("container {}: {message}", container.name));
+                shared.update(|s| slot(s, at).state = State::Waiting { reason: reason.into(), message: Some(message.clone()) });
+                tokio::time::sleep(pull_backoff).await;
+                if reason == "ErrImagePull" {
+                    shared.update(|s| slot(s, at).state = State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image {:?}: {message}", container.image.as_deref().unwrap_or_default())) });
+                }
+                pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let facts = node.facts(&pod);
+        let guest = match guest_spec(node, &facts, volumes, container, run_number(shared, at), usage.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", e.0));
+                shared.update(|s| slot(s, at).state = State::Waiting { reason: "CreateContainerConfigError".into(), message: Some(e.0.clone()) });
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let log = guest.log.clone();
+        let started = Instant::now();
+        let started_at = skiff_client::now();
+        let run_number = run_number(shared, at);
+        let handle = node.runtime.spawn(program, guest);
+        let mut guest = AbortOnDrop(handle);
+        node.set_running(&uid, &container.name, run_number, true);
+        shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
+        let result = (&mut guest.0).await;
+        node.set_running(&uid, &container.name, run_number, false);
+        let exit = match result {
+            Ok(Ok(exit)) => exit,
+            Ok(Err(start)) => {
+                // Could not start (bad imports, no _start, a mount failed): kubelet's
+                // CreateContainerError, retried with back-off.
+                log.note(&format!("container could not start: {}", start.0));
+                node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", start.0));
+                shared.update(|s| slot(s, at).state = State::Waiting { reason: "CreateContainerError".into(), message: Some(start.0.clone()) });
+                tokio::time::sleep(pull_backoff).await;
+                pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => Exit { code: 137, reason: "Error", message: Some(format!("the guest task ended abnormally: {e}")) },
+        };
+        if let Some(m) = &exit.message {
+            log.note(m);
+        }
+        let ended = Terminated { exit_code: exit.code, reason: exit.reason.into(), message: exit.message.clone(), started_at: Some(started_at), finished_at: skiff_client::now() };
+        shared.update(|s| slot(s, at).state = State::Terminated(ended.clone()));
+        if exit.reason == "OOMKilled" {
+            node.recorder.record(&*pod, EventType::Warning, "OOMKilled", format!("container {} exceeded its memory limit", container.name));
+        }
+        if !restarts(&shared.state.lock().unwrap(), exit.code) {
+            return exit;
+        }
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            backoffs = 0;
+        }
+        let wait = crash_backoff(backoffs);
+        backoffs += 1;
+        if !wait.is_zero() {
+            let message = format!("back-off {}s restarting failed container={} pod={}_{}({uid})", wait.as_secs(), container.name, pod.name_any(), pod.namespace().unwrap_or_default());
+            node.recorder.record(&*pod, EventType::Warning, "BackOff", format!("Back-off restarting failed container {} in pod {}", container.name, pod.name_any()));
+            shared.update(|s| slot(s, at).state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message) });
+            tokio::time::sleep(wait).await;
+        }
+        shared.update(|s| {
+            let c = slot(s, at);
+            c.last = Some(ended);
+            c.restart_count += 1;
+        });
+    }
+}
+
+/// The container's run number: its restart count, which names its log file.
+fn run_number(shared: &Shared, at: Slot) -> i32 {
+    slot(&mut shared.state.lock().unwrap(), at).restart_count
+}
+
+/// Why a container cannot be created yet, as its waiting reason says.
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+/// Pulls the container's image (per its policy, with the pod's pull secrets) and loads
+/// its compiled code.
+async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<(Program, String), Failure> {
+    let image = container.image.clone().unwrap_or_default();
+    if image.is_empty() {
+        return Err(Failure { reason: "InvalidImageName", message: "the container has no image".into() });
+    }
+    let policy = PullPolicy::of(container.image_pull_policy.as_deref(), &image);
+    let auth = pull_auth(node, pod, &image);
+    let local = node.images.ensure(&image, policy, &auth).await.map_err(|e| Failure { reason: e.reason, message: e.message })?;
+    let path = node.images.blob_path(&local.wasm_digest);
+    let (runtime, digest) = (node.runtime.clone(), local.wasm_digest.clone());
+    let program = tokio::task::spawn_blocking(move || runtime.load(&digest, &path))
+        .await
+        .map_err(|e| Failure { reason: "CreateContainerError", message: e.to_string() })?
+        .map_err(|e| Failure { reason: "CreateContainerError", message: e.0 })?;
+    Ok((program, format!("{}@{}", local.reference, local.manifest_digest)))
+}
+
+/// Registry credentials from the pod's `imagePullSecrets` for the image's registry.
+fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> RegistryAuth {
+    let Ok(reference) = image.parse::<oci_client::Reference>() else { return RegistryAuth::Anonymous };
+    let ns = pod.namespace().unwrap_or_default();
+    for secret in pod.spec.as_ref().and_then(|s| s.image_pull_secrets.as_ref()).into_iter().flatten() {
+        let Some(data) = node.sources.secret_data(&ns, &secret.name) else { continue };
+        let config = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg"));
+        if let Some(auth) = config.and_then(|c| crate::images::auth_from_docker_config(c, reference.resolve_registry())) {
+            return auth;
+        }
+    }
+    RegistryAuth::Anonymous
+}
+
+/// What the guest gets: argv, environment, mounts, limits, and its log file.
+fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>) -> Result<GuestSpec, ConfigError> {
+    let env = crate::env::container_env(container, facts, &node.sources)?;
+    let mounts = volumes::mounts(container, volumes)?;
+    let expand = |s: &String| crate::env::expand(s, &env);
+    // Wasm has no image entrypoint to fall back on: argv[0] is the command's first
+    // word, or the container's name.
+    let mut argv: Vec<String> = container.command.iter().flatten().map(expand).collect();
+    if argv.is_empty() {
+        argv.push(container.name.clone());
+    }
+    argv.extend(container.args.iter().flatten().map(expand));
+    let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
+    let memory_limit = limits.and_then(|l| l.get("memory")).map(|q| skiff_core::quantity::parse_units(&q.0)).transpose()
+        .map_err(|_| ConfigError("resources.limits.memory is not a quantity".into()))?
+        .map(|b| b.max(0) as u64);
+    let cpu_limit_milli = limits.and_then(|l| l.get("cpu")).map(|q| skiff_core::quantity::parse_milli(&q.0)).transpose()
+        .map_err(|_| ConfigError("resources.limits.cpu is not a quantity".into()))?
+        .map(|m| m.max(1) as u64);
+    let pod = facts.pod;
+    let path = node.logs.file(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name, run as u32);
+    let log = crate::logs::LogSink::create(&path).map_err(|e| ConfigError(format!("creating the log file {}: {e}", path.display())))?;
+    node.logs.prune(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name);
+    Ok(GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, log, usage })
+}
+
+/// Aborts a task when dropped: a stopped pod's guests stop with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
