@@ -11,6 +11,7 @@ pub mod error;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod pod_logs;
 pub mod request;
 pub mod rest;
 pub mod services;

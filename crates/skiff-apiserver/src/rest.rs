@@ -161,6 +161,7 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let object = get(&server, &target).await?;
             Ok(json_response(StatusCode::OK, &present_one(r, convert::from_storage(r, object), out), &[]))
         }
+        (&Method::GET, true, Some("log")) if r.kind == "Pod" => crate::pod_logs::pod_log(&server, &target, uri.query(), &params).await,
         (&Method::GET, true, Some("scale")) if r.has_subresource("scale") => {
             let object = get(&server, &target).await?;
             Ok(json_response(StatusCode::OK, &to_scale(&object), &[]))

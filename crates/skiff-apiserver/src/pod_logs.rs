@@ -1,0 +1,81 @@
+//! `GET …/pods/{name}/log`: checks the request against the pod, then forwards it to the
+//! agent of the pod's node (its HTTPS endpoint, found in the Node's address and
+//! `daemonEndpoints`) and streams the agent's answer back, as kube-apiserver does with
+//! kubelets. Like kube-apiserver by default, it does not verify the agent's certificate;
+//! it authenticates itself with the cluster token.
+
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult};
+use crate::request::Target;
+
+/// Query parameters a log request may carry, and the integer ones among them.
+const PARAMS: &[&str] = &["container", "follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes", "pretty", "insecureSkipTLSVerifyBackend"];
+const INTEGERS: &[&str] = &["tailLines", "sinceSeconds", "limitBytes"];
+
+fn agent_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().expect("an HTTPS client")
+    })
+}
+
+pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, params: &std::collections::HashMap<String, String>) -> ApiResult<Response> {
+    for (k, v) in params {
+        if !PARAMS.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!("unknown log option {k:?}")));
+        }
+        if INTEGERS.contains(&k.as_str()) && v.parse::<i64>().map_or(true, |n| n < 0) {
+            return Err(ApiError::bad_request(format!("{k} must be a non-negative integer, not {v:?}")));
+        }
+    }
+    let name = target.name.as_deref().unwrap_or_default();
+    let pod = server.store.get(&target.key()).await.map_err(|e| ApiError::from_store(e, "pods", name))?;
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).into_iter().flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    let container = match params.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(c) || init.contains(c) => c.clone(),
+        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}] or one of the init containers: [{}]",
+                containers.join(" "),
+                init.join(" ")
+            )));
+        }
+    };
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
+    let nodes = skiff_core::resources::find("", "v1", "nodes").expect("nodes are served");
+    let node = server.store.get(&nodes.key(None, node_name)).await.map_err(|e| ApiError::from_store(e, "nodes", node_name))?;
+    let address = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .and_then(|a| a.get("address").and_then(Value::as_str));
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
+    let (Some(address), Some(port)) = (address, port) else {
+        return Err(ApiError::bad_request(format!("node {node_name} does not serve logs (no InternalIP address or agent port in its status)")));
+    };
+    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
+    let ns = target.namespace.as_deref().unwrap_or_default();
+    let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(q);
+    }
+    let response = agent_client().get(&url).bearer_auth(&server.config.token).send().await
+        .map_err(|e| ApiError::internal(format!("Get {url:?}: {e}")))?;
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
+    Ok((status, [(header::CONTENT_TYPE, content_type)], Body::from_stream(response.bytes_stream())).into_response())
+}
