@@ -29,9 +29,11 @@ def free_port():
 
 
 class Cluster:
-    """One `skiff up` process and the ways to talk to it."""
+    """One `skiff up` (or `skiff server`: the control plane alone) process and the ways
+    to talk to it."""
 
-    def __init__(self, data_dir, extra_args=()):
+    def __init__(self, data_dir, extra_args=(), command="up"):
+        self.command = command
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_args = list(extra_args)
@@ -41,7 +43,7 @@ class Cluster:
     def start(self):
         self.log = open(os.path.join(self.data_dir, "skiff.log"), "ab")
         self.proc = subprocess.Popen(
-            [skiff_binary(), "up", "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            [skiff_binary(), self.command, "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
             stdout=self.log, stderr=self.log)
         ctx = None
         deadline = time.time() + 30
@@ -125,9 +127,10 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The shared cluster. A short watch history lets tests reach a compacted revision."""
+    """The shared control plane, whose nodes are hollow. A short watch history lets tests
+    reach a compacted revision."""
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--watch-history", "1000", "--max-request-bytes", "1048576", "--node-monitor-grace-period", "6"]).start()
+        c = Cluster(d, ["--watch-history", "1000", "--max-request-bytes", "1048576", "--node-monitor-grace-period", "6"], command="server").start()
         yield c
         c.stop()
 
@@ -164,3 +167,48 @@ def namespace(cluster, api):
     name = f"t-{os.urandom(4).hex()}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
     return name
+
+
+def example_wasm(target):
+    """The wasi-hello example built for `target` (wasm32-wasip1 or wasm32-wasip2) by the
+    test command."""
+    out = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    path = os.path.join(out, target, "release", "wasi-hello.wasm")
+    if not os.path.exists(path):
+        pytest.fail(f"{path} is missing: build examples/wasi-hello for {target} (the test command does)")
+    return path
+
+
+class Registry:
+    """A real `docker-registry` (the CNCF distribution registry) on 127.0.0.1."""
+
+    def __init__(self, data_dir):
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        conf = os.path.join(data_dir, "registry.yml")
+        with open(conf, "w") as f:
+            f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {data_dir}/blobs\n"
+                    f"  delete:\n    enabled: true\nhttp:\n  addr: {self.host}\n")
+        self.log = open(os.path.join(data_dir, "registry.log"), "ab")
+        self.proc = subprocess.Popen(["docker-registry", "serve", conf], stdout=self.log, stderr=self.log)
+        wait_for(lambda: self._up(), 20, "docker-registry to listen")
+
+    def _up(self):
+        try:
+            urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    with tempfile.TemporaryDirectory() as d:
+        r = Registry(d)
+        yield r
+        r.stop()

@@ -270,9 +270,14 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             Err(Failure { reason, message }) => {
                 node.recorder.record(&*pod, EventType::Warning, if reason == "ErrImagePull" { "Failed" } else { reason }, format!("container {}: {message}", container.name));
                 shared.update(|s| slot(s, at).state = State::Waiting { reason: reason.into(), message: Some(message.clone()) });
-                tokio::time::sleep(pull_backoff).await;
                 if reason == "ErrImagePull" {
+                    // As kubelet: the error first, then the back-off until the next try.
+                    let shown = Duration::from_secs(2);
+                    tokio::time::sleep(shown).await;
                     shared.update(|s| slot(s, at).state = State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image {:?}: {message}", container.image.as_deref().unwrap_or_default())) });
+                    tokio::time::sleep(pull_backoff.saturating_sub(shown)).await;
+                } else {
+                    tokio::time::sleep(pull_backoff).await;
                 }
                 pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
                 continue;

@@ -1,0 +1,274 @@
+"""The node agent running Wasm pods, end to end: a real `skiff up` (API server, scheduler,
+controllers and agent), a real docker-registry on 127.0.0.1 that `skiff push` publishes
+the wasi-hello example to, and the real kubectl."""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+from conftest import Cluster, example_wasm, skiff_binary, wait_for
+
+
+@pytest.fixture(scope="module")
+def wasm_cluster(registry):
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(d, ["--agent-port", "0", "--node-name", "wasm-node", "--node-ip", "127.0.0.1"], command="up").start()
+        wait_for(lambda: c.kubectl("get", "node", "wasm-node", check=False).returncode == 0, 30, "the node to register")
+        yield c
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def images(registry):
+    """The example pushed as a preview 1 module and as a preview 2 component."""
+    refs = {"p1": f"{registry.host}/wasi-hello:p1", "p2": f"{registry.host}/wasi-hello:p2"}
+    for kind, target in [("p1", "wasm32-wasip1"), ("p2", "wasm32-wasip2")]:
+        subprocess.run([skiff_binary(), "push", example_wasm(target), refs[kind]], check=True, capture_output=True, timeout=60)
+    return refs
+
+
+def pod_manifest(name, image, args, restart="Never", limits=None, **spec):
+    container = {"name": "main", "image": image, "args": args}
+    if limits:
+        container["resources"] = {"limits": limits}
+    container.update(spec.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"runtimeClassName": "wasmtime", "restartPolicy": restart, "containers": [container], **spec}}
+
+
+def create(cluster, ns, *objects):
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(objects))
+
+
+def pod(cluster, ns, name):
+    return cluster.json("get", "pod", "-n", ns, name)
+
+
+def container_status(cluster, ns, name):
+    statuses = pod(cluster, ns, name).get("status", {}).get("containerStatuses") or [{}]
+    return statuses[0]
+
+
+def wait_phase(cluster, ns, name, phases, timeout=60):
+    return wait_for(lambda: pod(cluster, ns, name).get("status", {}).get("phase") in phases and pod(cluster, ns, name), timeout, f"pod {name} to be {phases}")
+
+
+def logs(cluster, ns, name, *args):
+    return cluster.kubectl("logs", "-n", ns, name, *args).stdout
+
+
+@pytest.fixture
+def ns(wasm_cluster):
+    name = f"w-{os.urandom(3).hex()}"
+    wasm_cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+    return name
+
+
+def test_node_registers_with_machine_capacity(wasm_cluster):
+    node = wasm_cluster.json("get", "node", "wasm-node")
+    labels = node["metadata"]["labels"]
+    assert labels["skiff.dev/runtime-wasm"] == "true"
+    assert labels["kubernetes.io/hostname"] == "wasm-node" and labels["kubernetes.io/os"] == "linux"
+    capacity = node["status"]["capacity"]
+    assert int(capacity["cpu"]) == os.cpu_count()
+    assert int(capacity["pods"]) > 110
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["Ready"] == "True" and conditions["MemoryPressure"] == "False"
+    assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] > 0
+    lease = wasm_cluster.json("get", "lease", "-n", "kube-node-lease", "wasm-node")
+    assert lease["spec"]["holderIdentity"] == "wasm-node"
+
+
+def test_job_runs_the_example_with_config_and_secret(wasm_cluster, images, ns):
+    manifest = open(os.path.join(os.path.dirname(__file__), "../../examples/wasi-hello/job.yaml")).read()
+    manifest = manifest.replace("127.0.0.1:5000/wasi-hello:v1", images["p1"])
+    wasm_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    wait_for(lambda: wasm_cluster.json("get", "job", "-n", ns, "wasi-hello").get("status", {}).get("succeeded") == 1, 60, "the job to complete")
+    out = wasm_cluster.kubectl("logs", "-n", ns, "job/wasi-hello").stdout
+    assert "Ahoy, Skiff!" in out, out
+    assert "NODE=wasm-node" in out and re.search(r"POD=wasi-hello-\w+", out), out
+    assert "/config/greeting: Ahoy" in out, out
+
+
+def test_component_runs_and_logs_follow(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("p2", images["p2"], ["hello", "sleep", "2", "cat", "/nothing"], container={"env": [{"name": "NAME", "value": "component"}]}))
+    wait_phase(wasm_cluster, ns, "p2", ["Running", "Succeeded"])
+    # -f streams until the container ends.
+    out = wasm_cluster.kubectl("logs", "-f", "-n", ns, "p2").stdout
+    assert out.startswith("Hello, component!\n"), out
+    assert "cannot read /nothing" in out, out
+    done = wait_phase(wasm_cluster, ns, "p2", ["Succeeded"])
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0 and terminated["reason"] == "Completed"
+    stamped = logs(wasm_cluster, ns, "p2", "--timestamps", "--tail=1")
+    assert re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z cannot read /nothing", stamped), stamped
+
+
+def test_failing_command_crash_loops_with_back_off(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("crash", images["p1"], ["hello", "exit", "3"], restart="OnFailure"))
+    status = wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff" and s)(container_status(wasm_cluster, ns, "crash")), 30, "CrashLoopBackOff")
+    assert status["restartCount"] >= 1
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert "back-off 10s restarting failed container=main" in status["state"]["waiting"]["message"]
+    assert "Hello, world!" in logs(wasm_cluster, ns, "crash", "--previous")
+    events = wasm_cluster.kubectl("get", "events", "-n", ns).stdout
+    assert "BackOff" in events, events
+
+
+def test_memory_hog_is_oom_killed(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("hog", images["p1"], ["hog", "200"], limits={"memory": "32Mi"}))
+    done = wait_phase(wasm_cluster, ns, "hog", ["Failed"])
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["reason"] == "OOMKilled" and terminated["exitCode"] == 137, terminated
+    assert "memory limit" in terminated["message"]
+
+
+def spin_rounds(cluster, ns, name, image, limits):
+    create(cluster, ns, pod_manifest(name, image, ["spin", "3"], limits=limits))
+    wait_phase(cluster, ns, name, ["Succeeded"], timeout=60)
+    return int(re.search(r"spun (\d+) rounds", logs(cluster, ns, name)).group(1))
+
+
+def test_busy_loop_is_held_to_its_cpu_limit(wasm_cluster, images, ns):
+    # Same guest, same wall time, one after the other: the limited one gets about a fifth
+    # of the work done. Loose bounds: CI machines are noisy.
+    free = spin_rounds(wasm_cluster, ns, "free", images["p1"], None)
+    limited = spin_rounds(wasm_cluster, ns, "limited", images["p1"], {"cpu": "200m"})
+    share = limited / free
+    assert 0.08 < share < 0.4, f"200m guest did {limited} rounds vs {free} unlimited ({share:.2f})"
+
+
+def test_deleting_a_running_pod_stops_it_within_grace(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("sleeper", images["p1"], ["hello", "sleep", "600"], restart="Always", terminationGracePeriodSeconds=30))
+    wait_for(lambda: container_status(wasm_cluster, ns, "sleeper").get("ready"), 30, "the sleeper to run")
+    started = time.time()
+    wasm_cluster.kubectl("delete", "pod", "-n", ns, "sleeper", "--wait=true")
+    assert time.time() - started < 30
+    assert wasm_cluster.kubectl("get", "pod", "-n", ns, "sleeper", check=False).returncode != 0
+
+
+def test_missing_image_backs_off_with_the_registry_message(wasm_cluster, registry, ns):
+    create(wasm_cluster, ns, pod_manifest("ghost", f"{registry.host}/nothing-here:v1", []))
+    status = wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == "ImagePullBackOff" and s)(container_status(wasm_cluster, ns, "ghost")), 40, "ImagePullBackOff")
+    message = status["state"]["waiting"]["message"]
+    assert "nothing-here" in message and ("unknown" in message.lower() or "not found" in message.lower()), message
+    assert pod(wasm_cluster, ns, "ghost")["status"]["phase"] == "Pending"
+
+
+def test_guest_sees_only_its_mounts(wasm_cluster, images, ns, tmp_path):
+    host_dir = tmp_path / "shared"
+    host_dir.mkdir()
+    (host_dir / "note.txt").write_text("from the host")
+    create(wasm_cluster, ns, pod_manifest(
+        "jail", images["p1"], ["cat", "/etc/passwd", "ls", "/", "cat", "/data/note.txt", "write", "/data/new.txt", "x", "write", "/ro/x", "text", "ls", "/scratch"],
+        container={"volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "data", "mountPath": "/ro", "readOnly": True}, {"name": "scratch", "mountPath": "/scratch"}]},
+        volumes=[{"name": "data", "hostPath": {"path": str(host_dir), "type": "Directory"}}, {"name": "scratch", "emptyDir": {"medium": "Memory"}}]))
+    wait_phase(wasm_cluster, ns, "jail", ["Succeeded"])
+    out = logs(wasm_cluster, ns, "jail")
+    assert "cannot read /etc/passwd" in out, out
+    assert "/data/note.txt: from the host" in out, out
+    assert (host_dir / "new.txt").read_text() == "x"
+    assert "cannot write /ro/x" in out, out
+    assert not (host_dir / "x").exists()
+
+
+def test_config_map_volume_follows_updates(wasm_cluster, images, ns):
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "live"}, "data": {"greeting": "first"}}
+    create(wasm_cluster, ns, cm, pod_manifest(
+        "reader", images["p1"], ["cat", "/config/greeting", "sleep", "6", "cat", "/config/greeting"],
+        container={"volumeMounts": [{"name": "config", "mountPath": "/config"}]},
+        volumes=[{"name": "config", "configMap": {"name": "live"}}]))
+    wait_for(lambda: "first" in logs(wasm_cluster, ns, "reader"), 30, "the first read")
+    wasm_cluster.kubectl("patch", "configmap", "-n", ns, "live", "-p", '{"data":{"greeting":"second"}}')
+    wait_phase(wasm_cluster, ns, "reader", ["Succeeded"])
+    out = logs(wasm_cluster, ns, "reader")
+    assert out.splitlines() == ["/config/greeting: first", "/config/greeting: second"], out
+
+
+def push_raw(registry, repo, tag, layer_bytes, layer_type, config_type):
+    """Pushes an image by plain HTTP, as the distribution API describes."""
+    def blob(data):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        req = urllib.request.Request(f"http://{registry.host}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
+        location = urllib.request.urlopen(req).headers["Location"]
+        sep = "&" if "?" in location else "?"
+        url = location if location.startswith("http") else f"http://{registry.host}{location}"
+        urllib.request.urlopen(urllib.request.Request(f"{url}{sep}digest={digest}", method="PUT", data=data,
+                                                      headers={"Content-Type": "application/octet-stream"})).read()
+        return {"mediaType": None, "digest": digest, "size": len(data)}
+    config = blob(b"{}")
+    config["mediaType"] = config_type
+    layer = blob(layer_bytes)
+    layer["mediaType"] = layer_type
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": [layer]}
+    urllib.request.urlopen(urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}", method="PUT", data=json.dumps(manifest).encode(),
+                                                  headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})).read()
+    return f"{registry.host}/{repo}:{tag}"
+
+
+def waiting(cluster, ns, name, reason, timeout=40):
+    return wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == reason and s["state"]["waiting"])(container_status(cluster, ns, name)), timeout, f"{name} waiting with {reason}")
+
+
+def test_bad_images_and_config_get_clear_statuses(wasm_cluster, images, registry, ns, tmp_path):
+    corrupt = tmp_path / "corrupt.wasm"
+    corrupt.write_bytes(b"\0asm\x01\0\0\0" + os.urandom(64))
+    subprocess.run([skiff_binary(), "push", str(corrupt), f"{registry.host}/corrupt:v1"], check=True, capture_output=True)
+    # A module importing a function no host provides.
+    unlinkable = tmp_path / "unlinkable.wasm"
+    unlinkable.write_bytes(b"\0asm\x01\0\0\0" + bytes([1, 4, 1, 0x60, 0, 0]) + bytes([2, 15, 1, 3]) + b"env" + bytes([7]) + b"missing" + bytes([0, 0]))
+    subprocess.run([skiff_binary(), "push", str(unlinkable), f"{registry.host}/unlinkable:v1"], check=True, capture_output=True)
+    container_image = push_raw(registry, "not-wasm", "v1", b"\x1f\x8b" + os.urandom(32), "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.config.v1+json")
+    create(wasm_cluster, ns,
+           pod_manifest("healthy", images["p1"], ["sleep", "600"], restart="Always"),
+           pod_manifest("corrupt", f"{registry.host}/corrupt:v1", []),
+           pod_manifest("unlinkable", f"{registry.host}/unlinkable:v1", []),
+           pod_manifest("container", container_image, []),
+           pod_manifest("nomap", images["p1"], [], container={"volumeMounts": [{"name": "c", "mountPath": "/c"}]}, volumes=[{"name": "c", "configMap": {"name": "absent"}}]),
+           pod_manifest("nokey", images["p1"], [], container={"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]}))
+    assert "invalid Wasm" in waiting(wasm_cluster, ns, "corrupt", "CreateContainerError")["message"]
+    assert "env::missing" in waiting(wasm_cluster, ns, "unlinkable", "CreateContainerError")["message"]
+    assert "not a Wasm artifact" in waiting(wasm_cluster, ns, "container", "ImagePullBackOff")["message"]
+    assert 'configmap "absent" not found' in waiting(wasm_cluster, ns, "nomap", "ContainerCreating")["message"]
+    assert 'secret "absent" not found' in waiting(wasm_cluster, ns, "nokey", "CreateContainerConfigError")["message"]
+    healthy = container_status(wasm_cluster, ns, "healthy")
+    assert healthy["ready"] and healthy["restartCount"] == 0
+    assert "FailedMount" in wasm_cluster.kubectl("get", "events", "-n", ns).stdout
+
+
+def test_logs_of_unknown_containers_are_refused(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("one", images["p1"], ["hello"]))
+    wait_phase(wasm_cluster, ns, "one", ["Succeeded"])
+    p = wasm_cluster.kubectl("logs", "-n", ns, "one", "-c", "nope", check=False)
+    assert p.returncode != 0 and "container nope is not valid for pod one" in p.stderr
+    status, body = wasm_cluster.raw("GET", f"/api/v1/namespaces/{ns}/pods/one/log?tailLines=-3")
+    assert status == 400 and "tailLines" in body["message"]
+
+
+def test_active_deadline_fails_the_pod(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("late", images["p1"], ["sleep", "600"], activeDeadlineSeconds=2))
+    done = wait_phase(wasm_cluster, ns, "late", ["Failed"], timeout=30)
+    assert done["status"]["reason"] == "DeadlineExceeded"
+
+
+def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
+    create(wasm_cluster, ns,
+           pod_manifest("keeps", images["p1"], ["hello", "sleep", "600"], restart="Always"),
+           pod_manifest("finished", images["p1"], ["hello"]))
+    wait_for(lambda: container_status(wasm_cluster, ns, "keeps").get("ready"), 30, "keeps to run")
+    wait_phase(wasm_cluster, ns, "finished", ["Succeeded"])
+    wasm_cluster.stop()
+    wasm_cluster.start()
+    # The running guest ended with the agent: it is restarted, and says so.
+    status = wait_for(lambda: (lambda s: s.get("restartCount") == 1 and s.get("ready") and s)(container_status(wasm_cluster, ns, "keeps")), 60, "keeps to be restarted")
+    assert "agent restarted" in status["lastState"]["terminated"]["message"]
+    assert pod(wasm_cluster, ns, "finished")["status"]["phase"] == "Succeeded"
+    assert "Hello, world!" in logs(wasm_cluster, ns, "finished")
