@@ -9,6 +9,10 @@
 //! the scheduler on 100 and 1,000 simulated nodes (Node objects, no agent), and the time
 //! from a ReplicaSet's scale-up to each of its pods being bound (p50/p99), with the
 //! controllers running too.
+//!
+//! `cargo run --release -p skiff-bench -- startup [--quick]`: Wasm pod create → Running
+//! (warm and cold), instantiate time and memory per sleeping pod, on a real agent with a
+//! docker-registry on loopback.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +27,7 @@ use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
 
 mod schedule;
+mod startup;
 
 #[derive(Parser)]
 struct Cli {
@@ -52,6 +57,25 @@ enum Bench {
         /// ReplicaSet size for the scale-up latency.
         #[arg(long, default_value_t = 1_000)]
         replicas: usize,
+    },
+    /// Wasm pod start latency (warm and cold), instantiate time and memory per pod, on a
+    /// real agent in process with a docker-registry on loopback.
+    Startup {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Pods started one at a time with the image cached.
+        #[arg(long, default_value_t = 200)]
+        warm: usize,
+        /// Pods started one at a time, each with a new image.
+        #[arg(long, default_value_t = 20)]
+        cold: usize,
+        /// Sleeping pods at the end, for the memory figure.
+        #[arg(long, default_value_t = 500)]
+        sleeping: usize,
+        /// The WASI command to run (default: the wasi-hello example built for wasm32-wasip1).
+        #[arg(long)]
+        wasm: Option<std::path::PathBuf>,
     },
 }
 
@@ -173,8 +197,11 @@ async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for the process's HTTPS clients (oci-client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().bench {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
+        Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
     }
 }

@@ -1,0 +1,228 @@
+//! The `startup` bench: a whole node in this process — the API server (in process), the
+//! scheduler and a real agent running Wasm — plus a real `docker-registry` on 127.0.0.1
+//! holding the wasi-hello example. It reports:
+//! 1. warm start: pod create → `Running` seen by a watch, one pod at a time, the image
+//!    already pulled and compiled (Kubernetes' SLO: p99 ≤ 5 s; Skiff's goal p50 ≤ 20 ms,
+//!    p99 ≤ 100 ms);
+//! 2. cold start: the same, each pod with an image never seen (pull and compile);
+//! 3. instantiate and run to exit of a trivial command, straight on the runtime;
+//! 4. the process's RSS idle and with the warm pods (and more) sleeping.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use skiff_store::{RedbStore, Store, StoreOptions};
+
+const TOKEN: &str = "bench-token";
+
+struct Registry {
+    host: String,
+    child: std::process::Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let host = format!("127.0.0.1:{port}");
+    let config = dir.join("registry.yml");
+    std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", dir.join("blobs").display()))?;
+    let child = std::process::Command::new("docker-registry").arg("serve").arg(&config)
+        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting docker-registry ({e}); install Debian's docker-registry package"))?;
+    let registry = Registry { host, child };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&registry.host).await.is_ok() {
+            return Ok(registry);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("docker-registry did not listen on {}", registry.host)
+}
+
+/// The wasm with a custom section naming `variant`: a distinct image digest (and so a
+/// cold pull and compile) for the same program.
+fn variant(wasm: &[u8], variant: usize) -> Vec<u8> {
+    let name = b"skiff-bench";
+    let payload = variant.to_le_bytes();
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status").ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .unwrap_or(0) * 1024
+}
+
+fn sleeping_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"runtimeClassName": "wasmtime", "restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": image, "args": ["sleep", "3600"]}]}
+    }))?)
+}
+
+/// Creates the pod and returns the time until a watch saw it Running.
+async fn start_one(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api.clone(), config).applied_objects().boxed();
+    // The watch is established before the clock starts.
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+    let start = Instant::now();
+    api.create(&PostParams::default(), &pod).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), events.next()).await {
+            Ok(Some(Ok(p))) if skiff_client::pods::phase(&p) == "Running" => return Ok(start.elapsed()),
+            Ok(Some(Ok(p))) if skiff_client::pods::is_terminal(&p) => anyhow::bail!("pod {name} ended: {:?}", p.status),
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("the watch of {name} ended"),
+            Err(_) => anyhow::bail!("pod {name} did not run within 120 s"),
+        }
+    }
+}
+
+fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    let pick = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    (pick(0.5), pick(0.99))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: Option<PathBuf>) -> anyhow::Result<()> {
+    let (warm, cold, sleeping) = if quick { (10, 3, 20) } else { (warm, cold, sleeping.max(warm)) };
+    let wasm_path = wasm.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+        target.join("wasm32-wasip1/release/wasi-hello.wasm")
+    });
+    let wasm = std::fs::read(&wasm_path).map_err(|e| anyhow::anyhow!("{}: {e} (build examples/wasi-hello for wasm32-wasip1, or pass --wasm)", wasm_path.display()))?;
+    let dir = tempfile::tempdir()?;
+    let registry = start_registry(dir.path()).await?;
+
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
+    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new(TOKEN.into()));
+    server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN)?;
+    tokio::spawn(skiff_scheduler::run(client.clone()));
+    let config = skiff_agent::AgentConfig {
+        node_name: "bench-node".into(),
+        node_ip: "127.0.0.1".into(),
+        data_dir: dir.path().join("agent"),
+        max_pods: 20_000,
+        max_instances: (sleeping as u32 + 100).max(1000),
+        insecure_registries: vec![],
+        port: 0,
+        token: TOKEN.into(),
+        labels: Default::default(),
+    };
+    let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.get_opt("bench-node").await?.is_none_or(|n| skiff_client::nodes::ready_status(&n) != Some("True")) {
+        anyhow::ensure!(Instant::now() < deadline && !agent.is_finished(), "the agent did not register its node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The informers and the scheduler's caches settle before anything is measured.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_bytes();
+
+    let auth = oci_client::secrets::RegistryAuth::Anonymous;
+    let warm_image = format!("{}/hello:warm", registry.host);
+    skiff_agent::images::push(&wasm_path, &warm_image, &auth, &[]).await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // Cold: every pod's image is new to the node.
+    let mut cold_times = Vec::new();
+    for i in 0..cold {
+        let file = dir.path().join(format!("cold-{i}.wasm"));
+        std::fs::write(&file, variant(&wasm, i))?;
+        let image = format!("{}/hello-cold-{i}:v1", registry.host);
+        skiff_agent::images::push(&file, &image, &auth, &[]).await?;
+        cold_times.push(start_one(&api, sleeping_pod(&format!("cold-{i}"), &image)?).await?);
+    }
+    // Warm: the first pod pulls and compiles; the measured ones find both done.
+    start_one(&api, sleeping_pod("warm-up", &warm_image)?).await?;
+    let mut warm_times = Vec::new();
+    for i in 0..warm {
+        warm_times.push(start_one(&api, sleeping_pod(&format!("warm-{i}"), &warm_image)?).await?);
+    }
+    // More sleeping pods, created together, for the memory figure.
+    let extra = sleeping.saturating_sub(warm + cold + 1);
+    futures::stream::iter(0..extra)
+        .map(|i| {
+            let api = api.clone();
+            let image = warm_image.clone();
+            async move { api.create(&PostParams::default(), &sleeping_pod(&format!("extra-{i}"), &image)?).await.map_err(anyhow::Error::from) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let total = warm + cold + 1 + extra;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let running = api.list(&Default::default()).await?.items.iter().filter(|p| skiff_client::pods::phase(p) == "Running").count();
+        if running >= total {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {running} of {total} pods running after 300 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let busy_rss = rss_bytes();
+    let instantiate = instantiate_times(&wasm, if quick { 50 } else { 2000 }, dir.path())?;
+
+    let (warm_p50, warm_p99) = percentiles(warm_times);
+    let (cold_p50, cold_p99) = percentiles(cold_times);
+    let (inst_p50, inst_p99) = percentiles(instantiate);
+    println!("startup: one node in process (API server, scheduler, agent), docker-registry on loopback");
+    println!("{:<58} {:>10} {:>10}", "what", "p50", "p99");
+    println!("{:<58} {:>10} {:>10}", format!("warm Wasm pod create → Running seen by watch ({warm} pods)"), ms(warm_p50), ms(warm_p99));
+    println!("{:<58} {:>10} {:>10}", format!("cold (pull + compile) create → Running ({cold} pods)"), ms(cold_p50), ms(cold_p99));
+    println!("{:<58} {:>10} {:>10}", "instantiate + run a command to exit (runtime alone)", format!("{:.0} µs", inst_p50.as_secs_f64() * 1e6), format!("{:.0} µs", inst_p99.as_secs_f64() * 1e6));
+    println!("process RSS idle: {:.1} MiB; with {total} sleeping command pods: {:.1} MiB ({:.1} KiB per pod)",
+        idle_rss as f64 / 1048576.0, busy_rss as f64 / 1048576.0, busy_rss.saturating_sub(idle_rss) as f64 / 1024.0 / total.max(1) as f64);
+    anyhow::ensure!(warm_p50 > Duration::ZERO && cold_p50 > Duration::ZERO && busy_rss > 0, "the bench measured nothing");
+    agent.abort();
+    drop(registry);
+    Ok(())
+}
+
+/// Instantiates the example and runs it to exit (`exit 0`), straight on a runtime.
+fn instantiate_times(wasm: &[u8], runs: usize, dir: &Path) -> anyhow::Result<Vec<Duration>> {
+    use skiff_agent::runtime::wasm::{GuestSpec, WasmConfig, WasmRuntime};
+    let runtime = WasmRuntime::new(&WasmConfig { max_instances: 16, max_memory_bytes: 1 << 30, cache_dir: dir.join("bench-cache"), threads: 1 })?;
+    let (program, _) = runtime.compile(wasm).map_err(|e| anyhow::anyhow!(e.0))?;
+    let log = skiff_agent::logs::LogSink::create(&dir.join("bench.log"))?;
+    let rt = tokio::runtime::Handle::current();
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let spec = GuestSpec { argv: vec!["hello".into(), "exit".into(), "0".into()], env: vec![], mounts: vec![], memory_limit: None, cpu_limit_milli: None, log: log.clone(), usage: Arc::default() };
+        let start = Instant::now();
+        let exit = tokio::task::block_in_place(|| rt.block_on(runtime.spawn(program.clone(), spec)))?.map_err(|e| anyhow::anyhow!(e.0))?;
+        times.push(start.elapsed());
+        anyhow::ensure!(exit.code == 0, "the command exited {}", exit.code);
+    }
+    Ok(times)
+}
