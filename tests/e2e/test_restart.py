@@ -1,4 +1,4 @@
-"""A restart of `skiff up` on the same data directory keeps every object."""
+"""A restart of the control plane (`skiff server`) on the same data directory keeps every object."""
 
 import tempfile
 
@@ -9,14 +9,14 @@ from conftest import Cluster
 
 def test_restart_keeps_everything():
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d).start()
+        c = Cluster(d, command="server").start()
         core = client.CoreV1Api(c.api())
         core.create_namespace({"metadata": {"name": "keep"}})
         for i in range(20):
             core.create_namespaced_config_map("keep", {"metadata": {"name": f"c{i}"}, "data": {"i": str(i)}})
         before = core.list_namespaced_config_map("keep")
         c.stop()
-        c = Cluster(d).start()
+        c = Cluster(d, command="server").start()
         core = client.CoreV1Api(c.api())
         after = core.list_namespaced_config_map("keep")
         assert [(i.metadata.name, i.metadata.resource_version, i.data) for i in after.items] == \

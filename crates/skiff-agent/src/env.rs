@@ -94,27 +94,9 @@ pub fn container_env(container: &Container, facts: &PodFacts, sources: &ConfigSo
                 } else if let Some(r) = &from.resource_field_ref {
                     Some(resource_field(r, container, facts)?)
                 } else if let Some(k) = &from.config_map_key_ref {
-                    let optional = k.optional == Some(true);
-                    match sources.config_map_data(&ns, &k.name) {
-                        None if optional => None,
-                        None => return Err(ConfigError(format!("configmap {:?} not found", k.name))),
-                        Some(d) => match d.get(&k.key) {
-                            Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                            None if optional => None,
-                            None => return Err(ConfigError(format!("couldn't find key {} in ConfigMap {ns}/{}", k.key, k.name))),
-                        },
-                    }
+                    key_value(sources.config_map_data(&ns, &k.name), ("configmap", "ConfigMap"), &ns, &k.name, &k.key, k.optional)?
                 } else if let Some(k) = &from.secret_key_ref {
-                    let optional = k.optional == Some(true);
-                    match sources.secret_data(&ns, &k.name) {
-                        None if optional => None,
-                        None => return Err(ConfigError(format!("secret {:?} not found", k.name))),
-                        Some(d) => match d.get(&k.key) {
-                            Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-                            None if optional => None,
-                            None => return Err(ConfigError(format!("couldn't find key {} in Secret {ns}/{}", k.key, k.name))),
-                        },
-                    }
+                    key_value(sources.secret_data(&ns, &k.name), ("secret", "Secret"), &ns, &k.name, &k.key, k.optional)?
                 } else {
                     None
                 }
@@ -125,6 +107,21 @@ pub fn container_env(container: &Container, facts: &PodFacts, sources: &ConfigSo
         }
     }
     Ok(env)
+}
+
+/// One key of a ConfigMap's or Secret's `data`, with Kubernetes' messages when the object
+/// or key is missing (`kind` as a resource and as a Kind); `None` if optional and missing.
+fn key_value(data: Option<BTreeMap<String, Vec<u8>>>, kind: (&str, &str), ns: &str, name: &str, key: &str, optional: Option<bool>) -> Result<Option<String>, ConfigError> {
+    let optional = optional == Some(true);
+    match data {
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!("{} {name:?} not found", kind.0))),
+        Some(d) => match d.get(key) {
+            Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+            None if optional => Ok(None),
+            None => Err(ConfigError(format!("couldn't find key {key} in {} {ns}/{name}", kind.1))),
+        },
+    }
 }
 
 /// A pod field named by a `fieldRef` (the paths the downward API allows).
