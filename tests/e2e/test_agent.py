@@ -272,3 +272,21 @@ def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
     assert "agent restarted" in status["lastState"]["terminated"]["message"]
     assert pod(wasm_cluster, ns, "finished")["status"]["phase"] == "Succeeded"
     assert "Hello, world!" in logs(wasm_cluster, ns, "finished")
+
+
+def test_standalone_agent_joins_a_control_plane(images, tmp_path):
+    """`skiff server` plus a separate `skiff agent` process: the node registers, runs a pod,
+    and the API server reaches the agent for its logs."""
+    server = Cluster(str(tmp_path), command="server").start()
+    log = open(tmp_path / "agent.log", "ab")
+    agent = subprocess.Popen([skiff_binary(), "agent", "--kubeconfig", server.kubeconfig, "--data-dir", str(tmp_path / "agent"),
+                              "--node-name", "solo", "--node-ip", "127.0.0.1", "--agent-port", "0"], stdout=log, stderr=log)
+    try:
+        wait_for(lambda: server.kubectl("get", "node", "solo", check=False).returncode == 0, 30, "the agent's node")
+        create(server, "default", pod_manifest("solo-pod", images["p1"], ["hello"]))
+        wait_phase(server, "default", "solo-pod", ["Succeeded"])
+        assert logs(server, "default", "solo-pod") == "Hello, world!\n"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+        server.stop()

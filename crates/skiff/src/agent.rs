@@ -18,6 +18,10 @@ pub struct AgentArgs {
     /// PEM file of the CA that signed the API server's certificate (for --server).
     #[arg(long, requires = "server")]
     certificate_authority: Option<PathBuf>,
+    /// Where the agent keeps images, compiled code, logs and pod volumes (default: `agent`
+    /// under skiff's data directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
     /// Simulate this many hollow nodes (register, renew leases, report bound pods running)
@@ -51,10 +55,6 @@ pub struct NodeArgs {
     /// address of the default route, else 127.0.0.1).
     #[arg(long)]
     node_ip: Option<String>,
-    /// Where the agent keeps images, compiled code, logs and pod volumes (default:
-    /// `agent` under skiff's data directory).
-    #[arg(long = "agent-data-dir")]
-    agent_data_dir: Option<PathBuf>,
     /// Pods the node accepts.
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
@@ -73,12 +73,13 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    pub fn config(&self, data_dir: &std::path::Path, token: &str) -> anyhow::Result<skiff_agent::AgentConfig> {
+    /// The agent's settings; it keeps images, compiled code, logs and volumes in `data_dir`.
+    pub fn config(&self, data_dir: PathBuf, token: &str) -> anyhow::Result<skiff_agent::AgentConfig> {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
         Ok(skiff_agent::AgentConfig {
             node_name: self.node_name.clone().unwrap_or(hostname),
             node_ip: self.node_ip.clone().unwrap_or_else(default_ip),
-            data_dir: self.agent_data_dir.clone().unwrap_or_else(|| data_dir.join("agent")),
+            data_dir,
             max_pods: self.max_pods,
             max_instances: self.max_instances,
             insecure_registries: self.insecure_registries.clone(),
@@ -141,7 +142,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None => crate::client::kube_config(args.kubeconfig.clone()).await?.auth_info.token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string())
                 .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?,
         };
-        let config = args.node.config(&crate::default_data_dir(), &token)?;
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
+        let config = args.node.config(data_dir, &token)?;
         println!("node agent {} starting", config.node_name);
         tokio::select! {
             r = skiff_agent::run(client, config) => r?,

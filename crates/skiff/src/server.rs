@@ -97,7 +97,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let options = skiff_controllers::Options { node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period) };
     tokio::spawn(skiff_controllers::run(client.clone(), options));
     if whole_cluster {
-        let config = args.node.config(&dir, &token)?;
+        let config = args.node.config(dir.join("agent"), &token)?;
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");
