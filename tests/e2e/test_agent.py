@@ -146,6 +146,33 @@ def test_busy_loop_is_held_to_its_cpu_limit(wasm_cluster, images, ns):
     assert 0.08 < share < 0.4, f"200m guest did {limited} rounds vs {free} unlimited ({share:.2f})"
 
 
+def agent_get(cluster, path, token):
+    """A request to the node agent's own HTTPS endpoint (self-signed, so not verified)."""
+    import ssl
+    port = cluster.json("get", "node", "wasm-node")["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, context=ssl._create_unverified_context(), timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_stats_report_cpu_and_memory_per_container(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("busy", images["p1"], ["hog", "8", "spin", "30"], restart="Always"))
+    wait_for(lambda: "held 8 MiB" in wasm_cluster.kubectl("logs", "-n", ns, "busy", check=False).stdout, 30, "the guest to allocate")
+
+    def busy_container():
+        _, summary = agent_get(wasm_cluster, "/stats/summary", wasm_cluster.token)
+        pods = [p for p in summary["pods"] if p["podRef"] == {"name": "busy", "namespace": ns}]
+        return pods and pods[0]["containers"][0]
+    c = wait_for(lambda: (lambda c: c and c["cpu"]["usageCoreNanoSeconds"] > 100_000_000 and c)(busy_container()), 20, "CPU time to add up")
+    assert c["name"] == "main" and c["memory"]["workingSetBytes"] >= 8 << 20, c
+    status, body = agent_get(wasm_cluster, "/stats/summary", "wrong-token")
+    assert status == 401 and body["reason"] == "Unauthorized"
+    wasm_cluster.kubectl("delete", "pod", "-n", ns, "busy")
+
+
 def test_deleting_a_running_pod_stops_it_within_grace(wasm_cluster, images, ns):
     create(wasm_cluster, ns, pod_manifest("sleeper", images["p1"], ["hello", "sleep", "600"], restart="Always", terminationGracePeriodSeconds=30))
     wait_for(lambda: container_status(wasm_cluster, ns, "sleeper").get("ready"), 30, "the sleeper to run")
@@ -186,7 +213,7 @@ def test_config_map_volume_follows_updates(wasm_cluster, images, ns):
         "reader", images["p1"], ["cat", "/config/greeting", "sleep", "6", "cat", "/config/greeting"],
         container={"volumeMounts": [{"name": "config", "mountPath": "/config"}]},
         volumes=[{"name": "config", "configMap": {"name": "live"}}]))
-    wait_for(lambda: "first" in logs(wasm_cluster, ns, "reader"), 30, "the first read")
+    wait_for(lambda: "first" in wasm_cluster.kubectl("logs", "-n", ns, "reader", check=False).stdout, 30, "the first read")
     wasm_cluster.kubectl("patch", "configmap", "-n", ns, "live", "-p", '{"data":{"greeting":"second"}}')
     wait_phase(wasm_cluster, ns, "reader", ["Succeeded"])
     out = logs(wasm_cluster, ns, "reader")

@@ -278,6 +278,18 @@ mod tests {
         assert_eq!(container_env(&c, &facts, &sources()).unwrap_err().0, "configmap \"absent\" not found");
     }
 
+    proptest::proptest! {
+        /// Text without `$` is left alone; any text expands without panicking.
+        #[test]
+        fn expansion_is_total(text in "[a-zA-Z$()_ ]{0,60}") {
+            let env = vec![("A".to_string(), "x".to_string())];
+            let out = expand(&text, &env);
+            if !text.contains('$') {
+                proptest::prop_assert_eq!(out, text);
+            }
+        }
+    }
+
     #[test]
     fn resource_fields_round_up_in_divisor_units() {
         let pod = pod();

@@ -309,6 +309,38 @@ mod tests {
         assert_eq!(write_and_read(&since), "");
     }
 
+    proptest::proptest! {
+        /// Whatever a guest writes, in whatever chunks, reads back as its lines.
+        #[test]
+        fn output_reads_back_as_written(text in "[a-z \n]{0,200}", cuts in proptest::collection::vec(0usize..200, 0..6)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("0.log");
+            let sink = LogSink::create(&path).unwrap();
+            let mut cuts: Vec<usize> = cuts.into_iter().filter(|c| *c <= text.len()).collect();
+            cuts.sort();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([text.len()]) {
+                sink.write(0, &text.as_bytes()[start..cut]).unwrap();
+                start = cut;
+            }
+            sink.finish();
+            let mut out = Vec::new();
+            render(&std::fs::read(&path).unwrap(), &LogOptions::default(), &mut out);
+            let mut expected = text.clone();
+            if !expected.is_empty() && !expected.ends_with('\n') {
+                expected.push('\n');
+            }
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+
+        /// Rendering a corrupt log file never panics.
+        #[test]
+        fn rendering_arbitrary_bytes_is_safe(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300), tail in proptest::option::of(0i64..5)) {
+            let mut out = Vec::new();
+            render(&bytes, &LogOptions { tail_lines: tail, timestamps: true, ..Default::default() }, &mut out);
+        }
+    }
+
     #[test]
     fn limit_cuts_bytes() {
         let mut out = b"abcdef".to_vec();

@@ -295,6 +295,16 @@ mod tests {
         assert!(relative("conf/app.toml").is_ok());
     }
 
+    proptest::proptest! {
+        /// An accepted path never leaves the volume.
+        #[test]
+        fn accepted_paths_stay_inside(path in "[a-z./]{0,20}") {
+            if let Ok(p) = relative(&path) {
+                proptest::prop_assert!(p.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+    }
+
     #[test]
     fn host_files_are_refused_for_wasm_mounts() {
         assert!(host_path("/etc/hostname", "File").unwrap_err().contains("WASI mounts directories"));
