@@ -207,6 +207,25 @@ def test_guest_sees_only_its_mounts(wasm_cluster, images, ns, tmp_path):
     assert not (host_dir / "x").exists()
 
 
+def test_claim_bound_to_a_host_path_volume(wasm_cluster, images, ns, tmp_path):
+    disk = tmp_path / "pv"
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{ns}"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": str(disk), "type": "DirectoryOrCreate"}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "claim"},
+           "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": f"pv-{ns}", "storageClassName": ""}}
+    wasm_cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
+    create(wasm_cluster, ns, pvc, pod_manifest(
+        "writer", images["p1"], ["write", "/var/data/out.txt", "kept"],
+        container={"volumeMounts": [{"name": "data", "mountPath": "/var/data"}]},
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "claim"}}]))
+    wait_phase(wasm_cluster, ns, "writer", ["Succeeded"])
+    assert (disk / "out.txt").read_text() == "kept"
+    # An unbound claim keeps the pod waiting, and says why.
+    create(wasm_cluster, ns, {**pvc, "metadata": {"name": "unbound"}, "spec": {**pvc["spec"], "volumeName": None}},
+           pod_manifest("waiter", images["p1"], [], volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "unbound"}}]))
+    assert "not bound" in waiting(wasm_cluster, ns, "waiter", "ContainerCreating")["message"]
+
+
 def test_config_map_volume_follows_updates(wasm_cluster, images, ns):
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "live"}, "data": {"greeting": "first"}}
     create(wasm_cluster, ns, cm, pod_manifest(
