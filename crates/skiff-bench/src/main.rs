@@ -13,6 +13,9 @@
 //! `cargo run --release -p skiff-bench -- startup [--quick]`: Wasm pod create → Running
 //! (warm and cold), instantiate time and memory per sleeping pod, on a real agent with a
 //! docker-registry on loopback.
+//!
+//! `cargo run --release -p skiff-bench -- footprint [--quick]`: idle RSS and CPU of a whole
+//! `skiff up` process, empty and with 10 Deployments, and the binary's size.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
 
+mod footprint;
+mod registry;
 mod schedule;
 mod startup;
 
@@ -74,6 +79,22 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         sleeping: usize,
         /// The WASI command to run (default: the wasi-hello example built for wasm32-wasip1).
+        #[arg(long)]
+        wasm: Option<std::path::PathBuf>,
+    },
+    /// Idle RSS and CPU of a whole `skiff up`, empty and with 10 Deployments, and the
+    /// binary's size.
+    Footprint {
+        /// A short idle window, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Length of each idle window, in seconds.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// The WASI command the Deployments run (default: the wasi-hello example).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
     },
@@ -203,5 +224,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
+        Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
     }
 }

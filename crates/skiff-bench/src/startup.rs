@@ -19,38 +19,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
 
+use crate::registry::{example_wasm, start_registry};
+
 const TOKEN: &str = "bench-token";
-
-struct Registry {
-    host: String,
-    child: std::process::Child,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let host = format!("127.0.0.1:{port}");
-    let config = dir.join("registry.yml");
-    std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", dir.join("blobs").display()))?;
-    let child = std::process::Command::new("docker-registry").arg("serve").arg(&config)
-        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("starting docker-registry ({e}); install Debian's docker-registry package"))?;
-    let registry = Registry { host, child };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&registry.host).await.is_ok() {
-            return Ok(registry);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("docker-registry did not listen on {}", registry.host)
-}
 
 /// The wasm with a custom section naming `variant`: a distinct image digest (and so a
 /// cold pull and compile) for the same program.
@@ -67,9 +38,7 @@ fn variant(wasm: &[u8], variant: usize) -> Vec<u8> {
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status").ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
-        .unwrap_or(0) * 1024
+    crate::registry::rss_of("self")
 }
 
 fn sleeping_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
@@ -112,11 +81,7 @@ fn ms(d: Duration) -> String {
 
 pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: Option<PathBuf>) -> anyhow::Result<()> {
     let (warm, cold, sleeping) = if quick { (10, 3, 20) } else { (warm, cold, sleeping.max(warm)) };
-    let wasm_path = wasm.unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
-        target.join("wasm32-wasip1/release/wasi-hello.wasm")
-    });
-    let wasm = std::fs::read(&wasm_path).map_err(|e| anyhow::anyhow!("{}: {e} (build examples/wasi-hello for wasm32-wasip1, or pass --wasm)", wasm_path.display()))?;
+    let (wasm_path, wasm) = example_wasm(wasm)?;
     let dir = tempfile::tempdir()?;
     let registry = start_registry(dir.path()).await?;
 
