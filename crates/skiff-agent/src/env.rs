@@ -49,7 +49,7 @@ pub struct ConfigError(pub String);
 /// What of the pod and its node a container's environment may refer to.
 pub struct PodFacts<'a> {
     pub pod: &'a Pod,
-    pub pod_ip: &'a str,
+    pub pod_ip: String,
     pub host_ip: &'a str,
     /// The node's allocatable cpu (millicores) and memory (bytes): the default of unset limits.
     pub node_cpu_milli: i64,
@@ -142,7 +142,7 @@ pub fn field(selector: &ObjectFieldSelector, facts: &PodFacts) -> Result<String,
         "metadata.annotations" => render(pod.annotations()),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
-        "status.podIP" | "status.podIPs" => facts.pod_ip.to_string(),
+        "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.to_string(),
         _ => match keyed("metadata.labels['", pod.labels()).or_else(|| keyed("metadata.annotations['", pod.annotations())) {
             Some(v) => v,
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn env_from_values_fields_and_config_maps() {
         let pod = pod();
-        let facts = PodFacts { pod: &pod, pod_ip: "10.0.0.5", host_ip: "10.0.0.1", node_cpu_milli: 2000, node_memory: 1 << 30 };
+        let facts = PodFacts { pod: &pod, pod_ip: "10.0.0.5".into(), host_ip: "10.0.0.1", node_cpu_milli: 2000, node_memory: 1 << 30 };
         let key = |k: &str, optional| EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: "cfg".into(), key: k.into(), optional }), ..Default::default() };
         let field = |p: &str| EnvVarSource { field_ref: Some(ObjectFieldSelector { field_path: p.into(), api_version: None }), ..Default::default() };
         let c = Container {
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn a_missing_key_or_map_is_a_config_error() {
         let pod = pod();
-        let facts = PodFacts { pod: &pod, pod_ip: "", host_ip: "", node_cpu_milli: 1000, node_memory: 1 };
+        let facts = PodFacts { pod: &pod, pod_ip: String::new(), host_ip: "", node_cpu_milli: 1000, node_memory: 1 };
         let from = |name: &str, key: &str| Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: name.into(), key: key.into(), optional: None }), ..Default::default() });
         let c = Container { name: "c".into(), env: Some(vec![var("X", None, from("cfg", "nope"))]), ..Default::default() };
         assert_eq!(container_env(&c, &facts, &sources()).unwrap_err().0, "couldn't find key nope in ConfigMap ns/cfg");
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn resource_fields_round_up_in_divisor_units() {
         let pod = pod();
-        let facts = PodFacts { pod: &pod, pod_ip: "", host_ip: "", node_cpu_milli: 2000, node_memory: 1 << 30 };
+        let facts = PodFacts { pod: &pod, pod_ip: String::new(), host_ip: "", node_cpu_milli: 2000, node_memory: 1 << 30 };
         let c: Container = serde_json::from_value(serde_json::json!({"name": "c", "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}}})).unwrap();
         let sel = |r: &str, d: Option<&str>| ResourceFieldSelector { resource: r.into(), divisor: d.map(|d| k8s_openapi::apimachinery::pkg::api::resource::Quantity(d.into())), container_name: None };
         assert_eq!(resource_field(&sel("limits.cpu", None), &c, &facts).unwrap(), "1");

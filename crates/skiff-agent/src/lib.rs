@@ -14,6 +14,7 @@ pub mod logs;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod serving;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -72,6 +73,8 @@ pub struct Agent {
     usage: Mutex<HashMap<String, PodUsage>>,
     /// Container runs whose guest is running: (uid, container, run).
     running: Mutex<HashSet<(String, String, i32)>>,
+    /// Pod addresses handed out, by pod uid.
+    pod_ips: Mutex<PodIps>,
     /// Per pod uid: the latest object its worker sees, and the worker.
     pods: Mutex<HashMap<String, (watch::Sender<Arc<Pod>>, tokio::task::JoinHandle<()>)>>,
 }
@@ -89,11 +92,19 @@ impl Agent {
     pub fn facts<'a>(&'a self, pod: &'a Pod) -> PodFacts<'a> {
         PodFacts {
             pod,
-            pod_ip: &self.config.node_ip,
+            pod_ip: self.pod_ip(pod),
             host_ip: &self.config.node_ip,
             node_cpu_milli: self.machine.cpus as i64 * 1000,
             node_memory: self.machine.memory_bytes as i64,
         }
+    }
+
+    /// The pod's IP: the one it already has if it is still free (after an agent restart),
+    /// else the next free one.
+    pub fn pod_ip(&self, pod: &Pod) -> String {
+        let uid = pod.uid().unwrap_or_default();
+        let previous = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
+        self.pod_ips.lock().unwrap().assign(&uid, previous).to_string()
     }
 
     fn track_usage(&self, pod: &Pod, container: &str, usage: Arc<Usage>) {
@@ -149,6 +160,7 @@ impl Agent {
         worker.abort();
         let pod = tx.borrow().clone();
         self.usage.lock().unwrap().remove(uid);
+        self.pod_ips.lock().unwrap().release(uid);
         self.volumes.clean_up(uid);
         let dir = self.logs.pod_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), uid);
         let _ = std::fs::remove_dir_all(dir);
@@ -173,6 +185,52 @@ impl Agent {
     /// The pod with this namespace and name that the agent runs, if any.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.lock().unwrap().values().map(|(tx, _)| tx.borrow().clone()).find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
+    }
+}
+
+/// Pod addresses. This release gives every pod its own address in 127.42.0.0/16, which
+/// Linux routes to loopback with no set-up: each pod's ports are its own, reachable on
+/// this node (the single-node fallback). Pod CIDRs routed between nodes come later.
+#[derive(Default)]
+struct PodIps {
+    by_uid: HashMap<String, std::net::Ipv4Addr>,
+    used: HashSet<std::net::Ipv4Addr>,
+    next: u32,
+}
+
+impl PodIps {
+    const BASE: u32 = u32::from_be_bytes([127, 42, 0, 0]);
+    const SIZE: u32 = 1 << 16;
+
+    fn in_range(ip: std::net::Ipv4Addr) -> bool {
+        (u32::from(ip) & !(Self::SIZE - 1)) == Self::BASE
+    }
+
+    fn assign(&mut self, uid: &str, previous: Option<std::net::Ipv4Addr>) -> std::net::Ipv4Addr {
+        if let Some(ip) = self.by_uid.get(uid) {
+            return *ip;
+        }
+        let ip = match previous.filter(|ip| Self::in_range(*ip) && !self.used.contains(ip)) {
+            Some(ip) => ip,
+            None => loop {
+                // Skip the network's first and last address of each /24, as people expect.
+                self.next = (self.next + 1) % Self::SIZE;
+                let ip = std::net::Ipv4Addr::from(Self::BASE + self.next);
+                let last = ip.octets()[3];
+                if last != 0 && last != 255 && !self.used.contains(&ip) {
+                    break ip;
+                }
+            },
+        };
+        self.used.insert(ip);
+        self.by_uid.insert(uid.to_string(), ip);
+        ip
+    }
+
+    fn release(&mut self, uid: &str) {
+        if let Some(ip) = self.by_uid.remove(uid) {
+            self.used.remove(&ip);
+        }
     }
 }
 
@@ -208,6 +266,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         usage: Mutex::default(),
         running: Mutex::default(),
         pods: Mutex::default(),
+        pod_ips: Mutex::default(),
     });
     let (port, serving) = server::start(agent.clone()).await.context("starting the agent's HTTPS endpoint")?;
     let registration = registration(&agent, port);

@@ -55,7 +55,7 @@ impl Shared {
 pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     let first = pod.borrow().clone();
     let uid = first.uid().unwrap_or_default();
-    let state = PodState::new(&first, &node.config.node_ip, &node.config.node_ip);
+    let state = PodState::new(&first, &node.config.node_ip, &node.pod_ip(&first));
     let shared = Arc::new(Shared { node: node.clone(), pod, state: Mutex::new(state), changed: Notify::new(), written: AtomicBool::new(false) });
     let writer = tokio::spawn(write_status(shared.clone()));
     shared.changed.notify_one();
@@ -297,12 +297,34 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         let started = Instant::now();
         let started_at = skiff_client::now();
         let run_number = run_number(shared, at);
-        let handle = node.runtime.spawn(program, guest);
-        let mut guest = AbortOnDrop(handle);
-        node.set_running(&uid, &container.name, run_number, true);
-        shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
-        let result = (&mut guest.0).await;
-        node.set_running(&uid, &container.name, run_number, false);
+        let result = match &program {
+            // An HTTP function: served on the pod's IP until the pod stops.
+            Program::Component(component) if crate::runtime::http::is_proxy(&node.runtime, component) => {
+                let ip = node.pod_ip(&pod);
+                let listening = match crate::serving::prepare(&node.runtime, component, &pod, container, guest) {
+                    Ok((function, ports)) => crate::serving::bind(&ip, &ports).await.map(|l| (function, l)),
+                    Err(e) => Err(e),
+                };
+                match listening {
+                    Ok((function, listeners)) => {
+                        node.set_running(&uid, &container.name, run_number, true);
+                        shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
+                        let error = crate::serving::serve(function, listeners).await;
+                        node.set_running(&uid, &container.name, run_number, false);
+                        Ok(Ok(Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) }))
+                    }
+                    Err(start) => Ok(Err(start)),
+                }
+            }
+            _ => {
+                let mut guest = AbortOnDrop(node.runtime.spawn(program, guest));
+                node.set_running(&uid, &container.name, run_number, true);
+                shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
+                let result = (&mut guest.0).await;
+                node.set_running(&uid, &container.name, run_number, false);
+                result
+            }
+        };
         let exit = match result {
             Ok(Ok(exit)) => exit,
             Ok(Err(start)) => {

@@ -103,6 +103,7 @@ pub struct WasmRuntime {
     engine: Engine,
     p1_linker: Arc<wasmtime::Linker<P1State>>,
     p2_linker: Arc<wasmtime::component::Linker<P2State>>,
+    http_linker: Arc<wasmtime::component::Linker<super::http::HttpState>>,
     cache_dir: PathBuf,
     compiled: Mutex<HashMap<String, Program>>,
     /// Always `Some` until dropped.
@@ -152,6 +153,9 @@ impl WasmRuntime {
         wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)?;
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)?;
+        let mut http_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)?;
         let guests = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.threads.max(1))
             .thread_name("wasm-guest")
@@ -163,6 +167,7 @@ impl WasmRuntime {
             engine,
             p1_linker: Arc::new(p1_linker),
             p2_linker: Arc::new(p2_linker),
+            http_linker: Arc::new(http_linker),
             cache_dir,
             compiled: Mutex::new(HashMap::new()),
             guests: Some(guests),
@@ -228,13 +233,29 @@ impl WasmRuntime {
         }
     }
 
-    /// Starts a guest on the guest runtime. The returned handle resolves when it exits;
-    /// aborting the handle stops the guest at its next epoch tick.
+    /// Starts a command guest on the guest runtime. The returned handle resolves when it
+    /// exits; aborting the handle stops the guest at its next epoch tick.
     pub fn spawn(self: &Arc<Self>, program: Program, spec: GuestSpec) -> tokio::task::JoinHandle<Result<Exit, StartError>> {
         let this = self.clone();
         let usage = spec.usage.clone();
         let cpu = spec.cpu_limit_milli;
-        self.guests.as_ref().expect("runtime is live").spawn(Throttled::new(async move { this.run(program, spec).await }, cpu, usage))
+        self.spawn_guest(async move { this.run(program, spec).await }, cpu, usage)
+    }
+
+    /// Runs guest work on the guest runtime, its CPU time counted (and capped) in `usage`.
+    pub(super) fn spawn_guest<F: Future + Send + 'static>(&self, work: F, cpu_limit_milli: Option<u64>, usage: Arc<Usage>) -> tokio::task::JoinHandle<F::Output>
+    where
+        F::Output: Send,
+    {
+        self.guests.as_ref().expect("runtime is live").spawn(Throttled::new(work, cpu_limit_milli, usage))
+    }
+
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn http_linker(&self) -> &wasmtime::component::Linker<super::http::HttpState> {
+        &self.http_linker
     }
 
     async fn run(&self, program: Program, spec: GuestSpec) -> Result<Exit, StartError> {
@@ -245,7 +266,7 @@ impl WasmRuntime {
             builder.preopened_dir(&m.host_path, &m.guest_path, perms)
                 .map_err(|e| StartError(format!("mounting {} at {}: {e}", m.host_path.display(), m.guest_path)))?;
         }
-        let limiter = Limiter { limit: spec.memory_limit.map(|l| l as usize), current: 0, exceeded: false, usage: spec.usage.clone() };
+        let limiter = Limiter::new(spec.memory_limit, spec.usage.clone());
         let result = match program {
             Program::Module(module) => {
                 let mut store = Store::new(&self.engine, P1State { wasi: builder.build_p1(), limiter });
@@ -335,12 +356,18 @@ impl WasiView for P2State {
 
 /// Caps a guest's linear memory at its container's memory limit. Growth past it ends
 /// the guest (reported `OOMKilled`), as the kernel's OOM killer ends a process.
-struct Limiter {
+pub(super) struct Limiter {
     limit: Option<usize>,
     /// Bytes of linear memory across the guest's memories.
     current: usize,
     exceeded: bool,
     usage: Arc<Usage>,
+}
+
+impl Limiter {
+    pub(super) fn new(limit: Option<u64>, usage: Arc<Usage>) -> Self {
+        Limiter { limit: limit.map(|l| l as usize), current: 0, exceeded: false, usage }
+    }
 }
 
 impl ResourceLimiter for Limiter {

@@ -1,0 +1,183 @@
+//! wasi:http function pods: a component that exports `wasi:http/incoming-handler` is
+//! served, not run. Every request gets a fresh instance from a pre-instantiated
+//! `ProxyPre` in the pooling allocator, so an idle pod holds no instance at all. A
+//! request runs under the container's memory limit and a deadline, and a trap, a memory
+//! overrun or a deadline fails that request alone (500, 500, 504). Outgoing requests go
+//! only to the hosts a pod is allowed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use wasmtime::Store;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::wasm::{GuestSpec, Limiter, StartError, WasmRuntime};
+
+/// The export that makes a component an HTTP function.
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+pub type HttpBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A component ready to serve requests.
+#[derive(Clone)]
+pub struct Proxy {
+    pre: ProxyPre<HttpState>,
+}
+
+/// What each request's instance gets.
+#[derive(Clone)]
+pub struct RequestLimits {
+    /// `resources.limits.memory`.
+    pub memory_limit: Option<u64>,
+    /// Longest a request may take to answer.
+    pub timeout: Duration,
+    /// Hosts outgoing requests may go to.
+    pub allowed_hosts: Arc<Vec<String>>,
+}
+
+pub struct HttpState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: OutgoingPolicy,
+    limiter: Limiter,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { hooks: &mut self.hooks, table: &mut self.table, ctx: &mut self.http }
+    }
+}
+
+/// Refuses outgoing requests to hosts the pod is not allowed to reach.
+struct OutgoingPolicy {
+    allowed: Arc<Vec<String>>,
+}
+
+impl WasiHttpHooks for OutgoingPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<wasmtime_wasi_http::WasiBody>, Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        let host = request.uri().host().unwrap_or_default().to_string();
+        if !self.allowed.iter().any(|h| h == "*" || *h == host) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let _ = fut;
+        Box::new(async move {
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+/// Whether a component is an HTTP function (exports `wasi:http/incoming-handler`).
+pub fn is_proxy(runtime: &WasmRuntime, component: &Component) -> bool {
+    component.component_type().exports(runtime.engine()).any(|(name, _)| name.starts_with(INCOMING_HANDLER))
+}
+
+impl WasmRuntime {
+    /// Pre-instantiates an HTTP function, checking its imports once.
+    pub fn proxy(&self, component: &Component) -> Result<Proxy, StartError> {
+        let pre = self.http_linker().instantiate_pre(component).map_err(|e| StartError(format!("instantiating: {e:#}")))?;
+        let pre = ProxyPre::new(pre).map_err(|e| StartError(format!("not a wasi:http/proxy component: {e:#}")))?;
+        Ok(Proxy { pre })
+    }
+
+    /// Handles one request on a fresh instance, on the guest runtime.
+    pub async fn handle(self: &Arc<Self>, proxy: &Proxy, request: hyper::Request<Incoming>, guest: &GuestSpec, limits: &RequestLimits) -> hyper::Response<HttpBody> {
+        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
+        builder.args(&guest.argv).envs(&guest.env).stdout(guest.log.stdout()).stderr(guest.log.stderr());
+        for m in &guest.mounts {
+            let perms = if m.read_only { wasmtime_wasi::FsPerms::ReadOnly } else { wasmtime_wasi::FsPerms::ReadWrite };
+            if let Err(e) = builder.preopened_dir(&m.host_path, &m.guest_path, perms) {
+                return error(500, &format!("mounting {}: {e}", m.guest_path));
+            }
+        }
+        let limiter = Limiter::new(limits.memory_limit, guest.usage.clone());
+        let state = HttpState { wasi: builder.build(), table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks: OutgoingPolicy { allowed: limits.allowed_hosts.clone() }, limiter };
+        let mut store = Store::new(self.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_async_yield_and_update(1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let incoming = match store.data_mut().http().new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, request) {
+            Ok(r) => r,
+            Err(e) => return error(400, &format!("bad request: {e}")),
+        };
+        let out = match store.data_mut().http().new_response_outparam(tx) {
+            Ok(o) => o,
+            Err(e) => return error(500, &format!("{e}")),
+        };
+        let pre = proxy.pre.clone();
+        let usage = guest.usage.clone();
+        let guest_task = self.spawn_guest(
+            async move {
+                let proxy = pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiating: {e:#}"))?;
+                let result = proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
+                // The root cause says what happened (the trap, the limit); the backtrace
+                // above it means nothing to a client.
+                result.map_err(|e| e.root_cause().to_string())
+            },
+            None,
+            usage,
+        );
+        let abort = guest_task.abort_handle();
+        let deadline = tokio::time::sleep(limits.timeout);
+        tokio::pin!(deadline);
+        tokio::select! {
+            answer = rx => match answer {
+                Ok(Ok(response)) => {
+                    // The guest may still be streaming the body; it gets the rest of the deadline.
+                    let timeout = limits.timeout;
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(timeout, guest_task).await.is_err() {
+                            abort.abort();
+                        }
+                    });
+                    response.map(|b| b.map_err(|e| std::io::Error::other(format!("{e:?}"))).boxed_unsync())
+                }
+                Ok(Err(code)) => error(500, &format!("the function failed the request: {code:?}")),
+                // The guest ended without answering: a trap, a memory overrun or an error.
+                Err(_) => match guest_task.await {
+                    Ok(Err(e)) => error(500, &format!("the function failed: {e}")),
+                    _ => error(500, "the function ended without a response"),
+                },
+            },
+            _ = &mut deadline => {
+                abort.abort();
+                error(504, &format!("the function did not answer within {} ms", limits.timeout.as_millis()))
+            }
+        }
+    }
+}
+
+/// A plain-text error response for a request the function could not answer.
+pub fn error(status: u16, message: &str) -> hyper::Response<HttpBody> {
+    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never| match never {}).boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
+}

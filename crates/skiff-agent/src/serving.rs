@@ -1,0 +1,116 @@
+//! The listeners of an HTTP function pod: HTTP/1.1 and HTTP/2 cleartext on the pod's IP at
+//! each TCP `containerPort`, every request handed to a fresh instance of the component.
+//! A pod serves at most its concurrency limit of requests at once; the rest wait.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::ResourceExt;
+use wasmtime::component::Component;
+
+use crate::runtime::http::{Proxy, RequestLimits};
+use crate::runtime::wasm::{GuestSpec, StartError, WasmRuntime};
+
+/// Requests at once per pod: `skiff.dev/max-concurrency`, else 64 per CPU of the limit
+/// (64 without one).
+pub const CONCURRENCY_ANNOTATION: &str = "skiff.dev/max-concurrency";
+/// Seconds a request may take: `skiff.dev/request-timeout-seconds`, default 30.
+pub const TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
+/// Comma-separated hosts the function may send requests to (`*` for any); default none.
+pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+
+/// Everything a pod's listeners need.
+pub struct Function {
+    runtime: Arc<WasmRuntime>,
+    proxy: Proxy,
+    guest: GuestSpec,
+    limits: RequestLimits,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Prepares a component to serve, or says why it cannot.
+pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, container: &Container, guest: GuestSpec) -> Result<(Arc<Function>, Vec<u16>), StartError> {
+    let proxy = runtime.proxy(component)?;
+    let ports: Vec<u16> = container.ports.iter().flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .collect();
+    if ports.is_empty() {
+        return Err(StartError("a wasi:http/proxy component serves on its containerPorts, and this container declares none".into()));
+    }
+    let annotation = |k: &str| pod.annotations().get(k).cloned();
+    let cpu_cores = guest.cpu_limit_milli.map(|m| m.div_ceil(1000).max(1));
+    let concurrency = match annotation(CONCURRENCY_ANNOTATION) {
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| StartError(format!("{CONCURRENCY_ANNOTATION} {v:?} is not a positive integer")))?,
+        None => cpu_cores.map_or(64, |c| 64 * c as usize),
+    };
+    let timeout = match annotation(TIMEOUT_ANNOTATION) {
+        Some(v) => v.parse::<f64>().ok().filter(|s| *s > 0.0).map(Duration::from_secs_f64).ok_or_else(|| StartError(format!("{TIMEOUT_ANNOTATION} {v:?} is not a positive number")))?,
+        None => Duration::from_secs(30),
+    };
+    let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_default().split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts) };
+    Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: tokio::sync::Semaphore::new(concurrency) }), ports))
+}
+
+/// Binds every port on `ip`; an error names the port.
+pub async fn bind(ip: &str, ports: &[u16]) -> Result<Vec<tokio::net::TcpListener>, StartError> {
+    let mut listeners = Vec::new();
+    for port in ports {
+        let listener = tokio::net::TcpListener::bind((ip, *port)).await.map_err(|e| StartError(format!("listening on {ip}:{port}: {e}")))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves until dropped (the pod stops) or a listener fails.
+pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListener>) -> std::io::Error {
+    let mut connections = tokio::task::JoinSet::new();
+    let mut accepting = tokio::task::JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(64);
+    for listener in listeners {
+        let tx = tx.clone();
+        accepting.spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                if tx.send(stream).await.is_err() {
+                    return Ok::<(), std::io::Error>(());
+                }
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            Some(stream) = rx.recv() => {
+                let function = function.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let function = function.clone();
+                        async move { Ok::<_, Infallible>(function.handle(request).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            Some(done) = accepting.join_next() => {
+                return match done {
+                    Ok(Err(e)) => e,
+                    _ => std::io::Error::other("a listener stopped"),
+                };
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+impl Function {
+    async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<crate::runtime::http::HttpBody> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return crate::runtime::http::error(503, "the pod is stopping");
+        };
+        self.runtime.handle(&self.proxy, request, &self.guest, &self.limits).await
+    }
+}
