@@ -169,13 +169,13 @@ def namespace(cluster, api):
     return name
 
 
-def example_wasm(target):
-    """The wasi-hello example built for `target` (wasm32-wasip1 or wasm32-wasip2) by the
-    test command."""
+def example_wasm(target, name="wasi-hello"):
+    """An example (wasi-hello, http-hello) built for `target` (wasm32-wasip1 or
+    wasm32-wasip2) by the test command."""
     out = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    path = os.path.join(out, target, "release", "wasi-hello.wasm")
+    path = os.path.join(out, target, "release", f"{name}.wasm")
     if not os.path.exists(path):
-        pytest.fail(f"{path} is missing: build examples/wasi-hello for {target} (the test command does)")
+        pytest.fail(f"{path} is missing: build examples/{name} for {target} (the test command does)")
     return path
 
 

@@ -29,9 +29,9 @@ def wasm_cluster(registry):
 @pytest.fixture(scope="module")
 def images(registry):
     """The example pushed as a preview 1 module and as a preview 2 component."""
-    refs = {"p1": f"{registry.host}/wasi-hello:p1", "p2": f"{registry.host}/wasi-hello:p2"}
-    for kind, target in [("p1", "wasm32-wasip1"), ("p2", "wasm32-wasip2")]:
-        subprocess.run([skiff_binary(), "push", example_wasm(target), refs[kind]], check=True, capture_output=True, timeout=60)
+    refs = {"p1": f"{registry.host}/wasi-hello:p1", "p2": f"{registry.host}/wasi-hello:p2", "http": f"{registry.host}/http-hello:v1"}
+    for kind, target, name in [("p1", "wasm32-wasip1", "wasi-hello"), ("p2", "wasm32-wasip2", "wasi-hello"), ("http", "wasm32-wasip2", "http-hello")]:
+        subprocess.run([skiff_binary(), "push", example_wasm(target, name), refs[kind]], check=True, capture_output=True, timeout=60)
     return refs
 
 
@@ -303,6 +303,48 @@ def test_active_deadline_fails_the_pod(wasm_cluster, images, ns):
     create(wasm_cluster, ns, pod_manifest("late", images["p1"], ["sleep", "600"], activeDeadlineSeconds=2))
     done = wait_phase(wasm_cluster, ns, "late", ["Failed"], timeout=30)
     assert done["status"]["reason"] == "DeadlineExceeded"
+
+
+def http(url, data=None, timeout=10):
+    """(status, body) of a plain HTTP request."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "fn"},
+                  "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "fn"}},
+                           "template": {"metadata": {"labels": {"app": "fn"}, "annotations": {"skiff.dev/request-timeout-seconds": "2"}},
+                                        "spec": {"runtimeClassName": "wasmtime", "containers": [{
+                                            "name": "fn", "image": images["http"], "ports": [{"containerPort": 8080}],
+                                            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                                            "resources": {"limits": {"memory": "32Mi"}}}]}}}}
+    create(wasm_cluster, ns, deployment)
+    wait_for(lambda: wasm_cluster.json("get", "deploy", "-n", ns, "fn").get("status", {}).get("availableReplicas") == 3, 60, "3 function pods")
+    pods = wasm_cluster.json("get", "pods", "-n", ns, "-l", "app=fn")["items"]
+    ips = {p["status"]["podIP"] for p in pods}
+    assert len(ips) == 3, ips
+    for p in pods:
+        assert http(f"http://{p['status']['podIP']}:8080/") == (200, f"Hello from {p['metadata']['name']}!\n")
+    ip = pods[0]["status"]["podIP"]
+    assert http(f"http://{ip}:8080/echo", data=b"ping") == (200, "ping")
+    # A request that loops forever is cut off; one that overruns memory fails; neither harms the next.
+    status, body = http(f"http://{ip}:8080/spin")
+    assert status == 504 and "did not answer within 2000 ms" in body, body
+    status, body = http(f"http://{ip}:8080/hog?mib=100")
+    assert status == 500 and "memory limit" in body, body
+    status, body = http(f"http://{ip}:8080/fetch?url=http://{wasm_cluster.url.split('//')[1]}/version")
+    assert status == 502 and "cannot fetch" in body, body
+    assert http(f"http://{ip}:8080/")[0] == 200
+    assert all(container_status(wasm_cluster, ns, p["metadata"]["name"])["restartCount"] == 0 for p in pods)
+
+
+def test_http_function_without_a_port_is_a_clear_error(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("portless", images["http"], []))
+    assert "declares none" in waiting(wasm_cluster, ns, "portless", "CreateContainerError")["message"]
 
 
 def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
