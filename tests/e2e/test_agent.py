@@ -347,6 +347,35 @@ def test_http_function_without_a_port_is_a_clear_error(wasm_cluster, images, ns)
     assert "declares none" in waiting(wasm_cluster, ns, "portless", "CreateContainerError")["message"]
 
 
+def probed_function(name, image, host_dir, probe_kind):
+    probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2}
+    return pod_manifest(name, image, [], restart="Always", container={
+        "ports": [{"name": "http", "containerPort": 8080}], probe_kind: probe,
+        "volumeMounts": [{"name": "config", "mountPath": "/config", "readOnly": True}]},
+        volumes=[{"name": "config", "hostPath": {"path": str(host_dir), "type": "Directory"}}])
+
+
+def test_readiness_probe_drives_ready(wasm_cluster, images, ns, tmp_path):
+    create(wasm_cluster, ns, probed_function("ready", images["http"], tmp_path, "readinessProbe"))
+    wait_for(lambda: container_status(wasm_cluster, ns, "ready").get("ready"), 30, "ready")
+    (tmp_path / "unhealthy").write_text("")
+    wait_for(lambda: container_status(wasm_cluster, ns, "ready").get("ready") is False, 30, "not ready")
+    row = wasm_cluster.kubectl("get", "pod", "-n", ns, "ready", "--no-headers").stdout.split()
+    assert row[1] == "0/1" and row[2] == "Running", row
+    assert "Readiness probe failed: HTTP probe failed with statuscode: 500" in wasm_cluster.kubectl("get", "events", "-n", ns).stdout
+    (tmp_path / "unhealthy").unlink()
+    wait_for(lambda: container_status(wasm_cluster, ns, "ready").get("ready"), 30, "ready again")
+    assert container_status(wasm_cluster, ns, "ready")["restartCount"] == 0
+
+
+def test_liveness_probe_restarts_the_container(wasm_cluster, images, ns, tmp_path):
+    create(wasm_cluster, ns, probed_function("alive", images["http"], tmp_path, "livenessProbe"))
+    wait_for(lambda: container_status(wasm_cluster, ns, "alive").get("ready"), 30, "running")
+    (tmp_path / "unhealthy").write_text("")
+    status = wait_for(lambda: (lambda s: s.get("restartCount", 0) >= 1 and s)(container_status(wasm_cluster, ns, "alive")), 40, "a restart")
+    assert "Liveness probe failed" in status["lastState"]["terminated"]["message"], status
+
+
 def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
     create(wasm_cluster, ns,
            pod_manifest("keeps", images["p1"], ["hello", "sleep", "600"], restart="Always"),

@@ -12,6 +12,7 @@ pub mod hollow;
 pub mod images;
 pub mod logs;
 pub mod node;
+pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod serving;

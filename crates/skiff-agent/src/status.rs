@@ -45,6 +45,10 @@ pub struct ContainerState {
     pub restart_count: i32,
     pub state: State,
     pub last: Option<Terminated>,
+    /// The readiness probe's verdict; `None` without one (ready while running).
+    pub probe_ready: Option<bool>,
+    /// Whether the startup probe has passed; `None` without one.
+    pub probe_started: Option<bool>,
 }
 
 impl ContainerState {
@@ -56,6 +60,8 @@ impl ContainerState {
             restart_count: 0,
             state: State::Waiting { reason: "ContainerCreating".into(), message: None },
             last: None,
+            probe_ready: None,
+            probe_started: None,
         }
     }
 
@@ -65,6 +71,11 @@ impl ContainerState {
 
     pub fn is_running(&self) -> bool {
         matches!(self.state, State::Running { .. })
+    }
+
+    /// Running, started (per its startup probe) and ready (per its readiness probe).
+    pub fn is_ready(&self) -> bool {
+        self.is_running() && self.probe_started.unwrap_or(true) && self.probe_ready.unwrap_or(true)
     }
 
     /// Exited 0 and will not run again.
@@ -85,10 +96,10 @@ impl ContainerState {
             State::Running { started_at } => json!({"running": {"startedAt": started_at}}),
             State::Terminated(t) => t.to_json(&id),
         };
-        let running = self.is_running();
+        let started = self.is_running() && self.probe_started.unwrap_or(true);
         let mut s = json!({
             "name": self.name, "image": self.image, "imageID": self.image_id, "restartCount": self.restart_count,
-            "ready": running, "started": running, "state": state,
+            "ready": self.is_ready(), "started": started, "state": state,
             "lastState": self.last.as_ref().map(|t| t.to_json(&format!("wasm://{uid}/{}/{}", self.name, self.restart_count - 1))).unwrap_or(json!({})),
         });
         if !matches!(self.state, State::Waiting { .. }) || self.restart_count > 0 {
@@ -216,7 +227,7 @@ impl PodState {
     pub fn to_status(&mut self) -> Value {
         let phase = self.phase();
         let terminal = self.is_terminal();
-        let unready: Vec<String> = self.containers.iter().filter(|c| !c.is_running()).map(|c| c.name.clone()).collect();
+        let unready: Vec<String> = self.containers.iter().filter(|c| !c.is_ready()).map(|c| c.name.clone()).collect();
         let unready_msg = Some(format!("containers with unready status: [{}]", unready.join(" ")));
         let incomplete: Vec<String> = self.init.iter().filter(|c| !c.succeeded()).map(|c| c.name.clone()).collect();
         let ready = unready.is_empty() && !terminal;

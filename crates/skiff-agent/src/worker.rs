@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::ResourceExt;
 use oci_client::secrets::RegistryAuth;
@@ -309,9 +309,12 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                     Ok((function, listeners)) => {
                         node.set_running(&uid, &container.name, run_number, true);
                         shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
-                        let error = crate::serving::serve(function, listeners).await;
+                        let exit = tokio::select! {
+                            error = crate::serving::serve(function, listeners) => Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) },
+                            reason = probe(shared, at, container, ip.clone()) => killed_by_probe(node, &pod, container, reason),
+                        };
                         node.set_running(&uid, &container.name, run_number, false);
-                        Ok(Ok(Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) }))
+                        Ok(Ok(exit))
                     }
                     Err(start) => Ok(Err(start)),
                 }
@@ -320,7 +323,10 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 let mut guest = AbortOnDrop(node.runtime.spawn(program, guest));
                 node.set_running(&uid, &container.name, run_number, true);
                 shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
-                let result = (&mut guest.0).await;
+                let result = tokio::select! {
+                    result = &mut guest.0 => result,
+                    reason = probe(shared, at, container, node.pod_ip(&pod)) => Ok(Ok(killed_by_probe(node, &pod, container, reason))),
+                };
                 node.set_running(&uid, &container.name, run_number, false);
                 result
             }
@@ -367,6 +373,85 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             c.restart_count += 1;
         });
     }
+}
+
+/// Runs the container's probes while it runs (see [`crate::probes`]): readiness sets
+/// its `ready`; the future resolves only when a liveness or startup probe has failed,
+/// with the reason, and the container must be ended.
+async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: String) -> String {
+    use crate::probes::{Outcome, Probes, Timing, Verdict, run_once};
+    let probes = Probes::of(container);
+    shared.update(|s| {
+        let c = slot(s, at);
+        c.probe_ready = probes.readiness.as_ref().map(|_| false);
+        c.probe_started = probes.startup.as_ref().map(|_| false);
+    });
+    if !probes.any() {
+        return std::future::pending().await;
+    }
+    let unhealthy = |kind: &str, outcome: &Outcome| {
+        if let Outcome::Failure(m) = outcome {
+            shared.node.recorder.record(&*shared.pod(), EventType::Warning, "Unhealthy", format!("{kind} probe failed: {m}"));
+        }
+    };
+    // Polls one probe until it reaches a verdict, reporting failures as events.
+    let until_verdict = |kind: &'static str, p: Probe| {
+        let pod_ip = pod_ip.clone();
+        async move {
+            let timing = Timing::of(&p);
+            let mut verdict = Verdict::default();
+            loop {
+                let outcome = run_once(&p, container, &pod_ip, timing.timeout).await;
+                unhealthy(kind, &outcome);
+                if let Some(v) = verdict.record(&outcome, &timing) {
+                    let why = match outcome {
+                        Outcome::Failure(m) => m,
+                        Outcome::Success => String::new(),
+                    };
+                    return (v, why, timing);
+                }
+                tokio::time::sleep(timing.period).await;
+            }
+        }
+    };
+    if let Some(p) = probes.startup.clone() {
+        tokio::time::sleep(Timing::of(&p).initial_delay).await;
+        let (passed, why, _) = until_verdict("Startup", p).await;
+        if !passed {
+            return format!("Startup probe failed: {why}");
+        }
+        shared.update(|s| slot(s, at).probe_started = Some(true));
+    }
+    let liveness = async {
+        let Some(p) = probes.liveness.clone() else { return std::future::pending().await };
+        tokio::time::sleep(Timing::of(&p).initial_delay).await;
+        loop {
+            let (alive, why, timing) = until_verdict("Liveness", p.clone()).await;
+            if !alive {
+                return format!("Liveness probe failed: {why}");
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    let readiness = async {
+        let Some(p) = probes.readiness.clone() else { return std::future::pending::<()>().await };
+        tokio::time::sleep(Timing::of(&p).initial_delay).await;
+        loop {
+            let (ready, _, timing) = until_verdict("Readiness", p.clone()).await;
+            shared.update(|s| slot(s, at).probe_ready = Some(ready));
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    tokio::select! {
+        reason = liveness => reason,
+        _ = readiness => unreachable!("readiness probing never ends"),
+    }
+}
+
+/// The exit of a container ended because a probe failed, as kubelet kills it.
+fn killed_by_probe(node: &Agent, pod: &Pod, container: &Container, reason: String) -> Exit {
+    node.recorder.record(pod, EventType::Normal, "Killing", format!("Container {} failed {}, will be restarted", container.name, reason.split(':').next().unwrap_or("a probe").to_lowercase()));
+    Exit { code: 137, reason: "Error", message: Some(reason) }
 }
 
 /// The container's run number: its restart count, which names its log file.

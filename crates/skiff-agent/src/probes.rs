@@ -1,0 +1,212 @@
+//! Container probes, as kubelet runs them: startup first (nothing else runs until it
+//! passes), then liveness and readiness, each every `periodSeconds` after
+//! `initialDelaySeconds`, with `timeoutSeconds`, `successThreshold` and
+//! `failureThreshold`. Readiness sets the container's `ready`; a failed liveness or
+//! startup probe ends the container so that it is restarted.
+//!
+//! Handlers: httpGet (port by number or name, path, headers, HTTP; HTTPS without
+//! verification, as kubelet does) and tcpSocket against the pod's IP. exec and grpc
+//! probes fail with a reason: Wasm guests have no process to exec in, and gRPC health
+//! checks are not built yet.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Success,
+    Failure(String),
+}
+
+/// The probes of a container that has any, resolved against its ports.
+pub struct Probes {
+    pub startup: Option<Probe>,
+    pub liveness: Option<Probe>,
+    pub readiness: Option<Probe>,
+}
+
+impl Probes {
+    pub fn of(container: &Container) -> Probes {
+        Probes { startup: container.startup_probe.clone(), liveness: container.liveness_probe.clone(), readiness: container.readiness_probe.clone() }
+    }
+
+    pub fn any(&self) -> bool {
+        self.startup.is_some() || self.liveness.is_some() || self.readiness.is_some()
+    }
+}
+
+/// Probe timing with Kubernetes' defaults.
+pub struct Timing {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Timing {
+    pub fn of(probe: &Probe) -> Timing {
+        let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+        Timing {
+            initial_delay: secs(probe.initial_delay_seconds, 0),
+            period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
+            timeout: secs(probe.timeout_seconds, 1).max(Duration::from_secs(1)),
+            success_threshold: probe.success_threshold.unwrap_or(1).max(1) as u32,
+            failure_threshold: probe.failure_threshold.unwrap_or(3).max(1) as u32,
+        }
+    }
+}
+
+/// Runs one probe once against the pod's IP.
+pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeout: Duration) -> Outcome {
+    let attempt = async {
+        if let Some(h) = &probe.http_get {
+            let port = match resolve_port(&h.port, container) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Failure(e),
+            };
+            let host = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+            let scheme = h.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
+            let path = h.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+            http_get(&scheme, &host, port, &path, h.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect()).await
+        } else if let Some(t) = &probe.tcp_socket {
+            let port = match resolve_port(&t.port, container) {
+                Ok(p) => p,
+                Err(e) => return Outcome::Failure(e),
+            };
+            let host = t.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_string());
+            match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+                Ok(_) => Outcome::Success,
+                Err(e) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
+            }
+        } else if probe.exec.is_some() {
+            Outcome::Failure("exec probes are not supported for Wasm containers: a guest has no process to exec in".into())
+        } else if probe.grpc.is_some() {
+            Outcome::Failure("grpc probes are not supported on Skiff nodes yet".into())
+        } else {
+            Outcome::Failure("the probe has no handler".into())
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Failure(format!("timeout after {}s", timeout.as_secs())),
+    }
+}
+
+/// A port given by number, or by the name of one of the container's ports.
+fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => match name.parse::<u16>() {
+            Ok(n) => Ok(n),
+            Err(_) => container.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .ok_or_else(|| format!("the container has no port named {name:?}")),
+        },
+    }
+}
+
+async fn http_get(scheme: &str, host: &str, port: u16, path: &str, headers: Vec<(String, String)>) -> Outcome {
+    let url = format!("{scheme}://{host}:{port}{path}");
+    let client = probe_client();
+    let mut request = client.get(&url).header("User-Agent", "kube-probe/1.32");
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    match request.send().await {
+        Ok(r) if (200..400).contains(&r.status().as_u16()) => Outcome::Success,
+        Ok(r) => Outcome::Failure(format!("HTTP probe failed with statuscode: {}", r.status().as_u16())),
+        Err(e) => Outcome::Failure(format!("Get {url:?}: {e}")),
+    }
+}
+
+fn probe_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+            .expect("an HTTP client")
+    })
+}
+
+/// Counts consecutive results against a probe's thresholds.
+#[derive(Default)]
+pub struct Verdict {
+    successes: u32,
+    failures: u32,
+}
+
+impl Verdict {
+    /// Records a result; returns `Some(true)` when the success threshold is reached,
+    /// `Some(false)` at the failure threshold, `None` while undecided.
+    pub fn record(&mut self, outcome: &Outcome, timing: &Timing) -> Option<bool> {
+        match outcome {
+            Outcome::Success => {
+                self.failures = 0;
+                self.successes += 1;
+                (self.successes >= timing.success_threshold).then_some(true)
+            }
+            Outcome::Failure(_) => {
+                self.successes = 0;
+                self.failures += 1;
+                (self.failures >= timing.failure_threshold).then_some(false)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_need_consecutive_results() {
+        let timing = Timing { initial_delay: Duration::ZERO, period: Duration::from_secs(1), timeout: Duration::from_secs(1), success_threshold: 2, failure_threshold: 3 };
+        let mut v = Verdict::default();
+        let fail = Outcome::Failure("x".into());
+        assert_eq!(v.record(&fail, &timing), None);
+        assert_eq!(v.record(&fail, &timing), None);
+        assert_eq!(v.record(&Outcome::Success, &timing), None);
+        assert_eq!(v.record(&Outcome::Success, &timing), Some(true));
+        assert_eq!(v.record(&fail, &timing), None);
+        assert_eq!(v.record(&fail, &timing), None);
+        assert_eq!(v.record(&fail, &timing), Some(false));
+    }
+
+    #[test]
+    fn named_ports_resolve() {
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c", "ports": [{"name": "http", "containerPort": 8080}]})).unwrap();
+        assert_eq!(resolve_port(&IntOrString::String("http".into()), &c), Ok(8080));
+        assert_eq!(resolve_port(&IntOrString::Int(81), &c), Ok(81));
+        assert!(resolve_port(&IntOrString::String("grpc".into()), &c).is_err());
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let status = if String::from_utf8_lossy(&buf[..n]).starts_with("GET /bad") { "500 Internal Server Error" } else { "200 OK" };
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let c = Container { name: "c".into(), ..Default::default() };
+        let probe = |json: serde_json::Value| serde_json::from_value::<Probe>(json).unwrap();
+        let one = Duration::from_secs(1);
+        assert_eq!(run_once(&probe(serde_json::json!({"tcpSocket": {"port": port}})), &c, "127.0.0.1", one).await, Outcome::Success);
+        assert_eq!(run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/ok"}})), &c, "127.0.0.1", one).await, Outcome::Success);
+        let bad = run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/bad"}})), &c, "127.0.0.1", one).await;
+        assert_eq!(bad, Outcome::Failure("HTTP probe failed with statuscode: 500".into()));
+        assert!(matches!(run_once(&probe(serde_json::json!({"exec": {"command": ["true"]}})), &c, "127.0.0.1", one).await, Outcome::Failure(m) if m.contains("not supported")));
+    }
+}
