@@ -376,6 +376,27 @@ def test_liveness_probe_restarts_the_container(wasm_cluster, images, ns, tmp_pat
     assert "Liveness probe failed" in status["lastState"]["terminated"]["message"], status
 
 
+def test_pre_stop_hook_runs_while_the_pod_still_serves(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("draining", images["http"], [], restart="Always", terminationGracePeriodSeconds=20, container={
+        "ports": [{"containerPort": 8080}], "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}))
+    wait_for(lambda: container_status(wasm_cluster, ns, "draining").get("ready"), 30, "serving")
+    ip = pod(wasm_cluster, ns, "draining")["status"]["podIP"]
+    started = time.time()
+    wasm_cluster.kubectl("delete", "pod", "-n", ns, "draining", "--wait=false")
+    time.sleep(1)
+    assert http(f"http://{ip}:8080/")[0] == 200, "the pod stopped serving before its preStop hook finished"
+    wait_for(lambda: wasm_cluster.kubectl("get", "pod", "-n", ns, "draining", check=False).returncode != 0, 30, "the pod to go")
+    assert 3 <= time.time() - started < 20
+
+
+def test_failed_post_start_hook_restarts_the_container(wasm_cluster, images, ns):
+    create(wasm_cluster, ns, pod_manifest("hooked", images["http"], [], restart="Always", container={
+        "ports": [{"containerPort": 8080}], "lifecycle": {"postStart": {"httpGet": {"path": "/missing", "port": 8080}}}}))
+    status = wait_for(lambda: (lambda s: s.get("restartCount", 0) >= 1 and s)(container_status(wasm_cluster, ns, "hooked")), 40, "a restart")
+    assert "PostStartHook failed" in status["lastState"]["terminated"]["message"], status
+    assert "FailedPostStartHook" in wasm_cluster.kubectl("get", "events", "-n", ns).stdout
+
+
 def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
     create(wasm_cluster, ns,
            pod_manifest("keeps", images["p1"], ["hello", "sleep", "600"], restart="Always"),

@@ -96,6 +96,20 @@ pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeou
     }
 }
 
+/// Runs a lifecycle hook (postStart, preStop) once: httpGet, tcpSocket or sleep.
+pub async fn run_hook(handler: &k8s_openapi::api::core::v1::LifecycleHandler, container: &Container, pod_ip: &str) -> Outcome {
+    if let Some(s) = &handler.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
+        return Outcome::Success;
+    }
+    if handler.exec.is_some() {
+        return Outcome::Failure("exec hooks are not supported for Wasm containers: a guest has no process to exec in".into());
+    }
+    let probe = Probe { http_get: handler.http_get.clone(), tcp_socket: handler.tcp_socket.clone(), ..Default::default() };
+    // Hooks have no timeout of their own; the grace period bounds preStop.
+    run_once(&probe, container, pod_ip, Duration::from_secs(3600)).await
+}
+
 /// A port given by number, or by the name of one of the container's ports.
 fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
     match port {

@@ -57,7 +57,7 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     let uid = first.uid().unwrap_or_default();
     let state = PodState::new(&first, &node.config.node_ip, &node.pod_ip(&first));
     let shared = Arc::new(Shared { node: node.clone(), pod, state: Mutex::new(state), changed: Notify::new(), written: AtomicBool::new(false) });
-    let writer = tokio::spawn(write_status(shared.clone()));
+    let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
     shared.changed.notify_one();
     let terminal_at_start = shared.state.lock().unwrap().is_terminal() || skiff_client::pods::is_terminal(&first);
     if !terminal_at_start {
@@ -71,7 +71,11 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
                 });
                 node.recorder.record(&*shared.pod(), EventType::Normal, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
             }
-            _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()) => {}
+            // The containers keep running (and serving) while their preStop hooks run.
+            _ = async {
+                let _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()).await;
+                pre_stop(&shared).await;
+            } => {}
         }
     }
     // Finished, or being deleted: wait for deletion; then every container is stopped
@@ -80,7 +84,7 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     let _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()).await;
     shared.update(|s| stop_all(s, "Killing"));
     wait_written(&shared).await;
-    writer.abort();
+    drop(writer);
     let pod = shared.pod();
     let api: Api<Pod> = Api::namespaced(node.client.clone(), &pod.namespace().unwrap_or_default());
     let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
@@ -89,6 +93,31 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "finishing the pod's deletion"),
     }
+}
+
+/// Runs the preStop hooks of the running containers, together, within the pod's grace
+/// period.
+async fn pre_stop(shared: &Arc<Shared>) {
+    let pod = shared.pod();
+    let grace = pod.metadata.deletion_grace_period_seconds
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0) as u64;
+    let running: Vec<String> = shared.state.lock().unwrap().containers.iter().filter(|c| c.is_running()).map(|c| c.name.clone()).collect();
+    let pod_ip = shared.node.pod_ip(&pod);
+    let hooks = pod.spec.iter().flat_map(|s| s.containers.iter())
+        .filter(|c| running.contains(&c.name))
+        .filter_map(|c| c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).map(|h| (c, h)))
+        .map(|(c, hook)| {
+            let pod_ip = pod_ip.clone();
+            let pod = pod.clone();
+            async move {
+                if let crate::probes::Outcome::Failure(m) = crate::probes::run_hook(hook, c, &pod_ip).await {
+                    shared.node.recorder.record(&*pod, EventType::Warning, "FailedPreStopHook", format!("PreStopHook failed for container {}: {m}", c.name));
+                }
+            }
+        });
+    let _ = tokio::time::timeout(Duration::from_secs(grace), futures::future::join_all(hooks)).await;
 }
 
 /// Marks every container that has not ended as ended by the agent.
@@ -386,6 +415,12 @@ async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: St
         c.probe_ready = probes.readiness.as_ref().map(|_| false);
         c.probe_started = probes.startup.as_ref().map(|_| false);
     });
+    if let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+        && let Outcome::Failure(m) = crate::probes::run_hook(hook, container, &pod_ip).await
+    {
+        shared.node.recorder.record(&*shared.pod(), EventType::Warning, "FailedPostStartHook", format!("PostStartHook failed: {m}"));
+        return format!("PostStartHook failed: {m}");
+    }
     if !probes.any() {
         return std::future::pending().await;
     }
