@@ -14,6 +14,9 @@
 //! (warm and cold), instantiate time and memory per sleeping pod, on a real agent with a
 //! docker-registry on loopback.
 //!
+//! `cargo run --release -p skiff-bench -- density [--quick]`: memory per idle wasi:http
+//! function pod, each listening on its own pod IP.
+//!
 //! `cargo run --release -p skiff-bench -- footprint [--quick]`: idle RSS and CPU of a whole
 //! `skiff up` process, empty and with 10 Deployments, and the binary's size.
 
@@ -29,6 +32,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
 
+mod density;
 mod footprint;
 mod registry;
 mod schedule;
@@ -79,6 +83,18 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         sleeping: usize,
         /// The WASI command to run (default: the wasi-hello example built for wasm32-wasip1).
+        #[arg(long)]
+        wasm: Option<std::path::PathBuf>,
+    },
+    /// Memory per idle wasi:http function pod on one node.
+    Density {
+        /// A few pods, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Pod counts to measure, each on a fresh node.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        counts: Vec<usize>,
+        /// The wasi:http component (default: the http-hello example built for wasm32-wasip2).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
     },
@@ -224,6 +240,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
+        Bench::Density { quick, counts, wasm } => density::run(quick, counts, wasm).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
     }
 }

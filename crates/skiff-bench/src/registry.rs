@@ -1,5 +1,5 @@
-//! What several benches share: a real `docker-registry` on 127.0.0.1, the Wasm example
-//! they run, and reading a process's memory.
+//! What several benches share: a whole node in process, a real `docker-registry` on
+//! 127.0.0.1, the Wasm examples they run, and reading a process's memory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,13 +35,49 @@ pub async fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
     anyhow::bail!("docker-registry did not listen on {}", registry.host)
 }
 
+/// The API server (in process), the scheduler and a real agent for node `bench-node`,
+/// once the node is ready. Returns the client and the agent's task.
+pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(kube::Client, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    use kube::api::Api;
+    const TOKEN: &str = "bench-token";
+    let store: std::sync::Arc<dyn skiff_store::Store> = std::sync::Arc::new(skiff_store::RedbStore::open(&dir.join("db"), Default::default())?);
+    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new(TOKEN.into()));
+    server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN)?;
+    tokio::spawn(skiff_scheduler::run(client.clone()));
+    let config = skiff_agent::AgentConfig {
+        node_name: "bench-node".into(),
+        node_ip: "127.0.0.1".into(),
+        data_dir: dir.join("agent"),
+        max_pods: 20_000,
+        max_instances,
+        insecure_registries: vec![],
+        port: 0,
+        token: TOKEN.into(),
+        labels: Default::default(),
+    };
+    let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while nodes.get_opt("bench-node").await?.is_none_or(|n| skiff_client::nodes::ready_status(&n) != Some("True")) {
+        anyhow::ensure!(std::time::Instant::now() < deadline && !agent.is_finished(), "the agent did not register its node");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((client, agent))
+}
+
 /// The WASI command benches run: `wasm`, or the wasi-hello example built for wasm32-wasip1.
 pub fn example_wasm(wasm: Option<PathBuf>) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    example(wasm, "wasm32-wasip1", "wasi-hello")
+}
+
+/// `wasm`, or an example built by the test command for `target`.
+pub fn example(wasm: Option<PathBuf>, target: &str, name: &str) -> anyhow::Result<(PathBuf, Vec<u8>)> {
     let path = wasm.unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
-        target.join("wasm32-wasip1/release/wasi-hello.wasm")
+        let out = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target"));
+        out.join(target).join("release").join(format!("{name}.wasm"))
     });
-    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e} (build examples/wasi-hello for wasm32-wasip1, or pass --wasm)", path.display()))?;
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e} (build examples/{name} for {target}, or pass --wasm)", path.display()))?;
     Ok((path, bytes))
 }
 

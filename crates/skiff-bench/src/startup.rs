@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use skiff_store::{RedbStore, Store, StoreOptions};
 
 use crate::registry::{example_wasm, start_registry};
 
-const TOKEN: &str = "bench-token";
 
 /// The wasm with a custom section naming `variant`: a distinct image digest (and so a
 /// cold pull and compile) for the same program.
@@ -85,29 +83,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
     let dir = tempfile::tempdir()?;
     let registry = start_registry(dir.path()).await?;
 
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
-    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new(TOKEN.into()));
-    server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN)?;
-    tokio::spawn(skiff_scheduler::run(client.clone()));
-    let config = skiff_agent::AgentConfig {
-        node_name: "bench-node".into(),
-        node_ip: "127.0.0.1".into(),
-        data_dir: dir.path().join("agent"),
-        max_pods: 20_000,
-        max_instances: (sleeping as u32 + 100).max(1000),
-        insecure_registries: vec![],
-        port: 0,
-        token: TOKEN.into(),
-        labels: Default::default(),
-    };
-    let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
-    let nodes: Api<Node> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while nodes.get_opt("bench-node").await?.is_none_or(|n| skiff_client::nodes::ready_status(&n) != Some("True")) {
-        anyhow::ensure!(Instant::now() < deadline && !agent.is_finished(), "the agent did not register its node");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (client, agent) = crate::registry::in_process_node(dir.path(), (sleeping as u32 + 100).max(1000)).await?;
     // The informers and the scheduler's caches settle before anything is measured.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_bytes();
