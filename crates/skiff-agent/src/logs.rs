@@ -21,7 +21,9 @@ pub struct LogSink {
 }
 
 struct SinkState {
-    file: std::fs::File,
+    path: PathBuf,
+    /// Opened at the first write: an idle HTTP function pod holds no descriptor.
+    file: Option<std::fs::File>,
     /// Unterminated output per stream (0 stdout, 1 stderr).
     partial: [Vec<u8>; 2],
 }
@@ -32,8 +34,8 @@ impl LogSink {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
-        Ok(LogSink { inner: Arc::new(Mutex::new(SinkState { file, partial: [Vec::new(), Vec::new()] })) })
+        std::fs::File::create(path)?;
+        Ok(LogSink { inner: Arc::new(Mutex::new(SinkState { path: path.to_path_buf(), file: None, partial: [Vec::new(), Vec::new()] })) })
     }
 
     pub fn stdout(&self) -> LogStream {
@@ -47,7 +49,7 @@ impl LogSink {
     /// Writes a line on behalf of the agent (e.g. why a guest was stopped), as stderr.
     pub fn note(&self, text: &str) {
         let mut s = self.inner.lock().unwrap();
-        let _ = write_line(&mut s.file, 1, 'F', text.as_bytes());
+        let _ = s.file().and_then(|f| write_line(f, 1, 'F', text.as_bytes()));
     }
 
     /// Writes out what is left of unterminated lines, at the end of a run.
@@ -56,14 +58,15 @@ impl LogSink {
         for stream in 0..2 {
             let rest = std::mem::take(&mut s.partial[stream]);
             if !rest.is_empty() {
-                let _ = write_line(&mut s.file, stream, 'F', &rest);
+                let _ = s.file().and_then(|f| write_line(f, stream, 'F', &rest));
             }
         }
     }
 
     fn write(&self, stream: usize, mut buf: &[u8]) -> std::io::Result<()> {
         let mut s = self.inner.lock().unwrap();
-        let SinkState { file, partial } = &mut *s;
+        s.file()?;
+        let SinkState { file: Some(file), partial, .. } = &mut *s else { unreachable!("opened above") };
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line = &buf[..end];
             if partial[stream].is_empty() {
@@ -81,6 +84,15 @@ impl LogSink {
             write_line(file, stream, 'P', &long)?;
         }
         Ok(())
+    }
+}
+
+impl SinkState {
+    fn file(&mut self) -> std::io::Result<&mut std::fs::File> {
+        if self.file.is_none() {
+            self.file = Some(std::fs::OpenOptions::new().append(true).open(&self.path)?);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
     }
 }
 
