@@ -141,19 +141,6 @@ impl ImageStore {
         Ok(local)
     }
 
-    /// Images on this node, for the Node's `status.images` (and image locality).
-    pub fn list(&self) -> Vec<(LocalImage, u64)> {
-        std::fs::read_dir(self.dir.join("refs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| serde_json::from_slice::<LocalImage>(&std::fs::read(e.path()).ok()?).ok())
-            .filter_map(|i| {
-                let size = std::fs::metadata(self.blob_path(&i.wasm_digest)).ok()?.len();
-                Some((i, size))
-            })
-            .collect()
-    }
 }
 
 /// The artifact's Wasm layer, or why it is not a Wasm artifact.
@@ -209,7 +196,7 @@ pub async fn push(file: &Path, reference: &str, auth: &RegistryAuth, insecure: &
     let reference: Reference = reference.parse().with_context(|| format!("{reference:?} is not an image reference"))?;
     let wasm = tokio::fs::read(file).await.with_context(|| format!("reading {}", file.display()))?;
     anyhow::ensure!(wasm.starts_with(b"\0asm"), "{} is not a WebAssembly binary", file.display());
-    let component = wasm.len() >= 8 && wasm[6..8] == [1, 0];
+    let component = crate::runtime::wasm::is_component(&wasm);
     let layer_digest = format!("sha256:{}", hex(&Sha256::digest(&wasm)));
     // The config the CNCF Wasm OCI artifact layout describes.
     let config = serde_json::json!({

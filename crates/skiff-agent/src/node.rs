@@ -80,8 +80,13 @@ impl Machine {
 }
 
 fn meminfo(key: &str) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    proc_bytes("/proc/meminfo", key)
+}
+
+/// A `key: N kB` line of a /proc file (`/proc/meminfo`, `/proc/PID/status`), in bytes.
+pub fn proc_bytes(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let kib: u64 = text.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kib * 1024)
 }
 

@@ -188,9 +188,7 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
                    "cpu": {"time": now, "usageCoreNanoSeconds": cpu}, "memory": {"time": now, "workingSetBytes": memory}})
         })
         .collect();
-    let rss = std::fs::read_to_string("/proc/self/status").ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0) * 1024)))
-        .unwrap_or(0);
+    let rss = crate::node::proc_bytes("/proc/self/status", "VmRSS:").unwrap_or(0);
     let body = json!({
         "node": {"nodeName": agent.config.node_name, "memory": {"time": now, "workingSetBytes": rss},
                  "runtime": {"compiledPrograms": agent.runtime.compiled_count()}},

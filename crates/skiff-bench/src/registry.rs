@@ -83,7 +83,5 @@ pub fn example(wasm: Option<PathBuf>, target: &str, name: &str) -> anyhow::Resul
 
 /// Resident memory of a process (`self` or a pid), in bytes.
 pub fn rss_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
-        .unwrap_or(0) * 1024
+    skiff_agent::node::proc_bytes(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0)
 }

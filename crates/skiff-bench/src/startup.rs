@@ -18,7 +18,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
-use crate::registry::{example_wasm, start_registry};
+use crate::registry::{example_wasm, rss_of, start_registry};
 
 
 /// The wasm with a custom section naming `variant`: a distinct image digest (and so a
@@ -35,9 +35,6 @@ fn variant(wasm: &[u8], variant: usize) -> Vec<u8> {
     out
 }
 
-fn rss_bytes() -> u64 {
-    crate::registry::rss_of("self")
-}
 
 fn sleeping_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -86,7 +83,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
     let (client, agent) = crate::registry::in_process_node(dir.path(), (sleeping as u32 + 100).max(1000)).await?;
     // The informers and the scheduler's caches settle before anything is measured.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = rss_bytes();
+    let idle_rss = rss_of("self");
 
     let auth = oci_client::secrets::RegistryAuth::Anonymous;
     let warm_image = format!("{}/hello:warm", registry.host);
@@ -131,7 +128,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
         anyhow::ensure!(Instant::now() < deadline, "only {running} of {total} pods running after 300 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let busy_rss = rss_bytes();
+    let busy_rss = rss_of("self");
     let instantiate = instantiate_times(&wasm, if quick { 50 } else { 2000 }, dir.path())?;
 
     let (warm_p50, warm_p99) = percentiles(warm_times);

@@ -108,14 +108,10 @@ impl WasmRuntime {
 
     /// Handles one request on a fresh instance, on the guest runtime.
     pub async fn handle(self: &Arc<Self>, proxy: &Proxy, request: hyper::Request<Incoming>, guest: &GuestSpec, limits: &RequestLimits) -> hyper::Response<HttpBody> {
-        let mut builder = wasmtime_wasi::WasiCtxBuilder::new();
-        builder.args(&guest.argv).envs(&guest.env).stdout(guest.log.stdout()).stderr(guest.log.stderr());
-        for m in &guest.mounts {
-            let perms = if m.read_only { wasmtime_wasi::FsPerms::ReadOnly } else { wasmtime_wasi::FsPerms::ReadWrite };
-            if let Err(e) = builder.preopened_dir(&m.host_path, &m.guest_path, perms) {
-                return error(500, &format!("mounting {}: {e}", m.guest_path));
-            }
-        }
+        let mut builder = match super::wasm::wasi_builder(guest) {
+            Ok(b) => b,
+            Err(e) => return error(500, &e.0),
+        };
         let limiter = Limiter::new(limits.memory_limit, guest.usage.clone());
         let state = HttpState { wasi: builder.build(), table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks: OutgoingPolicy { allowed: limits.allowed_hosts.clone() }, limiter };
         let mut store = Store::new(self.engine(), state);

@@ -259,13 +259,7 @@ impl WasmRuntime {
     }
 
     async fn run(&self, program: Program, spec: GuestSpec) -> Result<Exit, StartError> {
-        let mut builder = WasiCtxBuilder::new();
-        builder.args(&spec.argv).envs(&spec.env).stdout(spec.log.stdout()).stderr(spec.log.stderr());
-        for m in &spec.mounts {
-            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-            builder.preopened_dir(&m.host_path, &m.guest_path, perms)
-                .map_err(|e| StartError(format!("mounting {} at {}: {e}", m.host_path.display(), m.guest_path)))?;
-        }
+        let mut builder = wasi_builder(&spec)?;
         let limiter = Limiter::new(spec.memory_limit, spec.usage.clone());
         let result = match program {
             Program::Module(module) => {
@@ -299,6 +293,19 @@ impl WasmRuntime {
     }
 }
 
+/// The guest's WASI context: argv, environment, stdout and stderr to its log, and its
+/// mounts as preopened directories (nothing else of the host).
+pub(super) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, StartError> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(&spec.argv).envs(&spec.env).stdout(spec.log.stdout()).stderr(spec.log.stderr());
+    for m in &spec.mounts {
+        let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        builder.preopened_dir(&m.host_path, &m.guest_path, perms)
+            .map_err(|e| StartError(format!("mounting {} at {}: {e}", m.host_path.display(), m.guest_path)))?;
+    }
+    Ok(builder)
+}
+
 fn engine_key(engine: &Engine) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -306,7 +313,7 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// A component's preamble has layer 1 where a core module's has version 1.
-fn is_component(bytes: &[u8]) -> bool {
+pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6..8] == [1, 0]
 }
 

@@ -40,8 +40,8 @@ impl Plugin for NodeReady {
     }
 }
 
-/// Prefers nodes that already hold the pod's images (or compiled Wasm modules, which the
-/// agent lists among its images), so pods start without a pull.
+/// Prefers nodes that already hold the pod's images (the Node's `status.images`), so pods
+/// start without a pull. Skiff's agent does not report its images there yet.
 pub struct ImageLocality;
 
 impl Plugin for ImageLocality {
