@@ -345,6 +345,17 @@ def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
 def test_http_function_without_a_port_is_a_clear_error(wasm_cluster, images, ns):
     create(wasm_cluster, ns, pod_manifest("portless", images["http"], []))
     assert "declares none" in waiting(wasm_cluster, ns, "portless", "CreateContainerError")["message"]
+    bad = pod_manifest("badconcurrency", images["http"], [], container={"ports": [{"containerPort": 8080}]})
+    bad["metadata"]["annotations"] = {"skiff.dev/max-concurrency": "lots"}
+    create(wasm_cluster, ns, bad)
+    assert 'skiff.dev/max-concurrency "lots" is not a positive integer' in waiting(wasm_cluster, ns, "badconcurrency", "CreateContainerError")["message"]
+
+
+def test_push_refuses_a_file_that_is_not_wasm(registry, tmp_path):
+    text = tmp_path / "notes.wasm"
+    text.write_text("not wasm at all")
+    p = subprocess.run([skiff_binary(), "push", str(text), f"{registry.host}/notes:v1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "is not a WebAssembly binary" in p.stderr, p.stderr
 
 
 def probed_function(name, image, host_dir, probe_kind):
