@@ -32,8 +32,9 @@ class Cluster:
     """One `skiff up` (or `skiff server`: the control plane alone) process and the ways
     to talk to it."""
 
-    def __init__(self, data_dir, extra_args=(), command="up"):
+    def __init__(self, data_dir, extra_args=(), command="up", listen="127.0.0.1"):
         self.command = command
+        self.listen = listen
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_args = list(extra_args)
@@ -43,7 +44,7 @@ class Cluster:
     def start(self):
         self.log = open(os.path.join(self.data_dir, "skiff.log"), "ab")
         self.proc = subprocess.Popen(
-            [skiff_binary(), self.command, "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
+            [skiff_binary(), self.command, "--data-dir", self.data_dir, "--listen", f"{self.listen}:{self.port}", *self.extra_args],
             stdout=self.log, stderr=self.log)
         ctx = None
         deadline = time.time() + 30
@@ -180,11 +181,12 @@ def example_wasm(target, name="wasi-hello"):
 
 
 class Registry:
-    """A real `docker-registry` (the CNCF distribution registry) on 127.0.0.1."""
+    """A real `docker-registry` (the CNCF distribution registry), on 127.0.0.1 unless
+    told another local address."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, address="127.0.0.1"):
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = f"{address}:{self.port}"
         conf = os.path.join(data_dir, "registry.yml")
         with open(conf, "w") as f:
             f.write(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {data_dir}/blobs\n"

@@ -3,6 +3,7 @@ controllers and agent), a real docker-registry on 127.0.0.1 that `skiff push` pu
 the wasi-hello example to, and the real kubectl."""
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -327,6 +328,13 @@ def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
     pods = wasm_cluster.json("get", "pods", "-n", ns, "-l", "app=fn")["items"]
     ips = {p["status"]["podIP"] for p in pods}
     assert len(ips) == 3, ips
+    # From the node's share of the cluster's pod range, set up on the skiff0 bridge.
+    node = wasm_cluster.json("get", "node", "wasm-node")
+    assert node["spec"]["podCIDR"] == "10.42.0.0/22" and node["spec"]["podCIDRs"] == ["10.42.0.0/22"], node["spec"]
+    network = next(c for c in node["status"]["conditions"] if c["type"] == "NetworkUnavailable")
+    assert (network["status"], network["reason"]) == ("False", "SkiffBridgeReady"), network
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.42.0.0/22") for ip in ips), ips
+    assert all(p["status"]["podIPs"] == [{"ip": p["status"]["podIP"]}] for p in pods)
     for p in pods:
         assert http(f"http://{p['status']['podIP']}:8080/") == (200, f"Hello from {p['metadata']['name']}!\n")
     ip = pods[0]["status"]["podIP"]
@@ -426,7 +434,8 @@ def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
 def test_standalone_agent_joins_a_control_plane(images, tmp_path):
     """`skiff server` plus a separate `skiff agent` process: the node registers, runs a pod,
     and the API server reaches the agent for its logs."""
-    server = Cluster(str(tmp_path), command="server").start()
+    # Its own pod range: the module's cluster uses the default one on this same machine.
+    server = Cluster(str(tmp_path), ["--cluster-cidr", "10.52.0.0/16"], command="server").start()
     log = open(tmp_path / "agent.log", "ab")
     agent = subprocess.Popen([skiff_binary(), "agent", "--kubeconfig", server.kubeconfig, "--data-dir", str(tmp_path / "agent"),
                               "--node-name", "solo", "--node-ip", "127.0.0.1", "--agent-port", "0"], stdout=log, stderr=log)

@@ -246,3 +246,14 @@ def test_namespace_deletion_empties_it(cluster, nodes, api):
     cluster.kubectl("rollout", "status", "-n", name, "deployment/d", "--timeout=60s")
     cluster.kubectl("delete", "namespace", name, "--timeout=60s")
     assert cluster.kubectl("get", "namespace", name, check=False).returncode != 0
+
+
+def test_nodes_get_distinct_shares_of_the_pod_range(cluster, nodes):
+    import ipaddress
+    cluster_range = ipaddress.ip_network("10.42.0.0/16")
+    specs = {n: wait_for(lambda: cluster.json("get", "node", n)["spec"].get("podCIDR") and cluster.json("get", "node", n)["spec"], 30, f"{n}'s pod range")
+             for n in nodes}
+    ranges = [ipaddress.ip_network(s["podCIDR"]) for s in specs.values()]
+    assert len(set(ranges)) == len(nodes), specs
+    assert all(r.prefixlen == 22 and r.subnet_of(cluster_range) for r in ranges), ranges
+    assert all(s["podCIDRs"] == [s["podCIDR"]] for s in specs.values()), specs

@@ -69,6 +69,7 @@ pub fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
         os_image: "Skiff hollow node".into(),
         agent_port: None,
         pressure: Default::default(),
+        network: None,
         labels,
         name,
     }

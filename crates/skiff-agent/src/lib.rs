@@ -11,6 +11,7 @@ pub mod env;
 pub mod hollow;
 pub mod images;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod probes;
 pub mod runtime;
@@ -74,8 +75,8 @@ pub struct Agent {
     usage: Mutex<HashMap<String, PodUsage>>,
     /// Container runs whose guest is running: (uid, container, run).
     running: Mutex<HashSet<(String, String, i32)>>,
-    /// Pod addresses handed out, by pod uid.
-    pod_ips: Mutex<PodIps>,
+    /// Pod addresses; set up once the node has its pod range, before any pod runs.
+    network: std::sync::OnceLock<network::PodNetwork>,
     /// Per pod uid: the latest object its worker sees, and the worker.
     pods: Mutex<HashMap<String, (watch::Sender<Arc<Pod>>, tokio::task::JoinHandle<()>)>>,
 }
@@ -100,12 +101,20 @@ impl Agent {
         }
     }
 
-    /// The pod's IP: the one it already has if it is still free (after an agent restart),
-    /// else the next free one.
+    fn network(&self) -> &network::PodNetwork {
+        self.network.get().expect("pods run only once the pod network is set up")
+    }
+
+    /// The pod's IP, once [`Agent::assign_pod_ip`] gave it one ("" before).
     pub fn pod_ip(&self, pod: &Pod) -> String {
-        let uid = pod.uid().unwrap_or_default();
-        let previous = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok());
-        self.pod_ips.lock().unwrap().assign(&uid, previous).to_string()
+        self.network().get(&pod.uid().unwrap_or_default()).map(|ip| ip.to_string()).unwrap_or_default()
+    }
+
+    /// Gives the pod its IP: the one it had if still free (after an agent restart), else
+    /// the next free one of the node's range.
+    pub fn assign_pod_ip(&self, pod: &Pod) -> Result<String, String> {
+        let previous = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+        self.network().assign(&pod.uid().unwrap_or_default(), previous).map(|ip| ip.to_string())
     }
 
     fn track_usage(&self, pod: &Pod, container: &str, usage: Arc<Usage>) {
@@ -161,7 +170,7 @@ impl Agent {
         worker.abort();
         let pod = tx.borrow().clone();
         self.usage.lock().unwrap().remove(uid);
-        self.pod_ips.lock().unwrap().release(uid);
+        self.network().release(uid);
         self.volumes.clean_up(uid);
         let dir = self.logs.pod_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), uid);
         let _ = std::fs::remove_dir_all(dir);
@@ -186,52 +195,6 @@ impl Agent {
     /// The pod with this namespace and name that the agent runs, if any.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.lock().unwrap().values().map(|(tx, _)| tx.borrow().clone()).find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
-    }
-}
-
-/// Pod addresses. This release gives every pod its own address in 127.42.0.0/16, which
-/// Linux routes to loopback with no set-up: each pod's ports are its own, reachable on
-/// this node (the single-node fallback). Pod CIDRs routed between nodes come later.
-#[derive(Default)]
-struct PodIps {
-    by_uid: HashMap<String, std::net::Ipv4Addr>,
-    used: HashSet<std::net::Ipv4Addr>,
-    next: u32,
-}
-
-impl PodIps {
-    const BASE: u32 = u32::from_be_bytes([127, 42, 0, 0]);
-    const SIZE: u32 = 1 << 16;
-
-    fn in_range(ip: std::net::Ipv4Addr) -> bool {
-        (u32::from(ip) & !(Self::SIZE - 1)) == Self::BASE
-    }
-
-    fn assign(&mut self, uid: &str, previous: Option<std::net::Ipv4Addr>) -> std::net::Ipv4Addr {
-        if let Some(ip) = self.by_uid.get(uid) {
-            return *ip;
-        }
-        let ip = match previous.filter(|ip| Self::in_range(*ip) && !self.used.contains(ip)) {
-            Some(ip) => ip,
-            None => loop {
-                // Skip the network's first and last address of each /24, as people expect.
-                self.next = (self.next + 1) % Self::SIZE;
-                let ip = std::net::Ipv4Addr::from(Self::BASE + self.next);
-                let last = ip.octets()[3];
-                if last != 0 && last != 255 && !self.used.contains(&ip) {
-                    break ip;
-                }
-            },
-        };
-        self.used.insert(ip);
-        self.by_uid.insert(uid.to_string(), ip);
-        ip
-    }
-
-    fn release(&mut self, uid: &str) {
-        if let Some(ip) = self.by_uid.remove(uid) {
-            self.used.remove(&ip);
-        }
     }
 }
 
@@ -267,12 +230,20 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         usage: Mutex::default(),
         running: Mutex::default(),
         pods: Mutex::default(),
-        pod_ips: Mutex::default(),
+        network: Default::default(),
     });
     let (port, serving) = server::start(agent.clone()).await.context("starting the agent's HTTPS endpoint")?;
-    let registration = registration(&agent, port);
+    let mut registration = registration(&agent, port);
     let node = registration.register(&client).await.with_context(|| format!("registering node {}", registration.name))?;
     tracing::info!(node = %registration.name, port, "node registered");
+    let network = network::PodNetwork::set_up(pod_cidr(&client, &registration.name).await);
+    registration.network = Some(network.condition());
+    let node = registration.report_status(&client).await.unwrap_or(node);
+    let routed = network.fallback.is_none();
+    let _ = agent.network.set(network);
+    if routed {
+        tokio::spawn(network::route_other_nodes(client.clone(), registration.name.clone()));
+    }
     let _ = tokio::join!(agent.sources.config_maps.wait_until_ready(), agent.sources.secrets.wait_until_ready());
     tokio::select! {
         _ = keep_alive(agent.clone(), registration, node) => {}
@@ -280,6 +251,21 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         r = serving => r.context("the agent's HTTPS endpoint")??,
     }
     Ok(())
+}
+
+/// The node's share of the pod range, given by the node IPAM controller soon after the
+/// node registers.
+async fn pod_cidr(client: &Client, node: &str) -> Result<skiff_core::Cidr, String> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    for _ in 0..100 {
+        if let Ok(n) = api.get(node).await
+            && let Some(cidr) = n.spec.and_then(|s| s.pod_cidr)
+        {
+            return cidr.parse().map_err(|e| format!("the node's podCIDR {cidr:?}: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the control plane gave the node no podCIDR within 10 s".into())
 }
 
 fn registration(agent: &Agent, port: u16) -> NodeRegistration {
@@ -302,6 +288,7 @@ fn registration(agent: &Agent, port: u16) -> NodeRegistration {
         os_image: m.os_image.clone(),
         agent_port: Some(port),
         pressure: Machine::pressure(&c.data_dir),
+        network: None,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct NodeRegistration {
     /// Port of the agent's own HTTPS endpoint (logs, stats), if it serves one.
     pub agent_port: Option<u16>,
     pub pressure: Pressure,
+    /// How pods are addressed (the `NetworkUnavailable=False` condition's reason and
+    /// message), once the agent has set up the pod network.
+    pub network: Option<(String, String)>,
 }
 
 /// Which resources of the machine are short (the node's pressure conditions).
@@ -131,7 +134,7 @@ impl NodeRegistration {
                 NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },
                 NodeAddress { type_: "Hostname".into(), address: self.name.clone() },
             ]),
-            conditions: Some(vec![
+            conditions: Some(self.network.iter().map(|(reason, message)| condition("NetworkUnavailable", "False", reason, message)).chain([
                 if p.memory {
                     condition("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
                 } else {
@@ -148,7 +151,7 @@ impl NodeRegistration {
                     condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
                 },
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-            ]),
+            ]).collect()),
             node_info: Some(NodeSystemInfo {
                 architecture: self.labels.get("kubernetes.io/arch").cloned().unwrap_or_default(),
                 operating_system: std::env::consts::OS.into(),

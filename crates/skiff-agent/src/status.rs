@@ -131,7 +131,8 @@ impl PodState {
     /// The state of a pod the agent starts working on. A pod that already has a status
     /// (the agent restarted) keeps its restart counts and finished containers; a
     /// container it reported running was lost with the agent, and is recorded as ended.
-    pub fn new(pod: &Pod, host_ip: &str, pod_ip: &str) -> PodState {
+    /// The pod IP is the one reported before, until the worker assigns it.
+    pub fn new(pod: &Pod, host_ip: &str) -> PodState {
         let spec = pod.spec.clone().unwrap_or_default();
         let status = pod.status.clone().unwrap_or_default();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -162,7 +163,7 @@ impl PodState {
             init: spec.init_containers.iter().flatten().map(|c| adopt(c, &status.init_container_statuses)).collect(),
             containers: spec.containers.iter().map(|c| adopt(c, &status.container_statuses)).collect(),
             host_ip: host_ip.into(),
-            pod_ip: pod_ip.into(),
+            pod_ip: status.pod_ip.clone().unwrap_or_default(),
             start_time: status.start_time.clone().unwrap_or_else(skiff_client::now),
             sandbox_ready: false,
             forced: None,
@@ -242,7 +243,8 @@ impl PodState {
             "phase": phase,
             "conditions": conditions,
             "hostIP": self.host_ip, "hostIPs": [{"ip": self.host_ip}],
-            "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}],
+            "podIP": (!self.pod_ip.is_empty()).then_some(&self.pod_ip),
+            "podIPs": (!self.pod_ip.is_empty()).then(|| json!([{"ip": self.pod_ip}])),
             "startTime": self.start_time,
             "initContainerStatuses": self.init.iter().map(|c| c.to_json(&self.uid)).collect::<Vec<_>>(),
             "containerStatuses": self.containers.iter().map(|c| c.to_json(&self.uid)).collect::<Vec<_>>(),
@@ -300,7 +302,7 @@ mod tests {
 
     #[test]
     fn phases_follow_kubelet() {
-        let mut s = PodState::new(&pod("OnFailure", json!({})), "10.0.0.1", "10.0.0.1");
+        let mut s = PodState::new(&pod("OnFailure", json!({})), "10.0.0.1");
         assert_eq!(s.phase(), "Pending");
         s.init[0].state = ended(0);
         assert_eq!(s.phase(), "Pending");
@@ -310,14 +312,14 @@ mod tests {
         assert_eq!(s.phase(), "Running", "OnFailure restarts a failed container");
         s.containers[0].state = ended(0);
         assert_eq!(s.phase(), "Succeeded");
-        let mut never = PodState::new(&pod("Never", json!({})), "", "");
+        let mut never = PodState::new(&pod("Never", json!({})), "");
         never.init[0].state = ended(2);
         assert_eq!(never.phase(), "Failed");
     }
 
     #[test]
     fn conditions_and_statuses() {
-        let mut s = PodState::new(&pod("Always", json!({})), "10.0.0.1", "10.0.0.1");
+        let mut s = PodState::new(&pod("Always", json!({})), "10.0.0.1");
         s.init[0].state = ended(0);
         s.containers[0].state = State::Running { started_at: skiff_client::now() };
         s.sandbox_ready = true;
@@ -332,7 +334,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_records_lost_containers() {
         let previous = json!({"startTime": "2026-01-01T00:00:00Z", "containerStatuses": [{"name": "a", "image": "x", "imageID": "x@sha256:1", "ready": true, "restartCount": 2, "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]});
-        let s = PodState::new(&pod("Always", previous), "", "");
+        let s = PodState::new(&pod("Always", previous), "");
         assert_eq!(s.containers[0].restart_count, 2);
         assert!(matches!(&s.containers[0].state, State::Terminated(t) if t.exit_code == 137 && t.message.as_ref().unwrap().contains("restarted")));
         assert_eq!(s.start_time.0.to_string(), "2026-01-01T00:00:00Z");

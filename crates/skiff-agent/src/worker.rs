@@ -55,7 +55,7 @@ impl Shared {
 pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     let first = pod.borrow().clone();
     let uid = first.uid().unwrap_or_default();
-    let state = PodState::new(&first, &node.config.node_ip, &node.pod_ip(&first));
+    let state = PodState::new(&first, &node.config.node_ip);
     let shared = Arc::new(Shared { node: node.clone(), pod, state: Mutex::new(state), changed: Notify::new(), written: AtomicBool::new(false) });
     let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
     shared.changed.notify_one();
@@ -198,21 +198,37 @@ async fn wait_written(shared: &Shared) {
     }
 }
 
+/// Says why containers that have not started yet wait (kubelet's ContainerCreating).
+fn set_creating(s: &mut PodState, message: &str) {
+    for c in s.init.iter_mut().chain(s.containers.iter_mut()).filter(|c| matches!(c.state, State::Waiting { .. })) {
+        c.state = State::Waiting { reason: "ContainerCreating".into(), message: Some(message.to_string()) };
+    }
+}
+
 async fn run_pod(shared: Arc<Shared>) {
     let node = shared.node.clone();
     let pod = shared.pod();
-    // Volumes first: until they are ready no container starts (kubelet's ContainerCreating).
+    // The pod's address first (kubelet's sandbox), then its volumes: until both are
+    // ready no container starts (ContainerCreating).
+    let ip = loop {
+        match node.assign_pod_ip(&pod) {
+            Ok(ip) => break ip,
+            Err(e) => {
+                let message = format!("Failed to create pod sandbox: {e}");
+                node.recorder.record(&*pod, EventType::Warning, "FailedCreatePodSandBox", message.clone());
+                shared.update(|s| set_creating(s, &message));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    };
+    shared.update(|s| s.pod_ip = ip);
     let volumes = loop {
         let facts = node.facts(&pod);
         match volumes::prepare(&node.client, &node.volumes, &facts, &node.sources).await {
             Ok(v) => break Arc::new(v),
             Err(e) => {
                 node.recorder.record(&*pod, EventType::Warning, "FailedMount", e.0.clone());
-                shared.update(|s| {
-                    for c in s.init.iter_mut().chain(s.containers.iter_mut()).filter(|c| matches!(c.state, State::Waiting { .. })) {
-                        c.state = State::Waiting { reason: "ContainerCreating".into(), message: Some(e.0.clone()) };
-                    }
-                });
+                shared.update(|s| set_creating(s, &e.0));
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }

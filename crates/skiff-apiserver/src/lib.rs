@@ -35,7 +35,6 @@ use skiff_store::Store;
 
 use crate::error::ApiError;
 use crate::objects::WriteOptions;
-pub use crate::services::ServiceCidr;
 
 /// The Kubernetes version whose API Skiff serves (what `/version` reports).
 pub const KUBERNETES_VERSION: &str = "v1.32.0";
@@ -46,7 +45,7 @@ pub struct Config {
     pub token: String,
     /// Request bodies above this many bytes get 413.
     pub max_body_bytes: usize,
-    pub service_cidr: ServiceCidr,
+    pub service_cidr: skiff_core::Cidr,
     pub node_port_range: (u16, u16),
     /// How long a watch without `timeoutSeconds` lasts.
     pub watch_timeout: Duration,

@@ -6,44 +6,9 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Value, json};
 
+use skiff_core::Cidr;
+
 use crate::error::FieldError;
-
-/// A service CIDR such as 10.43.0.0/16.
-#[derive(Debug, Clone, Copy)]
-pub struct ServiceCidr {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for ServiceCidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 10.43.0.0/16"))?;
-        let base: Ipv4Addr = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{prefix:?}: {e}"))?;
-        if !(8..=28).contains(&prefix) {
-            return Err(format!("prefix /{prefix} must be between /8 and /28"));
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Self { base: Ipv4Addr::from(u32::from(base) & mask), prefix })
-    }
-}
-
-impl ServiceCidr {
-    fn size(&self) -> u32 {
-        1 << (32 - self.prefix)
-    }
-
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(ip) & mask == u32::from(self.base)
-    }
-
-    /// The address at `offset` into the range (offset 1 is the `kubernetes` Service's).
-    pub fn nth(&self, offset: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + offset)
-    }
-}
 
 /// Addresses below this offset are only handed out on request (kube-dns takes .10), as
 /// Kubernetes reserves a static band at the bottom of the range.
@@ -73,7 +38,7 @@ impl InUse {
 }
 
 /// Fills in (or checks) the cluster IP and node ports of a Service spec.
-pub fn allocate(spec: &mut Value, cidr: ServiceCidr, node_ports: (u16, u16), in_use: &InUse) -> Result<(), Vec<FieldError>> {
+pub fn allocate(spec: &mut Value, cidr: Cidr, node_ports: (u16, u16), in_use: &InUse) -> Result<(), Vec<FieldError>> {
     let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
     if kind == "ExternalName" {
         return Ok(());
@@ -82,7 +47,7 @@ pub fn allocate(spec: &mut Value, cidr: ServiceCidr, node_ports: (u16, u16), in_
     match spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()) {
         Some("None") => {}
         Some(ip) => match ip.parse::<Ipv4Addr>() {
-            Ok(addr) if !cidr.contains(addr) => errs.push(FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: the provided IP is not in the valid range; the range of valid IPs is {}/{}", cidr.base, cidr.prefix))),
+            Ok(addr) if !cidr.contains(addr) => errs.push(FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: the provided IP is not in the valid range; the range of valid IPs is {cidr}"))),
             Ok(_) if in_use.ips.contains(ip) => errs.push(FieldError::invalid("spec.clusterIPs", ip, format!("failed to allocate IP {ip}: provided IP is already allocated"))),
             Ok(_) => {}
             Err(_) => errs.push(FieldError::invalid("spec.clusterIPs", ip, "must be a valid IP address")),
@@ -128,7 +93,7 @@ mod tests {
 
     #[test]
     fn allocates_unique_addresses() {
-        let cidr: ServiceCidr = "10.43.0.0/16".parse().unwrap();
+        let cidr: Cidr = "10.43.0.0/16".parse().unwrap();
         let existing = [json!({"spec": {"clusterIP": "10.43.0.16", "ports": [{"nodePort": 30000}]}})];
         let in_use = InUse::from_services(existing.iter());
         let mut spec = json!({"type": "NodePort", "ports": [{"port": 80}]});
@@ -139,6 +104,6 @@ mod tests {
         assert!(allocate(&mut taken, cidr, (30000, 32767), &in_use).is_err());
         let mut outside = json!({"clusterIP": "10.0.0.1", "ports": [{"port": 80}]});
         assert!(allocate(&mut outside, cidr, (30000, 32767), &in_use).is_err());
-        assert!("10.43.0.0".parse::<ServiceCidr>().is_err());
+        assert!("10.43.0.0".parse::<Cidr>().is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod revisions;
@@ -39,11 +40,13 @@ use skiff_core::LabelSelector;
 pub struct Options {
     /// How long a node may go without renewing its lease before it is marked unknown.
     pub node_monitor_grace_period: Duration,
+    /// The pod range split among nodes (none: nodes get no `podCIDR`).
+    pub pod_ranges: Option<node_ipam::PodRanges>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { node_monitor_grace_period: Duration::from_secs(40) }
+        Options { node_monitor_grace_period: Duration::from_secs(40), pod_ranges: None }
     }
 }
 
@@ -186,6 +189,16 @@ pub async fn run(client: Client, options: Options) {
     let sa = Controller::for_shared_stream(namespaces.subscribe(), namespaces.store())
         .run(serviceaccount::reconcile, retry, Arc::new(serviceaccount::Ctx { client: client.clone() }))
         .for_each(|_| async {});
+    let (ipam_events, ipam_nodes, ipam_client) = (nodes.subscribe(), nodes.store(), client.clone());
+    let ipam = async move {
+        let Some(ranges) = options.pod_ranges else { return };
+        let ctx = node_ipam::Ctx { client: ipam_client.clone(), nodes: ipam_nodes.clone(), ranges, recorder: Recorder::new(ipam_client, "node-ipam-controller"), pending: Default::default() };
+        Controller::for_shared_stream(ipam_events, ipam_nodes)
+            .with_config(kube::runtime::controller::Config::default().concurrency(1))
+            .run(node_ipam::reconcile, retry, Arc::new(ctx))
+            .for_each(|_| async {})
+            .await
+    };
     let lifecycle = node_lifecycle::run(client.clone(), nodes.store(), pods.store(), options.node_monitor_grace_period);
     let gc = garbage_collector::run(client.clone());
 
@@ -208,6 +221,7 @@ pub async fn run(client: Client, options: Options) {
         cron,
         ns,
         sa,
+        ipam,
         lifecycle,
         gc,
     );

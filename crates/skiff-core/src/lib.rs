@@ -2,6 +2,7 @@
 //! resource kinds, label and field selectors, and accessors for object metadata held as
 //! JSON. Every other Skiff crate builds on these; none of them touches a disk or socket.
 
+pub mod cidr;
 pub mod fields;
 pub mod labels;
 pub mod meta;
@@ -9,6 +10,7 @@ pub mod names;
 pub mod quantity;
 pub mod resources;
 
+pub use cidr::Cidr;
 pub use fields::FieldSelector;
 pub use labels::LabelSelector;
 pub use resources::{ResourceType, RESOURCES};

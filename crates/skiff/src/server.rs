@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use skiff_apiserver::{ApiServer, Config, ServiceCidr};
+use skiff_apiserver::{ApiServer, Config};
 use skiff_store::{RedbStore, StoreOptions};
 
 #[derive(clap::Args)]
@@ -18,7 +18,7 @@ pub struct ServerArgs {
     listen: SocketAddr,
     /// Virtual IP range of Services.
     #[arg(long, default_value = "10.43.0.0/16")]
-    service_cidr: ServiceCidr,
+    service_cidr: skiff_core::Cidr,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     max_request_bytes: usize,
@@ -38,6 +38,13 @@ pub struct ControllerArgs {
     /// and tainted unreachable (seconds).
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
+    /// The range pod IPs come from; each node gets a share of it (`spec.podCIDR`).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: skiff_core::Cidr,
+    /// Prefix length of each node's share of --cluster-cidr. /22 holds 1,022 pods (the
+    /// default --max-pods is 1,000), so a /16 serves 64 nodes.
+    #[arg(long, default_value_t = 22)]
+    node_cidr_mask_size: u8,
 }
 
 /// The admin token: made at first start, kept in the data directory.
@@ -67,6 +74,9 @@ fn kubeconfig(server: &str, token: &str, ca_pem: &str) -> String {
 }
 
 pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
+    let c = &args.controllers;
+    let pod_ranges = skiff_controllers::node_ipam::PodRanges::new(c.cluster_cidr, c.node_cidr_mask_size).map_err(|e| anyhow::anyhow!("--node-cidr-mask-size: {e}"))?;
+    anyhow::ensure!(!c.cluster_cidr.overlaps(&args.service_cidr), "--cluster-cidr {} overlaps --service-cidr {}", c.cluster_cidr, args.service_cidr);
     let dir = args.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = admin_token(&dir)?;
@@ -94,7 +104,10 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     // router: no socket, no TLS, same request path.
     let client = skiff_apiserver::in_process_client(router.clone(), &token)?;
     tokio::spawn(skiff_scheduler::run(client.clone()));
-    let options = skiff_controllers::Options { node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period) };
+    let options = skiff_controllers::Options {
+        node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
+        pod_ranges: Some(pod_ranges),
+    };
     tokio::spawn(skiff_controllers::run(client.clone(), options));
     if whole_cluster {
         let config = args.node.config(dir.join("agent"), &token)?;
