@@ -395,6 +395,33 @@ def test_liveness_probe_restarts_the_container(wasm_cluster, images, ns, tmp_pat
     assert "Liveness probe failed" in status["lastState"]["terminated"]["message"], status
 
 
+def test_grpc_probe_asks_the_standard_health_service(wasm_cluster, images, ns):
+    """The probe speaks the gRPC health checking protocol: here to a real grpcio health
+    server standing in for the pod's, bound to the pod's IP (the node's pod range is local)."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    create(wasm_cluster, ns, pod_manifest("grpc-probed", images["p1"], ["sleep", "600"], restart="Always", container={
+        "readinessProbe": {"grpc": {"port": 50051, "service": "shop"}, "periodSeconds": 1, "failureThreshold": 1}}))
+    ip = wait_for(lambda: pod(wasm_cluster, ns, "grpc-probed").get("status", {}).get("podIP"), 30, "a pod IP")
+    events = lambda: wasm_cluster.kubectl("get", "events", "-n", ns).stdout
+    wait_for(lambda: "failed to connect service" in events(), 30, "a failed probe while nothing listens")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"{ip}:50051")
+    servicer.set("shop", health_pb2.HealthCheckResponse.SERVING)
+    server.start()
+    try:
+        wait_for(lambda: container_status(wasm_cluster, ns, "grpc-probed").get("ready"), 30, "ready once SERVING")
+        servicer.set("shop", health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_for(lambda: container_status(wasm_cluster, ns, "grpc-probed").get("ready") is False, 30, "unready once NOT_SERVING")
+        assert 'service unhealthy (responded with \\"NOT_SERVING\\")' in events() or 'responded with "NOT_SERVING"' in events(), events()
+    finally:
+        server.stop(0)
+
+
 def test_pre_stop_hook_runs_while_the_pod_still_serves(wasm_cluster, images, ns):
     create(wasm_cluster, ns, pod_manifest("draining", images["http"], [], restart="Always", terminationGracePeriodSeconds=20, container={
         "ports": [{"containerPort": 8080}], "lifecycle": {"preStop": {"sleep": {"seconds": 3}}}}))

@@ -5,9 +5,9 @@
 //! startup probe ends the container so that it is restarted.
 //!
 //! Handlers: httpGet (port by number or name, path, headers, HTTP; HTTPS without
-//! verification, as kubelet does) and tcpSocket against the pod's IP. exec and grpc
-//! probes fail with a reason: Wasm guests have no process to exec in, and gRPC health
-//! checks are not built yet.
+//! verification, as kubelet does), tcpSocket and grpc (the standard
+//! `grpc.health.v1.Health/Check` over cleartext HTTP/2) against the pod's IP. exec
+//! probes fail with a reason: Wasm guests have no process to exec in.
 
 use std::time::Duration;
 
@@ -84,8 +84,11 @@ pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeou
             }
         } else if probe.exec.is_some() {
             Outcome::Failure("exec probes are not supported for Wasm containers: a guest has no process to exec in".into())
-        } else if probe.grpc.is_some() {
-            Outcome::Failure("grpc probes are not supported on Skiff nodes yet".into())
+        } else if let Some(g) = &probe.grpc {
+            match u16::try_from(g.port) {
+                Ok(port) => grpc_health_check(pod_ip, port, g.service.as_deref().unwrap_or_default()).await,
+                Err(_) => Outcome::Failure(format!("port {} is out of range", g.port)),
+            }
         } else {
             Outcome::Failure("the probe has no handler".into())
         }
@@ -149,6 +152,115 @@ fn probe_client() -> &'static reqwest::Client {
     })
 }
 
+/// One call of the gRPC health checking protocol's `Check` over cleartext HTTP/2;
+/// success only when the service answers SERVING. Messages follow kubelet's.
+async fn grpc_health_check(host: &str, port: u16, service: &str) -> Outcome {
+    use http_body_util::BodyExt;
+    let target = format!("{host}:{port}");
+    let connect = async {
+        let stream = tokio::net::TcpStream::connect(&target).await?;
+        let (sender, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        Ok::<_, std::io::Error>(sender)
+    };
+    let mut sender = match connect.await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failure(format!("failed to connect service {target:?}: {e}")),
+    };
+    let request = hyper::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/1.32")
+        .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&health_check_request(service)))))
+        .expect("a valid request");
+    let response = match sender.send_request(request).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failure(format!("rpc error: code = Unavailable desc = {e}")),
+    };
+    let (head, body) = response.into_parts();
+    let collected = match body.collect().await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failure(format!("rpc error: code = Unavailable desc = {e}")),
+    };
+    // grpc-status comes in the trailers, or in the headers of a trailers-only answer.
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let field = |name: &str| trailers.get(name).or_else(|| head.headers.get(name)).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if !head.status.is_success() {
+        return Outcome::Failure(format!("rpc error: code = Unknown desc = unexpected HTTP status code received from server: {}", head.status.as_u16()));
+    }
+    match field("grpc-status").as_deref() {
+        Some("0") => {}
+        Some("12") => return Outcome::Failure(format!("this server does not implement the grpc health protocol (grpc.health.v1.Health): {}", field("grpc-message").unwrap_or_default())),
+        Some(code) => return Outcome::Failure(format!("rpc error: code = {code} desc = {}", field("grpc-message").unwrap_or_default())),
+        None => return Outcome::Failure("rpc error: code = Internal desc = the server sent no grpc-status".into()),
+    }
+    match health_check_status(&collected.to_bytes()) {
+        Some(1) => Outcome::Success,
+        Some(status) => {
+            let name = match status { 0 => "UNKNOWN", 2 => "NOT_SERVING", 3 => "SERVICE_UNKNOWN", _ => "UNRECOGNIZED" };
+            Outcome::Failure(format!("service unhealthy (responded with {name:?})"))
+        }
+        None => Outcome::Failure("rpc error: code = Internal desc = the health check answer is not a HealthCheckResponse".into()),
+    }
+}
+
+/// `HealthCheckRequest { string service = 1; }` in protobuf's wire format.
+fn health_check_request(service: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        message.push(len as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    message
+}
+
+/// A gRPC message frame: uncompressed, with its length.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// The `status` of a framed `HealthCheckResponse { ServingStatus status = 1; }`;
+/// an empty message is status 0 (UNKNOWN), as proto3 leaves defaults out.
+fn health_check_status(frame: &[u8]) -> Option<u64> {
+    let (&[compressed], rest) = frame.split_first_chunk::<1>()?;
+    let (len, mut message) = rest.split_first_chunk::<4>()?;
+    if compressed != 0 || message.len() != u32::from_be_bytes(*len) as usize {
+        return None;
+    }
+    let mut status = 0;
+    while let Some((&key, rest)) = message.split_first() {
+        let (value, rest) = varint(rest)?;
+        match key {
+            0x08 => status = value,
+            // Another varint field: skip it, as protobuf readers must.
+            k if k & 7 == 0 => {}
+            _ => return None,
+        }
+        message = rest;
+    }
+    Some(status)
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
 /// Counts consecutive results against a probe's thresholds.
 #[derive(Default)]
 pub struct Verdict {
@@ -199,6 +311,33 @@ mod tests {
         assert_eq!(resolve_port(&IntOrString::String("http".into()), &c), Ok(8080));
         assert_eq!(resolve_port(&IntOrString::Int(81), &c), Ok(81));
         assert!(resolve_port(&IntOrString::String("grpc".into()), &c).is_err());
+    }
+
+    #[test]
+    fn health_check_messages() {
+        assert_eq!(grpc_frame(&health_check_request("")), vec![0, 0, 0, 0, 0]);
+        assert_eq!(grpc_frame(&health_check_request("db")), vec![0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']);
+        assert_eq!(health_check_request(&"x".repeat(200))[..3], [0x0a, 0xc8, 0x01]);
+        assert_eq!(health_check_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(health_check_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(health_check_status(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(health_check_status(&[0, 0, 0, 0, 3, 0x08, 1]), None);
+        assert_eq!(health_check_status(&[1, 0, 0, 0, 2, 0x08, 1]), None);
+        assert_eq!(health_check_status(&[]), None);
+    }
+
+    proptest::proptest! {
+        /// Any bytes from a server are an answer or a refusal, never a panic; a well-formed
+        /// answer reads back its status.
+        #[test]
+        fn health_answers_parse_safely(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..32), status in 0u64..1 << 40) {
+            let _ = health_check_status(&bytes);
+            let mut message = vec![0x08];
+            let mut v = status;
+            while v >= 0x80 { message.push((v as u8 & 0x7f) | 0x80); v >>= 7; }
+            message.push(v as u8);
+            proptest::prop_assert_eq!(health_check_status(&grpc_frame(&message)), Some(status));
+        }
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
-//! The `density` bench: how little an idle HTTP function pod costs. One node in process
-//! (API server, scheduler, real agent) runs N pods of the http-hello wasi:http component,
-//! each listening on its own pod IP; the bench reports the process's RSS before and
-//! after, per pod, and checks that a sample of the pods answer. Goal (issue 5): 10,000
-//! idle pods on one 2-core node, ≤ 100 KB of agent memory each.
+//! The `density` bench: how little an idle HTTP function pod costs. A `skiff server` and a
+//! `skiff agent` run as separate processes; the agent runs N pods of the http-hello
+//! wasi:http component, each listening on its own pod IP. The bench reports the agent's
+//! RSS before and after, per pod (and the control plane's growth per pod beside it), and
+//! checks that a sample of the pods answer. Goal (issue 5): 10,000 idle pods on one
+//! 2-core node, ≤ 100 KB of agent memory each.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::registry::{example, in_process_node, rss_of, start_registry};
+use crate::registry::{Child, client_for, example, rss_of, skiff_binary, start_registry};
 
 fn function_pod(i: usize, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -22,15 +23,29 @@ fn function_pod(i: usize, image: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
-pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary: Option<PathBuf>) -> anyhow::Result<()> {
     let counts = if quick { vec![20] } else { counts };
+    let binary = skiff_binary(binary)?;
     let (wasm_path, _) = example(wasm, "wasm32-wasip2", "http-hello")?;
-    println!("density: idle wasi:http function pods on one node in process (API server, scheduler, agent)");
-    println!("{:>8} {:>14} {:>14} {:>16} {:>12}", "pods", "RSS before", "RSS after", "per pod", "to Running");
+    println!("density: idle wasi:http function pods; `skiff server` and `skiff agent` ({}) as separate processes", binary.display());
+    println!("{:>8} {:>14} {:>14} {:>16} {:>20} {:>12}", "pods", "agent before", "agent after", "agent per pod", "control plane/pod", "to Running");
     for count in counts {
         let dir = tempfile::tempdir()?;
         let registry = start_registry(dir.path()).await?;
-        let (client, agent) = in_process_node(dir.path(), 1000).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // A node's share of the pod range must hold every pod: /16 is 65,534 addresses.
+        let server = spawn(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--cluster-cidr", "10.240.0.0/12", "--node-cidr-mask-size", "16", "--data-dir"], &dir.path().join("cp"))?;
+        let kubeconfig = dir.path().join("cp/kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !kubeconfig.exists() {
+            anyhow::ensure!(Instant::now() < deadline, "skiff server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let max_pods = (count + 10).to_string();
+        let agent = spawn(&binary, &["agent", "--kubeconfig", &kubeconfig.to_string_lossy(), "--node-name", "density", "--node-ip", "127.0.0.1",
+            "--agent-port", "0", "--max-pods", &max_pods, "--max-instances", "100", "--data-dir"], &dir.path().join("agent"))?;
+        let client = client_for(&kubeconfig).await?;
+        wait_network(&client).await?;
         let image = format!("{}/http-hello:v1", registry.host);
         skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -38,7 +53,8 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>) -> anyh
         api.create(&PostParams::default(), &function_pod(0, &image)?).await?;
         wait_running(&api, 1).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = rss_of("self");
+        let (agent_pid, server_pid) = (agent.0.id().to_string(), server.0.id().to_string());
+        let (agent_before, server_before) = (rss_of(&agent_pid), rss_of(&server_pid));
         let started = Instant::now();
         futures::stream::iter(1..count)
             .map(|i| {
@@ -51,12 +67,12 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>) -> anyh
             .await
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
-        wait_running(&api, count).await?;
+        let pods = wait_running(&api, count).await?;
         let elapsed = started.elapsed();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_of("self");
+        let (agent_after, server_after) = (rss_of(&agent_pid), rss_of(&server_pid));
+        anyhow::ensure!(agent_after > 0 && server_after > 0, "a process of the node ended");
         // A sample answers on its own IP.
-        let pods = api.list(&Default::default()).await?.items;
         for p in pods.iter().step_by((count / 10).max(1)) {
             let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
             let mut stream = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await?;
@@ -66,22 +82,47 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>) -> anyh
             stream.read_to_string(&mut answer).await?;
             anyhow::ensure!(answer.starts_with("HTTP/1.1 200"), "pod {ip} answered {answer:?}");
         }
-        let per_pod = after.saturating_sub(before) as f64 / (count - 1).max(1) as f64;
-        println!("{:>8} {:>11.1} MiB {:>11.1} MiB {:>12.1} KiB {:>10.1} s", count, before as f64 / 1048576.0, after as f64 / 1048576.0, per_pod / 1024.0, elapsed.as_secs_f64());
-        agent.abort();
+        let per_pod = |before: u64, after: u64| after.saturating_sub(before) as f64 / (count - 1).max(1) as f64 / 1024.0;
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!("{:>8} {:>10.1} MiB {:>10.1} MiB {:>12.1} KiB {:>16.1} KiB {:>10.1} s", count, mib(agent_before), mib(agent_after),
+            per_pod(agent_before, agent_after), per_pod(server_before, server_after), elapsed.as_secs_f64());
+        drop(agent);
+        drop(server);
         drop(registry);
     }
     Ok(())
 }
 
-async fn wait_running(api: &Api<Pod>, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+fn spawn(binary: &std::path::Path, args: &[&str], data_dir: &std::path::Path) -> anyhow::Result<Child> {
+    Ok(Child(std::process::Command::new(binary).args(args).arg(data_dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?))
+}
+
+/// Waits for the node to be ready with its pod network set up.
+async fn wait_network(client: &kube::Client) -> anyhow::Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let running = api.list(&Default::default()).await?.items.iter().filter(|p| skiff_client::pods::is_ready(p)).count();
-        if running >= count {
+        if let Ok(Some(n)) = nodes.get_opt("density").await
+            && n.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "NetworkUnavailable")
+        {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {running} of {count} function pods ready after 600 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        anyhow::ensure!(Instant::now() < deadline, "the agent did not set up its node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `count` pods are ready; returns them.
+async fn wait_running(api: &Api<Pod>, count: usize) -> anyhow::Result<Vec<Pod>> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let pods = api.list(&Default::default()).await?.items;
+        let running = pods.iter().filter(|p| skiff_client::pods::is_ready(p)).count();
+        if running >= count {
+            return Ok(pods);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {running} of {count} function pods ready after 900 s");
+        // Listing thousands of pods is not free: look once a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

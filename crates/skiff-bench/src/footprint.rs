@@ -7,7 +7,7 @@
 //! Published anchors (k3s's own resource profiling): a k3s server uses about 1.6 GB of RAM
 //! with a workload, an agent about 275 MB, and the k3s binary is under 100 MB.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -15,17 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::registry::{example_wasm, rss_of, start_registry};
-
-/// Kills the cluster process when the bench ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::registry::{Child, client_for, example_wasm, rss_of, skiff_binary, start_registry};
 
 /// CPU time (user + system) a process has used, from /proc (clock ticks of 10 ms).
 fn cpu_time(pid: u32) -> Duration {
@@ -45,18 +35,9 @@ async fn idle_window(pid: u32, window: Duration) -> (u64, f64) {
     (rss_of(&pid.to_string()), used.as_secs_f64() / t0.elapsed().as_secs_f64())
 }
 
-async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
 pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<()> {
     let window = Duration::from_secs(if quick { 2 } else { idle_seconds });
-    let binary = match binary {
-        Some(b) => b,
-        None => std::env::current_exe()?.with_file_name("skiff"),
-    };
-    anyhow::ensure!(binary.exists(), "{} is missing: build the skiff binary in the same profile (cargo build [--release] -p skiff) or pass --binary", binary.display());
+    let binary = skiff_binary(binary)?;
     let (wasm_path, _) = example_wasm(wasm)?;
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

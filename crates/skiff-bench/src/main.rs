@@ -91,13 +91,15 @@ enum Bench {
         /// A few pods, to check the bench still runs.
         #[arg(long)]
         quick: bool,
-        /// Pod counts to measure, each on a fresh node. A node stopped inside the process
-        /// keeps its listeners' descriptors, so measure large counts one per run.
-        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        /// Pod counts to measure, each on a fresh cluster.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         counts: Vec<usize>,
         /// The wasi:http component (default: the http-hello example built for wasm32-wasip2).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
     },
     /// Idle RSS and CPU of a whole `skiff up`, empty and with 10 Deployments, and the
     /// binary's size.
@@ -241,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
-        Bench::Density { quick, counts, wasm } => density::run(quick, counts, wasm).await,
+        Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
     }
 }

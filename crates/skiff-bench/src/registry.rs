@@ -85,6 +85,32 @@ pub fn example(wasm: Option<PathBuf>, target: &str, name: &str) -> anyhow::Resul
 }
 
 /// Resident memory of a process (`self` or a pid), in bytes.
+/// The `skiff` binary: `binary`, or the one built beside this bench.
+pub fn skiff_binary(binary: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let binary = match binary {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("skiff"),
+    };
+    anyhow::ensure!(binary.exists(), "{} is missing: build the skiff binary in the same profile (cargo build [--release] -p skiff) or pass --binary", binary.display());
+    Ok(binary)
+}
+
+/// A child process killed when the bench ends, however it ends.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 pub fn rss_of(pid: &str) -> u64 {
     skiff_agent::node::proc_bytes(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0)
 }
