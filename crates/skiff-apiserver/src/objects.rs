@@ -314,6 +314,10 @@ impl ApiServer {
                     "metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
             }
         }
+        let forbidden = crate::validation::validate_update(r.kind, old, &object);
+        if !forbidden.is_empty() {
+            return Err(ApiError::invalid(r.kind, r.group, &name, forbidden));
+        }
         if has_generation(&object) && subresource.is_none() {
             let spec_changed = strip_for_generation(old) != strip_for_generation(&object);
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);

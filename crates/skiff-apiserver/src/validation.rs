@@ -40,6 +40,24 @@ pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// What an update of `old` to `new` of `kind` may not change, as Kubernetes forbids it.
+pub fn validate_update(kind: &str, old: &Value, new: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if kind == "Node" {
+        // A node's pod range is set once: its pods' addresses and other nodes' routes hang on it.
+        let set = |v: Option<&Value>| v.filter(|v| !v.is_null() && v.as_str() != Some("") && v.as_array().is_none_or(|a| !a.is_empty())).cloned();
+        for field in ["podCIDR", "podCIDRs"] {
+            let pointer = format!("/spec/{field}");
+            if let Some(before) = set(old.pointer(&pointer))
+                && set(new.pointer(&pointer)) != Some(before)
+            {
+                errs.push(FieldError::forbidden(&format!("spec.{field}"), "node updates may not change podCIDR except from \"\" to valid"));
+            }
+        }
+    }
+    errs
+}
+
 fn metadata(kind: &str, object: &Value, errs: &mut Vec<FieldError>) {
     let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     if name.is_empty() {
@@ -228,6 +246,19 @@ fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_pod_range_is_set_once() {
+        let empty = json!({"spec": {}});
+        let given = json!({"spec": {"podCIDR": "10.42.0.0/22", "podCIDRs": ["10.42.0.0/22"]}});
+        let moved = json!({"spec": {"podCIDR": "10.42.4.0/22", "podCIDRs": ["10.42.4.0/22"]}});
+        assert!(validate_update("Node", &empty, &given).is_empty());
+        assert!(validate_update("Node", &given, &given).is_empty());
+        let errs: Vec<String> = validate_update("Node", &given, &moved).into_iter().map(|e| e.field).collect();
+        assert_eq!(errs, ["spec.podCIDR", "spec.podCIDRs"]);
+        assert_eq!(validate_update("Node", &given, &empty).len(), 2);
+        assert!(validate_update("Pod", &given, &moved).is_empty());
+    }
 
     fn fields(kind: &str, v: Value) -> Vec<String> {
         validate(kind, &v).into_iter().map(|e| e.field).collect()

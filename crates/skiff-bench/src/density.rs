@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::registry::{Child, client_for, example, rss_of, skiff_binary, start_registry};
+use crate::registry::{example, free_port, rss_of, skiff_binary, spawn_skiff, start_registry, wait_for_node};
 
 fn function_pod(i: usize, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -32,20 +32,19 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary:
     for count in counts {
         let dir = tempfile::tempdir()?;
         let registry = start_registry(dir.path()).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         // A node's share of the pod range must hold every pod: /16 is 65,534 addresses.
-        let server = spawn(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--cluster-cidr", "10.240.0.0/12", "--node-cidr-mask-size", "16", "--data-dir"], &dir.path().join("cp"))?;
+        let server = spawn_skiff(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--cluster-cidr", "10.240.0.0/12", "--node-cidr-mask-size", "16", "--data-dir"], &dir.path().join("cp"))?;
         let kubeconfig = dir.path().join("cp/kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !kubeconfig.exists() {
-            anyhow::ensure!(Instant::now() < deadline, "skiff server did not come up");
+            anyhow::ensure!(Instant::now() < deadline, "skiff server did not write its kubeconfig");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let max_pods = (count + 10).to_string();
-        let agent = spawn(&binary, &["agent", "--kubeconfig", &kubeconfig.to_string_lossy(), "--node-name", "density", "--node-ip", "127.0.0.1",
+        let agent = spawn_skiff(&binary, &["agent", "--kubeconfig", &kubeconfig.to_string_lossy(), "--node-name", "density", "--node-ip", "127.0.0.1",
             "--agent-port", "0", "--max-pods", &max_pods, "--max-instances", "100", "--data-dir"], &dir.path().join("agent"))?;
-        let client = client_for(&kubeconfig).await?;
-        wait_network(&client).await?;
+        let client = wait_for_node(&kubeconfig, "density").await?;
         let image = format!("{}/http-hello:v1", registry.host);
         skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -91,25 +90,6 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary:
         drop(registry);
     }
     Ok(())
-}
-
-fn spawn(binary: &std::path::Path, args: &[&str], data_dir: &std::path::Path) -> anyhow::Result<Child> {
-    Ok(Child(std::process::Command::new(binary).args(args).arg(data_dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?))
-}
-
-/// Waits for the node to be ready with its pod network set up.
-async fn wait_network(client: &kube::Client) -> anyhow::Result<()> {
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(n)) = nodes.get_opt("density").await
-            && n.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "NetworkUnavailable")
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the agent did not set up its node");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until `count` pods are ready; returns them.

@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::registry::{Child, client_for, example_wasm, rss_of, skiff_binary, start_registry};
+use crate::registry::{example_wasm, free_port, rss_of, skiff_binary, spawn_skiff, start_registry, wait_for_node};
 
 /// CPU time (user + system) a process has used, from /proc (clock ticks of 10 ms).
 fn cpu_time(pid: u32) -> Duration {
@@ -40,29 +39,10 @@ pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: 
     let binary = skiff_binary(binary)?;
     let (wasm_path, _) = example_wasm(wasm)?;
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cluster = Child(
-        std::process::Command::new(&binary)
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--agent-port", "0", "--node-name", "footprint", "--node-ip", "127.0.0.1", "--data-dir"])
-            .arg(dir.path().join("cluster"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
+    let port = free_port()?;
+    let cluster = spawn_skiff(&binary, &["up", "--listen", &format!("127.0.0.1:{port}"), "--agent-port", "0", "--node-name", "footprint", "--node-ip", "127.0.0.1", "--data-dir"], &dir.path().join("cluster"))?;
     let pid = cluster.0.id();
-    let kubeconfig = dir.path().join("cluster/kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let client = loop {
-        anyhow::ensure!(Instant::now() < deadline, "skiff up did not come up");
-        if kubeconfig.exists()
-            && let Ok(c) = client_for(&kubeconfig).await
-            && let Ok(Some(node)) = Api::<Node>::all(c.clone()).get_opt("footprint").await
-            && skiff_client::nodes::ready_status(&node) == Some("True")
-        {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let client = wait_for_node(&dir.path().join("cluster/kubeconfig"), "footprint").await?;
     let (empty_rss, empty_cpu) = idle_window(pid, window).await;
 
     let registry = start_registry(dir.path()).await?;

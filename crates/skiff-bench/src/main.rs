@@ -17,6 +17,10 @@
 //! `cargo run --release -p skiff-bench -- density [--quick]`: memory per idle wasi:http
 //! function pod, each listening on its own pod IP.
 //!
+//! `cargo run --release -p skiff-bench -- serve [--quick]`: requests/s and latency of the
+//! http-hello wasi:http component through a pod's listener against `wasmtime serve`, and
+//! scale from zero.
+//!
 //! `cargo run --release -p skiff-bench -- footprint [--quick]`: idle RSS and CPU of a whole
 //! `skiff up` process, empty and with 10 Deployments, and the binary's size.
 
@@ -36,6 +40,7 @@ mod density;
 mod footprint;
 mod registry;
 mod schedule;
+mod serve;
 mod startup;
 
 #[derive(Parser)]
@@ -87,6 +92,30 @@ enum Bench {
         wasm: Option<std::path::PathBuf>,
     },
     /// Memory per idle wasi:http function pod on one node.
+    /// Requests/s and latency through a pod's listener vs `wasmtime serve`; scale from zero.
+    Serve {
+        /// Short runs, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds of load on each server.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive connections the load generator holds open.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Pods created one by one to time scale from zero.
+        #[arg(long, default_value_t = 20)]
+        cold_pods: usize,
+        /// The wasi:http component (default: the http-hello example built for wasm32-wasip2).
+        #[arg(long)]
+        wasm: Option<std::path::PathBuf>,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// The wasmtime CLI (default: on PATH, else ~/.cache/wasmtime-cli/bin/wasmtime).
+        #[arg(long)]
+        wasmtime: Option<std::path::PathBuf>,
+    },
     Density {
         /// A few pods, to check the bench still runs.
         #[arg(long)]
@@ -243,6 +272,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
+        Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {
+            serve::run(serve::Options { quick, seconds, connections, cold_pods, wasm, binary, wasmtime }).await
+        }
         Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
     }

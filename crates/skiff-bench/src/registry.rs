@@ -105,6 +105,33 @@ impl Drop for Child {
     }
 }
 
+/// Starts `skiff ARGS… DATA_DIR` as a child process (the last flag takes `data_dir`).
+pub fn spawn_skiff(binary: &Path, args: &[&str], data_dir: &Path) -> anyhow::Result<Child> {
+    let child = std::process::Command::new(binary).args(args).arg(data_dir).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?;
+    Ok(Child(child))
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A client once the cluster has written `kubeconfig` and `node` is registered with its
+/// pod network set up (so pods can start on it).
+pub async fn wait_for_node(kubeconfig: &Path, node: &str) -> anyhow::Result<kube::Client> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "node {node} did not come up within 60 s");
+        if kubeconfig.exists()
+            && let Ok(c) = client_for(kubeconfig).await
+            && let Ok(Some(n)) = kube::api::Api::<k8s_openapi::api::core::v1::Node>::all(c.clone()).get_opt(node).await
+            && n.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "NetworkUnavailable")
+        {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;

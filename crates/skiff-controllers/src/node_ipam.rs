@@ -66,6 +66,11 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     let chosen = {
         let mut pending = ctx.pending.lock().unwrap();
         let live: HashMap<String, Option<Cidr>> = ctx.nodes.state().iter().map(|n| (n.name_any(), pod_cidr(n))).collect();
+        // The object handed in may be older than the cache: the cache may show the range
+        // this very node was just given.
+        if matches!(live.get(&name), Some(Some(_))) {
+            return Ok(Action::await_change());
+        }
         // A pending range is settled once the cache shows it, and free if its node went.
         pending.retain(|n, c| matches!(live.get(n), Some(None)) || matches!(live.get(n), Some(Some(have)) if have != c));
         if let Some(c) = pending.get(&name) {

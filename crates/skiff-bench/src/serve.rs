@@ -1,0 +1,238 @@
+//! The `serve` bench: requests per second and latency of the http-hello wasi:http
+//! component served through a Skiff pod's own listener, against `wasmtime serve` running
+//! the same `.wasm` on the same machine in the same run (each request gets a fresh
+//! instance in both). Both are separate processes: `skiff up` and `wasmtime serve`. The
+//! load comes from this bench's own generator: keep-alive HTTP/1.1 connections, each
+//! sending `GET /` back to back for a fixed time, every latency recorded.
+//!
+//! It also measures scale from zero: a pod's creation to its first answer, and the first
+//! request an idle pod serves (an idle function pod holds no instance) against warm ones.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crate::registry::{Child, example, free_port, skiff_binary, spawn_skiff, start_registry, wait_for_node};
+
+/// What one load run saw.
+struct Load {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Load {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `connections` keep-alive connections to `addr`, each sending `GET /` for `length`.
+async fn load(addr: SocketAddr, connections: usize, length: Duration) -> Load {
+    let started = Instant::now();
+    let until = started + length;
+    let per_connection = futures::future::join_all((0..connections).map(|_| async move {
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        while Instant::now() < until {
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await else {
+                errors += 1;
+                continue;
+            };
+            tokio::spawn(connection);
+            while Instant::now() < until {
+                if sender.ready().await.is_err() {
+                    errors += 1;
+                    break;
+                }
+                let request = hyper::Request::get("/").header("host", "bench").body(http_body_util::Empty::<bytes::Bytes>::new()).expect("a request");
+                let sent = Instant::now();
+                let ok = match sender.send_request(request).await {
+                    Ok(r) => r.status().is_success() & r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                    break; // a new connection
+                }
+            }
+        }
+        (latencies, errors)
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let mut all = Load { requests: 0, errors: 0, elapsed, latencies: Vec::new() };
+    for (latencies, errors) in per_connection {
+        all.requests += latencies.len();
+        all.errors += errors;
+        all.latencies.extend(latencies);
+    }
+    all.latencies.sort();
+    all
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// One request on a fresh connection; its latency if it was answered 200.
+async fn one_request(addr: SocketAddr) -> Option<Duration> {
+    let sent = Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get("/").header("host", "bench").body(http_body_util::Empty::<bytes::Bytes>::new()).ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let ok = response.status().is_success();
+    response.into_body().collect().await.ok()?;
+    ok.then(|| sent.elapsed())
+}
+
+/// `wasmtime`: the one given, on PATH, or in the cache folder `cargo install
+/// wasmtime-cli --root ~/.cache/wasmtime-cli` fills.
+fn find_wasmtime(given: Option<PathBuf>) -> Option<PathBuf> {
+    if given.is_some() {
+        return given;
+    }
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("wasmtime"));
+    let cached = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wasmtime-cli/bin/wasmtime"));
+    on_path.chain(cached).find(|p| p.is_file())
+}
+
+async fn wait_answering(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while one_request(addr).await.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "{what} did not answer on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn function_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "fn", "image": image, "ports": [{"containerPort": 8080}]}]}
+    }))?)
+}
+
+/// Creates a function pod and waits for its first answer: (its address, create → first
+/// answer, the first request's own latency).
+async fn scale_from_zero(api: &Api<Pod>, name: &str, image: &str) -> anyhow::Result<(SocketAddr, Duration, Duration)> {
+    let created = Instant::now();
+    api.create(&PostParams::default(), &function_pod(name, image)?).await?;
+    let deadline = created + Duration::from_secs(60);
+    let ip = loop {
+        if let Some(ip) = api.get(name).await?.status.and_then(|s| s.pod_ip) {
+            break ip;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "pod {name} got no IP");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let addr: SocketAddr = format!("{ip}:8080").parse()?;
+    loop {
+        if let Some(first) = one_request(addr).await {
+            return Ok((addr, created.elapsed(), first));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "pod {name} did not answer");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+pub struct Options {
+    pub quick: bool,
+    pub seconds: u64,
+    pub connections: usize,
+    pub cold_pods: usize,
+    pub wasm: Option<PathBuf>,
+    pub binary: Option<PathBuf>,
+    pub wasmtime: Option<PathBuf>,
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let length = Duration::from_secs(if o.quick { 1 } else { o.seconds });
+    let cold_pods = if o.quick { 2 } else { o.cold_pods };
+    let binary = skiff_binary(o.binary)?;
+    let (wasm_path, _) = example(o.wasm, "wasm32-wasip2", "http-hello")?;
+    let dir = tempfile::tempdir()?;
+    let registry = start_registry(dir.path()).await?;
+    let image = format!("{}/http-hello:v1", registry.host);
+    skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
+    let port = free_port()?;
+    let args = ["up", "--listen", &format!("127.0.0.1:{port}"), "--agent-port", "0", "--node-name", "serve", "--node-ip", "127.0.0.1", "--cluster-cidr", "10.250.0.0/16", "--data-dir"];
+    let _cluster = spawn_skiff(&binary, &args, &dir.path().join("up"))?;
+    let client = wait_for_node(&dir.path().join("up/kubeconfig"), "serve").await?;
+    let api: Api<Pod> = Api::namespaced(client, "default");
+
+    // Scale from zero, pod by pod; the first pod also pulls and compiles (not counted).
+    let (pod_addr, _, _) = scale_from_zero(&api, "fn", &image).await?;
+    let mut to_first_answer = Vec::new();
+    let mut first_request = Vec::new();
+    for i in 0..cold_pods {
+        let (_, ready, first) = scale_from_zero(&api, &format!("cold-{i}"), &image).await?;
+        to_first_answer.push(ready);
+        first_request.push(first);
+    }
+    to_first_answer.sort();
+    first_request.sort();
+
+    // Warm up, then measure the pod's listener.
+    let _ = load(pod_addr, o.connections, Duration::from_millis(500)).await;
+    let skiff = load(pod_addr, o.connections, length).await;
+
+    let wasmtime = match find_wasmtime(o.wasmtime) {
+        Some(bin) => {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let _serve = Child(
+                std::process::Command::new(&bin)
+                    .args(["serve", "--addr", &addr.to_string(), "-S", "cli=y"])
+                    .arg(&wasm_path)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?,
+            );
+            wait_answering(addr, "wasmtime serve").await?;
+            let _ = load(addr, o.connections, Duration::from_millis(500)).await;
+            Some((bin, load(addr, o.connections, length).await))
+        }
+        None => None,
+    };
+
+    println!("serve: the http-hello component, {} keep-alive connections for {} s each, load from the bench itself (same 2 cores)", o.connections, length.as_secs());
+    println!("{:<36} {:>10} {:>10} {:>10} {:>8}", "what", "req/s", "p50", "p99", "errors");
+    let row = |what: &str, l: &Load| println!("{:<36} {:>10.0} {:>10} {:>10} {:>8}", what, l.rps(), ms(percentile(&l.latencies, 0.5)), ms(percentile(&l.latencies, 0.99)), l.errors);
+    row("skiff pod listener (pod IP)", &skiff);
+    match &wasmtime {
+        Some((bin, w)) => {
+            row("wasmtime serve, same component", w);
+            println!("{:<36} {:>9.2}×  (goal ≥ 0.9×; {})", "ratio skiff / wasmtime serve", skiff.rps() / w.rps(), bin.display());
+        }
+        None => println!("wasmtime serve: not found (on PATH or in ~/.cache/wasmtime-cli); install it with `cargo install wasmtime-cli --locked --version 48.0.8 --root ~/.cache/wasmtime-cli`"),
+    }
+    println!("scale from zero over {} pods: create → first answer p50 {} p99 {}; that first request p50 {} p99 {}; warm request p50 {}",
+        to_first_answer.len(), ms(percentile(&to_first_answer, 0.5)), ms(percentile(&to_first_answer, 0.99)),
+        ms(percentile(&first_request, 0.5)), ms(percentile(&first_request, 0.99)), ms(percentile(&skiff.latencies, 0.5)));
+    anyhow::ensure!(skiff.requests > 0, "the pod answered no request");
+    anyhow::ensure!(wasmtime.as_ref().is_none_or(|(_, w)| w.requests > 0), "wasmtime serve answered no request");
+    Ok(())
+}
