@@ -350,6 +350,41 @@ def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
     assert all(container_status(wasm_cluster, ns, p["metadata"]["name"])["restartCount"] == 0 for p in pods)
 
 
+def test_listener_survives_bad_clients(wasm_cluster, images, ns):
+    """Slowloris connections, garbage and an oversized head cost the other clients nothing."""
+    import socket
+    create(wasm_cluster, ns, pod_manifest("sturdy", images["http"], [], restart="Always", container={"ports": [{"containerPort": 8080}]}))
+    wait_for(lambda: container_status(wasm_cluster, ns, "sturdy").get("ready"), 30, "serving")
+    ip = pod(wasm_cluster, ns, "sturdy")["status"]["podIP"]
+
+    def answer(payload):
+        with socket.create_connection((ip, 8080), timeout=10) as s:
+            try:
+                s.sendall(payload)
+            except OSError:
+                pass  # the server may close before taking it all
+            try:
+                return s.recv(200)
+            except OSError:
+                return b""
+
+    slow = [socket.create_connection((ip, 8080), timeout=10) for _ in range(100)]
+    try:
+        for s in slow:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: sturdy\r\nX-Slow: ")
+        assert answer(b"\x16\x03\x01 not http at all\r\n\r\n").startswith(b"HTTP/1.1 400"), "garbage gets 400"
+        assert answer(b"GET / HTTP/1.1\r\nHost: sturdy\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n").startswith(b"HTTP/1.1 431"), "a 1 MiB header gets 431"
+        assert http(f"http://{ip}:8080/") == (200, "Hello from a Wasm pod!\n")
+        # A head still unfinished after 10 s is cut off (hyper answers 408 or just closes).
+        slow[0].settimeout(20)
+        late = slow[0].recv(200)
+        assert late == b"" or late.startswith(b"HTTP/1.1 408"), late
+    finally:
+        for s in slow:
+            s.close()
+    assert container_status(wasm_cluster, ns, "sturdy")["restartCount"] == 0
+
+
 def test_http_function_without_a_port_is_a_clear_error(wasm_cluster, images, ns):
     create(wasm_cluster, ns, pod_manifest("portless", images["http"], []))
     assert "declares none" in waiting(wasm_cluster, ns, "portless", "CreateContainerError")["message"]

@@ -1,12 +1,14 @@
 //! The listeners of an HTTP function pod: HTTP/1.1 and HTTP/2 cleartext on the pod's IP at
 //! each TCP `containerPort`, every request handed to a fresh instance of the component.
-//! A pod serves at most its concurrency limit of requests at once; the rest wait.
+//! A pod serves at most its concurrency limit of requests at once; the rest wait. Clients
+//! that dribble their headers (slowloris) are cut off, and oversized heads refused, so
+//! one bad client costs others nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 use wasmtime::component::Component;
@@ -21,6 +23,11 @@ pub const CONCURRENCY_ANNOTATION: &str = "skiff.dev/max-concurrency";
 pub const TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
 /// Comma-separated hosts the function may send requests to (`*` for any); default none.
 pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head accepted; a bigger one is answered 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Everything a pod's listeners need.
 pub struct Function {
@@ -71,6 +78,10 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
     let mut connections = tokio::task::JoinSet::new();
     let mut accepting = tokio::task::JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(64);
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    http.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
+    let http = Arc::new(http);
     for listener in listeners {
         let tx = tx.clone();
         accepting.spawn(async move {
@@ -86,13 +97,13 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
     loop {
         tokio::select! {
             Some(stream) = rx.recv() => {
-                let function = function.clone();
+                let (function, http) = (function.clone(), http.clone());
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let function = function.clone();
                         async move { Ok::<_, Infallible>(function.handle(request).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
             Some(done) = accepting.join_next() => {
