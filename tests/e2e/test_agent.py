@@ -339,6 +339,9 @@ def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
         assert http(f"http://{p['status']['podIP']}:8080/") == (200, f"Hello from {p['metadata']['name']}!\n")
     ip = pods[0]["status"]["podIP"]
     assert http(f"http://{ip}:8080/echo", data=b"ping") == (200, "ping")
+    # HTTP/2 cleartext too (prior knowledge, as gRPC clients speak it).
+    h2 = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-w", "HTTP/%{http_version}", f"http://{ip}:8080/"], capture_output=True, text=True, timeout=30)
+    assert h2.stdout == f"Hello from {pods[0]['metadata']['name']}!\nHTTP/2", h2
     # A request that loops forever is cut off; one that overruns memory fails; neither harms the next.
     status, body = http(f"http://{ip}:8080/spin")
     assert status == 504 and "did not answer within 2000 ms" in body, body

@@ -21,8 +21,10 @@ use crate::runtime::wasm::{GuestSpec, StartError, WasmRuntime};
 pub const CONCURRENCY_ANNOTATION: &str = "skiff.dev/max-concurrency";
 /// Seconds a request may take: `skiff.dev/request-timeout-seconds`, default 30.
 pub const TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
-/// Comma-separated hosts the function may send requests to (`*` for any); default none.
+/// Comma-separated hosts the function may send requests to: names, `*.SUFFIX`, or `*` for
+/// any. By default only the cluster's Services, by their DNS names.
 pub const ALLOWED_HOSTS_ANNOTATION: &str = "skiff.dev/allowed-outbound-hosts";
+const CLUSTER_SERVICES: &str = "*.svc,*.svc.cluster.local";
 
 /// How long a client may take to send a request's head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +60,7 @@ pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, con
         Some(v) => v.parse::<f64>().ok().filter(|s| *s > 0.0).map(Duration::from_secs_f64).ok_or_else(|| StartError(format!("{TIMEOUT_ANNOTATION} {v:?} is not a positive number")))?,
         None => Duration::from_secs(30),
     };
-    let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_default().split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
+    let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_else(|| CLUSTER_SERVICES.into()).split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
     let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts) };
     Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: tokio::sync::Semaphore::new(concurrency) }), ports))
 }

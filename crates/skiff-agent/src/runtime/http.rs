@@ -82,7 +82,7 @@ impl WasiHttpHooks for OutgoingPolicy {
             > + Send,
     > {
         let host = request.uri().host().unwrap_or_default().to_string();
-        if !self.allowed.iter().any(|h| h == "*" || *h == host) {
+        if !host_allowed(&self.allowed, &host) {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
@@ -91,6 +91,20 @@ impl WasiHttpHooks for OutgoingPolicy {
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
     }
+}
+
+/// Whether `host` matches an allow-list entry: `*` (any host), `*.SUFFIX` (any name
+/// under SUFFIX) or the exact name, ignoring case.
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        match entry.strip_prefix("*.") {
+            _ if entry == "*" => true,
+            Some(suffix) => host.strip_suffix(suffix).is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            None => entry == host,
+        }
+    })
 }
 
 /// Whether a component is an HTTP function (exports `wasi:http/incoming-handler`).
@@ -176,4 +190,23 @@ pub fn error(status: u16, message: &str) -> hyper::Response<HttpBody> {
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn allow_list_entries_match_names_suffixes_or_anything() {
+        let cluster = ["*.svc".to_string(), "*.svc.cluster.local".to_string()];
+        assert!(host_allowed(&cluster, "api.shop.svc.cluster.local"));
+        assert!(host_allowed(&cluster, "API.shop.svc."));
+        assert!(!host_allowed(&cluster, "svc.cluster.local"));
+        assert!(!host_allowed(&cluster, "example.com"));
+        assert!(!host_allowed(&cluster, "evil-svc"));
+        assert!(host_allowed(&["example.com".into()], "Example.COM"));
+        assert!(!host_allowed(&["example.com".into()], "www.example.com"));
+        assert!(host_allowed(&["*".into()], "anything"));
+        assert!(!host_allowed(&[], "anything"));
+    }
 }
