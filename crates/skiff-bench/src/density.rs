@@ -23,12 +23,13 @@ fn function_pod(i: usize, image: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
-pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary: Option<PathBuf>) -> anyhow::Result<Vec<crate::report::Row>> {
     let counts = if quick { vec![20] } else { counts };
     let binary = skiff_binary(binary)?;
     let (wasm_path, _) = example(wasm, "wasm32-wasip2", "http-hello")?;
     println!("density: idle wasi:http function pods; `skiff server` and `skiff agent` ({}) as separate processes", binary.display());
     println!("{:>8} {:>14} {:>14} {:>16} {:>20} {:>12}", "pods", "agent before", "agent after", "agent per pod", "control plane/pod", "to Running");
+    let mut rows = Vec::new();
     for count in counts {
         let dir = tempfile::tempdir()?;
         let registry = start_registry(dir.path()).await?;
@@ -88,8 +89,11 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary:
         drop(agent);
         drop(server);
         drop(registry);
+        let kib = per_pod(agent_before, agent_after);
+        rows.push(crate::report::Row::new(format!("agent RSS per idle function pod, {} pods", crate::report::thousands(count as f64)),
+            format!("{kib:.1} KiB (control plane {:.1} KiB)", per_pod(server_before, server_after)), "goal ≤ 100 KB at 10,000 pods", Some(100_000.0 / 1024.0 / kib)));
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Waits until `count` pods are ready; returns them.

@@ -34,7 +34,7 @@ async fn idle_window(pid: u32, window: Duration) -> (u64, f64) {
     (rss_of(&pid.to_string()), used.as_secs_f64() / t0.elapsed().as_secs_f64())
 }
 
-pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: Option<PathBuf>) -> anyhow::Result<Vec<crate::report::Row>> {
     let window = Duration::from_secs(if quick { 2 } else { idle_seconds });
     let binary = skiff_binary(binary)?;
     let (wasm_path, _) = example_wasm(wasm)?;
@@ -81,5 +81,11 @@ pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: 
     anyhow::ensure!(empty_rss > 0 && busy_rss > 0 && size > 0, "the bench measured nothing");
     drop(registry);
     drop(cluster);
-    Ok(())
+    use crate::report::Row;
+    Ok(vec![
+        Row::new("skiff up idle, nothing deployed: RSS / CPU", format!("{} / {:.1}%", mib(empty_rss), empty_cpu * 100.0), "goal ≤ 50 MB", Some(50e6 / empty_rss as f64)),
+        Row::new("skiff up, 10 Deployments of Wasm pods: RSS / CPU", format!("{} / {:.1}%", mib(busy_rss), busy_cpu * 100.0),
+            "k3s server ≈ 1.6 GB with a workload (published)", Some(1.6e9 / busy_rss as f64)),
+        Row::new("release binary size", mib(size), "k3s binary < 100 MB (published)", Some(100e6 / size as f64)),
+    ])
 }

@@ -1,9 +1,13 @@
 //! Skiff's benchmark harness. Each bench starts what it measures, runs a bounded load on
 //! loopback and prints a table of figures (never asserting a speed).
 //!
+//! Every bench also takes `--json FILE` (its headline figures, with the machine) and
+//! `--markdown` (those figures as the README's table); `table FILE…` joins runs' JSON.
+//!
 //! `cargo run --release -p skiff-bench -- api [--quick]`: durable ConfigMap creates through
-//! the API server's HTTP path and through the Store alone, at 1, 16 and 64 concurrent
-//! clients, with throughput and p50/p99 latency.
+//! the API server's HTTP path and through the Store alone, at 1, 16, 64 and 256 concurrent
+//! clients, with throughput and p50/p99 latency, against raw puts of the same bytes into
+//! a real etcd (Debian's `etcd-server`) started by the bench.
 //!
 //! `cargo run --release -p skiff-bench -- schedule [--quick]`: pods bound per second by
 //! the scheduler on 100 and 1,000 simulated nodes (Node objects, no agent), and the time
@@ -37,8 +41,10 @@ use serde_json::json;
 use skiff_store::{RedbStore, Store, StoreOptions};
 
 mod density;
+mod etcd;
 mod footprint;
 mod registry;
+mod report;
 mod schedule;
 mod serve;
 mod startup;
@@ -47,10 +53,20 @@ mod startup;
 struct Cli {
     #[command(subcommand)]
     bench: Bench,
+    /// Also write the headline figures as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+    /// Also print the headline figures as the README's markdown table.
+    #[arg(long, global = true)]
+    markdown: bool,
 }
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Joins the JSON of several runs (`--json FILE`) into one markdown table.
+    Table {
+        files: Vec<std::path::PathBuf>,
+    },
     /// Create throughput and latency: API (HTTP) and Store layer.
     Api {
         /// Tiny sizes, to check the bench still runs.
@@ -163,13 +179,17 @@ impl Figures {
         l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
     }
 
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn row(&self) -> String {
         format!(
             "| {} | {} | {} | {:.0} | {:.2} | {:.2} |",
             self.what,
             self.clients,
             self.ops,
-            self.ops as f64 / self.elapsed.as_secs_f64(),
+            self.rate(),
             self.percentile(0.50).as_secs_f64() * 1e3,
             self.percentile(0.99).as_secs_f64() * 1e3,
         )
@@ -211,11 +231,25 @@ where
     Ok(Figures { what: what.into(), clients, ops: total, elapsed: start.elapsed(), latencies })
 }
 
-async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<()> {
+async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<Vec<report::Row>> {
     let creates = if quick { 200 } else { creates };
-    let levels = [1usize, 16, 64];
+    let levels = [1usize, 16, 64, 256];
     let mut rows = Vec::new();
     for &clients in &levels {
+        // The reference: the same object bytes put raw into a real etcd.
+        let dir = tempfile::tempdir()?;
+        let etcd = etcd::start(dir.path()).await?;
+        let level_creates = if clients == 1 { creates / 10 } else { creates };
+        let kv = etcd.client.kv_client();
+        rows.push(drive("etcd raw put (gRPC, reference)", clients, level_creates, move |i| {
+            let mut kv = kv.clone();
+            async move {
+                kv.put(format!("/registry/configmaps/default/cm-{i}"), serde_json::to_vec(&configmap(i))?, None).await?;
+                Ok(())
+            }
+        }).await.context("etcd reference")?);
+        drop(etcd);
+
         // A fresh store per level, so every level writes into the same-sized database.
         let dir = tempfile::tempdir()?;
         let store = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
@@ -255,20 +289,48 @@ async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<()> {
         }).await.context("API bench")?);
         serving.abort();
     }
-    println!("api bench: durable ConfigMap creates ({} CPUs)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("api bench: durable ConfigMap creates ({})", report::machine());
     println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|");
     for r in &rows {
         println!("{}", r.row());
     }
-    Ok(())
+    // Headlines: each path against etcd's raw puts at the same concurrency.
+    let mut headlines = Vec::new();
+    for level in rows.chunks(3) {
+        let [etcd, store, api] = level else { continue };
+        if etcd.clients < 64 {
+            continue;
+        }
+        let reference = format!("etcd raw put, same run: {}/s", report::thousands(etcd.rate()));
+        for (path, f) in [("API server (HTTP, JSON)", api), ("Store alone (redb)", store)] {
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, {path}", f.clients),
+                format!("{}/s, p99 {:.1} ms", report::thousands(f.rate()), f.percentile(0.99).as_secs_f64() * 1e3), reference.clone(), Some(f.rate() / etcd.rate())));
+        }
+    }
+    Ok(headlines)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // One TLS crypto provider for the process's HTTPS clients (oci-client).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match Cli::parse().bench {
+    let cli = Cli::parse();
+    let (name, quick) = match &cli.bench {
+        Bench::Table { files } => {
+            let runs = files.iter().map(|f| Ok(serde_json::from_slice(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)?)).collect::<anyhow::Result<Vec<serde_json::Value>>>()?;
+            print!("{}", report::markdown(&runs)?);
+            return Ok(());
+        }
+        Bench::Api { quick, .. } => ("api", *quick),
+        Bench::Schedule { quick, .. } => ("schedule", *quick),
+        Bench::Startup { quick, .. } => ("startup", *quick),
+        Bench::Serve { quick, .. } => ("serve", *quick),
+        Bench::Density { quick, .. } => ("density", *quick),
+        Bench::Footprint { quick, .. } => ("footprint", *quick),
+    };
+    let rows = match cli.bench {
+        Bench::Table { .. } => unreachable!("answered above"),
         Bench::Api { quick, creates } => api_bench(quick, creates).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
@@ -277,5 +339,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
+    }?;
+    anyhow::ensure!(!rows.is_empty(), "the {name} bench produced no figures");
+    let run = report::to_json(name, quick, &rows);
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&run)?).with_context(|| format!("writing {}", path.display()))?;
     }
+    if cli.markdown {
+        println!();
+        print!("{}", report::markdown(&[run])?);
+    }
+    Ok(())
 }

@@ -169,7 +169,7 @@ pub struct Options {
     pub wasmtime: Option<PathBuf>,
 }
 
-pub async fn run(o: Options) -> anyhow::Result<()> {
+pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     let length = Duration::from_secs(if o.quick { 1 } else { o.seconds });
     let cold_pods = if o.quick { 2 } else { o.cold_pods };
     let binary = skiff_binary(o.binary)?;
@@ -234,5 +234,15 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         ms(percentile(&first_request, 0.5)), ms(percentile(&first_request, 0.99)), ms(percentile(&skiff.latencies, 0.5)));
     anyhow::ensure!(skiff.requests > 0, "the pod answered no request");
     anyhow::ensure!(wasmtime.as_ref().is_none_or(|(_, w)| w.requests > 0), "wasmtime serve answered no request");
-    Ok(())
+    use crate::report::{Row, thousands};
+    let figure = |l: &Load| format!("{} req/s, p50 {} p99 {}", thousands(l.rps()), ms(percentile(&l.latencies, 0.5)), ms(percentile(&l.latencies, 0.99)));
+    let (reference, ratio) = match &wasmtime {
+        Some((_, w)) => (format!("wasmtime serve, same run: {}", figure(w)), Some(skiff.rps() / w.rps())),
+        None => ("wasmtime serve not found".to_string(), None),
+    };
+    Ok(vec![
+        Row::new(format!("http-hello through the pod listener, {} connections", o.connections), figure(&skiff), reference, ratio),
+        Row::new(format!("scale from zero: pod create → first answer, p50 / p99 ({} pods)", to_first_answer.len()),
+            format!("{} / {}", ms(percentile(&to_first_answer, 0.5)), ms(percentile(&to_first_answer, 0.99))), "—", None),
+    ])
 }

@@ -74,7 +74,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: Option<PathBuf>) -> anyhow::Result<Vec<crate::report::Row>> {
     let (warm, cold, sleeping) = if quick { (10, 3, 20) } else { (warm, cold, sleeping.max(warm)) };
     let (wasm_path, wasm) = example_wasm(wasm)?;
     let dir = tempfile::tempdir()?;
@@ -144,7 +144,14 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
     anyhow::ensure!(warm_p50 > Duration::ZERO && cold_p50 > Duration::ZERO && busy_rss > 0, "the bench measured nothing");
     agent.abort();
     drop(registry);
-    Ok(())
+    use crate::report::Row;
+    Ok(vec![
+        Row::new(format!("warm Wasm pod create → Running, p50 / p99 ({warm} pods)"), format!("{} / {}", ms(warm_p50), ms(warm_p99)),
+            "goal p99 ≤ 100 ms; Kubernetes' pod startup SLO p99 ≤ 5 s", Some(5.0 / warm_p99.as_secs_f64())),
+        Row::new(format!("cold (pull + compile) create → Running, p50 / p99 ({cold} pods)"), format!("{} / {}", ms(cold_p50), ms(cold_p99)),
+            "Kubernetes' pod startup SLO p99 ≤ 5 s", Some(5.0 / cold_p99.as_secs_f64())),
+        Row::new("instantiate + run a command to exit, p50", format!("{:.0} µs", inst_p50.as_secs_f64() * 1e6), "—", None),
+    ])
 }
 
 /// Instantiates the example and runs it to exit (`exit 0`), straight on a runtime.
