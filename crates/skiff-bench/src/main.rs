@@ -10,7 +10,7 @@
 //! a real etcd (Debian's `etcd-server`) started by the bench.
 //!
 //! `cargo run --release -p skiff-bench -- schedule [--quick]`: pods bound per second by
-//! the scheduler on 100 and 1,000 simulated nodes (Node objects, no agent), and the time
+//! the scheduler on 100, 1,000 and 5,000 simulated nodes (Node objects, no agent), and the time
 //! from a ReplicaSet's scale-up to each of its pods being bound (p50/p99), with the
 //! controllers running too.
 //!
@@ -24,6 +24,10 @@
 //! `cargo run --release -p skiff-bench -- serve [--quick]`: requests/s and latency of the
 //! http-hello wasi:http component through a pod's listener against `wasmtime serve`, and
 //! scale from zero.
+//!
+//! `cargo run --release -p skiff-bench -- scale [--quick]`: 5,000 hollow nodes and 150,000
+//! pods through Deployments, with mutating-API p99 and pod startup p99 against the
+//! Kubernetes SLOs, and the control plane's peak RSS.
 //!
 //! `cargo run --release -p skiff-bench -- footprint [--quick]`: idle RSS and CPU of a whole
 //! `skiff up` process, empty and with 10 Deployments, and the binary's size.
@@ -45,6 +49,7 @@ mod etcd;
 mod footprint;
 mod registry;
 mod report;
+mod scale;
 mod schedule;
 mod serve;
 mod startup;
@@ -131,6 +136,30 @@ enum Bench {
         /// The wasmtime CLI (default: on PATH, else ~/.cache/wasmtime-cli/bin/wasmtime).
         #[arg(long)]
         wasmtime: Option<std::path::PathBuf>,
+    },
+    /// The scalability envelope: hollow nodes, pods through Deployments, SLO latencies.
+    Scale {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Pods, created through Deployments.
+        #[arg(long, default_value_t = 150_000)]
+        pods: usize,
+        /// Replicas per Deployment.
+        #[arg(long, default_value_t = 100)]
+        per_deployment: usize,
+        /// Pods per second the Deployments are created at.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Stop early when the control plane's RSS passes this many GiB.
+        #[arg(long, default_value_t = 18.0)]
+        max_rss_gib: f64,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
     },
     Density {
         /// A few pods, to check the bench still runs.
@@ -327,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Startup { quick, .. } => ("startup", *quick),
         Bench::Serve { quick, .. } => ("serve", *quick),
         Bench::Density { quick, .. } => ("density", *quick),
+        Bench::Scale { quick, .. } => ("scale", *quick),
         Bench::Footprint { quick, .. } => ("footprint", *quick),
     };
     let rows = match cli.bench {
@@ -336,6 +366,9 @@ async fn main() -> anyhow::Result<()> {
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
         Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {
             serve::run(serve::Options { quick, seconds, connections, cold_pods, wasm, binary, wasmtime }).await
+        }
+        Bench::Scale { quick, nodes, pods, per_deployment, rate, max_rss_gib, binary } => {
+            scale::run(scale::Options { quick, nodes, pods, per_deployment, rate, max_rss_gib, binary }).await
         }
         Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,

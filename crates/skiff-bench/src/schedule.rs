@@ -117,7 +117,7 @@ async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Du
 
 pub async fn run(quick: bool, pods: usize, replicas: usize) -> anyhow::Result<Vec<crate::report::Row>> {
     let (pods, replicas) = if quick { (200, 100) } else { (pods, replicas) };
-    let node_counts: &[usize] = if quick { &[10] } else { &[100, 1000] };
+    let node_counts: &[usize] = if quick { &[10] } else { &[100, 1000, 5000] };
     println!("schedule bench ({} CPUs): simulated nodes, in-process API server", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     println!("| nodes | pending pods | pods bound/s | all bound after s |");
     println!("|---|---|---|---|");
