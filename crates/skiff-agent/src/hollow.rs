@@ -90,23 +90,29 @@ pub async fn run(client: Client, config: HollowConfig) -> Result<(), HollowError
         .collect::<Result<_, _>>()?;
     let names: Arc<HashSet<String>> = Arc::new(regs.iter().map(|r| r.name.clone()).collect());
     let ips: Arc<HashMap<String, String>> = Arc::new(regs.iter().map(|r| (r.name.clone(), r.internal_ip.clone())).collect());
+    // One bound on writes in flight for the whole process: a slow API server makes the
+    // nodes' writes queue here, not pile up as thousands of connections.
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
     tokio::select! {
-        _ = keep_leases(client.clone(), registered) => Ok(()),
+        _ = keep_leases(client.clone(), registered, limit.clone()) => Ok(()),
         _ = keep_ready(client.clone(), regs) => Ok(()),
-        _ = run_pods(client, names, ips) => Ok(()),
+        _ = run_pods(client, names, ips, limit) => Ok(()),
     }
 }
 
-/// Renews every node's lease once per interval, spread over the interval.
-async fn keep_leases(client: Client, nodes: Vec<Node>) {
+/// Renews every node's lease once per interval, spread over the interval (later when the
+/// API server is slow to answer).
+async fn keep_leases(client: Client, nodes: Vec<Node>, limit: Arc<Semaphore>) {
     let gap = LEASE_RENEW_INTERVAL / (nodes.len().max(1) as u32);
     loop {
         let started = tokio::time::Instant::now();
         for (i, node) in nodes.iter().enumerate() {
             tokio::time::sleep_until(started + gap * i as u32).await;
+            let Ok(permit) = limit.clone().acquire_owned().await else { return };
             let client = client.clone();
             let node = node.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = renew_lease(&client, &node).await {
                     tracing::debug!(node = %node.name_any(), error = %e, "renewing lease");
                 }
@@ -140,10 +146,9 @@ struct Done {
     deleting: HashSet<String>,
 }
 
-async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<String, String>>) {
+async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<String, String>>, limit: Arc<Semaphore>) {
     let api: Api<Pod> = Api::all(client.clone());
     let done = Arc::new(Mutex::new(Done::default()));
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
     let next_ip = Arc::new(std::sync::atomic::AtomicU32::new(1));
     let mut events = watcher(api, watcher::Config::default().fields("spec.nodeName!=")).default_backoff().boxed();
     while let Some(ev) = events.next().await {

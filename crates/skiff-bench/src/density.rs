@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
-use crate::registry::{example, free_port, rss_of, skiff_binary, spawn_skiff, start_registry, wait_for_node};
+use crate::registry::{example, free_port, rss_of, skiff_binary, spawn_skiff, start_registry, wait_for_kubeconfig, wait_for_node};
 
 fn function_pod(i: usize, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
@@ -36,12 +36,7 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary:
         let port = free_port()?;
         // A node's share of the pod range must hold every pod: /16 is 65,534 addresses.
         let server = spawn_skiff(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--cluster-cidr", "10.240.0.0/12", "--node-cidr-mask-size", "16", "--data-dir"], &dir.path().join("cp"))?;
-        let kubeconfig = dir.path().join("cp/kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !kubeconfig.exists() {
-            anyhow::ensure!(Instant::now() < deadline, "skiff server did not write its kubeconfig");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let kubeconfig = wait_for_kubeconfig(&dir.path().join("cp")).await?;
         let max_pods = (count + 10).to_string();
         let agent = spawn_skiff(&binary, &["agent", "--kubeconfig", &kubeconfig.to_string_lossy(), "--node-name", "density", "--node-ip", "127.0.0.1",
             "--agent-port", "0", "--max-pods", &max_pods, "--max-instances", "100", "--data-dir"], &dir.path().join("agent"))?;

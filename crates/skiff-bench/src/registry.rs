@@ -115,6 +115,17 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The kubeconfig a starting `skiff server` or `skiff up` writes into its `data_dir`.
+pub async fn wait_for_kubeconfig(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let kubeconfig = data_dir.join("kubeconfig");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !kubeconfig.exists() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no kubeconfig in {} after 60 s", data_dir.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(kubeconfig)
+}
+
 /// A client once the cluster has written `kubeconfig` and `node` is registered with its
 /// pod network set up (so pods can start on it).
 pub async fn wait_for_node(kubeconfig: &Path, node: &str) -> anyhow::Result<kube::Client> {

@@ -106,12 +106,7 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     let port = free_port()?;
     // A /24 per node from a /10: room for 16,384 nodes, clear of the service range.
     let server = spawn_skiff(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--cluster-cidr", "100.64.0.0/10", "--node-cidr-mask-size", "24", "--data-dir"], &dir.path().join("cp"))?;
-    let kubeconfig = dir.path().join("cp/kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !kubeconfig.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "skiff server did not write its kubeconfig");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let kubeconfig = crate::registry::wait_for_kubeconfig(&dir.path().join("cp")).await?;
     let client = crate::registry::client_for(&kubeconfig).await?;
     let started = Instant::now();
     let hollow = spawn_skiff(&binary, &["agent", "--kubeconfig", &kubeconfig.to_string_lossy(), "--hollow", &nodes.to_string(), "--hollow-prefix", "scale", "--data-dir"], &dir.path().join("hollow"))?;

@@ -49,7 +49,14 @@ pub fn decide(plugins: &[Box<dyn Plugin>], cache: &Cache, pod: &Pod, tie_break: 
     let states: Vec<_> = plugins.iter().map(|p| p.prepare(&ctx, cache)).collect();
     let mut feasible = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for node in cache.nodes.values() {
+    // In a big cluster, stop once enough feasible nodes are found; start at a random node
+    // so every node gets its turn. A pod that fits nowhere is still checked everywhere.
+    let wanted = feasible_nodes_to_find(cache.nodes.len());
+    let start = (tie_break >> 17) as usize % cache.nodes.len().max(1);
+    for node in cache.nodes.values().cycle().skip(start).take(cache.nodes.len()) {
+        if feasible.len() >= wanted {
+            break;
+        }
         match plugins.iter().zip(&states).try_for_each(|(p, s)| p.filter(&ctx, node, s)) {
             Ok(()) => feasible.push(node),
             Err(rs) => {
@@ -81,6 +88,17 @@ pub fn decide(plugins: &[Box<dyn Plugin>], cache: &Cache, pod: &Pod, tie_break: 
     let ties: Vec<usize> = (0..feasible.len()).filter(|&i| totals[i] == best).collect();
     let chosen = ties[(tie_break % ties.len() as u64) as usize];
     Decision::Node(feasible[chosen].name.clone())
+}
+
+/// How many feasible nodes to find before scoring, as kube-scheduler's adaptive
+/// `percentageOfNodesToScore`: every node of a cluster under 100; above, 50% falling one
+/// point per 125 nodes down to 5%, and never fewer than 100 nodes.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(100)
 }
 
 /// Kubernetes' FitError message: reasons counted over nodes, sorted.
@@ -375,6 +393,16 @@ mod tests {
         c.runtime_classes.insert("wasmtime".into(), Arc::new(serde_json::from_value(json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime",
             "scheduling": {"nodeSelector": {"skiff.dev/runtime-wasm": "true"}}})).unwrap()));
         c
+    }
+
+    #[test]
+    fn big_clusters_score_a_share_of_their_nodes() {
+        assert_eq!(feasible_nodes_to_find(0), 0);
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(20000), 1000);
     }
 
     #[test]
