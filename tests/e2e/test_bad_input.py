@@ -1,5 +1,6 @@
 """Bad requests get the right Status code and a clear message, and change nothing."""
 
+import copy
 import json
 import os
 import random
@@ -74,7 +75,7 @@ def test_random_bodies_never_break_the_server(cluster):
         body["metadata"]["name"] = f"fuzz-{i}"
         for _ in range(rng.randint(1, 3)):
             target = rng.choice([v for v in (body, body.get("metadata"), body.get("data")) if isinstance(v, dict)])
-            target[rng.choice(["apiVersion", "kind", "metadata", "data", "name", "labels", "k", "namespace", "x"])] = rng.choice(pieces)
+            target[rng.choice(["apiVersion", "kind", "metadata", "data", "name", "labels", "k", "namespace", "x"])] = copy.deepcopy(rng.choice(pieces))
         raw = json.dumps(body).encode()
         if rng.random() < 0.2:
             cut = rng.randint(0, len(raw))
