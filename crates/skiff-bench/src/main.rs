@@ -203,9 +203,7 @@ struct Figures {
 
 impl Figures {
     fn percentile(&self, p: f64) -> Duration {
-        let mut l = self.latencies.clone();
-        l.sort();
-        l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
+        report::percentile(&self.latencies, p)
     }
 
     fn rate(&self) -> f64 {
@@ -257,6 +255,7 @@ where
     for t in tasks {
         latencies.extend(t.await??);
     }
+    latencies.sort();
     Ok(Figures { what: what.into(), clients, ops: total, elapsed: start.elapsed(), latencies })
 }
 

@@ -4,6 +4,8 @@
 //! `--markdown` prints them as the README's performance table. `skiff-bench table
 //! FILE…` joins the JSON of several runs into one such table.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 /// One headline figure.
@@ -53,6 +55,14 @@ pub fn markdown(runs: &[Value]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The `p` quantile (0 to 1) of durations sorted ascending; zero when there are none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 /// A count with thousands separators, as the README writes them.
 pub fn thousands(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
@@ -79,5 +89,8 @@ mod tests {
         assert!(markdown(&[json!({"rows": []})]).is_err());
         assert_eq!(thousands(1234567.4), "1,234,567");
         assert_eq!(thousands(999.0), "999");
+        let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!((percentile(&ms, 0.5), percentile(&ms, 0.99)), (Duration::from_millis(51), Duration::from_millis(99)));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
     }
 }

@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use crate::registry::{free_port, skiff_binary, spawn_skiff};
-use crate::report::{Row, thousands};
+use crate::report::{Row, percentile, thousands};
 
 pub struct Options {
     pub quick: bool,
@@ -58,11 +58,6 @@ fn deployment(i: usize, replicas: usize) -> anyhow::Result<Deployment> {
 
 fn peak_rss(pid: u32) -> u64 {
     skiff_agent::node::proc_bytes(&format!("/proc/{pid}/status"), "VmHWM:").unwrap_or(0)
-}
-
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
 }
 
 /// Creates, patches and deletes a ConfigMap every 50 ms; records each call's latency.
@@ -162,15 +157,17 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     watch.abort();
     let (server_peak, hollow_peak) = (peak_rss(server.0.id()), peak_rss(hollow.0.id()));
     anyhow::ensure!(server_peak > 0, "the control plane process ended");
-    let mutation_latencies = mutations.lock().unwrap().clone();
+    let mut mutation_latencies = mutations.lock().unwrap().clone();
+    mutation_latencies.sort();
     let t = times.lock().unwrap();
-    let startup: Vec<Duration> = t.running.iter().filter_map(|(name, at)| t.seen.get(name).map(|s| at.saturating_duration_since(*s))).collect();
-    let (mutate_p99, startup_p50, startup_p99) = (percentile(mutation_latencies.clone(), 0.99), percentile(startup.clone(), 0.5), percentile(startup, 0.99));
+    let mut startup: Vec<Duration> = t.running.iter().filter_map(|(name, at)| t.seen.get(name).map(|s| at.saturating_duration_since(*s))).collect();
+    startup.sort();
+    let (mutate_p99, startup_p50, startup_p99) = (percentile(&mutation_latencies, 0.99), percentile(&startup, 0.5), percentile(&startup, 0.99));
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
     println!("scale: {nodes} hollow nodes (ready after {:.0} s), Deployments of {per_deployment} at {} pods/s ({})", nodes_up.as_secs_f64(), o.rate, crate::report::machine());
     println!("  pods running: {} of {} created ({} targeted), all within {:.0} s of the first Deployment", t.running.len(), t.seen.len(), pods, all_running.as_secs_f64());
-    println!("  mutating API calls: {} timed, p50 {} p99 {} (SLO p99 ≤ 1 s)", mutation_latencies.len(), ms(percentile(mutation_latencies, 0.5)), ms(mutate_p99));
+    println!("  mutating API calls: {} timed, p50 {} p99 {} (SLO p99 ≤ 1 s)", mutation_latencies.len(), ms(percentile(&mutation_latencies, 0.5)), ms(mutate_p99));
     println!("  pod startup (created → Running, seen by watch): p50 {} p99 {} (SLO p99 ≤ 5 s)", ms(startup_p50), ms(startup_p99));
     println!("  peak RSS: control plane {}, hollow nodes {}", gib(server_peak), gib(hollow_peak));
     if let Some(why) = &stopped {

@@ -111,7 +111,7 @@ async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Du
     controllers.abort();
     let mut lat: Vec<Duration> = bound.values().map(|t| t.duration_since(start)).collect();
     lat.sort();
-    let pick = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    let pick = |p: f64| crate::report::percentile(&lat, p);
     Ok((pick(0.5), pick(0.99), lat.last().copied().unwrap_or_default()))
 }
 

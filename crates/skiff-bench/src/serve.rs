@@ -18,6 +18,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use crate::registry::{Child, example, free_port, skiff_binary, spawn_skiff, start_registry, wait_for_node};
+use crate::report::percentile;
 
 /// What one load run saw.
 struct Load {
@@ -83,13 +84,6 @@ async fn load(addr: SocketAddr, connections: usize, length: Duration) -> Load {
     }
     all.latencies.sort();
     all
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn ms(d: Duration) -> String {

@@ -66,8 +66,7 @@ async fn start_one(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
 
 fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
-    let pick = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
-    (pick(0.5), pick(0.99))
+    (crate::report::percentile(&v, 0.5), crate::report::percentile(&v, 0.99))
 }
 
 fn ms(d: Duration) -> String {
