@@ -173,7 +173,7 @@ pub async fn route_other_nodes(client: Client, own: String) {
 /// The route another node's pods need: its range via its InternalIP, unless that
 /// address is this machine's own.
 fn wanted_route(node: &Node) -> Option<(Cidr, Ipv4Addr)> {
-    let cidr: Cidr = node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+    let cidr = skiff_client::nodes::pod_cidr(node)?;
     let via: Ipv4Addr = node.status.as_ref()?.addresses.iter().flatten().find(|a| a.type_ == "InternalIP")?.address.parse().ok()?;
     let local = std::net::UdpSocket::bind((via, 0)).is_ok();
     (!local).then_some((cidr, via))

@@ -10,6 +10,11 @@ pub fn ready_status(node: &Node) -> Option<&str> {
     node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").map(|c| c.status.as_str())
 }
 
+/// The node's share of the cluster's pod range (`spec.podCIDR`), if it has a valid one.
+pub fn pod_cidr(node: &Node) -> Option<skiff_core::Cidr> {
+    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
+}
+
 /// True when the pod's `nodeSelector` and required node affinity accept the node.
 pub fn matches_node_selection(spec: &PodSpec, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
     if let Some(selector) = spec.node_selector.as_ref()

@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use skiff_client::Recorder;
 use skiff_client::events::EventType;
+use skiff_client::nodes::pod_cidr;
 use skiff_core::Cidr;
 
 use crate::Error;
@@ -44,11 +45,6 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Ranges handed out whose node the cache may not show with them yet, by node name.
     pub pending: Mutex<HashMap<String, Cidr>>,
-}
-
-/// The node's range as it stands, if it has a valid one.
-pub fn pod_cidr(node: &Node) -> Option<Cidr> {
-    node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()
 }
 
 /// The first share of the cluster range no one holds.
