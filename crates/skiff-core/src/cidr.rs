@@ -58,7 +58,8 @@ impl Cidr {
         (index < self.subnet_count(sub)).then(|| Cidr { base: Ipv4Addr::from(u32::from(self.base) + (index << (32 - u32::from(sub)))), prefix: sub })
     }
 
-    /// Which of the ranges of prefix `sub` `other` is, if it is one of them.
+    /// `other`'s index among this range's subranges of `other`'s prefix (what
+    /// [`Cidr::subnet`] takes back), if `other` lies inside this range.
     pub fn subnet_index(&self, other: &Cidr) -> Option<u32> {
         (other.prefix >= self.prefix && self.contains(other.base)).then(|| (u32::from(other.base) - u32::from(self.base)) >> (32 - u32::from(other.prefix)))
     }
