@@ -78,8 +78,12 @@ impl ApiServer {
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
-    /// and `kube-node-lease` namespaces and the `kubernetes` Service. Idempotent.
-    pub async fn bootstrap(&self, api_port: u16) -> Result<(), ApiError> {
+    /// and `kube-node-lease` namespaces, the `kubernetes` Service with Endpoints at
+    /// `advertise` (kept current across restarts, as kube-apiserver's endpoint reconciler
+    /// does), and the `kube-dns` Service at the service range's tenth address, which
+    /// every node's proxy answers. Idempotent.
+    pub async fn bootstrap(&self, advertise: std::net::SocketAddr) -> Result<(), ApiError> {
+        let api_port = advertise.port();
         let namespaces = resources::find("", "v1", "namespaces").expect("namespaces");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
@@ -91,6 +95,22 @@ impl ApiServer {
             "spec": {"clusterIP": self.config.service_cidr.nth(1).to_string(),
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api_port}]}});
         ignore_exists(self.create_object(services, Some("default"), kubernetes, WriteOptions::default()).await)?;
+        let endpoints = resources::find("", "v1", "endpoints").expect("endpoints");
+        let api_endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": advertise.ip().to_string()}], "ports": [{"name": "https", "port": api_port, "protocol": "TCP"}]}]});
+        match self.store.get(&endpoints.key(Some("default"), "kubernetes")).await {
+            Ok(old) if old.get("subsets") == api_endpoints.get("subsets") => {}
+            Ok(old) => {
+                self.update_object(endpoints, &old, api_endpoints, None, WriteOptions::default()).await?;
+            }
+            Err(_) => ignore_exists(self.create_object(endpoints, Some("default"), api_endpoints, WriteOptions::default()).await)?,
+        }
+        let dns = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"clusterIP": self.config.service_cidr.nth(10).to_string(),
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+        ignore_exists(self.create_object(services, Some("kube-system"), dns, WriteOptions::default()).await)?;
         // The Wasm runtime class: pods naming it are scheduled only onto nodes whose agent
         // offers wasmtime (they carry the label).
         let classes = resources::find("node.k8s.io", "v1", "runtimeclasses").expect("runtimeclasses");

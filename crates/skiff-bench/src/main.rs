@@ -294,7 +294,7 @@ async fn api_bench(quick: bool, creates: usize) -> anyhow::Result<Vec<report::Ro
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
         let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
-        server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = tokio::spawn(async move { axum::serve(listener, skiff_apiserver::router(server)).await });

@@ -42,7 +42,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     const TOKEN: &str = "bench-token";
     let store: std::sync::Arc<dyn skiff_store::Store> = std::sync::Arc::new(skiff_store::RedbStore::open(&dir.join("db"), Default::default())?);
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new(TOKEN.into()));
-    server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN)?;
     tokio::spawn(skiff_scheduler::run(client.clone()));
     // The controllers give the node its pod range: a /16, room for the biggest density run.

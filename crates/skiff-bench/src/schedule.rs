@@ -28,7 +28,7 @@ async fn cluster(nodes: usize) -> anyhow::Result<Cluster> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
-    server.bootstrap(6443).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), "bench-token")?;
     let config = HollowConfig { prefix: "sim".into(), count: nodes, cpu: "32".into(), memory: "128Gi".into(), pods: 250, ..Default::default() };
     let config = &config;

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use kube::Resource;
@@ -23,6 +24,8 @@ where
 {
     writer: Writer<K>,
     api: Api<K>,
+    /// kube-rs's shared reflector tells subscribers of changes but not of deletions.
+    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
 }
 
 impl<K> SharedInformer<K>
@@ -30,7 +33,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Self {
-        Self { writer: Writer::new_shared(BUFFER, ()), api }
+        Self { writer: Writer::new_shared(BUFFER, ()), api, deleted: tokio::sync::broadcast::channel(BUFFER).0 }
     }
 
     /// A read handle on the cache.
@@ -43,11 +46,24 @@ where
         self.writer.subscribe().expect("shared writers can be subscribed")
     }
 
+    /// A stream of objects as they are deleted (best effort: a subscriber that lags by
+    /// more than the buffer misses some, and is told so in the log).
+    pub fn deletions(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe()).filter_map(|r| async move {
+            r.inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "deletion subscriber lagged")).ok()
+        })
+    }
+
     /// Watches forever, feeding the cache and subscribers; restarts the watch with backoff
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {
         tracing::debug!(kind = %K::kind(&()), "informer starting");
-        let stream = watcher(self.api, watcher::Config::default()).default_backoff();
+        let deleted = self.deleted;
+        let stream = watcher(self.api, watcher::Config::default()).default_backoff().inspect(move |event| {
+            if let Ok(watcher::Event::Delete(obj)) = event {
+                let _ = deleted.send(Arc::new(obj.clone()));
+            }
+        });
         reflector::reflector(self.writer, stream)
             .for_each(|event| async move {
                 if let Err(e) = event {

@@ -9,6 +9,7 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbage_collector;
 pub mod job;
 pub mod namespace;
@@ -26,10 +27,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use skiff_client::{Expectations, Recorder, SharedInformer};
@@ -106,6 +109,15 @@ where
     SharedInformer::new(Api::all(client.clone()))
 }
 
+/// Every change to objects of a kind, deletions included (a force-deleted pod must still
+/// wake its owner).
+fn changes<K>(informer: &SharedInformer<K>) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    futures::stream::select(informer.subscribe(), informer.deletions())
+}
+
 /// Starts every controller; runs until the process ends.
 pub async fn run(client: Client, options: Options) {
     tracing::info!("starting controllers");
@@ -119,9 +131,12 @@ pub async fn run(client: Client, options: Options) {
     let cron_jobs = informer::<CronJob>(&client);
     let nodes = informer::<Node>(&client);
     let namespaces = informer::<Namespace>(&client);
+    let services = informer::<Service>(&client);
+    let endpoints = informer::<Endpoints>(&client);
+    let slices = informer::<EndpointSlice>(&client);
 
     let rs = Controller::for_shared_stream(replica_sets.subscribe(), replica_sets.store())
-        .owns_shared_stream(pods.subscribe())
+        .owns_shared_stream(changes(&pods))
         .run(
             replicaset::reconcile,
             retry,
@@ -129,7 +144,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let deploy = Controller::for_shared_stream(deployments.subscribe(), deployments.store())
-        .owns_shared_stream(replica_sets.subscribe())
+        .owns_shared_stream(changes(&replica_sets))
         .run(
             deployment::reconcile,
             retry,
@@ -137,7 +152,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let sts = Controller::for_shared_stream(stateful_sets.subscribe(), stateful_sets.store())
-        .owns_shared_stream(pods.subscribe())
+        .owns_shared_stream(changes(&pods))
         .run(
             statefulset::reconcile,
             retry,
@@ -151,7 +166,7 @@ pub async fn run(client: Client, options: Options) {
         .for_each(|_| async {});
     let ds_nodes = nodes.subscribe();
     let ds = Controller::for_shared_stream(daemon_sets.subscribe(), daemon_sets.store())
-        .owns_shared_stream(pods.subscribe())
+        .owns_shared_stream(changes(&pods))
         // Every DaemonSet looks again when a node comes, goes or changes.
         .reconcile_all_on(ds_nodes.map(|_| ()))
         .run(
@@ -168,7 +183,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let job = Controller::for_shared_stream(jobs.subscribe(), jobs.store())
-        .owns_shared_stream(pods.subscribe())
+        .owns_shared_stream(changes(&pods))
         .run(
             job::reconcile,
             retry,
@@ -176,7 +191,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let cron = Controller::for_shared_stream(cron_jobs.subscribe(), cron_jobs.store())
-        .owns_shared_stream(jobs.subscribe())
+        .owns_shared_stream(changes(&jobs))
         .run(
             cronjob::reconcile,
             retry,
@@ -199,6 +214,31 @@ pub async fn run(client: Client, options: Options) {
             .for_each(|_| async {})
             .await
     };
+    let (selecting, listing) = (services.store(), slices.store());
+    let ep = Controller::for_shared_stream(services.subscribe(), services.store())
+        // A pod's Services: those selecting it now, and those whose slices still list it.
+        .watches_shared_stream(changes(&pods), move |pod| {
+            let mut refs = endpoints::services_selecting(&selecting, &pod);
+            refs.extend(endpoints::services_listing(&listing, &pod));
+            refs
+        })
+        // A Service's own Endpoints and slices: user-written Endpoints are mirrored, and
+        // slices changed or deleted by someone else are put back.
+        .watches_shared_stream(endpoints.subscribe(), |e| {
+            let ns = e.metadata.namespace.clone().unwrap_or_default();
+            e.metadata.name.as_deref().map(|n| ObjectRef::new(n).within(&ns))
+        })
+        .watches_shared_stream(slices.subscribe(), |s| {
+            let ns = s.metadata.namespace.clone();
+            s.metadata.labels.as_ref().and_then(|l| l.get(endpoints::SERVICE_NAME_LABEL)).map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
+        })
+        .run(
+            endpoints::reconcile,
+            // Conflicts with a newer cache are common; look again soon, as proxies wait.
+            |_, _, _| Action::requeue(Duration::from_secs(1)),
+            Arc::new(endpoints::Ctx { client: client.clone(), pods: pods.store(), endpoints: endpoints.store(), slices: slices.store() }),
+        )
+        .for_each(|_| async {});
     let lifecycle = node_lifecycle::run(client.clone(), nodes.store(), pods.store(), options.node_monitor_grace_period);
     let gc = garbage_collector::run(client.clone());
 
@@ -213,6 +253,9 @@ pub async fn run(client: Client, options: Options) {
         cron_jobs.run(),
         nodes.run(),
         namespaces.run(),
+        services.run(),
+        endpoints.run(),
+        slices.run(),
         rs,
         deploy,
         sts,
@@ -222,6 +265,7 @@ pub async fn run(client: Client, options: Options) {
         ns,
         sa,
         ipam,
+        ep,
         lifecycle,
         gc,
     );

@@ -23,21 +23,11 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// A template's hash: FNV-1a over its JSON and the collision count, written in
 /// Kubernetes' "safe" alphabet (no vowels, so no words).
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
-    let extra = collision_count.map(|c| c.to_le_bytes().to_vec()).unwrap_or_default();
-    for b in bytes.iter().chain(extra.iter()) {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
+    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    if let Some(c) = collision_count {
+        bytes.extend_from_slice(&c.to_le_bytes());
     }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut out = String::new();
-    let mut v = h;
-    while v > 0 || out.is_empty() {
-        out.push(ALPHABET[(v % ALPHABET.len() as u32) as usize] as char);
-        v /= ALPHABET.len() as u32;
-    }
-    out
+    skiff_core::names::safe_hash(&bytes)
 }
 
 /// The ControllerRevisions `owner` controls, oldest revision first.

@@ -77,6 +77,12 @@ impl LabelSelector {
         Ok(Self { requirements })
     }
 
+    /// The selector of a map of labels that must all match (a Service's `spec.selector`).
+    pub fn from_map(labels: &std::collections::BTreeMap<String, String>) -> Self {
+        let requirements = labels.iter().map(|(k, v)| Requirement { key: k.clone(), op: Operator::Equals, values: vec![v.clone()] }).collect();
+        Self { requirements }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }

@@ -3,6 +3,20 @@
 const DNS1123_LABEL_MAX: usize = 63;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 
+/// A short stable hash of `bytes` (FNV-1a, 32 bits) for generated names, written in
+/// Kubernetes' "safe" alphabet: no vowels, so no words, and valid in any name.
+pub fn safe_hash(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut out = String::new();
+    let mut v = h;
+    while v > 0 || out.is_empty() {
+        out.push(ALPHABET[(v % ALPHABET.len() as u32) as usize] as char);
+        v /= ALPHABET.len() as u32;
+    }
+    out
+}
+
 fn is_label_char(c: char) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
 }

@@ -92,7 +92,7 @@ impl NodeArgs {
 
 /// The source address of the default route, found by connecting a UDP socket (which
 /// sends nothing); 127.0.0.1 on a machine without one.
-fn default_ip() -> String {
+pub fn default_ip() -> String {
     let probe = || -> std::io::Result<std::net::IpAddr> {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         s.connect("10.255.255.255:9")?;

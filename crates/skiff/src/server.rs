@@ -88,7 +88,10 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let api = ApiServer::new(Arc::new(store), config);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    api.bootstrap(addr.port()).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {}", e.message))?;
+    // Pods reach the API through the `kubernetes` Service; a wildcard listener is
+    // advertised at the node's address.
+    let advertise = if addr.ip().is_unspecified() { SocketAddr::new(crate::agent::default_ip().parse()?, addr.port()) } else { addr };
+    api.bootstrap(advertise).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {}", e.message))?;
     let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string()])?;
     let kubeconfig_path = dir.join("kubeconfig");
     let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
