@@ -111,6 +111,11 @@ impl ApiServer {
             "spec": {"clusterIP": self.config.service_cidr.nth(10).to_string(),
                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
         ignore_exists(self.create_object(services, Some("kube-system"), dns, WriteOptions::default()).await)?;
+        let ingress_classes = resources::find("networking.k8s.io", "v1", "ingressclasses").expect("ingressclasses");
+        let skiff_class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "skiff", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "skiff.dev/ingress"}});
+        ignore_exists(self.create_object(ingress_classes, None, skiff_class, WriteOptions::default()).await)?;
         // The Wasm runtime class: pods naming it are scheduled only onto nodes whose agent
         // offers wasmtime (they carry the label).
         let classes = resources::find("node.k8s.io", "v1", "runtimeclasses").expect("runtimeclasses");

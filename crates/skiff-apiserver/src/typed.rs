@@ -59,6 +59,7 @@ typed_kinds! {
     ("autoscaling/v1", "HorizontalPodAutoscaler", autoscaling::v1::HorizontalPodAutoscaler),
     ("autoscaling/v1", "Scale", autoscaling::v1::Scale),
     ("networking.k8s.io/v1", "Ingress", networking::v1::Ingress),
+    ("networking.k8s.io/v1", "IngressClass", networking::v1::IngressClass),
     ("coordination.k8s.io/v1", "Lease", coordination::v1::Lease),
     ("discovery.k8s.io/v1", "EndpointSlice", discovery::v1::EndpointSlice),
     ("node.k8s.io/v1", "RuntimeClass", node::v1::RuntimeClass),

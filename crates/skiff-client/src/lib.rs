@@ -7,6 +7,7 @@
 pub mod events;
 pub mod expectations;
 pub mod informer;
+pub mod ingress;
 pub mod nodes;
 pub mod owners;
 pub mod pods;

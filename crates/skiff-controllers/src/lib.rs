@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
 pub mod job;
+pub mod load_balancer;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
@@ -29,10 +30,11 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, Repl
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use skiff_client::{Expectations, Recorder, SharedInformer};
@@ -118,6 +120,17 @@ where
     futures::stream::select(informer.subscribe(), informer.deletions())
 }
 
+/// A tick each time the set of load balancer addresses (Ready nodes' addresses) changes.
+fn address_changes(nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static, store: Store<Node>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let mut last = None;
+    nodes.filter_map(move |_| {
+        let now = load_balancer::node_addresses(&store.state());
+        let changed = last.as_ref() != Some(&now);
+        last = Some(now);
+        futures::future::ready(changed.then_some(()))
+    })
+}
+
 /// Starts every controller; runs until the process ends.
 pub async fn run(client: Client, options: Options) {
     tracing::info!("starting controllers");
@@ -134,6 +147,8 @@ pub async fn run(client: Client, options: Options) {
     let services = informer::<Service>(&client);
     let endpoints = informer::<Endpoints>(&client);
     let slices = informer::<EndpointSlice>(&client);
+    let ingresses = informer::<Ingress>(&client);
+    let ingress_classes = informer::<IngressClass>(&client);
 
     let rs = Controller::for_shared_stream(replica_sets.subscribe(), replica_sets.store())
         .owns_shared_stream(changes(&pods))
@@ -239,6 +254,17 @@ pub async fn run(client: Client, options: Options) {
             Arc::new(endpoints::Ctx { client: client.clone(), pods: pods.store(), endpoints: endpoints.store(), slices: slices.store() }),
         )
         .for_each(|_| async {});
+    let lb_ctx = Arc::new(load_balancer::Ctx { client: client.clone(), nodes: nodes.store(), classes: ingress_classes.store() });
+    // Load balancer addresses follow the nodes; node status changes every few seconds,
+    // so only a change in the set of addresses wakes every Service and Ingress.
+    let lb = Controller::for_shared_stream(services.subscribe(), services.store())
+        .reconcile_all_on(address_changes(nodes.subscribe(), nodes.store()))
+        .run(load_balancer::reconcile_service, retry, lb_ctx.clone())
+        .for_each(|_| async {});
+    let ing = Controller::for_shared_stream(ingresses.subscribe(), ingresses.store())
+        .reconcile_all_on(futures::stream::select(address_changes(nodes.subscribe(), nodes.store()), ingress_classes.subscribe().map(|_| ())))
+        .run(load_balancer::reconcile_ingress, retry, lb_ctx)
+        .for_each(|_| async {});
     let lifecycle = node_lifecycle::run(client.clone(), nodes.store(), pods.store(), options.node_monitor_grace_period);
     let gc = garbage_collector::run(client.clone());
 
@@ -256,6 +282,8 @@ pub async fn run(client: Client, options: Options) {
         services.run(),
         endpoints.run(),
         slices.run(),
+        ingresses.run(),
+        ingress_classes.run(),
         rs,
         deploy,
         sts,
@@ -266,6 +294,8 @@ pub async fn run(client: Client, options: Options) {
         sa,
         ipam,
         ep,
+        lb,
+        ing,
         lifecycle,
         gc,
     );

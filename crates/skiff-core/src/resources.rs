@@ -123,6 +123,7 @@ pub static RESOURCES: &[ResourceType] = &[
     res("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", &["hpa"], NS, STATUS, ALL),
     res("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", &["hpa"], NS, STATUS, ALL),
     res("networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", &["ing"], NS, STATUS, NONE),
+    res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", NONE, CLUSTER, NONE, NONE),
     res("coordination.k8s.io", "v1", "Lease", "leases", "lease", NONE, NS, NONE, NONE),
     res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", NONE, NS, NONE, NONE),
     res("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", NONE, CLUSTER, NONE, NONE),

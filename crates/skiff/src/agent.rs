@@ -24,6 +24,9 @@ pub struct AgentArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
+    /// Virtual IP range of the cluster's Services (as given to `skiff server`).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: skiff_core::Cidr,
     /// Simulate this many hollow nodes (register, renew leases, report bound pods running)
     /// instead of running pods: for tests and benchmarks at scale.
     #[arg(long, hide = true)]
@@ -90,6 +93,20 @@ impl NodeArgs {
     }
 }
 
+/// The node's service proxy, beside its agent. Without the service range made local
+/// (no root, no `ip`), ClusterIPs cannot be served; NodePorts still are.
+pub fn spawn_proxy(client: kube::Client, node: &skiff_agent::AgentConfig, service_cidr: skiff_core::Cidr) {
+    if let Err(why) = skiff_agent::network::make_services_local(service_cidr) {
+        tracing::warn!(%service_cidr, %why, "ClusterIPs cannot be served on this node");
+    }
+    let config = skiff_proxy::ProxyConfig {
+        node_name: node.node_name.clone(),
+        node_ips: node.node_ip.parse().into_iter().collect(),
+        cluster_dns: std::net::IpAddr::V4(service_cidr.nth(10)),
+    };
+    tokio::spawn(skiff_proxy::run(client, config));
+}
+
 /// The source address of the default route, found by connecting a UDP socket (which
 /// sends nothing); 127.0.0.1 on a machine without one.
 pub fn default_ip() -> String {
@@ -145,6 +162,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
         let config = args.node.config(data_dir, &token)?;
         println!("node agent {} starting", config.node_name);
+        spawn_proxy(client.clone(), &config, args.service_cidr);
         tokio::select! {
             r = skiff_agent::run(client, config) => r?,
             _ = tokio::signal::ctrl_c() => {}

@@ -1,0 +1,261 @@
+//! The proxy's data path: a listener per frontend that hands each TCP connection or UDP
+//! flow to one of its Service's endpoints, round robin, or to the endpoint a client
+//! last used under `sessionAffinity: ClientIP`. A TCP endpoint that refuses the
+//! connection is skipped for the next one, so an endpoint that just went away costs the
+//! client nothing; with no endpoints at all, the connection is reset, as kube-proxy's
+//! REJECT rule does.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::services::Backends;
+
+/// How long to wait for an endpoint to accept before trying the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Endpoints tried per connection.
+const ATTEMPTS: usize = 3;
+/// A UDP flow with no traffic for this long is forgotten (conntrack's UDP timeout).
+const UDP_IDLE: Duration = Duration::from_secs(30);
+
+/// A frontend's current endpoints, shared by its listener and the sync loop.
+pub struct Route {
+    backends: RwLock<Arc<Backends>>,
+    next: AtomicUsize,
+    sticky: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
+}
+
+impl Route {
+    pub fn new(backends: Backends) -> Arc<Route> {
+        Arc::new(Route { backends: RwLock::new(Arc::new(backends)), next: AtomicUsize::new(0), sticky: Mutex::default() })
+    }
+
+    /// Takes new endpoints; connections already made stay where they are.
+    pub fn update(&self, backends: Backends) {
+        if **self.backends.read().unwrap() != backends {
+            *self.backends.write().unwrap() = Arc::new(backends);
+        }
+    }
+
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.read().unwrap().clone()
+    }
+
+    /// The endpoints to try for `client`, in order: its sticky endpoint (if it still is
+    /// one and has not timed out), then the next ones round robin.
+    pub fn candidates(&self, client: IpAddr) -> Vec<SocketAddr> {
+        let b = self.backends();
+        let n = b.endpoints.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut out: Vec<SocketAddr> = (0..n.min(ATTEMPTS)).map(|i| b.endpoints[(start + i) % n]).collect();
+        if let Some(timeout) = b.affinity {
+            let sticky = self.sticky.lock().unwrap().get(&client).copied();
+            if let Some((ep, at)) = sticky
+                && at.elapsed() < timeout
+                && b.endpoints.contains(&ep)
+            {
+                out.retain(|e| *e != ep);
+                out.insert(0, ep);
+            }
+        }
+        out
+    }
+
+    /// Records that `client` reached `endpoint` (for session affinity).
+    pub fn used(&self, client: IpAddr, endpoint: SocketAddr) {
+        if self.backends().affinity.is_some() {
+            let mut sticky = self.sticky.lock().unwrap();
+            if sticky.len() > 100_000 {
+                sticky.clear(); // A bound on memory; affinity is best effort past it.
+            }
+            sticky.insert(client, (endpoint, Instant::now()));
+        }
+    }
+}
+
+/// Accepts connections on `listener` for as long as the task lives.
+pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of fds and the like: pause rather than spin.
+                tracing::warn!(error = %e, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let route = route.clone();
+        tokio::spawn(async move {
+            if let Some((upstream, endpoint)) = connect(&route, peer.ip()).await {
+                route.used(peer.ip(), endpoint);
+                let (mut client, mut upstream) = (client, upstream);
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            } else {
+                // Reset, so the client learns at once that nothing serves here.
+                let _ = client.set_zero_linger();
+            }
+        });
+    }
+}
+
+/// A connection to the first candidate endpoint that accepts one.
+async fn connect(route: &Route, client: IpAddr) -> Option<(TcpStream, SocketAddr)> {
+    for endpoint in route.candidates(client) {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+            Ok(Ok(s)) => return Some((s, endpoint)),
+            Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, service = %route.backends().service, "endpoint refused; trying the next"),
+            Err(_) => tracing::debug!(%endpoint, service = %route.backends().service, "endpoint timed out; trying the next"),
+        }
+    }
+    None
+}
+
+/// Relays datagrams on `socket`: each client address is a flow with its own upstream
+/// socket to one endpoint, and replies go back from the frontend's address.
+pub async fn serve_udp(socket: UdpSocket, route: Arc<Route>) {
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, client)) = socket.recv_from(&mut buf).await else { continue };
+        let existing = flows.lock().unwrap().get(&client).cloned();
+        let upstream = match existing {
+            Some(u) => u,
+            None => {
+                let Some(endpoint) = route.candidates(client.ip()).first().copied() else { continue };
+                let Ok(u) = UdpSocket::bind(SocketAddr::new(unspecified(endpoint), 0)).await else { continue };
+                if u.connect(endpoint).await.is_err() {
+                    continue;
+                }
+                route.used(client.ip(), endpoint);
+                let u = Arc::new(u);
+                flows.lock().unwrap().insert(client, u.clone());
+                tokio::spawn(reply(u.clone(), socket.clone(), client, flows.clone()));
+                u
+            }
+        };
+        let _ = upstream.send(&buf[..n]).await;
+    }
+}
+
+/// Sends an endpoint's replies back to the client until the flow goes idle.
+async fn reply(upstream: Arc<UdpSocket>, frontend: Arc<UdpSocket>, client: SocketAddr, flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>>) {
+    let mut buf = vec![0u8; 65_536];
+    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+        let _ = frontend.send_to(&buf[..n], client).await;
+    }
+    flows.lock().unwrap().remove(&client);
+}
+
+fn unspecified(like: SocketAddr) -> IpAddr {
+    match like {
+        SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(endpoints: &[&str], affinity: Option<Duration>) -> Arc<Route> {
+        Route::new(Backends { service: "default/web:http".into(), endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(), affinity })
+    }
+
+    #[test]
+    fn round_robin_over_endpoints() {
+        let r = route(&["10.0.0.1:80", "10.0.0.2:80"], None);
+        let client: IpAddr = "10.0.0.9".parse().unwrap();
+        let firsts: Vec<SocketAddr> = (0..4).map(|_| r.candidates(client)[0]).collect();
+        assert_eq!(firsts[0], firsts[2]);
+        assert_ne!(firsts[0], firsts[1]);
+        assert_eq!(r.candidates(client).len(), 2);
+        assert!(route(&[], None).candidates(client).is_empty());
+    }
+
+    #[test]
+    fn client_ip_affinity_sticks_until_the_endpoint_goes() {
+        let r = route(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], Some(Duration::from_secs(60)));
+        let client: IpAddr = "10.0.0.9".parse().unwrap();
+        let first = r.candidates(client)[0];
+        r.used(client, first);
+        assert!((0..5).all(|_| r.candidates(client)[0] == first));
+        // Another client is not pinned.
+        let other: IpAddr = "10.0.0.8".parse().unwrap();
+        assert!((0..5).any(|_| r.candidates(other)[0] != first));
+        r.update(Backends { service: "default/web:http".into(), endpoints: vec!["10.0.0.7:80".parse().unwrap()], affinity: Some(Duration::from_secs(60)) });
+        assert_eq!(r.candidates(client)[0], "10.0.0.7:80".parse::<SocketAddr>().unwrap());
+    }
+
+    #[tokio::test]
+    async fn tcp_skips_refusing_endpoints_and_resets_without_any() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut b = [0u8; 5];
+                    s.read_exact(&mut b).await.unwrap();
+                    s.write_all(&b).await.unwrap();
+                });
+            }
+        });
+        // A port nothing listens on: bind, note it, close.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let r = Route::new(Backends { service: "t".into(), endpoints: vec![closed, good], affinity: None });
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        tokio::spawn(serve_tcp(front, r.clone()));
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"hello").await.unwrap();
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"hello");
+        }
+        r.update(Backends { service: "t".into(), endpoints: vec![], affinity: None });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut b = [0u8; 1];
+        assert!(!matches!(c.read(&mut b).await, Ok(n) if n > 0));
+    }
+
+    #[tokio::test]
+    async fn udp_flows_get_their_replies() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            loop {
+                let (n, from) = server.recv_from(&mut b).await.unwrap();
+                let mut reply = b[..n].to_vec();
+                reply.reverse();
+                server.send_to(&reply, from).await.unwrap();
+            }
+        });
+        let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        tokio::spawn(serve_udp(front, Route::new(Backends { service: "t".into(), endpoints: vec![server_addr], affinity: None })));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(addr).await.unwrap();
+        for msg in [&b"abc"[..], b"xyz1"] {
+            client.send(msg).await.unwrap();
+            let mut b = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut b)).await.unwrap().unwrap();
+            let mut want = msg.to_vec();
+            want.reverse();
+            assert_eq!(&b[..n], &want[..]);
+        }
+    }
+}
