@@ -5,6 +5,7 @@ the real kubectl; plain HTTP, TCP and UDP clients from Python."""
 import json
 import os
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -22,13 +23,50 @@ CLUSTER_CIDR = "10.97.0.0/16"
 NODE = "svc-node"
 
 
+CLUSTER_DNS = "10.96.0.10"
+# The "host's resolver" the cluster DNS forwards other names to: a stand-in that
+# answers every A question with this address.
+UPSTREAM_DNS = "127.0.0.153"
+UPSTREAM_ANSWER = "192.0.2.99"
+
+
+def fake_upstream_dns():
+    """A minimal DNS server on UPSTREAM_DNS:53 (UDP): every A question gets UPSTREAM_ANSWER."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((UPSTREAM_DNS, 53))
+
+    def serve():
+        while True:
+            try:
+                query, addr = sock.recvfrom(4096)
+            except OSError:
+                return
+            end = 12
+            while query[end] != 0:
+                end += query[end] + 1
+            question = query[12:end + 5]
+            qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
+            answers = 1 if qtype == 1 else 0
+            header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, answers, 0, 0)
+            record = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(UPSTREAM_ANSWER)
+            sock.sendto(header + question + (record if answers else b""), addr)
+    threading.Thread(target=serve, daemon=True).start()
+    return sock
+
+
 @pytest.fixture(scope="module")
 def svc_cluster(registry):
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--agent-port", "0", "--node-name", NODE, "--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR], command="up").start()
+        upstream = fake_upstream_dns()
+        resolv = os.path.join(d, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write(f"nameserver {UPSTREAM_DNS}\n")
+        c = Cluster(d, ["--agent-port", "0", "--node-name", NODE, "--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR,
+                        "--resolv-conf", resolv], command="up").start()
         wait_for(lambda: c.kubectl("get", "node", NODE, check=False).returncode == 0, 30, "the node to register")
         yield c
         c.stop()
+        upstream.close()
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +237,63 @@ def test_udp_service(svc_cluster, ns):
         wait_for(roundtrip, 20, "the UDP ClusterIP to answer")
     finally:
         echo.close()
+
+
+def dig(*args):
+    p = subprocess.run(["dig", f"@{CLUSTER_DNS}", "+time=2", "+tries=2", *args], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def short(*args):
+    return sorted(dig("+short", *args).split("\n")[:-1])
+
+
+def test_cluster_dns(svc_cluster, hello, ns):
+    apply(svc_cluster, ns, deployment("web", hello, 2), service("web", {"app": "web"}),
+          service("web-pods", {"app": "web"}, clusterIP="None"),
+          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "example.com"}})
+    pod_ips = wait_endpoints(svc_cluster, ns, "web", 2)
+    vip = svc_cluster.json("get", "svc", "-n", ns, "web")["spec"]["clusterIP"]
+    name = f"web.{ns}.svc.cluster.local"
+    wait_for(lambda: short(name) == [vip], 10, "the Service's A record")
+    assert short("+tcp", name) == [vip], "DNS over TCP answers too"
+    assert short("SRV", f"_http._tcp.{name}") == [f"0 100 80 {name}."]
+    wait_for(lambda: short(f"web-pods.{ns}.svc.cluster.local") == pod_ips, 10, "the headless Service's pod addresses")
+    dashed = pod_ips[0].replace(".", "-")
+    assert short(f"{dashed}.web-pods.{ns}.svc.cluster.local") == [pod_ips[0]]
+    assert short(f"{dashed}.{ns}.pod.cluster.local") == [pod_ips[0]]
+    assert short(f"ext.{ns}.svc.cluster.local") == ["example.com."]
+    assert "status: NXDOMAIN" in dig(f"nope.{ns}.svc.cluster.local")
+    # Other names go to the host's resolver.
+    assert short("upstream.example") == [UPSTREAM_ANSWER]
+    # The kubernetes Service and kube-dns itself.
+    assert short("kubernetes.default.svc.cluster.local") == ["10.96.0.1"]
+    assert short("kube-dns.kube-system.svc.cluster.local") == [CLUSTER_DNS]
+
+
+def test_function_calls_a_service_by_name(svc_cluster, hello, ns):
+    apply(svc_cluster, ns, deployment("web", hello, 1), service("web", {"app": "web"}))
+    caller = deployment("caller", hello, 1)
+    caller["spec"]["template"]["metadata"]["annotations"]["skiff.dev/allowed-outbound-hosts"] = "web,*.svc,*.svc.cluster.local"
+    apply(svc_cluster, ns, caller)
+    wait_endpoints(svc_cluster, ns, "web", 1)
+    ip = wait_for(lambda: [p["status"]["podIP"] for p in ready_pods(svc_cluster, ns, "caller")], 60, "the caller pod")[0]
+    for target in (f"web.{ns}.svc", "web", f"web.{ns}.svc.cluster.local"):
+        status, body = get(f"http://{ip}:8080/fetch?url=http://{target}/")
+        assert (status, body) == (200, f"fetched http://{target}/: 200 OK\n"), (target, status, body)
+
+
+def test_pods_get_service_variables(svc_cluster, registry, ns):
+    ref = f"{registry.host}/wasi-hello:svc"
+    subprocess.run([skiff_binary(), "push", example_wasm("wasm32-wasip1"), ref], check=True, capture_output=True, timeout=60)
+    apply(svc_cluster, ns, service("my-api", {"app": "nothing"}))
+    vip = svc_cluster.json("get", "svc", "-n", ns, "my-api")["spec"]["clusterIP"]
+    show = "MY_API_SERVICE_HOST,MY_API_SERVICE_PORT,MY_API_SERVICE_PORT_HTTP,MY_API_PORT,KUBERNETES_SERVICE_HOST"
+    apply(svc_cluster, ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "env"},
+                            "spec": {"runtimeClassName": "wasmtime", "restartPolicy": "Never", "containers": [{
+                                "name": "main", "image": ref, "env": [{"name": "SHOW", "value": show}]}]}})
+    wait_for(lambda: svc_cluster.json("get", "pod", "-n", ns, "env")["status"].get("phase") == "Succeeded", 60, "the pod to finish")
+    out = svc_cluster.kubectl("logs", "-n", ns, "env").stdout.splitlines()
+    assert out[1:] == [f"MY_API_SERVICE_HOST={vip}", "MY_API_SERVICE_PORT=80", "MY_API_SERVICE_PORT_HTTP=80",
+                       f"MY_API_PORT=tcp://{vip}:80", "KUBERNETES_SERVICE_HOST=10.96.0.1"], out

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -13,6 +13,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 pub struct ConfigSources {
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
+    /// For the `*_SERVICE_HOST`/`*_SERVICE_PORT` variables.
+    pub services: Store<Service>,
 }
 
 impl ConfigSources {
@@ -59,7 +61,8 @@ pub struct PodFacts<'a> {
 /// The container's environment, in order, later entries overriding earlier ones.
 pub fn container_env(container: &Container, facts: &PodFacts, sources: &ConfigSources) -> Result<Vec<(String, String)>, ConfigError> {
     let ns = facts.pod.namespace().unwrap_or_default();
-    let mut env: Vec<(String, String)> = Vec::new();
+    let links = facts.pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+    let mut env: Vec<(String, String)> = service_env(&sources.services.state(), &ns, links);
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(name, _)| *name != k);
         env.push((k, v));
@@ -107,6 +110,50 @@ pub fn container_env(container: &Container, facts: &PodFacts, sources: &ConfigSo
         }
     }
     Ok(env)
+}
+
+/// The variables naming the cluster's Services, as kubelet sets them: for each Service
+/// with a ClusterIP in the pod's namespace (with `enableServiceLinks`, the default), and
+/// always for `default/kubernetes`, `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT`,
+/// `NAME_SERVICE_PORT_PORTNAME` and Docker-link style `NAME_PORT…` variables.
+pub fn service_env(services: &[std::sync::Arc<Service>], namespace: &str, enable_links: bool) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<String, &Service> = BTreeMap::new();
+    for svc in services {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let wanted = (enable_links && ns == namespace) || (ns == "default" && name == "kubernetes");
+        let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).unwrap_or("None");
+        if wanted && ip != "None" && !ip.is_empty() {
+            // A namespace's own Service wins over `default/kubernetes` of the same name.
+            if ns == namespace || !chosen.contains_key(&name) {
+                chosen.insert(name, svc.as_ref());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
+        let prefix = name.to_uppercase().replace('-', "_");
+        let spec = svc.spec.as_ref().expect("chosen Services have a spec");
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{prefix}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports.iter().filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty())) {
+            out.push((format!("{prefix}_SERVICE_PORT_{}", p.name.as_deref().unwrap_or_default().to_uppercase().replace('-', "_")), p.port.to_string()));
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        out.push((format!("{prefix}_PORT"), format!("{}://{ip}:{}", proto(first).to_lowercase(), first.port)));
+        for p in &ports {
+            let (proto, port) = (proto(p), p.port);
+            let base = format!("{prefix}_PORT_{port}_{proto}");
+            out.push((base.clone(), format!("{}://{ip}:{port}", proto.to_lowercase())));
+            out.push((format!("{base}_PROTO"), proto.to_lowercase()));
+            out.push((format!("{base}_PORT"), port.to_string()));
+            out.push((format!("{base}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// One key of a ConfigMap's or Secret's `data`, with Kubernetes' messages when the object
@@ -224,7 +271,30 @@ mod tests {
         let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"greeting": "hi", "who": "world"}})).unwrap();
         w.apply_watcher_event(&Event::Apply(cm));
         let (secrets, _) = store::<Secret>();
-        ConfigSources { config_maps: cms, secrets }
+        let (services, _) = store::<Service>();
+        ConfigSources { config_maps: cms, secrets, services }
+    }
+
+    #[test]
+    fn service_variables_as_kubelet_sets_them() {
+        let svc = |ns: &str, name: &str, spec: serde_json::Value| std::sync::Arc::new(serde_json::from_value::<Service>(serde_json::json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})).unwrap());
+        let services = [
+            svc("default", "kubernetes", serde_json::json!({"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443}]})),
+            svc("ns", "web-api", serde_json::json!({"clusterIP": "10.43.0.7", "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]})),
+            svc("ns", "headless", serde_json::json!({"clusterIP": "None", "ports": [{"port": 80}]})),
+            svc("other", "elsewhere", serde_json::json!({"clusterIP": "10.43.0.8", "ports": [{"port": 80}]})),
+        ];
+        let env: BTreeMap<String, String> = service_env(&services, "ns", true).into_iter().collect();
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.43.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "443");
+        assert_eq!(env["WEB_API_SERVICE_HOST"], "10.43.0.7");
+        assert_eq!(env["WEB_API_SERVICE_PORT"], "80");
+        assert_eq!(env["WEB_API_PORT"], "tcp://10.43.0.7:80");
+        assert_eq!(env["WEB_API_PORT_53_UDP"], "udp://10.43.0.7:53");
+        assert_eq!(env["WEB_API_PORT_53_UDP_ADDR"], "10.43.0.7");
+        assert!(!env.keys().any(|k| k.starts_with("HEADLESS_") || k.starts_with("ELSEWHERE_")));
+        let without_links: Vec<String> = service_env(&services, "ns", false).into_iter().map(|(k, _)| k).collect();
+        assert!(without_links.iter().all(|k| k.starts_with("KUBERNETES_")) && !without_links.is_empty());
     }
 
     fn pod() -> Pod {

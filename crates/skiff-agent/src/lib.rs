@@ -12,6 +12,7 @@ pub mod hollow;
 pub mod images;
 pub mod logs;
 pub mod network;
+pub mod pod_dns;
 pub mod node;
 pub mod probes;
 pub mod runtime;
@@ -58,6 +59,8 @@ pub struct AgentConfig {
     pub token: String,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
+    /// The cluster DNS pods resolve names through (none: the host's resolver).
+    pub cluster_dns: Option<pod_dns::ClusterDns>,
 }
 
 /// What every pod worker of the node shares.
@@ -214,9 +217,11 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     let images = images::ImageStore::open(config.data_dir.join("images"), config.insecure_registries.clone()).context("opening the image store")?;
     let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
     let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
-    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store() };
+    let services = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()));
+    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store(), services: services.store() };
     tokio::spawn(config_maps.run());
     tokio::spawn(secrets.run());
+    tokio::spawn(services.run());
     let agent = Arc::new(Agent {
         recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet"),
         client: client.clone(),
@@ -244,7 +249,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     if routed {
         tokio::spawn(network::route_other_nodes(client.clone(), registration.name.clone()));
     }
-    let _ = tokio::join!(agent.sources.config_maps.wait_until_ready(), agent.sources.secrets.wait_until_ready());
+    let _ = tokio::join!(agent.sources.config_maps.wait_until_ready(), agent.sources.secrets.wait_until_ready(), agent.sources.services.wait_until_ready());
     tokio::select! {
         _ = keep_alive(agent.clone(), registration, node) => {}
         _ = run_pods(agent) => {}

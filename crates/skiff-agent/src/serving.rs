@@ -41,7 +41,7 @@ pub struct Function {
 }
 
 /// Prepares a component to serve, or says why it cannot.
-pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, container: &Container, guest: GuestSpec) -> Result<(Arc<Function>, Vec<u16>), StartError> {
+pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, container: &Container, guest: GuestSpec, dns: Option<&crate::pod_dns::ClusterDns>) -> Result<(Arc<Function>, Vec<u16>), StartError> {
     let proxy = runtime.proxy(component)?;
     let ports: Vec<u16> = container.ports.iter().flatten()
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
@@ -61,7 +61,8 @@ pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, con
         None => Duration::from_secs(30),
     };
     let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_else(|| CLUSTER_SERVICES.into()).split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
-    let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts) };
+    let resolver = dns.map(|d| Arc::new(crate::pod_dns::PodResolver::new(d, &pod.namespace().unwrap_or_default())));
+    let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts), resolver };
     Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: tokio::sync::Semaphore::new(concurrency) }), ports))
 }
 

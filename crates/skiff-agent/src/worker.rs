@@ -346,7 +346,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             // An HTTP function: served on the pod's IP until the pod stops.
             Program::Component(component) if crate::runtime::http::is_proxy(&node.runtime, component) => {
                 let ip = node.pod_ip(&pod);
-                let listening = match crate::serving::prepare(&node.runtime, component, &pod, container, guest) {
+                let listening = match crate::serving::prepare(&node.runtime, component, &pod, container, guest, node.config.cluster_dns.as_ref()) {
                     Ok((function, ports)) => crate::serving::bind(&ip, &ports).await.map(|l| (function, l)),
                     Err(e) => Err(e),
                 };

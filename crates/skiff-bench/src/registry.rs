@@ -58,6 +58,8 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         port: 0,
         token: TOKEN.into(),
         labels: Default::default(),
+        // The in-process node runs no proxy, so pods resolve as the host does.
+        cluster_dns: None,
     };
     let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());

@@ -7,12 +7,13 @@
 //! listener sends to its Service's endpoints as the EndpointSlices list them and follows
 //! them as they change.
 
+pub mod dns;
 pub mod forward;
 pub mod services;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,6 +37,10 @@ pub struct ProxyConfig {
     /// The cluster DNS address (the `kube-dns` Service's ClusterIP), answered by the
     /// node's DNS server rather than proxied.
     pub cluster_dns: IpAddr,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// The resolvers names outside the cluster are forwarded to.
+    pub upstream_dns: Vec<SocketAddr>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -57,11 +62,35 @@ pub async fn run(client: Client, config: ProxyConfig) {
         slices.subscribe().map(|_| ()).boxed(),
         slices.deletions().map(|_| ()).boxed(),
     ]);
-    let sync = sync_loop(changes, services.store(), slices.store(), config, Recorder::new(client, "skiff-proxy"));
-    tokio::join!(services.run(), slices.run(), sync);
+    let records: Arc<RwLock<Arc<dns::Records>>> = Arc::default();
+    let dns = serve_dns(config.clone(), records.clone());
+    let sync = sync_loop(changes, services.store(), slices.store(), config, records, Recorder::new(client, "skiff-proxy"));
+    tokio::join!(services.run(), slices.run(), sync, dns);
 }
 
-async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, services: Store<Service>, slices: Store<EndpointSlice>, config: ProxyConfig, recorder: Recorder) {
+/// Serves cluster DNS on the `kube-dns` address, binding again after a failure.
+async fn serve_dns(config: ProxyConfig, records: Arc<RwLock<Arc<dns::Records>>>) {
+    let addr = SocketAddr::new(config.cluster_dns, 53);
+    let mut reported = false;
+    loop {
+        let handler = dns::ClusterDns { records: records.clone(), upstreams: config.upstream_dns.clone() };
+        if let Err(e) = dns::serve(addr, handler).await
+            && !std::mem::replace(&mut reported, true)
+        {
+            tracing::warn!(%addr, error = %e, "cannot serve cluster DNS on this node; retrying");
+        }
+        tokio::time::sleep(RETRY_BIND).await;
+    }
+}
+
+async fn sync_loop(
+    mut changes: impl futures::Stream<Item = ()> + Unpin,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    config: ProxyConfig,
+    records: Arc<RwLock<Arc<dns::Records>>>,
+    recorder: Recorder,
+) {
     let _ = services.wait_until_ready().await;
     let _ = slices.wait_until_ready().await;
     tracing::info!(node = %config.node_name, "service proxy started");
@@ -69,7 +98,9 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, service
     let mut reported: HashSet<Frontend> = HashSet::new();
     loop {
         let node = ThisNode { name: &config.node_name, addresses: &config.node_ips, reserved: &[config.cluster_dns] };
-        let want = services::frontends(&services.state(), &slices.state(), &node);
+        let (all_services, all_slices) = (services.state(), slices.state());
+        let want = services::frontends(&all_services, &all_slices, &node);
+        *records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &all_slices));
         apply(&mut running, want, &services, &recorder, &mut reported).await;
         // Wait for a change (or the retry tick), then let a burst of changes settle.
         tokio::select! {

@@ -67,6 +67,13 @@ pub struct NodeArgs {
     /// A registry (`host[:port]`) to reach over plain HTTP; loopback registries always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// The resolver configuration names outside the cluster are forwarded from (as
+    /// kubelet's --resolv-conf).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     /// Port of the agent's HTTPS endpoint (logs, stats); 0 picks a free one.
     #[arg(long, default_value_t = 10250)]
     agent_port: u16,
@@ -77,7 +84,7 @@ pub struct NodeArgs {
 
 impl NodeArgs {
     /// The agent's settings; it keeps images, compiled code, logs and volumes in `data_dir`.
-    pub fn config(&self, data_dir: PathBuf, token: &str) -> anyhow::Result<skiff_agent::AgentConfig> {
+    pub fn config(&self, data_dir: PathBuf, token: &str, service_cidr: skiff_core::Cidr) -> anyhow::Result<skiff_agent::AgentConfig> {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
         Ok(skiff_agent::AgentConfig {
             node_name: self.node_name.clone().unwrap_or(hostname),
@@ -89,22 +96,37 @@ impl NodeArgs {
             port: self.agent_port,
             token: token.to_string(),
             labels: key_values(&self.node_labels, "--node-label")?,
+            cluster_dns: Some(skiff_agent::pod_dns::ClusterDns { server: cluster_dns(service_cidr), domain: self.cluster_domain.trim_matches('.').to_lowercase() }),
         })
     }
 }
 
 /// The node's service proxy, beside its agent. Without the service range made local
 /// (no root, no `ip`), ClusterIPs cannot be served; NodePorts still are.
-pub fn spawn_proxy(client: kube::Client, node: &skiff_agent::AgentConfig, service_cidr: skiff_core::Cidr) {
+pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::AgentConfig, service_cidr: skiff_core::Cidr) {
     if let Err(why) = skiff_agent::network::make_services_local(service_cidr) {
         tracing::warn!(%service_cidr, %why, "ClusterIPs cannot be served on this node");
     }
     let config = skiff_proxy::ProxyConfig {
         node_name: node.node_name.clone(),
         node_ips: node.node_ip.parse().into_iter().collect(),
-        cluster_dns: std::net::IpAddr::V4(service_cidr.nth(10)),
+        cluster_dns: cluster_dns(service_cidr),
+        cluster_domain: args.cluster_domain.trim_matches('.').to_lowercase(),
+        upstream_dns: match std::fs::read_to_string(&args.resolv_conf) {
+            Ok(conf) => skiff_proxy::dns::host_resolvers(&conf, cluster_dns(service_cidr)),
+            Err(e) => {
+                tracing::warn!(path = %args.resolv_conf.display(), error = %e, "no upstream resolvers: names outside the cluster will not resolve");
+                Vec::new()
+            }
+        },
     };
     tokio::spawn(skiff_proxy::run(client, config));
+}
+
+/// The cluster DNS address: the service range's tenth address, where the API server
+/// puts the `kube-dns` Service.
+fn cluster_dns(service_cidr: skiff_core::Cidr) -> std::net::IpAddr {
+    std::net::IpAddr::V4(service_cidr.nth(10))
 }
 
 /// The source address of the default route, found by connecting a UDP socket (which
@@ -160,9 +182,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?,
         };
         let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
-        let config = args.node.config(data_dir, &token)?;
+        let config = args.node.config(data_dir, &token, args.service_cidr)?;
         println!("node agent {} starting", config.node_name);
-        spawn_proxy(client.clone(), &config, args.service_cidr);
+        spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
         tokio::select! {
             r = skiff_agent::run(client, config) => r?,
             _ = tokio::signal::ctrl_c() => {}

@@ -113,8 +113,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     };
     tokio::spawn(skiff_controllers::run(client.clone(), options));
     if whole_cluster {
-        let config = args.node.config(dir.join("agent"), &token)?;
-        crate::agent::spawn_proxy(client.clone(), &config, args.service_cidr);
+        let config = args.node.config(dir.join("agent"), &token, args.service_cidr)?;
+        crate::agent::spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");

@@ -40,6 +40,8 @@ pub struct RequestLimits {
     pub timeout: Duration,
     /// Hosts outgoing requests may go to.
     pub allowed_hosts: Arc<Vec<String>>,
+    /// How the pod resolves names (through the cluster DNS).
+    pub resolver: Option<Arc<crate::pod_dns::PodResolver>>,
 }
 
 pub struct HttpState {
@@ -62,9 +64,11 @@ impl WasiHttpView for HttpState {
     }
 }
 
-/// Refuses outgoing requests to hosts the pod is not allowed to reach.
+/// Refuses outgoing requests to hosts the pod is not allowed to reach, and resolves the
+/// allowed ones as the pod would: cluster names through the cluster DNS.
 struct OutgoingPolicy {
     allowed: Arc<Vec<String>>,
+    resolver: Option<Arc<crate::pod_dns::PodResolver>>,
 }
 
 impl WasiHttpHooks for OutgoingPolicy {
@@ -86,7 +90,22 @@ impl WasiHttpHooks for OutgoingPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
+        let resolver = self.resolver.clone();
+        let mut request = request;
         Box::new(async move {
+            // Plain HTTP to a cluster name goes to the address the cluster DNS gives; the
+            // Host header keeps the name. (TLS keeps the name for the certificate check.)
+            if let Some(resolver) = resolver
+                && request.uri().scheme() != Some(&http::uri::Scheme::HTTPS)
+                && let Some(ip) = resolver.resolve(&host).await
+            {
+                let port = request.uri().port_u16().unwrap_or(80);
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = http::uri::Authority::try_from(std::net::SocketAddr::new(ip, port).to_string()).ok();
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
+            }
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
@@ -127,7 +146,7 @@ impl WasmRuntime {
             Err(e) => return error(500, &e.0),
         };
         let limiter = Limiter::new(limits.memory_limit, guest.usage.clone());
-        let state = HttpState { wasi: builder.build(), table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks: OutgoingPolicy { allowed: limits.allowed_hosts.clone() }, limiter };
+        let state = HttpState { wasi: builder.build(), table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks: OutgoingPolicy { allowed: limits.allowed_hosts.clone(), resolver: limits.resolver.clone() }, limiter };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_async_yield_and_update(1);
