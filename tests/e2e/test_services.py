@@ -24,6 +24,7 @@ NODE = "svc-node"
 
 
 CLUSTER_DNS = "10.96.0.10"
+INGRESS_HTTP, INGRESS_HTTPS = free_port(), free_port()
 # The "host's resolver" the cluster DNS forwards other names to: a stand-in that
 # answers every A question with this address.
 UPSTREAM_DNS = "127.0.0.153"
@@ -62,7 +63,7 @@ def svc_cluster(registry):
         with open(resolv, "w") as f:
             f.write(f"nameserver {UPSTREAM_DNS}\n")
         c = Cluster(d, ["--agent-port", "0", "--node-name", NODE, "--service-cidr", SERVICE_CIDR, "--cluster-cidr", CLUSTER_CIDR,
-                        "--resolv-conf", resolv], command="up").start()
+                        "--resolv-conf", resolv, "--ingress-http-port", str(INGRESS_HTTP), "--ingress-https-port", str(INGRESS_HTTPS)], command="up").start()
         wait_for(lambda: c.kubectl("get", "node", NODE, check=False).returncode == 0, 30, "the node to register")
         yield c
         c.stop()
@@ -297,3 +298,171 @@ def test_pods_get_service_variables(svc_cluster, registry, ns):
     out = svc_cluster.kubectl("logs", "-n", ns, "env").stdout.splitlines()
     assert out[1:] == [f"MY_API_SERVICE_HOST={vip}", "MY_API_SERVICE_PORT=80", "MY_API_SERVICE_PORT_HTTP=80",
                        f"MY_API_PORT=tcp://{vip}:80", "KUBERNETES_SERVICE_HOST=10.96.0.1"], out
+
+
+class HeaderEcho:
+    """A plain HTTP server on 127.0.0.1 (the endpoint of a Service without a selector)
+    that answers with the request's headers as JSON, and turns an `Upgrade` request into
+    a raw echo of whatever the client sends next."""
+
+    def __init__(self):
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                if self.headers.get("Upgrade"):
+                    self.send_response(101)
+                    self.send_header("Upgrade", self.headers["Upgrade"])
+                    self.send_header("Connection", "Upgrade")
+                    self.end_headers()
+                    self.wfile.flush()
+                    while data := self.connection.recv(1024):
+                        self.connection.sendall(data.upper())
+                    self.close_connection = True
+                    return
+                body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def self_signed(d, *hosts):
+    crt, key = os.path.join(d, "tls.crt"), os.path.join(d, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt, "-days", "1",
+                    "-subj", f"/CN={hosts[0]}", "-addext", "subjectAltName=" + ",".join(f"DNS:{h}" for h in hosts)],
+                   check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def tls_secret(name, crt, key):
+    import base64
+    data = {"tls.crt": base64.b64encode(open(crt, "rb").read()).decode(), "tls.key": base64.b64encode(open(key, "rb").read()).decode()}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "kubernetes.io/tls", "data": data}
+
+
+def ingress_path(path, service, kind="Prefix", port=None):
+    return {"path": path, "pathType": kind, "backend": {"service": {"name": service, "port": port or {"name": "http"}}}}
+
+
+def curl(url, host, *args, port=INGRESS_HTTP):
+    """curl through the ingress, resolving `host` to 127.0.0.1; returns (status, body, HTTP version)."""
+    p = subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"{host}:{port}:127.0.0.1", "-w", "\n%{http_code} %{http_version}", *args, url],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    body, _, tail = p.stdout.rpartition("\n")
+    status, version = tail.split()
+    return int(status), body.rstrip("\n"), version
+
+
+def echo_service(name, port):
+    """A Service without a selector whose one endpoint is a HeaderEcho on 127.0.0.1."""
+    return [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"ports": [{"name": "http", "port": 80}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name},
+             "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": port}]}]}]
+
+
+def test_ingress_routes_hosts_and_paths_with_tls(svc_cluster, hello, ns):
+    echo = HeaderEcho()
+    with tempfile.TemporaryDirectory() as d:
+        crt, key = self_signed(d, "shop.example", "*.blog.example")
+        apply(svc_cluster, ns, deployment("blue", hello, 1), service("blue", {"app": "blue"}),
+              deployment("green", hello, 1), service("green", {"app": "green"}), *echo_service("api", echo.port),
+              tls_secret("shop-tls", crt, key),
+              {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+               "spec": {"tls": [{"hosts": ["shop.example", "*.blog.example"], "secretName": "shop-tls"}],
+                        "rules": [{"host": "shop.example", "http": {"paths": [ingress_path("/", "blue"), ingress_path("/api", "api"),
+                                                                              ingress_path("/api/health", "green", kind="Exact")]}},
+                                  {"host": "*.blog.example", "http": {"paths": [ingress_path("/", "green", port={"number": 80})]}}]}})
+        wait_endpoints(svc_cluster, ns, "blue", 1)
+        wait_endpoints(svc_cluster, ns, "green", 1)
+        blue = f"Hello from {ready_pods(svc_cluster, ns, 'blue')[0]['metadata']['name']}!"
+        green = f"Hello from {ready_pods(svc_cluster, ns, 'green')[0]['metadata']['name']}!"
+        base = f"http://shop.example:{INGRESS_HTTP}"
+        wait_for(lambda: curl(f"{base}/", "shop.example")[:2] == (200, blue), 20, "the ingress to route shop.example")
+        status, body, _ = curl(f"{base}/api/orders?id=7", "shop.example")
+        assert status == 200 and json.loads(body)["path"] == "/api/orders?id=7", body
+        assert curl(f"{base}/apiary", "shop.example")[:2] == (404, "not found"), "Prefix matches whole path elements: blue answers"
+        assert curl(f"{base}/api/health", "shop.example")[:2] == (404, "not found"), "Exact /api/health goes to green, which has no such page"
+        assert curl(f"http://my.blog.example:{INGRESS_HTTP}/", "my.blog.example")[:2] == (200, green)
+        assert curl(f"http://other.example:{INGRESS_HTTP}/", "other.example")[0] == 404
+        # HTTPS with SNI, HTTP/1.1 and HTTP/2.
+        https = f"https://shop.example:{INGRESS_HTTPS}/"
+        assert curl(https, "shop.example", "--cacert", crt, "--http1.1", port=INGRESS_HTTPS) == (200, blue, "1.1")
+        assert curl(https, "shop.example", "--cacert", crt, "--http2", port=INGRESS_HTTPS) == (200, blue, "2")
+        assert curl(f"https://x.blog.example:{INGRESS_HTTPS}/", "x.blog.example", "--cacert", crt, port=INGRESS_HTTPS)[:2] == (200, green)
+        status, body, _ = curl(f"https://shop.example:{INGRESS_HTTPS}/api/x", "shop.example", "--cacert", crt, port=INGRESS_HTTPS)
+        assert json.loads(body)["headers"]["x-forwarded-proto"] == "https"
+        # HTTP/2 without TLS (prior knowledge).
+        assert curl(f"{base}/", "shop.example", "--http2-prior-knowledge") == (200, blue, "2")
+        node_ip = [a["address"] for a in svc_cluster.json("get", "node", NODE)["status"]["addresses"] if a["type"] == "InternalIP"][0]
+        status = wait_for(lambda: svc_cluster.json("get", "ingress", "-n", ns, "shop").get("status", {}).get("loadBalancer", {}).get("ingress"), 20, "the ingress status")
+        assert status == [{"ip": node_ip}]
+    echo.close()
+
+
+def test_ingress_forwards_headers_upgrades_and_retries(svc_cluster, ns):
+    echo = HeaderEcho()
+    dead = free_port()  # nothing listens here: the ingress must move on to the live endpoint
+    try:
+        apply(svc_cluster, ns,
+              {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"}, "spec": {"ports": [{"name": "http", "port": 80}]}},
+              {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "echo"},
+               "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": echo.port}]},
+                           {"addresses": [{"ip": "127.0.0.2"}], "ports": [{"name": "http", "port": dead}]}]},
+              {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "echo"},
+               "spec": {"rules": [{"host": "echo.example", "http": {"paths": [ingress_path("/", "echo")]}}]}})
+        url = f"http://echo.example:{INGRESS_HTTP}/hi?x=1"
+        wait_for(lambda: curl(url, "echo.example")[0] == 200, 20, "the ingress to reach the echo endpoint")
+        for _ in range(6):
+            status, body, _ = curl(url, "echo.example", "-H", "X-Forwarded-For: 203.0.113.7")
+            assert status == 200, body
+        seen = json.loads(body)
+        assert seen["path"] == "/hi?x=1"
+        h = seen["headers"]
+        assert h["host"] == f"echo.example:{INGRESS_HTTP}" and h["x-forwarded-host"] == f"echo.example:{INGRESS_HTTP}"
+        assert h["x-forwarded-for"] == "203.0.113.7, 127.0.0.1" and h["x-forwarded-proto"] == "http"
+        assert h["x-forwarded-port"] == str(INGRESS_HTTP)
+        # A WebSocket-style upgrade is relayed both ways.
+        with socket.create_connection(("127.0.0.1", INGRESS_HTTP), timeout=5) as c:
+            c.sendall(b"GET /ws HTTP/1.1\r\nHost: echo.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += c.recv(1024)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            c.sendall(b"ahoy")
+            assert c.recv(1024) == b"AHOY"
+    finally:
+        echo.close()
+
+
+def test_ingress_bad_references_are_reported(svc_cluster, hello, ns):
+    apply(svc_cluster, ns,
+          {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "broken"},
+           "spec": {"tls": [{"hosts": ["broken.example"], "secretName": "no-such-secret"}],
+                    "rules": [{"host": "broken.example", "http": {"paths": [ingress_path("/", "no-such-service")]}}]}},
+          deployment("fine", hello, 1), service("fine", {"app": "fine"}),
+          {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "fine"},
+           "spec": {"rules": [{"host": "fine.example", "http": {"paths": [ingress_path("/", "fine")]}}]}})
+
+    def reasons():
+        events = svc_cluster.json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=broken")["items"]
+        return {e["reason"] for e in events}
+    wait_for(lambda: {"ServiceNotFound", "SecretNotFound"} <= reasons(), 20, "warning events on the broken Ingress")
+    assert curl(f"http://broken.example:{INGRESS_HTTP}/", "broken.example")[0] == 503
+    wait_endpoints(svc_cluster, ns, "fine", 1)
+    wait_for(lambda: curl(f"http://fine.example:{INGRESS_HTTP}/", "fine.example")[0] == 200, 20, "the other Ingress to keep working")

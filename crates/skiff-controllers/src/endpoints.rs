@@ -56,13 +56,18 @@ pub struct PodEndpoint {
     pub terminating: bool,
 }
 
+/// A service port resolved in a pod: name, number, protocol, appProtocol.
+type ResolvedPort = (Option<String>, i32, String, Option<String>);
+/// An EndpointSlice's content: its ports and endpoints.
+pub type SliceContent = (Vec<EndpointPort>, Vec<Endpoint>);
+
 /// What a Service's endpoints should be.
 #[derive(Debug, Default, PartialEq)]
 pub struct Desired {
     /// `v1 Endpoints` subsets.
     pub subsets: Vec<EndpointSubset>,
     /// EndpointSlices by name: ports and endpoints.
-    pub slices: BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)>,
+    pub slices: BTreeMap<String, SliceContent>,
 }
 
 /// The pod's port a service port sends to: a number as given, a name looked up among
@@ -107,7 +112,7 @@ pub fn desired<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> De
     let service_ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
     let publish = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
     // Pods grouped by the ports they resolve to, in name order so the result is stable.
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String, Option<String>)>, Vec<PodEndpoint>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<PodEndpoint>> = BTreeMap::new();
     let mut sorted: Vec<&Pod> = pods.into_iter().collect();
     sorted.sort_by_key(|p| p.metadata.name.clone());
     for pod in sorted {
@@ -162,7 +167,7 @@ pub fn desired<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> De
 }
 
 /// A manually written Endpoints object as slices (the mirroring controller's job).
-pub fn mirrored(svc: &Service, endpoints: &Endpoints) -> BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> {
+pub fn mirrored(svc: &Service, endpoints: &Endpoints) -> BTreeMap<String, SliceContent> {
     let mut out = BTreeMap::new();
     for (i, subset) in endpoints.subsets.iter().flatten().enumerate() {
         let ports: Vec<EndpointPort> = subset.ports.iter().flatten().map(|p| EndpointPort { name: p.name.clone(), port: Some(p.port), protocol: p.protocol.clone(), app_protocol: p.app_protocol.clone() }).collect();
@@ -286,7 +291,7 @@ async fn write_endpoints(ctx: &Ctx, svc: &Service, subsets: Vec<EndpointSubset>)
 }
 
 /// Brings the Service's slices to `want`: creates, replaces what changed, deletes the rest.
-async fn write_slices(ctx: &Ctx, svc: &Service, want: BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)>, managed_by: &str) -> Result<(), Error> {
+async fn write_slices(ctx: &Ctx, svc: &Service, want: BTreeMap<String, SliceContent>, managed_by: &str) -> Result<(), Error> {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let existing: Vec<Arc<EndpointSlice>> = ctx

@@ -117,11 +117,14 @@ impl Records {
             return Answer::Forward;
         };
         let local = local.trim_end_matches('.');
-        let wanted = |r: &Rec| match (r, qtype) {
-            (Rec::Addr(IpAddr::V4(_)), RecordType::A) | (Rec::Addr(IpAddr::V6(_)), RecordType::AAAA) => true,
-            (Rec::Cname(_), RecordType::A | RecordType::AAAA | RecordType::CNAME) => true,
-            (Rec::Srv { .. }, RecordType::SRV) => true,
-            _ => false,
+        let wanted = |r: &Rec| {
+            matches!(
+                (r, qtype),
+                (Rec::Addr(IpAddr::V4(_)), RecordType::A)
+                    | (Rec::Addr(IpAddr::V6(_)), RecordType::AAAA)
+                    | (Rec::Cname(_), RecordType::A | RecordType::AAAA | RecordType::CNAME)
+                    | (Rec::Srv { .. }, RecordType::SRV)
+            )
         };
         if let Some(recs) = self.names.get(&name) {
             return Answer::Records(recs.iter().filter(|r| wanted(r)).cloned().collect());

@@ -9,6 +9,8 @@
 
 pub mod dns;
 pub mod forward;
+pub mod ingress;
+pub mod ingress_routes;
 pub mod services;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,7 +19,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::Api;
@@ -41,6 +44,9 @@ pub struct ProxyConfig {
     pub cluster_domain: String,
     /// The resolvers names outside the cluster are forwarded to.
     pub upstream_dns: Vec<SocketAddr>,
+    /// Where the ingress controller serves HTTP and HTTPS (none: not served).
+    pub ingress_http: Option<SocketAddr>,
+    pub ingress_https: Option<SocketAddr>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -52,20 +58,44 @@ struct Listening {
     task: tokio::task::AbortHandle,
 }
 
+/// What the proxy watches.
+struct Caches {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    ingresses: Store<Ingress>,
+    classes: Store<IngressClass>,
+    secrets: Store<Secret>,
+}
+
+/// What the proxy serves, kept current by the sync loop.
+struct Served {
+    records: Arc<RwLock<Arc<dns::Records>>>,
+    ingress: Arc<ingress::IngressServer>,
+}
+
+/// Every change to objects of a kind, deletions included.
+fn changes<K>(informer: &SharedInformer<K>) -> futures::stream::BoxStream<'static, ()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    futures::stream::select(informer.subscribe().map(|_| ()), informer.deletions().map(|_| ())).boxed()
+}
+
 /// Runs the node's proxy until the process ends.
 pub async fn run(client: Client, config: ProxyConfig) {
     let services = SharedInformer::<Service>::new(Api::all(client.clone()));
     let slices = SharedInformer::<EndpointSlice>::new(Api::all(client.clone()));
-    let changes = futures::stream::select_all([
-        services.subscribe().map(|_| ()).boxed(),
-        services.deletions().map(|_| ()).boxed(),
-        slices.subscribe().map(|_| ()).boxed(),
-        slices.deletions().map(|_| ()).boxed(),
-    ]);
-    let records: Arc<RwLock<Arc<dns::Records>>> = Arc::default();
-    let dns = serve_dns(config.clone(), records.clone());
-    let sync = sync_loop(changes, services.store(), slices.store(), config, records, Recorder::new(client, "skiff-proxy"));
-    tokio::join!(services.run(), slices.run(), sync, dns);
+    let ingresses = SharedInformer::<Ingress>::new(Api::all(client.clone()));
+    let classes = SharedInformer::<IngressClass>::new(Api::all(client.clone()));
+    let secrets = SharedInformer::<Secret>::new(Api::all(client.clone()));
+    let all_changes = futures::stream::select_all([changes(&services), changes(&slices), changes(&ingresses), changes(&classes), changes(&secrets)]);
+    let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
+    let served = Served { records: Arc::default(), ingress: Arc::default() };
+    let dns = serve_dns(config.clone(), served.records.clone());
+    let http = serve_ingress(config.ingress_http, served.ingress.clone(), false);
+    let https = serve_ingress(config.ingress_https, served.ingress.clone(), true);
+    let sync = sync_loop(all_changes, caches, config, served, Recorder::new(client, "skiff-proxy"));
+    tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), sync, dns, http, https);
 }
 
 /// Serves cluster DNS on the `kube-dns` address, binding again after a failure.
@@ -83,25 +113,48 @@ async fn serve_dns(config: ProxyConfig, records: Arc<RwLock<Arc<dns::Records>>>)
     }
 }
 
-async fn sync_loop(
-    mut changes: impl futures::Stream<Item = ()> + Unpin,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    config: ProxyConfig,
-    records: Arc<RwLock<Arc<dns::Records>>>,
-    recorder: Recorder,
-) {
-    let _ = services.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
+/// Serves the ingress on `addr`, binding again until it can.
+async fn serve_ingress(addr: Option<SocketAddr>, server: Arc<ingress::IngressServer>, tls: bool) {
+    let Some(addr) = addr else { return };
+    let mut reported = false;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if !std::mem::replace(&mut reported, true) => tracing::warn!(%addr, error = %e, "cannot serve the ingress on this node; retrying"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(RETRY_BIND).await;
+    };
+    tracing::info!(%addr, tls, "ingress serving");
+    if tls { server.serve_https(listener).await } else { server.serve_http(listener).await }
+}
+
+async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches: Caches, config: ProxyConfig, served: Served, recorder: Recorder) {
+    let _ = tokio::join!(
+        caches.services.wait_until_ready(),
+        caches.slices.wait_until_ready(),
+        caches.ingresses.wait_until_ready(),
+        caches.classes.wait_until_ready(),
+        caches.secrets.wait_until_ready()
+    );
     tracing::info!(node = %config.node_name, "service proxy started");
     let mut running: HashMap<Frontend, Listening> = HashMap::new();
     let mut reported: HashSet<Frontend> = HashSet::new();
+    let mut ingress_problems: HashSet<ingress::Problem> = HashSet::new();
     loop {
         let node = ThisNode { name: &config.node_name, addresses: &config.node_ips, reserved: &[config.cluster_dns] };
-        let (all_services, all_slices) = (services.state(), slices.state());
+        let (all_services, all_slices) = (caches.services.state(), caches.slices.state());
         let want = services::frontends(&all_services, &all_slices, &node);
-        *records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &all_slices));
-        apply(&mut running, want, &services, &recorder, &mut reported).await;
+        *served.records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &all_slices));
+        apply(&mut running, want, &caches.services, &recorder, &mut reported).await;
+        if config.ingress_http.is_some() || config.ingress_https.is_some() {
+            let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
+            let (certs, mut problems) = ingress::Certs::build(&routes, &caches.secrets);
+            let (table, more) = ingress::Table::build(routes, &caches.services, &all_slices);
+            problems.extend(more);
+            served.ingress.update(table, certs);
+            report_ingress_problems(problems, &mut ingress_problems, &caches.ingresses, &recorder);
+        }
         // Wait for a change (or the retry tick), then let a burst of changes settle.
         tokio::select! {
             next = changes.next() => if next.is_none() { return },
@@ -110,6 +163,19 @@ async fn sync_loop(
         tokio::time::sleep(Duration::from_millis(5)).await;
         while futures::FutureExt::now_or_never(changes.next()).flatten().is_some() {}
     }
+}
+
+/// A warning event on the Ingress for each problem not reported before.
+fn report_ingress_problems(problems: Vec<ingress::Problem>, reported: &mut HashSet<ingress::Problem>, ingresses: &Store<Ingress>, recorder: &Recorder) {
+    let now: HashSet<ingress::Problem> = problems.into_iter().collect();
+    for p in now.difference(reported) {
+        tracing::warn!(ingress = %p.0, reason = p.1, message = %p.2, "ingress problem");
+        let (ns, name) = p.0.split_once('/').unwrap_or_default();
+        if let Some(ing) = ingresses.get(&ObjectRef::new(name).within(ns)) {
+            recorder.record(ing.as_ref(), EventType::Warning, p.1, p.2.clone());
+        }
+    }
+    *reported = now;
 }
 
 /// Brings the listeners to `want`: updates endpoints in place, binds new frontends and

@@ -71,6 +71,12 @@ pub struct NodeArgs {
     /// kubelet's --resolv-conf).
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Port the ingress controller serves HTTP on, on every address (0: none).
+    #[arg(long, default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// Port the ingress controller serves HTTPS on (0: none).
+    #[arg(long, default_value_t = 443)]
+    pub ingress_https_port: u16,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -112,6 +118,8 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
         node_ips: node.node_ip.parse().into_iter().collect(),
         cluster_dns: cluster_dns(service_cidr),
         cluster_domain: args.cluster_domain.trim_matches('.').to_lowercase(),
+        ingress_http: (args.ingress_http_port != 0).then(|| ([0, 0, 0, 0], args.ingress_http_port).into()),
+        ingress_https: (args.ingress_https_port != 0).then(|| ([0, 0, 0, 0], args.ingress_https_port).into()),
         upstream_dns: match std::fs::read_to_string(&args.resolv_conf) {
             Ok(conf) => skiff_proxy::dns::host_resolvers(&conf, cluster_dns(service_cidr)),
             Err(e) => {

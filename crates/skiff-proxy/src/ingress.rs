@@ -1,0 +1,353 @@
+//! The ingress controller's data path: an HTTP/1.1 and HTTP/2 server (cleartext and
+//! TLS with SNI, certificates from `kubernetes.io/tls` Secrets) that routes each request
+//! by the Ingress rules to one of its Service's endpoints, round robin. An endpoint that
+//! refuses the connection is skipped for the next one before any of the request is sent.
+//! Requests carry `X-Forwarded-For/-Host/-Proto/-Port`; WebSocket (and other) upgrades are
+//! relayed both ways once the endpoint agrees.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ingress_routes::{Backend, Routes, ServicePortRef};
+use crate::services::{Protocol, endpoints_of, usable};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long an endpoint gets to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Endpoints tried per request.
+const ATTEMPTS: usize = 3;
+/// Headers that describe one connection and are not passed on (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+/// A problem with an Ingress worth telling its owner: (`namespace/name`, reason, message).
+pub type Problem = (String, &'static str, String);
+
+/// Routes with their endpoints resolved.
+#[derive(Default)]
+pub struct Table {
+    routes: Routes,
+    targets: HashMap<Backend, Vec<SocketAddr>>,
+}
+
+impl Table {
+    /// Resolves every backend the routes name to its Service's endpoints.
+    pub fn build(routes: Routes, services: &Store<Service>, slices: &[Arc<EndpointSlice>]) -> (Table, Vec<Problem>) {
+        let mut targets = HashMap::new();
+        let mut problems = Vec::new();
+        for (ingress, b) in &routes.backends {
+            let Some(svc) = services.get(&ObjectRef::new(&b.service).within(&b.namespace)) else {
+                problems.push((ingress.clone(), "ServiceNotFound", format!("the backend Service {:?} does not exist", b.service)));
+                continue;
+            };
+            let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+            let port = ports.iter().find(|p| match &b.port {
+                ServicePortRef::Number(n) => p.port == *n,
+                ServicePortRef::Name(name) => p.name.as_ref() == Some(name),
+            });
+            let Some(port) = port else {
+                problems.push((ingress.clone(), "ServicePortNotFound", format!("the Service {:?} has no port {:?}", b.service, b.port)));
+                continue;
+            };
+            let of_service = slices.iter().filter(|s| s.namespace().as_deref() == Some(b.namespace.as_str()) && s.labels().get("kubernetes.io/service-name") == Some(&b.service));
+            let endpoints = endpoints_of(of_service.map(Arc::as_ref), port.name.as_deref().unwrap_or(""), Protocol::Tcp);
+            targets.insert(b.clone(), usable(&endpoints, "", false));
+        }
+        (Table { routes, targets }, problems)
+    }
+}
+
+/// Certificates by server name, from the Ingresses' TLS sections.
+#[derive(Default, Debug)]
+pub struct Certs {
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    /// For clients that send no known name: the first certificate listed.
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl Certs {
+    pub fn build(routes: &Routes, secrets: &Store<Secret>) -> (Certs, Vec<Problem>) {
+        let mut certs = Certs::default();
+        let mut problems = Vec::new();
+        for tls in &routes.tls {
+            let id = tls.ingress.clone();
+            let Some(secret) = secrets.get(&ObjectRef::new(&tls.secret).within(&tls.namespace)) else {
+                problems.push((id, "SecretNotFound", format!("the TLS Secret {:?} does not exist", tls.secret)));
+                continue;
+            };
+            let key = match certified_key(&secret) {
+                Ok(k) => Arc::new(k),
+                Err(e) => {
+                    problems.push((id, "InvalidCertificate", format!("the TLS Secret {:?} cannot be used: {e}", tls.secret)));
+                    continue;
+                }
+            };
+            certs.fallback.get_or_insert_with(|| key.clone());
+            for host in &tls.hosts {
+                certs.by_host.entry(host.clone()).or_insert_with(|| key.clone());
+            }
+        }
+        (certs, problems)
+    }
+
+    fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = name.map(str::to_lowercase) else { return self.fallback.clone() };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        self.by_host.get(&name).or_else(|| wildcard.and_then(|w| self.by_host.get(&w))).cloned().or_else(|| self.fallback.clone())
+    }
+}
+
+fn certified_key(secret: &Secret) -> Result<CertifiedKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let data = secret.data.as_ref().ok_or("it has no data")?;
+    let crt = data.get("tls.crt").ok_or("it has no tls.crt")?;
+    let key = data.get("tls.key").ok_or("it has no tls.key")?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crt.0).collect::<Result<_, _>>().map_err(|e| format!("tls.crt: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key.0).map_err(|e| format!("tls.key: {e}"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("tls.key: {e}"))?;
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// The ingress server's current routes and certificates.
+#[derive(Default)]
+pub struct IngressServer {
+    table: RwLock<Arc<Table>>,
+    certs: Arc<RwLock<Arc<Certs>>>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct SniResolver(Arc<RwLock<Arc<Certs>>>);
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap().for_name(hello.server_name())
+    }
+}
+
+impl IngressServer {
+    pub fn update(&self, table: Table, certs: Certs) {
+        *self.table.write().unwrap() = Arc::new(table);
+        *self.certs.write().unwrap() = Arc::new(certs);
+    }
+
+    /// Serves cleartext HTTP/1.1 and HTTP/2 (prior knowledge) on `listener`.
+    pub async fn serve_http(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, None).await
+    }
+
+    /// Serves HTTPS on `listener`, choosing the certificate by SNI; ALPN offers h2.
+    pub async fn serve_https(self: Arc<Self>, listener: TcpListener) {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(SniResolver(self.certs.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        self.accept_loop(listener, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (server, tls) = (self.clone(), tls.clone());
+            tokio::spawn(async move {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let service = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(req, peer, scheme, port).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await,
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+            });
+        }
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, scheme: &'static str, port: u16) -> Response<Body> {
+        let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(String::from)).unwrap_or_default();
+        let table = self.table.read().unwrap().clone();
+        let Some(backend) = table.routes.route(&host, req.uri().path()) else {
+            return text(StatusCode::NOT_FOUND, "default backend - 404\n");
+        };
+        let endpoints = table.targets.get(backend).cloned().unwrap_or_default();
+        if endpoints.is_empty() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, &format!("no endpoints for Service {}/{}\n", backend.namespace, backend.service));
+        }
+        let Some(stream) = self.connect(&endpoints).await else {
+            return text(StatusCode::BAD_GATEWAY, &format!("no endpoint of Service {}/{} accepted a connection\n", backend.namespace, backend.service));
+        };
+        let upgrade = wants_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        prepare_upstream(&mut req, &host, peer, scheme, port, upgrade);
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(c) => c,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("endpoint handshake failed: {e}\n")),
+        };
+        tokio::spawn(conn.with_upgrades());
+        let mut resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("endpoint failed: {e}\n")),
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                }
+            });
+            return resp.map(|_| Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        resp.map(BodyExt::boxed)
+    }
+
+    /// A connection to the first endpoint (round robin) that accepts one.
+    async fn connect(&self, endpoints: &[SocketAddr]) -> Option<TcpStream> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..endpoints.len().min(ATTEMPTS) {
+            let endpoint = endpoints[(start + i) % endpoints.len()];
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Some(s);
+                }
+                _ => tracing::debug!(%endpoint, "ingress endpoint did not accept; trying the next"),
+            }
+        }
+        None
+    }
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Turns the client's request into the endpoint's: origin-form URI, a Host header (HTTP/2
+/// requests carry only `:authority`), no hop-by-hop headers, and the X-Forwarded set.
+fn prepare_upstream(req: &mut Request<Incoming>, host: &str, peer: SocketAddr, scheme: &str, port: u16, upgrade: bool) {
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.version_mut() = http::Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if let Ok(h) = HeaderValue::from_str(host) {
+        headers.insert(header::HOST, h.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-host"), h);
+    }
+    let client = peer.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client.clone(),
+    };
+    let set = |headers: &mut http::HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set(headers, "x-forwarded-for", &forwarded_for);
+    set(headers, "x-real-ip", &client);
+    set(headers, "x-forwarded-proto", scheme);
+    set(headers, "x-forwarded-port", &port.to_string());
+}
+
+/// Drops the headers that describe one connection; an upgrade keeps `Connection: upgrade`
+/// and `Upgrade`, which the endpoint must see.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrade: bool) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<String> = headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',').map(|t| t.trim().to_lowercase())).collect();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in HOP_BY_HOP.iter().map(|s| s.to_string()).chain(named) {
+        headers.remove(name.as_str());
+    }
+    if upgrade && let Some(u) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_upgrades_stay() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private, Upgrade"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(h.get("x-private").is_none());
+    }
+
+    #[test]
+    fn certificates_by_exact_wildcard_and_fallback_name() {
+        let key = |name: &str| {
+            let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            let der = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+            Arc::new(CertifiedKey::new(vec![ck.cert.der().clone()], rustls::crypto::ring::sign::any_supported_type(&der).unwrap()))
+        };
+        let (a, w) = (key("a.example"), key("*.example"));
+        let certs = Certs { by_host: HashMap::from([("a.example".to_string(), a.clone()), ("*.example".to_string(), w.clone())]), fallback: Some(a.clone()) };
+        assert!(Arc::ptr_eq(&certs.for_name(Some("A.example")).unwrap(), &a));
+        assert!(Arc::ptr_eq(&certs.for_name(Some("b.example")).unwrap(), &w));
+        assert!(Arc::ptr_eq(&certs.for_name(Some("other.org")).unwrap(), &a));
+        assert!(Arc::ptr_eq(&certs.for_name(None).unwrap(), &a));
+    }
+}
