@@ -4,6 +4,7 @@ the real kubectl; plain HTTP, TCP and UDP clients from Python."""
 
 import json
 import os
+import random
 import socket
 import struct
 import subprocess
@@ -111,6 +112,18 @@ def get(url, timeout=5):
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def get_host(url, host=None, timeout=5):
+    """GET with an optional Host header; (status, body), or (0, why) when no answer came."""
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
 
 
 def ready_addresses(cluster, ns, name):
@@ -466,3 +479,84 @@ def test_ingress_bad_references_are_reported(svc_cluster, hello, ns):
     assert curl(f"http://broken.example:{INGRESS_HTTP}/", "broken.example")[0] == 503
     wait_endpoints(svc_cluster, ns, "fine", 1)
     wait_for(lambda: curl(f"http://fine.example:{INGRESS_HTTP}/", "fine.example")[0] == 200, 20, "the other Ingress to keep working")
+
+
+def test_rolling_update_under_load_loses_no_request(svc_cluster, hello, registry, ns):
+    v2 = f"{registry.host}/http-hello:svc-v2"
+    subprocess.run([skiff_binary(), "push", example_wasm("wasm32-wasip2", "http-hello"), v2], check=True, capture_output=True, timeout=60)
+    apply(svc_cluster, ns, deployment("roll", hello, 3), service("roll", {"app": "roll"}),
+          {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "roll"},
+           "spec": {"rules": [{"host": "roll.example", "http": {"paths": [ingress_path("/", "roll")]}}]}})
+    wait_endpoints(svc_cluster, ns, "roll", 3)
+    vip = svc_cluster.json("get", "svc", "-n", ns, "roll")["spec"]["clusterIP"]
+    targets = {"ClusterIP": (f"http://{vip}/", None), "Ingress": (f"http://127.0.0.1:{INGRESS_HTTP}/", "roll.example")}
+    wait_for(lambda: all(get_host(url, host)[0] == 200 for url, host in targets.values()), 20, "both paths to answer")
+    results = {name: {"ok": 0, "failed": []} for name in targets}
+    stop = threading.Event()
+
+    def hammer(name, url, host):
+        # A bounded loop: a new connection per request, until told to stop.
+        while not stop.is_set():
+            status, body = get_host(url, host)
+            if status == 200 and body.startswith("Hello from roll-"):
+                results[name]["ok"] += 1
+            else:
+                results[name]["failed"].append((status, body))
+            time.sleep(0.005)
+    threads = [threading.Thread(target=hammer, args=(name, url, host)) for name, (url, host) in targets.items()]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        svc_cluster.kubectl("set", "image", "-n", ns, "deploy/roll", f"fn={v2}")
+        svc_cluster.kubectl("rollout", "status", "-n", ns, "deploy/roll", "--timeout=60s")
+        time.sleep(3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    for name, r in results.items():
+        assert r["failed"] == [] and r["ok"] > 100, (name, r["ok"], r["failed"][:5])
+    images = {p["spec"]["containers"][0]["image"] for p in ready_pods(svc_cluster, ns, "roll")}
+    assert images == {v2}
+
+
+def test_service_bad_input_is_reported(svc_cluster, hello, ns):
+    # A port in the NodePort range that another process holds on this node.
+    taken = socket.socket()
+    for port in random.sample(range(31000, 32768), 100):
+        try:
+            taken.bind(("0.0.0.0", port))
+            break
+        except OSError:
+            continue
+    taken.listen()
+    try:
+        # A nodePort already allocated to another Service is refused with 422.
+        apply(svc_cluster, ns, service("first", {"app": "x"}, type="NodePort"))
+        first_port = svc_cluster.json("get", "svc", "-n", ns, "first")["spec"]["ports"][0]["nodePort"]
+        dup = service("second", {"app": "x"}, type="NodePort")
+        dup["spec"]["ports"][0]["nodePort"] = first_port
+        p = svc_cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(dup), check=False)
+        assert p.returncode != 0 and "provided port is already allocated" in p.stderr, p.stderr
+        # A named targetPort no selected pod declares: a warning event, no endpoints.
+        apply(svc_cluster, ns, deployment("named", hello, 1), service("named", {"app": "named"}))
+        svc = service("unknown-port", {"app": "named"})
+        svc["spec"]["ports"][0]["targetPort"] = "nope"
+        apply(svc_cluster, ns, svc)
+        wait_endpoints(svc_cluster, ns, "named", 1)
+
+        def reasons(name):
+            return {e["reason"] for e in svc_cluster.json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]}
+        wait_for(lambda: "TargetPortNotFound" in reasons("unknown-port"), 20, "the unresolved targetPort event")
+        assert ready_addresses(svc_cluster, ns, "unknown-port") == []
+        # A NodePort another process holds on this node.
+        clash = service("clash", {"app": "named"}, type="NodePort")
+        clash["spec"]["ports"][0]["nodePort"] = port
+        apply(svc_cluster, ns, clash)
+        wait_for(lambda: "PortUnavailable" in reasons("clash"), 20, "the port clash event")
+        # Other Services keep working.
+        vip = svc_cluster.json("get", "svc", "-n", ns, "named")["spec"]["clusterIP"]
+        assert get(f"http://{vip}/")[0] == 200
+    finally:
+        taken.close()

@@ -76,9 +76,15 @@ pub async fn bind(ip: &str, ports: &[u16]) -> Result<Vec<tokio::net::TcpListener
     Ok(listeners)
 }
 
-/// Serves until dropped (the pod stops) or a listener fails.
-pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListener>) -> std::io::Error {
-    let mut connections = tokio::task::JoinSet::new();
+/// How long a terminating function keeps taking new connections.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Serves until the pod is told to terminate or a listener fails. On termination, as a
+/// process would on SIGTERM, it stops taking connections (the proxies move on to other
+/// endpoints), lets every open connection finish the requests it has (keep-alive ones
+/// close after their current request), and returns Ok.
+pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListener>, mut terminate: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut accepting = tokio::task::JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(64);
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -97,27 +103,47 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
             }
         });
     }
+    drop(tx);
+    let connect = |stream: tokio::net::TcpStream| {
+        let (function, http, watcher) = (function.clone(), http.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let function = function.clone();
+                async move { Ok::<_, Infallible>(function.handle(request).await) }
+            });
+            let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
+        });
+    };
     loop {
         tokio::select! {
-            Some(stream) = rx.recv() => {
-                let (function, http) = (function.clone(), http.clone());
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let function = function.clone();
-                        async move { Ok::<_, Infallible>(function.handle(request).await) }
-                    });
-                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
+            Some(stream) = rx.recv() => connect(stream),
             Some(done) = accepting.join_next() => {
-                return match done {
+                return Err(match done {
                     Ok(Err(e)) => e,
                     _ => std::io::Error::other("a listener stopped"),
-                };
+                });
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = terminate.wait_for(|t| *t) => break,
         }
     }
+    // Proxies that have not yet seen this endpoint go may still send connections for a
+    // moment: take them, then close the listeners (new connections are refused and the
+    // proxies move on to another endpoint); every accepted connection is served.
+    let linger = tokio::time::sleep(LINGER);
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            Some(stream) = rx.recv() => connect(stream),
+            _ = &mut linger => break,
+        }
+    }
+    accepting.abort_all();
+    rx.close();
+    while let Some(stream) = rx.recv().await {
+        connect(stream);
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
 
 impl Function {

@@ -38,6 +38,27 @@ struct Shared {
     changed: Notify,
     /// Set by the status writer after each write.
     written: AtomicBool,
+    /// Set when the pod is being deleted and its preStop hooks have run: HTTP functions
+    /// stop taking connections and finish what they serve (their SIGTERM).
+    terminate: watch::Sender<bool>,
+    /// HTTP functions still serving.
+    serving: watch::Sender<usize>,
+}
+
+/// Counts an HTTP function as serving while it lives.
+struct Serving<'a>(&'a watch::Sender<usize>);
+
+impl<'a> Serving<'a> {
+    fn new(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Serving(count)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Shared {
@@ -56,14 +77,24 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     let first = pod.borrow().clone();
     let uid = first.uid().unwrap_or_default();
     let state = PodState::new(&first, &node.config.node_ip);
-    let shared = Arc::new(Shared { node: node.clone(), pod, state: Mutex::new(state), changed: Notify::new(), written: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        pod,
+        state: Mutex::new(state),
+        changed: Notify::new(),
+        written: AtomicBool::new(false),
+        terminate: watch::Sender::new(false),
+        serving: watch::Sender::new(0),
+    });
     let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
     shared.changed.notify_one();
     let terminal_at_start = shared.state.lock().unwrap().is_terminal() || skiff_client::pods::is_terminal(&first);
     if !terminal_at_start {
         let mut pod_rx = shared.pod.clone();
+        let run = run_pod(shared.clone());
+        tokio::pin!(run);
         tokio::select! {
-            _ = run_pod(shared.clone()) => {}
+            _ = &mut run => {}
             _ = deadline(shared.clone()) => {
                 shared.update(|s| {
                     stop_all(s, "DeadlineExceeded");
@@ -71,11 +102,22 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
                 });
                 node.recorder.record(&*shared.pod(), EventType::Normal, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
             }
-            // The containers keep running (and serving) while their preStop hooks run.
-            _ = async {
+            // The containers keep running (and serving) while their preStop hooks run; then
+            // HTTP functions finish the requests they have, within the grace period.
+            deadline = async {
                 let _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()).await;
-                pre_stop(&shared).await;
-            } => {}
+                let deadline = tokio::time::Instant::now() + grace_period(&shared.pod());
+                let _ = tokio::time::timeout_at(deadline, pre_stop(&shared)).await;
+                deadline
+            } => {
+                shared.terminate.send_replace(true);
+                let mut serving = shared.serving.subscribe();
+                tokio::select! {
+                    _ = &mut run => {}
+                    _ = serving.wait_for(|n| *n == 0) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
         }
     }
     // Finished, or being deleted: wait for deletion; then every container is stopped
@@ -95,14 +137,16 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     }
 }
 
-/// Runs the preStop hooks of the running containers, together, within the pod's grace
-/// period.
+/// How long the pod has to stop once deleted.
+fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod.metadata.deletion_grace_period_seconds.or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30);
+    Duration::from_secs(seconds.max(0) as u64)
+}
+
+/// Runs the preStop hooks of the running containers, together (the caller bounds them by
+/// the grace period).
 async fn pre_stop(shared: &Arc<Shared>) {
     let pod = shared.pod();
-    let grace = pod.metadata.deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
-        .unwrap_or(30)
-        .max(0) as u64;
     let running: Vec<String> = shared.state.lock().unwrap().containers.iter().filter(|c| c.is_running()).map(|c| c.name.clone()).collect();
     let pod_ip = shared.node.pod_ip(&pod);
     let hooks = pod.spec.iter().flat_map(|s| s.containers.iter())
@@ -117,7 +161,7 @@ async fn pre_stop(shared: &Arc<Shared>) {
                 }
             }
         });
-    let _ = tokio::time::timeout(Duration::from_secs(grace), futures::future::join_all(hooks)).await;
+    futures::future::join_all(hooks).await;
 }
 
 /// Marks every container that has not ended as ended by the agent.
@@ -354,8 +398,16 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                     Ok((function, listeners)) => {
                         node.set_running(&uid, &container.name, run_number, true);
                         shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
+                        let serving = Serving::new(&shared.serving);
                         let exit = tokio::select! {
-                            error = crate::serving::serve(function, listeners) => Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) },
+                            served = crate::serving::serve(function, listeners, shared.terminate.subscribe()) => match served {
+                                Err(error) => Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) },
+                                // Drained for the pod's deletion: nothing more to run.
+                                Ok(()) => {
+                                    drop(serving);
+                                    std::future::pending().await
+                                }
+                            },
                             reason = probe(shared, at, container, ip.clone()) => killed_by_probe(node, &pod, container, reason),
                         };
                         node.set_running(&uid, &container.name, run_number, false);

@@ -5,15 +5,20 @@
 //! load comes from this bench's own generator: keep-alive HTTP/1.1 connections, each
 //! sending `GET /` back to back for a fixed time, every latency recorded.
 //!
+//! The same pod is also measured through its Service's ClusterIP and through the Ingress
+//! (the node's proxy, in user space), against the pod listener in the same run.
+//!
 //! It also measures scale from zero: a pod's creation to its first answer, and the first
-//! request an idle pod serves (an idle function pod holds no instance) against warm ones.
+//! request an idle pod serves (an idle function pod holds no instance) against warm ones;
+//! and how long after a new pod answers its Service's ClusterIP sends to it (the pod's
+//! Ready status, the EndpointSlice, and the proxy acting on it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -125,7 +130,7 @@ async fn wait_answering(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 
 fn function_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "fn", "image": image, "ports": [{"containerPort": 8080}]}]}
     }))?)
 }
@@ -153,6 +158,28 @@ async fn scale_from_zero(api: &Api<Pod>, name: &str, image: &str) -> anyhow::Res
     }
 }
 
+/// A ClusterIP Service for the pods labelled `app: NAME`, and its address.
+async fn service_for(client: &kube::Client, name: &str) -> anyhow::Result<SocketAddr> {
+    let api: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}}))?;
+    let created = api.create(&PostParams::default(), &svc).await?;
+    let ip = created.spec.and_then(|s| s.cluster_ip).ok_or_else(|| anyhow::anyhow!("Service {name} got no ClusterIP"))?;
+    Ok(format!("{ip}:80").parse()?)
+}
+
+/// A new pod behind a new Service: (its pod IP answering → the ClusterIP answering).
+async fn endpoint_propagation(client: &kube::Client, api: &Api<Pod>, name: &str, image: &str) -> anyhow::Result<Duration> {
+    let vip = service_for(client, name).await?;
+    let (_, _, _) = scale_from_zero(api, name, image).await?;
+    let answering = Instant::now();
+    let deadline = answering + Duration::from_secs(30);
+    while one_request(vip).await.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the ClusterIP of {name} did not answer");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(answering.elapsed())
+}
+
 pub struct Options {
     pub quick: bool,
     pub seconds: u64,
@@ -172,11 +199,13 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     let registry = start_registry(dir.path()).await?;
     let image = format!("{}/http-hello:v1", registry.host);
     skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
-    let port = free_port()?;
-    let args = ["up", "--listen", &format!("127.0.0.1:{port}"), "--agent-port", "0", "--node-name", "serve", "--node-ip", "127.0.0.1", "--cluster-cidr", "10.250.0.0/16", "--data-dir"];
+    let (port, ingress_port) = (free_port()?, free_port()?);
+    let (listen, ingress) = (format!("127.0.0.1:{port}"), ingress_port.to_string());
+    let args = ["up", "--listen", &listen, "--agent-port", "0", "--node-name", "serve", "--node-ip", "127.0.0.1", "--cluster-cidr", "10.250.0.0/16",
+        "--service-cidr", "10.251.0.0/16", "--ingress-http-port", &ingress, "--ingress-https-port", "0", "--data-dir"];
     let _cluster = spawn_skiff(&binary, &args, &dir.path().join("up"))?;
     let client = wait_for_node(&dir.path().join("up/kubeconfig"), "serve").await?;
-    let api: Api<Pod> = Api::namespaced(client, "default");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
 
     // Scale from zero, pod by pod; the first pod also pulls and compiles (not counted).
     let (pod_addr, _, _) = scale_from_zero(&api, "fn", &image).await?;
@@ -189,10 +218,28 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     }
     to_first_answer.sort();
     first_request.sort();
+    let mut propagation = Vec::new();
+    for i in 0..cold_pods {
+        propagation.push(endpoint_propagation(&client, &api, &format!("ep-{i}"), &image).await?);
+    }
+    propagation.sort();
+
+    // The first pod behind a Service and an Ingress.
+    let vip = service_for(&client, "fn").await?;
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(client.clone(), "default");
+    ingresses.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "fn"},
+        "spec": {"rules": [{"host": "bench", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "fn", "port": {"number": 80}}}}]}}]}}))?).await?;
+    let ingress_addr: SocketAddr = format!("127.0.0.1:{ingress_port}").parse()?;
+    wait_answering(vip, "the ClusterIP").await?;
+    wait_answering(ingress_addr, "the ingress").await?;
 
     // Warm up, then measure the pod's listener.
     let _ = load(pod_addr, o.connections, Duration::from_millis(500)).await;
     let skiff = load(pod_addr, o.connections, length).await;
+    let _ = load(vip, o.connections, Duration::from_millis(500)).await;
+    let cluster_ip = load(vip, o.connections, length).await;
+    let _ = load(ingress_addr, o.connections, Duration::from_millis(500)).await;
+    let through_ingress = load(ingress_addr, o.connections, length).await;
 
     let wasmtime = match find_wasmtime(o.wasmtime) {
         Some(bin) => {
@@ -216,6 +263,8 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     println!("{:<36} {:>10} {:>10} {:>10} {:>8}", "what", "req/s", "p50", "p99", "errors");
     let row = |what: &str, l: &Load| println!("{:<36} {:>10.0} {:>10} {:>10} {:>8}", what, l.rps(), ms(percentile(&l.latencies, 0.5)), ms(percentile(&l.latencies, 0.99)), l.errors);
     row("skiff pod listener (pod IP)", &skiff);
+    row("through the Service's ClusterIP", &cluster_ip);
+    row("through the Ingress", &through_ingress);
     match &wasmtime {
         Some((bin, w)) => {
             row("wasmtime serve, same component", w);
@@ -226,7 +275,8 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     println!("scale from zero over {} pods: create → first answer p50 {} p99 {}; that first request p50 {} p99 {}; warm request p50 {}",
         to_first_answer.len(), ms(percentile(&to_first_answer, 0.5)), ms(percentile(&to_first_answer, 0.99)),
         ms(percentile(&first_request, 0.5)), ms(percentile(&first_request, 0.99)), ms(percentile(&skiff.latencies, 0.5)));
-    anyhow::ensure!(skiff.requests > 0, "the pod answered no request");
+    println!("new pod answering → its ClusterIP answering, over {} pods: p50 {} p99 {}", propagation.len(), ms(percentile(&propagation, 0.5)), ms(percentile(&propagation, 0.99)));
+    anyhow::ensure!(skiff.requests > 0 && cluster_ip.requests > 0 && through_ingress.requests > 0, "the pod answered no request on one of its paths");
     anyhow::ensure!(wasmtime.as_ref().is_none_or(|(_, w)| w.requests > 0), "wasmtime serve answered no request");
     use crate::report::{Row, thousands};
     let figure = |l: &Load| format!("{} req/s, p50 {} p99 {}", thousands(l.rps()), ms(percentile(&l.latencies, 0.5)), ms(percentile(&l.latencies, 0.99)));
@@ -234,8 +284,13 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
         Some((_, w)) => (format!("wasmtime serve, same run: {}", figure(w)), Some(skiff.rps() / w.rps())),
         None => ("wasmtime serve not found".to_string(), None),
     };
+    let direct = format!("pod listener, same run: {} req/s", thousands(skiff.rps()));
     Ok(vec![
         Row::new(format!("http-hello through the pod listener, {} connections", o.connections), figure(&skiff), reference, ratio),
+        Row::new("http-hello through its Service's ClusterIP (userspace proxy)", figure(&cluster_ip), direct.clone(), Some(cluster_ip.rps() / skiff.rps())),
+        Row::new("http-hello through the Ingress", figure(&through_ingress), direct, Some(through_ingress.rps() / skiff.rps())),
+        Row::new(format!("new pod answering → its ClusterIP answering, p50 / p99 ({} pods)", propagation.len()),
+            format!("{} / {}", ms(percentile(&propagation, 0.5)), ms(percentile(&propagation, 0.99))), "goal: within 1 s", None),
         Row::new(format!("scale from zero: pod create → first answer, p50 / p99 ({} pods)", to_first_answer.len()),
             format!("{} / {}", ms(percentile(&to_first_answer, 0.5)), ms(percentile(&to_first_answer, 0.99))), "—", None),
     ])

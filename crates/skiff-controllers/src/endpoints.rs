@@ -22,7 +22,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use skiff_client::{owners, pods};
+use skiff_client::events::EventType;
+use skiff_client::{Recorder, owners, pods};
 use skiff_core::LabelSelector;
 
 use crate::Error;
@@ -38,6 +39,7 @@ const MAX_PER_SLICE: usize = 100;
 
 pub struct Ctx {
     pub client: Client,
+    pub recorder: Recorder,
     pub pods: Store<Pod>,
     pub endpoints: Store<Endpoints>,
     pub slices: Store<EndpointSlice>,
@@ -166,6 +168,22 @@ pub fn desired<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> De
     out
 }
 
+/// The named target ports of `svc` that none of `pods` (those with an address) declares.
+pub fn unresolved_ports<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<String> {
+    let candidates: Vec<&Pod> = pods.into_iter().filter(|p| pod_endpoint(svc, p).is_some()).collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    svc.spec.iter().flat_map(|s| s.ports.iter().flatten())
+        .filter(|port| matches!(port.target_port, Some(IntOrString::String(_))))
+        .filter(|port| candidates.iter().all(|pod| resolve_target_port(port, pod).is_none()))
+        .filter_map(|port| match &port.target_port {
+            Some(IntOrString::String(name)) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A manually written Endpoints object as slices (the mirroring controller's job).
 pub fn mirrored(svc: &Service, endpoints: &Endpoints) -> BTreeMap<String, SliceContent> {
     let mut out = BTreeMap::new();
@@ -246,7 +264,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
         Some(sel) => {
             let matching: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && sel.matches_map(p.metadata.labels.as_ref())).collect();
             let want = desired(&svc, matching.iter().map(Arc::as_ref));
-            write_endpoints(&ctx, &svc, want.subsets).await?;
+            let changed = write_endpoints(&ctx, &svc, want.subsets).await?;
+            let unresolved = unresolved_ports(&svc, matching.iter().map(Arc::as_ref));
+            if changed && !unresolved.is_empty() {
+                ctx.recorder.record(svc.as_ref(), EventType::Warning, "TargetPortNotFound",
+                    format!("no selected pod declares the named port {} (spec.ports[].targetPort): those ports have no endpoints", unresolved.join(", ")));
+            }
             (want.slices, MANAGED_BY)
         }
         None if external_name => (BTreeMap::new(), MIRRORED_BY),
@@ -259,8 +282,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
     Ok(Action::await_change())
 }
 
-/// Creates or replaces the Service's Endpoints when they differ from `subsets`.
-async fn write_endpoints(ctx: &Ctx, svc: &Service, subsets: Vec<EndpointSubset>) -> Result<(), Error> {
+/// Creates or replaces the Service's Endpoints when they differ from `subsets`; true when
+/// it wrote.
+async fn write_endpoints(ctx: &Ctx, svc: &Service, subsets: Vec<EndpointSubset>) -> Result<bool, Error> {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = ctx.endpoints.get(&ObjectRef::new(&name).within(&ns));
@@ -270,7 +294,7 @@ async fn write_endpoints(ctx: &Ctx, svc: &Service, subsets: Vec<EndpointSubset>)
         && e.subsets == subsets
         && e.metadata.labels == labels
     {
-        return Ok(());
+        return Ok(false);
     }
     let object = Endpoints {
         metadata: ObjectMeta {
@@ -287,7 +311,7 @@ async fn write_endpoints(ctx: &Ctx, svc: &Service, subsets: Vec<EndpointSubset>)
         Some(_) => not_found_ok(api.replace(&name, &PostParams::default(), &object).await)?,
         None => not_found_ok(api.create(&PostParams::default(), &object).await)?,
     };
-    Ok(())
+    Ok(true)
 }
 
 /// Brings the Service's slices to `want`: creates, replaces what changed, deletes the rest.
@@ -407,6 +431,9 @@ mod tests {
         assert_eq!(by_port, [(None, 1), (Some(8080), 1), (Some(9090), 1)]);
         // Endpoints leaves a pod without the port out.
         assert_eq!(want.subsets.len(), 2);
+        assert!(unresolved_ports(&s, &pods).is_empty());
+        let wrong = svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "nope"}, {"port": 81, "targetPort": 81}]}));
+        assert_eq!(unresolved_ports(&wrong, &pods), ["nope"]);
     }
 
     #[test]

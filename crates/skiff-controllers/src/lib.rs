@@ -251,7 +251,7 @@ pub async fn run(client: Client, options: Options) {
             endpoints::reconcile,
             // Conflicts with a newer cache are common; look again soon, as proxies wait.
             |_, _, _| Action::requeue(Duration::from_secs(1)),
-            Arc::new(endpoints::Ctx { client: client.clone(), pods: pods.store(), endpoints: endpoints.store(), slices: slices.store() }),
+            Arc::new(endpoints::Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), "endpoint-controller"), pods: pods.store(), endpoints: endpoints.store(), slices: slices.store() }),
         )
         .for_each(|_| async {});
     let lb_ctx = Arc::new(load_balancer::Ctx { client: client.clone(), nodes: nodes.store(), classes: ingress_classes.store() });
