@@ -36,6 +36,8 @@ fn columns(kind: &str) -> Vec<Column> {
         "Event" => vec![C("Last Seen", "string", 0), C("Type", "string", 0), C("Reason", "string", 0),
             C("Object", "string", 0), C("Message", "string", 0)],
         "Endpoints" => vec![name, C("Endpoints", "string", 0), age],
+        "EndpointSlice" => vec![name, C("AddressType", "string", 0), C("Ports", "string", 0), C("Endpoints", "string", 0), age],
+        "IngressClass" => vec![name, C("Controller", "string", 0), C("Parameters", "string", 0), age],
         "ServiceAccount" => vec![name, C("Secrets", "integer", 0), age],
         "HorizontalPodAutoscaler" => vec![name, C("Reference", "string", 0), C("Targets", "string", 0),
             C("MinPods", "string", 0), C("MaxPods", "integer", 0), C("Replicas", "integer", 0), age],
@@ -250,6 +252,18 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
             }
             vec![name, json!(or_none(eps.join(","))), created]
         }
+        "EndpointSlice" => {
+            let ports: Vec<String> = list(o, "/ports").map(|p| i(p, "/port").to_string()).collect();
+            let addrs: Vec<&str> = list(o, "/endpoints").flat_map(|e| list(e, "/addresses")).filter_map(Value::as_str).collect();
+            // As kubectl: the first three addresses, then how many more.
+            let shown = match addrs.len() {
+                0 => "<unset>".to_string(),
+                n if n <= 3 => addrs.join(","),
+                n => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+            };
+            vec![name, json!(s(o, "/addressType")), json!(if ports.is_empty() { "<unset>".into() } else { ports.join(",") }), json!(shown), created]
+        }
+        "IngressClass" => vec![name, json!(s(o, "/spec/controller")), json!(or_none(s(o, "/spec/parameters/name").into())), created],
         "ServiceAccount" => vec![name, json!(list(o, "/secrets").count()), created],
         "HorizontalPodAutoscaler" => {
             let reference = format!("{}/{}", s(o, "/spec/scaleTargetRef/kind"), s(o, "/spec/scaleTargetRef/name"));
@@ -349,7 +363,7 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}]}, "status": {"phase": "Running",
             "containerStatuses": [{"ready": true, "restartCount": 2}]}});
         for kind in ["Pod", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Service", "Node", "Namespace",
-            "ConfigMap", "Secret", "Job", "CronJob", "Event", "Endpoints", "ServiceAccount", "HorizontalPodAutoscaler",
+            "ConfigMap", "Secret", "Job", "CronJob", "Event", "Endpoints", "EndpointSlice", "IngressClass", "ServiceAccount", "HorizontalPodAutoscaler",
             "Ingress", "Lease", "RuntimeClass", "PersistentVolumeClaim", "PersistentVolume", "Role"] {
             let t = table(kind, std::slice::from_ref(&pod), json!({}), IncludeObject::Metadata);
             assert_eq!(t["rows"][0]["cells"].as_array().unwrap().len(), t["columnDefinitions"].as_array().unwrap().len(), "{kind}");

@@ -1,7 +1,8 @@
 //! The ingress controller's data path: an HTTP/1.1 and HTTP/2 server (cleartext and
 //! TLS with SNI, certificates from `kubernetes.io/tls` Secrets) that routes each request
-//! by the Ingress rules to one of its Service's endpoints, round robin. An endpoint that
-//! refuses the connection is skipped for the next one before any of the request is sent.
+//! by the Ingress rules to one of its Service's endpoints, round robin, over keep-alive
+//! connections it pools per endpoint. An endpoint that refuses the connection, or a pooled
+//! connection that closed before the request went out, is skipped for the next one.
 //! Requests carry `X-Forwarded-For/-Host/-Proto/-Port`; WebSocket (and other) upgrades are
 //! relayed both ways once the endpoint agrees.
 
@@ -34,8 +35,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// How long an endpoint gets to accept a connection before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Endpoints tried per request.
+/// Tries per request, each on the next endpoint.
 const ATTEMPTS: usize = 3;
+/// Idle keep-alive connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
 /// Headers that describe one connection and are not passed on (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
 
@@ -137,6 +140,43 @@ pub struct IngressServer {
     table: RwLock<Arc<Table>>,
     certs: Arc<RwLock<Arc<Certs>>>,
     next: AtomicUsize,
+    pool: Arc<Pool>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// Idle HTTP/1.1 connections to endpoints, for the next requests.
+#[derive(Default)]
+struct Pool {
+    idle: std::sync::Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+}
+
+impl Pool {
+    /// An idle connection to `endpoint` that is still open.
+    fn take(&self, endpoint: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(&endpoint)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for reuse once its response has been read.
+    fn give_back(self: &Arc<Self>, endpoint: SocketAddr, mut sender: Sender) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = pool.idle.lock().unwrap();
+                let list = idle.entry(endpoint).or_default();
+                if list.len() < MAX_IDLE_PER_ENDPOINT {
+                    list.push(sender);
+                }
+            }
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -214,51 +254,76 @@ impl IngressServer {
         if endpoints.is_empty() {
             return text(StatusCode::SERVICE_UNAVAILABLE, &format!("no endpoints for Service {}/{}\n", backend.namespace, backend.service));
         }
-        let Some(stream) = self.connect(&endpoints).await else {
-            return text(StatusCode::BAD_GATEWAY, &format!("no endpoint of Service {}/{} accepted a connection\n", backend.namespace, backend.service));
-        };
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         prepare_upstream(&mut req, &host, peer, scheme, port, upgrade);
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(c) => c,
-            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("endpoint handshake failed: {e}\n")),
-        };
-        tokio::spawn(conn.with_upgrades());
-        let mut resp = match sender.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("endpoint failed: {e}\n")),
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
-                }
-            });
-            return resp.map(|_| Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
-        }
-        strip_hop_by_hop(resp.headers_mut(), false);
-        resp.map(BodyExt::boxed)
-    }
-
-    /// A connection to the first endpoint (round robin) that accepts one.
-    async fn connect(&self, endpoints: &[SocketAddr]) -> Option<TcpStream> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..endpoints.len().min(ATTEMPTS) {
+        let mut failure = String::from("no endpoint accepted a connection");
+        // Each attempt takes the next endpoint (the same one again when there are fewer).
+        for i in 0..ATTEMPTS {
             let endpoint = endpoints[(start + i) % endpoints.len()];
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    return Some(s);
+            // A pooled connection if there is one (an upgrade takes its connection away).
+            let pooled = if upgrade { None } else { self.pool.take(endpoint) };
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => match dial(endpoint).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%endpoint, error = %e, "ingress endpoint did not accept; trying the next");
+                        failure = e;
+                        continue;
+                    }
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if !upgrade {
+                        self.pool.give_back(endpoint, sender);
+                    }
+                    return respond(resp, client_upgrade);
                 }
-                _ => tracing::debug!(%endpoint, "ingress endpoint did not accept; trying the next"),
+                // The request never left (the connection had closed): try the next endpoint.
+                Err(mut e) => match e.take_message() {
+                    Some(r) => {
+                        req = r;
+                        failure = e.into_error().to_string();
+                    }
+                    None => return text(StatusCode::BAD_GATEWAY, &format!("endpoint failed: {}\n", e.into_error())),
+                },
             }
         }
-        None
+        text(StatusCode::BAD_GATEWAY, &format!("Service {}/{}: {failure}\n", backend.namespace, backend.service))
     }
+}
+
+/// A new HTTP/1.1 connection to `endpoint` (with upgrades allowed).
+async fn dial(endpoint: SocketAddr) -> Result<Sender, String> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connecting to {endpoint}: {e}")),
+        Err(_) => return Err(format!("connecting to {endpoint}: timed out")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("{endpoint}: {e}"))?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(sender)
+}
+
+/// The endpoint's answer as the client's: an accepted upgrade joins the two connections.
+fn respond(mut resp: Response<Incoming>, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+            }
+        });
+        return resp.map(|_| Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    resp.map(BodyExt::boxed)
 }
 
 fn wants_upgrade(req: &Request<Incoming>) -> bool {
