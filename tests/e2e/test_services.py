@@ -560,3 +560,16 @@ def test_service_bad_input_is_reported(svc_cluster, hello, ns):
         assert get(f"http://{vip}/")[0] == 200
     finally:
         taken.close()
+
+
+def test_proxy_rebuilds_after_restart(svc_cluster, hello, ns):
+    apply(svc_cluster, ns, deployment("again", hello, 2), service("again", {"app": "again"}))
+    wait_endpoints(svc_cluster, ns, "again", 2)
+    vip = svc_cluster.json("get", "svc", "-n", ns, "again")["spec"]["clusterIP"]
+    wait_for(lambda: get_host(f"http://{vip}/")[0] == 200, 20, "the ClusterIP to answer")
+    svc_cluster.stop()
+    assert get_host(f"http://{vip}/", timeout=2)[0] == 0, "nothing serves the ClusterIP while the node is down"
+    svc_cluster.start()
+    # Nothing is kept on the node: listeners and DNS come back from the API's objects.
+    wait_for(lambda: get_host(f"http://{vip}/")[0] == 200, 60, "the ClusterIP to answer after the restart")
+    assert short(f"again.{ns}.svc.cluster.local") == [vip]
