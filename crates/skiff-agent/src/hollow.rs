@@ -23,6 +23,8 @@ pub const RUN_SECONDS_ANNOTATION: &str = "skiff.dev/hollow-run-seconds";
 pub const EXIT_CODE_ANNOTATION: &str = "skiff.dev/hollow-exit-code";
 /// Status writes in flight at once.
 const CONCURRENCY: usize = 64;
+/// Lease renewals in flight at once (5,000 nodes renew 500 a second).
+const LEASE_CONCURRENCY: usize = 16;
 
 /// How to make the hollow nodes.
 #[derive(Debug, Clone)]
@@ -90,11 +92,13 @@ pub async fn run(client: Client, config: HollowConfig) -> Result<(), HollowError
         .collect::<Result<_, _>>()?;
     let names: Arc<HashSet<String>> = Arc::new(regs.iter().map(|r| r.name.clone()).collect());
     let ips: Arc<HashMap<String, String>> = Arc::new(regs.iter().map(|r| (r.name.clone(), r.internal_ip.clone())).collect());
-    // One bound on writes in flight for the whole process: a slow API server makes the
-    // nodes' writes queue here, not pile up as thousands of connections.
+    // Bounds on writes in flight for the whole process: a slow API server makes the
+    // nodes' writes queue here, not pile up as thousands of connections. Leases have a
+    // bound of their own, so a burst of pod status writes never makes a lease lapse.
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let lease_limit = Arc::new(Semaphore::new(LEASE_CONCURRENCY));
     tokio::select! {
-        _ = keep_leases(client.clone(), registered, limit.clone()) => Ok(()),
+        _ = keep_leases(client.clone(), registered, lease_limit) => Ok(()),
         _ = keep_ready(client.clone(), regs) => Ok(()),
         _ = run_pods(client, names, ips, limit) => Ok(()),
     }
