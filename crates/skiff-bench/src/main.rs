@@ -157,6 +157,9 @@ enum Bench {
         /// Stop early when the control plane's RSS passes this many GiB.
         #[arg(long, default_value_t = 18.0)]
         max_rss_gib: f64,
+        /// Stop early (and report) this many minutes after the first Deployment.
+        #[arg(long, default_value_t = 60.0)]
+        max_minutes: f64,
         /// The skiff binary (default: the one built beside this bench).
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
@@ -366,8 +369,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {
             serve::run(serve::Options { quick, seconds, connections, cold_pods, wasm, binary, wasmtime }).await
         }
-        Bench::Scale { quick, nodes, pods, per_deployment, rate, max_rss_gib, binary } => {
-            scale::run(scale::Options { quick, nodes, pods, per_deployment, rate, max_rss_gib, binary }).await
+        Bench::Scale { quick, nodes, pods, per_deployment, rate, max_rss_gib, max_minutes, binary } => {
+            scale::run(scale::Options { quick, nodes, pods, per_deployment, rate, max_rss_gib, max_minutes, binary }).await
         }
         Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,

@@ -36,6 +36,7 @@ pub struct Options {
     /// Pods per second the Deployments are created at.
     pub rate: f64,
     pub max_rss_gib: f64,
+    pub max_minutes: f64,
     pub binary: Option<PathBuf>,
 }
 
@@ -126,15 +127,33 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     let pace = Duration::from_secs_f64(per_deployment as f64 / o.rate.max(1.0));
     let created_from = Instant::now();
     let mut stopped = None;
+    let time_limit = Duration::from_secs_f64(o.max_minutes.max(0.0) * 60.0);
+    // A line every 30 s, so a long run shows how it goes before it reports.
+    let mut next_progress = Instant::now() + Duration::from_secs(30);
+    let mut progress = |deployments: usize| {
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(30);
+            let t = times.lock().unwrap();
+            println!("  {:>5.0} s: {deployments} Deployments, {} of {} pods running, control plane {:.2} GiB",
+                created_from.elapsed().as_secs_f64(), t.running.len(), t.seen.len(), peak_rss(server.0.id()) as f64 / (1u64 << 30) as f64);
+        }
+    };
+    let mut created = 0;
     for i in 0..count {
         let replicas = per_deployment.min(pods - i * per_deployment);
         let t = Instant::now();
         deployments.create(&PostParams::default(), &deployment(i, replicas)?).await?;
         mutations.lock().unwrap().push(t.elapsed());
+        created = i + 1;
         if peak_rss(server.0.id()) as f64 > o.max_rss_gib * (1u64 << 30) as f64 {
             stopped = Some(format!("the control plane passed {} GiB after {} Deployments", o.max_rss_gib, i + 1));
             break;
         }
+        if created_from.elapsed() > time_limit {
+            stopped = Some(format!("{} minutes passed after {} Deployments", o.max_minutes, i + 1));
+            break;
+        }
+        progress(created);
         tokio::time::sleep_until((created_from + pace * (i as u32 + 1)).into()).await;
     }
     // Wait for every pod to run, or for progress to stop.
@@ -150,6 +169,11 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
             stopped.get_or_insert_with(|| format!("no pod came up for 120 s at {running} running"));
             break;
         }
+        if created_from.elapsed() > time_limit {
+            stopped.get_or_insert_with(|| format!("{} minutes passed at {running} running", o.max_minutes));
+            break;
+        }
+        progress(created);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let all_running = created_from.elapsed();
