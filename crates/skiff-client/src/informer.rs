@@ -54,6 +54,12 @@ where
         })
     }
 
+    /// Every change to objects of the kind, deletions included (a force-deleted pod must
+    /// still wake its owner).
+    pub fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        futures::stream::select(self.subscribe(), self.deletions())
+    }
+
     /// Watches forever, feeding the cache and subscribers; restarts the watch with backoff
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {

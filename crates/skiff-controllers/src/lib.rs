@@ -111,15 +111,6 @@ where
     SharedInformer::new(Api::all(client.clone()))
 }
 
-/// Every change to objects of a kind, deletions included (a force-deleted pod must still
-/// wake its owner).
-fn changes<K>(informer: &SharedInformer<K>) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    futures::stream::select(informer.subscribe(), informer.deletions())
-}
-
 /// A tick each time the set of load balancer addresses (Ready nodes' addresses) changes.
 fn address_changes(nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static, store: Store<Node>) -> impl futures::Stream<Item = ()> + Send + 'static {
     let mut last = None;
@@ -151,7 +142,7 @@ pub async fn run(client: Client, options: Options) {
     let ingress_classes = informer::<IngressClass>(&client);
 
     let rs = Controller::for_shared_stream(replica_sets.subscribe(), replica_sets.store())
-        .owns_shared_stream(changes(&pods))
+        .owns_shared_stream(pods.changes())
         .run(
             replicaset::reconcile,
             retry,
@@ -159,7 +150,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let deploy = Controller::for_shared_stream(deployments.subscribe(), deployments.store())
-        .owns_shared_stream(changes(&replica_sets))
+        .owns_shared_stream(replica_sets.changes())
         .run(
             deployment::reconcile,
             retry,
@@ -167,7 +158,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let sts = Controller::for_shared_stream(stateful_sets.subscribe(), stateful_sets.store())
-        .owns_shared_stream(changes(&pods))
+        .owns_shared_stream(pods.changes())
         .run(
             statefulset::reconcile,
             retry,
@@ -181,7 +172,7 @@ pub async fn run(client: Client, options: Options) {
         .for_each(|_| async {});
     let ds_nodes = nodes.subscribe();
     let ds = Controller::for_shared_stream(daemon_sets.subscribe(), daemon_sets.store())
-        .owns_shared_stream(changes(&pods))
+        .owns_shared_stream(pods.changes())
         // Every DaemonSet looks again when a node comes, goes or changes.
         .reconcile_all_on(ds_nodes.map(|_| ()))
         .run(
@@ -198,7 +189,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let job = Controller::for_shared_stream(jobs.subscribe(), jobs.store())
-        .owns_shared_stream(changes(&pods))
+        .owns_shared_stream(pods.changes())
         .run(
             job::reconcile,
             retry,
@@ -206,7 +197,7 @@ pub async fn run(client: Client, options: Options) {
         )
         .for_each(|_| async {});
     let cron = Controller::for_shared_stream(cron_jobs.subscribe(), cron_jobs.store())
-        .owns_shared_stream(changes(&jobs))
+        .owns_shared_stream(jobs.changes())
         .run(
             cronjob::reconcile,
             retry,
@@ -232,7 +223,7 @@ pub async fn run(client: Client, options: Options) {
     let (selecting, listing) = (services.store(), slices.store());
     let ep = Controller::for_shared_stream(services.subscribe(), services.store())
         // A pod's Services: those selecting it now, and those whose slices still list it.
-        .watches_shared_stream(changes(&pods), move |pod| {
+        .watches_shared_stream(pods.changes(), move |pod| {
             let mut refs = endpoints::services_selecting(&selecting, &pod);
             refs.extend(endpoints::services_listing(&listing, &pod));
             refs

@@ -73,14 +73,6 @@ struct Served {
     ingress: Arc<ingress::IngressServer>,
 }
 
-/// Every change to objects of a kind, deletions included.
-fn changes<K>(informer: &SharedInformer<K>) -> futures::stream::BoxStream<'static, ()>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    futures::stream::select(informer.subscribe().map(|_| ()), informer.deletions().map(|_| ())).boxed()
-}
-
 /// Runs the node's proxy until the process ends.
 pub async fn run(client: Client, config: ProxyConfig) {
     let services = SharedInformer::<Service>::new(Api::all(client.clone()));
@@ -88,7 +80,13 @@ pub async fn run(client: Client, config: ProxyConfig) {
     let ingresses = SharedInformer::<Ingress>::new(Api::all(client.clone()));
     let classes = SharedInformer::<IngressClass>::new(Api::all(client.clone()));
     let secrets = SharedInformer::<Secret>::new(Api::all(client.clone()));
-    let all_changes = futures::stream::select_all([changes(&services), changes(&slices), changes(&ingresses), changes(&classes), changes(&secrets)]);
+    let all_changes = futures::stream::select_all([
+        services.changes().map(|_| ()).boxed(),
+        slices.changes().map(|_| ()).boxed(),
+        ingresses.changes().map(|_| ()).boxed(),
+        classes.changes().map(|_| ()).boxed(),
+        secrets.changes().map(|_| ()).boxed(),
+    ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let served = Served { records: Arc::default(), ingress: Arc::default() };
     let dns = serve_dns(config.clone(), served.records.clone());
