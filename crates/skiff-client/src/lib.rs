@@ -13,6 +13,9 @@ pub mod owners;
 pub mod pods;
 
 pub use events::Recorder;
+
+/// The label tying an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub use expectations::Expectations;
 pub use informer::SharedInformer;
 

@@ -23,13 +23,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use skiff_client::events::EventType;
-use skiff_client::{Recorder, owners, pods};
+use skiff_client::{Recorder, SERVICE_NAME_LABEL, owners, pods};
 use skiff_core::LabelSelector;
 
 use crate::Error;
 
-/// The label tying an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label naming the controller that writes a slice.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";

@@ -236,7 +236,7 @@ pub async fn run(client: Client, options: Options) {
         })
         .watches_shared_stream(slices.subscribe(), |s| {
             let ns = s.metadata.namespace.clone();
-            s.metadata.labels.as_ref().and_then(|l| l.get(endpoints::SERVICE_NAME_LABEL)).map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
+            s.metadata.labels.as_ref().and_then(|l| l.get(skiff_client::SERVICE_NAME_LABEL)).map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
         })
         .run(
             endpoints::reconcile,

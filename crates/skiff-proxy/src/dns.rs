@@ -20,8 +20,9 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+
+use crate::services::{SlicesByService, slices_of};
 
 /// Seconds answers may be cached (CoreDNS's kubernetes plugin default).
 const TTL: u32 = 5;
@@ -56,14 +57,8 @@ pub struct Records {
 }
 
 impl Records {
-    pub fn build(domain: &str, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Records {
+    pub fn build(domain: &str, services: &[Arc<Service>], by_service: &SlicesByService) -> Records {
         let mut names: HashMap<String, Vec<Rec>> = HashMap::new();
-        let mut slices_of: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
-                slices_of.entry((s.namespace().unwrap_or_default(), svc.clone())).or_default().push(s);
-            }
-        }
         for svc in services {
             let Some(spec) = &svc.spec else { continue };
             let ns = svc.namespace().unwrap_or_default();
@@ -87,7 +82,7 @@ impl Records {
             // Headless: every ready endpoint by address, by its own name, and in SRV.
             names.entry(base.clone()).or_default();
             let named: Vec<(String, String)> = named_ports.map(|(p, proto, _)| (p, proto)).collect();
-            for slice in slices_of.get(&(ns.clone(), svc.name_any())).into_iter().flatten() {
+            for slice in slices_of(by_service, &ns, &svc.name_any()) {
                 for e in slice.endpoints.iter().flatten().filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)) {
                     for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                         let host = e.hostname.clone().unwrap_or_else(|| ip.to_string().replace(['.', ':'], "-"));
@@ -279,7 +274,7 @@ mod tests {
             svc("db", json!({"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]})),
             svc("ext", json!({"type": "ExternalName", "externalName": "example.com."})),
         ];
-        let slice: EndpointSlice = serde_json::from_value(json!({
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
             "metadata": {"name": "db-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "db"}},
             "addressType": "IPv4", "ports": [{"name": "pg", "port": 5432}],
             "endpoints": [
@@ -289,7 +284,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        Records::build("cluster.local", &services, &[Arc::new(slice)])
+        Records::build("cluster.local", &services, &crate::services::slices_by_service(&[Arc::new(slice)]))
     }
 
     fn addrs(a: Answer) -> Vec<String> {

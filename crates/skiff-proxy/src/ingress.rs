@@ -21,15 +21,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ingress_routes::{Backend, Routes, ServicePortRef};
-use crate::services::{Protocol, endpoints_of, usable};
+use crate::services::{Protocol, SlicesByService, endpoints_of, slices_of, usable};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -54,7 +52,7 @@ pub struct Table {
 
 impl Table {
     /// Resolves every backend the routes name to its Service's endpoints.
-    pub fn build(routes: Routes, services: &Store<Service>, slices: &[Arc<EndpointSlice>]) -> (Table, Vec<Problem>) {
+    pub fn build(routes: Routes, services: &Store<Service>, by_service: &SlicesByService) -> (Table, Vec<Problem>) {
         let mut targets = HashMap::new();
         let mut problems = Vec::new();
         for (ingress, b) in &routes.backends {
@@ -71,8 +69,8 @@ impl Table {
                 problems.push((ingress.clone(), "ServicePortNotFound", format!("the Service {:?} has no port {:?}", b.service, b.port)));
                 continue;
             };
-            let of_service = slices.iter().filter(|s| s.namespace().as_deref() == Some(b.namespace.as_str()) && s.labels().get("kubernetes.io/service-name") == Some(&b.service));
-            let endpoints = endpoints_of(of_service.map(Arc::as_ref), port.name.as_deref().unwrap_or(""), Protocol::Tcp);
+            let of_service = slices_of(by_service, &b.namespace, &b.service).iter().copied();
+            let endpoints = endpoints_of(of_service, port.name.as_deref().unwrap_or(""), Protocol::Tcp);
             targets.insert(b.clone(), usable(&endpoints, "", false));
         }
         (Table { routes, targets }, problems)

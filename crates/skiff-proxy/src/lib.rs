@@ -142,13 +142,14 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
     loop {
         let node = ThisNode { name: &config.node_name, addresses: &config.node_ips, reserved: &[config.cluster_dns] };
         let (all_services, all_slices) = (caches.services.state(), caches.slices.state());
-        let want = services::frontends(&all_services, &all_slices, &node);
-        *served.records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &all_slices));
+        let by_service = services::slices_by_service(&all_slices);
+        let want = services::frontends(&all_services, &by_service, &node);
+        *served.records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &by_service));
         apply(&mut running, want, &caches.services, &recorder, &mut reported).await;
         if config.ingress_http.is_some() || config.ingress_https.is_some() {
             let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
             let (certs, mut problems) = ingress::Certs::build(&routes, &caches.secrets);
-            let (table, more) = ingress::Table::build(routes, &caches.services, &all_slices);
+            let (table, more) = ingress::Table::build(routes, &caches.services, &by_service);
             problems.extend(more);
             served.ingress.update(table, certs);
             report_ingress_problems(problems, &mut ingress_problems, &caches.ingresses, &recorder);

@@ -8,7 +8,7 @@
 //! `externalTrafficPolicy: Local` NodePort and LoadBalancer traffic, to this node's
 //! endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +16,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use skiff_client::SERVICE_NAME_LABEL;
 
-/// The label tying an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -110,14 +109,26 @@ pub fn usable(endpoints: &[Endpoint], node: &str, local_only: bool) -> Vec<Socke
     endpoints.iter().filter(here).filter(|e| e.serving && e.terminating).map(|e| e.addr).collect()
 }
 
-/// Every frontend this node serves, with its backends.
-pub fn frontends(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node: &ThisNode) -> BTreeMap<Frontend, Backends> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+/// EndpointSlices by the Service they belong to, `(namespace, name)`.
+pub type SlicesByService<'a> = HashMap<(String, String), Vec<&'a EndpointSlice>>;
+
+pub fn slices_by_service(slices: &[Arc<EndpointSlice>]) -> SlicesByService<'_> {
+    let mut by_service: SlicesByService = HashMap::new();
     for s in slices {
         if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
             by_service.entry((s.namespace().unwrap_or_default(), svc.clone())).or_default().push(s);
         }
     }
+    by_service
+}
+
+/// The slices of Service `name` in `ns`.
+pub fn slices_of<'a>(by_service: &'a SlicesByService, ns: &str, name: &str) -> &'a [&'a EndpointSlice] {
+    by_service.get(&(ns.to_string(), name.to_string())).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Every frontend this node serves, with its backends.
+pub fn frontends(services: &[Arc<Service>], by_service: &SlicesByService, node: &ThisNode) -> BTreeMap<Frontend, Backends> {
     let mut out = BTreeMap::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
@@ -127,7 +138,7 @@ pub fn frontends(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], node:
         }
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
-        let svc_slices = by_service.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
+        let svc_slices = slices_of(by_service, &ns, &name);
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             let secs = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(10_800);
             Duration::from_secs(secs.max(1) as u64)
@@ -204,7 +215,7 @@ mod tests {
     fn cluster_ip_sends_to_ready_endpoints() {
         let svc = service(json!({"clusterIP": "10.43.0.5", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}));
         let s = slice(json!([ep("10.42.0.2", "n1", true, false), ep("10.42.1.2", "n2", true, false), ep("10.42.0.3", "n1", false, false)]));
-        let f = frontends(&[svc], &[s], &NODE);
+        let f = frontends(&[svc], &slices_by_service(&[s]), &NODE);
         assert_eq!(f.len(), 1);
         let b = &f[&fe("10.43.0.5:80")];
         assert_eq!(b.endpoints, ["10.42.0.2:8080".parse().unwrap(), "10.42.1.2:8080".parse::<SocketAddr>().unwrap()]);
@@ -216,9 +227,9 @@ mod tests {
     fn terminating_endpoints_serve_only_when_nothing_is_ready() {
         let svc = service(json!({"clusterIP": "10.43.0.5", "ports": [{"name": "http", "port": 80}]}));
         let rolling = slice(json!([ep("10.42.0.2", "n1", false, true), ep("10.42.0.3", "n1", true, false)]));
-        assert_eq!(frontends(&[svc.clone()], &[rolling], &NODE)[&fe("10.43.0.5:80")].endpoints, ["10.42.0.3:8080".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(frontends(&[svc.clone()], &slices_by_service(&[rolling]), &NODE)[&fe("10.43.0.5:80")].endpoints, ["10.42.0.3:8080".parse::<SocketAddr>().unwrap()]);
         let draining = slice(json!([ep("10.42.0.2", "n1", false, true), ep("10.42.0.4", "n1", false, false)]));
-        assert_eq!(frontends(&[svc], &[draining], &NODE)[&fe("10.43.0.5:80")].endpoints, ["10.42.0.2:8080".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(frontends(&[svc], &slices_by_service(&[draining]), &NODE)[&fe("10.43.0.5:80")].endpoints, ["10.42.0.2:8080".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]
@@ -226,7 +237,7 @@ mod tests {
         let svc = service(json!({"type": "LoadBalancer", "clusterIP": "10.43.0.5", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
             "sessionAffinity": "ClientIP", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}));
         let s = slice(json!([ep("10.42.0.2", "n1", true, false), ep("10.42.1.2", "n2", true, false)]));
-        let f = frontends(&[svc], &[s], &NODE);
+        let f = frontends(&[svc], &slices_by_service(&[s]), &NODE);
         assert_eq!(f.len(), 3);
         assert_eq!(f[&fe("10.43.0.5:80")].endpoints.len(), 2);
         assert_eq!(f[&fe("0.0.0.0:30080")].endpoints, ["10.42.0.2:8080".parse::<SocketAddr>().unwrap()]);
@@ -242,7 +253,7 @@ mod tests {
             service(json!({"clusterIP": "10.43.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]})),
             service(json!({"clusterIP": "10.43.0.6", "ports": [{"name": "s", "port": 9, "protocol": "SCTP"}, {"name": "u", "port": 9, "protocol": "UDP"}]})),
         ];
-        let f = frontends(&services, &[], &NODE);
+        let f = frontends(&services, &HashMap::new(), &NODE);
         assert_eq!(f.keys().copied().collect::<Vec<_>>(), [Frontend { addr: "10.43.0.6:9".parse().unwrap(), protocol: Protocol::Udp }]);
         assert!(f.values().all(|b| b.endpoints.is_empty()));
     }
