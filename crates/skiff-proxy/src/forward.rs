@@ -17,8 +17,8 @@ use crate::services::Backends;
 
 /// How long to wait for an endpoint to accept before trying the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Endpoints tried per connection.
-const ATTEMPTS: usize = 3;
+/// Endpoints tried per connection (and per ingress request).
+pub(crate) const ATTEMPTS: usize = 3;
 /// A UDP flow with no traffic for this long is forgotten (conntrack's UDP timeout).
 const UDP_IDLE: Duration = Duration::from_secs(30);
 
@@ -80,25 +80,44 @@ impl Route {
     }
 }
 
+/// The next connection on `listener`, with Nagle off. Accept errors (out of file
+/// descriptors and the like) are logged and waited out rather than spun on.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A TCP connection to `endpoint`, with Nagle off, or why there is none.
+pub(crate) async fn dial(endpoint: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(format!("connecting to {endpoint}: {e}")),
+        Err(_) => Err(format!("connecting to {endpoint}: timed out")),
+    }
+}
+
 /// Accepts connections on `listener` for as long as the task lives.
 pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>) {
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of fds and the like: pause rather than spin.
-                tracing::warn!(error = %e, "proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, peer) = accept(&listener).await;
         let route = route.clone();
         tokio::spawn(async move {
             if let Some((upstream, endpoint)) = connect(&route, peer.ip()).await {
                 route.used(peer.ip(), endpoint);
                 let (mut client, mut upstream) = (client, upstream);
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             } else {
                 // Reset, so the client learns at once that nothing serves here.
@@ -111,10 +130,9 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>) {
 /// A connection to the first candidate endpoint that accepts one.
 async fn connect(route: &Route, client: IpAddr) -> Option<(TcpStream, SocketAddr)> {
     for endpoint in route.candidates(client) {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-            Ok(Ok(s)) => return Some((s, endpoint)),
-            Ok(Err(e)) => tracing::debug!(%endpoint, error = %e, service = %route.backends().service, "endpoint refused; trying the next"),
-            Err(_) => tracing::debug!(%endpoint, service = %route.backends().service, "endpoint timed out; trying the next"),
+        match dial(endpoint).await {
+            Ok(s) => return Some((s, endpoint)),
+            Err(e) => tracing::debug!(error = %e, service = %route.backends().service, "endpoint did not accept; trying the next"),
         }
     }
     None

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -24,17 +23,14 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::ingress_routes::{Backend, Routes, ServicePortRef};
+use crate::forward::{self, ATTEMPTS, accept};
 use crate::services::{Protocol, SlicesByService, endpoints_of, slices_of, usable};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// How long an endpoint gets to accept a connection before the next is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Tries per request, each on the next endpoint.
-const ATTEMPTS: usize = 3;
 /// Idle keep-alive connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 64;
 /// Headers that describe one connection and are not passed on (RFC 9110 §7.6.1).
@@ -211,15 +207,7 @@ impl IngressServer {
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ingress accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
+            let (tcp, peer) = accept(&listener).await;
             let (server, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
                 let scheme = if tls.is_some() { "https" } else { "http" };
@@ -257,7 +245,7 @@ impl IngressServer {
         prepare_upstream(&mut req, &host, peer, scheme, port, upgrade);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut failure = String::from("no endpoint accepted a connection");
-        // Each attempt takes the next endpoint (the same one again when there are fewer).
+        // Each of ATTEMPTS tries takes the next endpoint (the same one again when there are fewer).
         for i in 0..ATTEMPTS {
             let endpoint = endpoints[(start + i) % endpoints.len()];
             // A pooled connection if there is one (an upgrade takes its connection away).
@@ -296,12 +284,7 @@ impl IngressServer {
 
 /// A new HTTP/1.1 connection to `endpoint` (with upgrades allowed).
 async fn dial(endpoint: SocketAddr) -> Result<Sender, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connecting to {endpoint}: {e}")),
-        Err(_) => return Err(format!("connecting to {endpoint}: timed out")),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = forward::dial(endpoint).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("{endpoint}: {e}"))?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
