@@ -108,7 +108,7 @@ impl ApiServer {
         }
         let dns = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
-            "spec": {"clusterIP": self.config.service_cidr.nth(10).to_string(),
+            "spec": {"clusterIP": self.config.service_cidr.dns_address().to_string(),
                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
         ignore_exists(self.create_object(services, Some("kube-system"), dns, WriteOptions::default()).await)?;
         let ingress_classes = resources::find("networking.k8s.io", "v1", "ingressclasses").expect("ingressclasses");

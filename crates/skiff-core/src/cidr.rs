@@ -48,6 +48,12 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.base) + offset)
     }
 
+    /// In a service range, the cluster DNS's address (the `kube-dns` Service's ClusterIP):
+    /// its tenth, as in k3s. The API server reserves it and every node serves DNS there.
+    pub fn dns_address(&self) -> Ipv4Addr {
+        self.nth(10)
+    }
+
     /// How many ranges of prefix `sub` the range splits into (0 if `sub` is shorter).
     pub fn subnet_count(&self, sub: u8) -> u32 {
         if sub < self.prefix || sub > 32 { 0 } else { 1u32.checked_shl(u32::from(sub - self.prefix)).unwrap_or(u32::MAX) }

@@ -131,10 +131,9 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
     tokio::spawn(skiff_proxy::run(client, config));
 }
 
-/// The cluster DNS address: the service range's tenth address, where the API server
-/// puts the `kube-dns` Service.
+/// The cluster DNS address in a service range.
 fn cluster_dns(service_cidr: skiff_core::Cidr) -> std::net::IpAddr {
-    std::net::IpAddr::V4(service_cidr.nth(10))
+    std::net::IpAddr::V4(service_cidr.dns_address())
 }
 
 /// The source address of the default route, found by connecting a UDP socket (which
