@@ -25,7 +25,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
-use crate::ingress_routes::{Backend, Routes, ServicePortRef};
+use crate::ingress_routes::{Backend, Routes, ServicePortRef, wildcard_of};
 use crate::forward::{self, ATTEMPTS, accept};
 use crate::services::{Protocol, SlicesByService, endpoints_of, slices_of, usable};
 
@@ -108,8 +108,7 @@ impl Certs {
 
     fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let Some(name) = name.map(str::to_lowercase) else { return self.fallback.clone() };
-        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
-        self.by_host.get(&name).or_else(|| wildcard.and_then(|w| self.by_host.get(&w))).cloned().or_else(|| self.fallback.clone())
+        self.by_host.get(&name).or_else(|| wildcard_of(&name).and_then(|w| self.by_host.get(&w))).cloned().or_else(|| self.fallback.clone())
     }
 }
 

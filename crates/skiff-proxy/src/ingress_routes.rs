@@ -112,8 +112,7 @@ impl Routes {
     /// ignored) and `path`.
     pub fn route(&self, host: &str, path: &str) -> Option<&Backend> {
         let host = host_without_port(host).to_lowercase();
-        let wildcard = host.split_once('.').map(|(_, rest)| format!("*.{rest}"));
-        let candidates = [Some(host.clone()), wildcard, Some(String::new())];
+        let candidates = [Some(host.clone()), wildcard_of(&host), Some(String::new())];
         for h in candidates.iter().flatten() {
             if let Some(b) = self.hosts.get(h).and_then(|rules| best_path(rules, path)) {
                 return Some(b);
@@ -125,6 +124,12 @@ impl Routes {
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty() && self.default.is_none()
     }
+}
+
+/// The wildcard name that covers `host` (`*.example.com` for `a.example.com`): it
+/// stands for exactly one label.
+pub fn wildcard_of(host: &str) -> Option<String> {
+    host.split_once('.').map(|(_, rest)| format!("*.{rest}"))
 }
 
 /// `host` without a `:port` (IPv6 literals in brackets keep their colons).
