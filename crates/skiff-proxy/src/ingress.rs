@@ -364,6 +364,40 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn cache<K: kube::Resource<DynamicType = ()> + Clone + k8s_openapi::serde::de::DeserializeOwned + 'static>(objects: Vec<serde_json::Value>) -> Store<K> {
+        let (reader, mut writer) = store::<K>();
+        for o in objects {
+            writer.apply_watcher_event(&Event::Apply(serde_json::from_value(o).unwrap()));
+        }
+        reader
+    }
+
+    #[test]
+    fn bad_references_become_problems_not_routes() {
+        let ingress: Arc<k8s_openapi::api::networking::v1::Ingress> = Arc::new(serde_json::from_value(json!({"metadata": {"name": "shop", "namespace": "ns"}, "spec": {
+            "tls": [{"hosts": ["a.example"], "secretName": "missing"}, {"hosts": ["b.example"], "secretName": "garbage"}],
+            "rules": [{"http": {"paths": [
+                {"path": "/x", "pathType": "Prefix", "backend": {"service": {"name": "nowhere", "port": {"number": 80}}}},
+                {"path": "/y", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "grpc"}}}},
+            ]}}]}})).unwrap());
+        let routes = Routes::build(&[ingress], &[]);
+        let secrets: Store<Secret> = cache(vec![json!({"metadata": {"name": "garbage", "namespace": "ns"}, "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "bm90IGEgY2VydA==", "tls.key": "bm90IGEga2V5"}})]);
+        let (certs, problems) = Certs::build(&routes, &secrets);
+        assert!(certs.for_name(Some("a.example")).is_none());
+        let reasons: Vec<(&str, &str)> = problems.iter().map(|(i, r, _)| (i.as_str(), *r)).collect();
+        assert_eq!(reasons, [("ns/shop", "SecretNotFound"), ("ns/shop", "InvalidCertificate")]);
+        assert!(problems[1].2.contains("holds no certificate"), "{}", problems[1].2);
+        let services: Store<Service> = cache(vec![json!({"metadata": {"name": "web", "namespace": "ns"}, "spec": {"ports": [{"name": "http", "port": 80}]}})]);
+        let (table, problems) = Table::build(routes, &services, &Default::default());
+        let reasons: Vec<&str> = problems.iter().map(|(_, r, _)| *r).collect();
+        assert_eq!(reasons, ["ServiceNotFound", "ServicePortNotFound"]);
+        assert!(table.targets.is_empty());
+    }
 
     #[test]
     fn hop_by_hop_headers_go_and_upgrades_stay() {
