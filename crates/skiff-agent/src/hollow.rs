@@ -174,10 +174,13 @@ async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<
             let mut d = done.lock().unwrap();
             if pod.metadata.deletion_timestamp.is_some() {
                 d.deleting.insert(uid.clone()).then_some(Action::Delete)
-            } else if (phase == "Pending" || (phase == "Running" && !skiff_client::pods::is_ready(&pod)))
-                && d.started.get(&uid) != pod.metadata.resource_version.as_ref()
+            } else if (phase == "Pending" && !d.started.contains_key(&uid))
+                || (phase == "Running" && !skiff_client::pods::is_ready(&pod) && d.started.get(&uid) != pod.metadata.resource_version.as_ref())
             {
-                // New, or marked not ready while its node was unreachable: (re)start it.
+                // New, or marked not ready while its node was unreachable: (re)start it. A
+                // pending pod is started once: another update before our Running report
+                // lands must not start it again, or a late second Running report could
+                // follow its Succeeded one.
                 d.started.insert(uid.clone(), pod.metadata.resource_version.clone().unwrap_or_default());
                 Some(Action::Start)
             } else {

@@ -235,7 +235,11 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     if job.status.as_ref() != Some(&status) {
-        ignore_gone(api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await)?;
+        // The status accumulates (completed indexes, counts, conditions) from the Job as
+        // cached here: pin its resourceVersion so a reconcile of a stale copy conflicts and
+        // retries instead of overwriting a newer status with an older one.
+        let patch = json!({"metadata": {"resourceVersion": job.resource_version()}, "status": status});
+        ignore_gone(api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await)?;
     }
     Ok(Action::requeue(requeue))
 }
