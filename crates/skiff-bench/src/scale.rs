@@ -13,7 +13,7 @@
 //! If the pods stop coming up (no progress for 120 s) or the control plane passes
 //! `--max-rss-gib`, the bench stops and reports how far it got.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,11 +40,15 @@ pub struct Options {
     pub binary: Option<PathBuf>,
 }
 
-/// When each pod was first seen, and when it was first seen running and ready.
+/// When each pod was first seen, and when it was first seen running and ready; how many
+/// were deleted (evicted or scaled away) and which nodes were ever seen not ready, since a
+/// lapsed node's pods are replaced and muddle the figures.
 #[derive(Default)]
 struct PodTimes {
     seen: HashMap<String, Instant>,
     running: HashMap<String, Instant>,
+    deleted: usize,
+    lapsed_nodes: HashSet<String>,
 }
 
 fn deployment(i: usize, replicas: usize) -> anyhow::Result<Deployment> {
@@ -82,15 +86,34 @@ async fn probe_mutations(client: kube::Client, latencies: Arc<Mutex<Vec<Duration
 /// Follows every pod: when it appears, when it is running and ready.
 async fn watch_pods(client: kube::Client, times: Arc<Mutex<PodTimes>>) {
     let api: Api<Pod> = Api::namespaced(client, "default");
-    let mut events = watcher(api, watcher::Config::default()).touched_objects().boxed();
+    let mut events = watcher(api, watcher::Config::default()).boxed();
     while let Some(event) = events.next().await {
-        let Ok(pod) = event else { continue };
+        let pod = match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
+            Ok(watcher::Event::Delete(_)) => {
+                times.lock().unwrap().deleted += 1;
+                continue;
+            }
+            _ => continue,
+        };
         let name = pod.metadata.name.clone().unwrap_or_default();
         let now = Instant::now();
         let mut t = times.lock().unwrap();
         t.seen.entry(name.clone()).or_insert(now);
         if skiff_client::pods::is_ready(&pod) {
             t.running.entry(name).or_insert(now);
+        }
+    }
+}
+
+/// Notes every hollow node seen with its Ready condition other than True.
+async fn watch_nodes(client: kube::Client, times: Arc<Mutex<PodTimes>>) {
+    let api: Api<Node> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default().labels("skiff.dev/hollow")).touched_objects().boxed();
+    while let Some(event) = events.next().await {
+        let Ok(node) = event else { continue };
+        if skiff_client::nodes::ready_status(&node) != Some("True") {
+            times.lock().unwrap().lapsed_nodes.insert(node.metadata.name.clone().unwrap_or_default());
         }
     }
 }
@@ -122,6 +145,7 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     let times = Arc::new(Mutex::new(PodTimes::default()));
     let probe = tokio::spawn(probe_mutations(client.clone(), mutations.clone()));
     let watch = tokio::spawn(watch_pods(client.clone(), times.clone()));
+    let node_watch = tokio::spawn(watch_nodes(client.clone(), times.clone()));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let count = pods.div_ceil(per_deployment);
     let pace = Duration::from_secs_f64(per_deployment as f64 / o.rate.max(1.0));
@@ -134,8 +158,8 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
         if Instant::now() >= next_progress {
             next_progress += Duration::from_secs(30);
             let t = times.lock().unwrap();
-            println!("  {:>5.0} s: {deployments} Deployments, {} of {} pods running, control plane {:.2} GiB",
-                created_from.elapsed().as_secs_f64(), t.running.len(), t.seen.len(), peak_rss(server.0.id()) as f64 / (1u64 << 30) as f64);
+            println!("  {:>5.0} s: {deployments} Deployments, {} of {} pods running, {} deleted, {} nodes seen not ready, control plane {:.2} GiB",
+                created_from.elapsed().as_secs_f64(), t.running.len(), t.seen.len(), t.deleted, t.lapsed_nodes.len(), peak_rss(server.0.id()) as f64 / (1u64 << 30) as f64);
         }
     };
     let mut created = 0;
@@ -179,6 +203,7 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     let all_running = created_from.elapsed();
     probe.abort();
     watch.abort();
+    node_watch.abort();
     let (server_peak, hollow_peak) = (peak_rss(server.0.id()), peak_rss(hollow.0.id()));
     anyhow::ensure!(server_peak > 0, "the control plane process ended");
     let mut mutation_latencies = mutations.lock().unwrap().clone();
@@ -191,6 +216,7 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<Row>> {
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
     println!("scale: {nodes} hollow nodes (ready after {:.0} s), Deployments of {per_deployment} at {} pods/s ({})", nodes_up.as_secs_f64(), o.rate, crate::report::machine());
     println!("  pods running: {} of {} created ({} targeted), all within {:.0} s of the first Deployment", t.running.len(), t.seen.len(), pods, all_running.as_secs_f64());
+    println!("  pods deleted during the run: {}; hollow nodes ever seen not ready: {}", t.deleted, t.lapsed_nodes.len());
     println!("  mutating API calls: {} timed, p50 {} p99 {} (SLO p99 ≤ 1 s)", mutation_latencies.len(), ms(percentile(&mutation_latencies, 0.5)), ms(mutate_p99));
     println!("  pod startup (created → Running, seen by watch): p50 {} p99 {} (SLO p99 ≤ 5 s)", ms(startup_p50), ms(startup_p99));
     println!("  peak RSS: control plane {}, hollow nodes {}", gib(server_peak), gib(hollow_peak));

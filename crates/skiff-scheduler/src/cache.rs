@@ -92,7 +92,13 @@ pub struct NodeInfo {
     /// Sum of CPU and memory with non-zero defaults, for scoring.
     pub scoring_requested: (i64, i64),
     pub pods: HashMap<PodKey, PlacedPod>,
+    /// How many of `pods` carry required anti-affinity terms: most nodes have none, and
+    /// the symmetry check skips them without looking at their pods.
+    pub anti_affinity_pods: usize,
     pub images: HashSet<String>,
+    /// The `Ready` condition is `True`, read once per Node update rather than per pod
+    /// scheduled.
+    ready: bool,
 }
 
 impl NodeInfo {
@@ -117,7 +123,9 @@ impl NodeInfo {
             requested: Resources::default(),
             scoring_requested: (0, 0),
             pods: HashMap::new(),
+            anti_affinity_pods: 0,
             images,
+            ready: skiff_client::nodes::ready_status(&node) == Some("True"),
             node,
         }
     }
@@ -132,7 +140,7 @@ impl NodeInfo {
 
     /// The `Ready` condition is `True`.
     pub fn ready(&self) -> bool {
-        skiff_client::nodes::ready_status(&self.node) == Some("True")
+        self.ready
     }
 
     fn place(&mut self, key: PodKey, placed: PlacedPod) {
@@ -140,6 +148,7 @@ impl NodeInfo {
         self.requested.add(&placed.requests);
         self.scoring_requested.0 += placed.scoring.0;
         self.scoring_requested.1 += placed.scoring.1;
+        self.anti_affinity_pods += usize::from(!placed.anti_affinity.is_empty());
         self.pods.insert(key, placed);
     }
 
@@ -148,6 +157,7 @@ impl NodeInfo {
         self.requested.sub(&old.requests);
         self.scoring_requested.0 -= old.scoring.0;
         self.scoring_requested.1 -= old.scoring.1;
+        self.anti_affinity_pods -= usize::from(!old.anti_affinity.is_empty());
         Some(old)
     }
 }

@@ -81,7 +81,7 @@ impl Plugin for InterPodAffinity {
             d.anti.push((term.topology_key.clone(), Term::new(term, &pod.namespace).domains(cache)));
         }
         // Symmetry: existing pods whose anti-affinity selects this pod.
-        for node in cache.nodes.values() {
+        for node in cache.nodes.values().filter(|n| n.anti_affinity_pods > 0) {
             for placed in node.pods.values().filter(|p| !p.anti_affinity.is_empty()) {
                 for term in &placed.anti_affinity {
                     if Term::new(term, &placed.namespace).selects(&pod.namespace, labels)
