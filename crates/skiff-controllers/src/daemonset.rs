@@ -104,6 +104,8 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let key = format!("{ns}/{}", ds.name_any());
     let uid = ds.uid().unwrap_or_default();
     let selector = selector_of(Some(&spec.selector))?;
+    // Expectations before the pods, as in the ReplicaSet controller.
+    let synced = ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n));
     let owned = children::claim(&ctx.client, &*ds, &ctx.pods, &selector, &ns, &ctx.recorder, |p: &Pod| pods::is_active(p)).await?;
     let revs = revisions::owned(&ctx.revisions, &uid, &ns);
     let hash = revisions::ensure(&ctx.client, &*ds, &spec.template, &revs).await?;
@@ -181,7 +183,7 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         }
     }
 
-    if ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n)) {
+    if synced {
         let mut made = Vec::new();
         for node in &create_on {
             if let Some(name) = children::create_pod(&ctx.client, &*ds, &pod_for(&ds, node, &hash), &ctx.recorder).await {

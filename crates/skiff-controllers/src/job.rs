@@ -135,6 +135,8 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     let key = format!("{ns}/{}", job.name_any());
     let selector = selector_of(spec.selector.as_ref())?;
+    // Expectations before the pods, as in the ReplicaSet controller.
+    let synced = ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n));
     let owned = children::claim(&ctx.client, &*job, &ctx.pods, &selector, &ns, &ctx.recorder, |_: &Pod| true).await?;
     let active: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| pods::is_active(p)).collect();
     let old = job.status.clone().unwrap_or_default();
@@ -197,7 +199,7 @@ pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             status.completion_time = Some(skiff_client::now());
             status.active = Some(0);
             ctx.recorder.record(&*job, EventType::Normal, "Completed", "Job completed");
-        } else if ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n)) {
+        } else if synced {
             // Back off after failures, measured from the latest one.
             let last_failure = owned
                 .iter()

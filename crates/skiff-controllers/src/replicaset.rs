@@ -78,9 +78,13 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     let key = format!("{ns}/{}", rs.name_any());
     let spec = &rs.spec;
     let selector = selector_of(Some(&spec.selector))?;
+    // Expectations first, then the pods: a pod that lands in the cache between the two
+    // reads is then counted, where the other order would create one more and later
+    // delete the surplus.
+    let synced = ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n));
     let children = children::claim(&ctx.client, &*rs, &ctx.pods, &selector, &ns, &ctx.recorder, |p: &Pod| pods::is_active(p)).await?;
     let owned: Vec<&Pod> = children.iter().map(|p| p.as_ref()).collect();
-    if rs.metadata.deletion_timestamp.is_none() && ctx.expectations.satisfied(&key, |n| children::seen(&ctx.pods, &ns, n)) {
+    if rs.metadata.deletion_timestamp.is_none() && synced {
         let active: Vec<&Pod> = owned.iter().copied().filter(|p| pods::is_active(p)).collect();
         let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
         match plan(replicas, &active) {

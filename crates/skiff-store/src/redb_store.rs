@@ -361,6 +361,8 @@ fn apply(key: &str, mutation: &Mutation, current: Option<Value>, revision: u64) 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use serde_json::json;
     use skiff_core::LabelSelector;
@@ -436,6 +438,24 @@ mod tests {
         }
         assert!(matches!(store.watch("/core/cm/", Some(1)), Err(StoreError::Expired { .. })));
         assert!(store.watch("/core/cm/", Some(store.current_revision() - 5)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_quiet_watch_keeps_up_with_other_prefixes() {
+        // A watch of a kind nobody writes must still move its position (and so its
+        // bookmarks) along, or resuming it rescans the whole log after its last event.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1000);
+        let mut quiet = store.watch("/core/secrets/", None).unwrap();
+        for i in 0..3 {
+            store.create(&format!("/core/cm/d/n{i}"), obj("n", "a")).await.unwrap();
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(100), quiet.next()).await;
+        assert!(nothing.is_err(), "no secret event was written");
+        assert_eq!(quiet.last_revision(), store.current_revision());
+        store.create("/core/secrets/d/s", obj("s", "a")).await.unwrap();
+        let e = quiet.next().await.unwrap().unwrap();
+        assert_eq!((e.key.as_str(), e.revision), ("/core/secrets/d/s", store.current_revision()));
     }
 
     #[tokio::test]

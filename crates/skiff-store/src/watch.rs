@@ -47,9 +47,14 @@ impl Watch {
             }
             match self.live.recv().await {
                 Ok(event) => {
-                    if event.revision > self.last && event.key.starts_with(&self.prefix) {
+                    // Events elsewhere advance the position too: nothing under the prefix
+                    // came between, so a bookmark or a resumed watch may start there rather
+                    // than rescan the log from this watch's last own event.
+                    if event.revision > self.last {
                         self.last = event.revision;
-                        return Some(Ok(event));
+                        if event.key.starts_with(&self.prefix) {
+                            return Some(Ok(event));
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => match self.log.events_after(&self.prefix, self.last) {
@@ -61,7 +66,8 @@ impl Watch {
         }
     }
 
-    /// The revision of the last event handed out (or the starting revision).
+    /// The revision this watch has seen everything up to: its last event, or a later
+    /// event under another prefix.
     pub fn last_revision(&self) -> u64 {
         self.last
     }
