@@ -32,28 +32,36 @@ UPSTREAM_DNS = "127.0.0.153"
 UPSTREAM_ANSWER = "192.0.2.99"
 
 
-def fake_upstream_dns():
-    """A minimal DNS server on UPSTREAM_DNS:53 (UDP): every A question gets UPSTREAM_ANSWER."""
+def udp_server(address, answer):
+    """A UDP socket bound to `address` that replies to each datagram with `answer(datagram)`,
+    served from a daemon thread until the socket is closed."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((UPSTREAM_DNS, 53))
+    sock.bind(address)
 
     def serve():
         while True:
             try:
-                query, addr = sock.recvfrom(4096)
+                data, addr = sock.recvfrom(4096)
             except OSError:
                 return
-            end = 12
-            while query[end] != 0:
-                end += query[end] + 1
-            question = query[12:end + 5]
-            qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
-            answers = 1 if qtype == 1 else 0
-            header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, answers, 0, 0)
-            record = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(UPSTREAM_ANSWER)
-            sock.sendto(header + question + (record if answers else b""), addr)
+            sock.sendto(answer(data), addr)
     threading.Thread(target=serve, daemon=True).start()
     return sock
+
+
+def fake_upstream_dns():
+    """A minimal DNS server on UPSTREAM_DNS:53 (UDP): every A question gets UPSTREAM_ANSWER."""
+    def answer(query):
+        end = 12
+        while query[end] != 0:
+            end += query[end] + 1
+        question = query[12:end + 5]
+        qtype = struct.unpack("!H", query[end + 1:end + 3])[0]
+        answers = 1 if qtype == 1 else 0
+        header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, answers, 0, 0)
+        record = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(UPSTREAM_ANSWER)
+        return header + question + (record if answers else b"")
+    return udp_server((UPSTREAM_DNS, 53), answer)
 
 
 @pytest.fixture(scope="module")
@@ -221,18 +229,8 @@ def test_traffic_policy_local_keeps_to_the_node(svc_cluster, hello, ns):
 
 
 def test_udp_service(svc_cluster, ns):
-    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    echo.bind(("127.0.0.1", 0))
+    echo = udp_server(("127.0.0.1", 0), bytes.upper)
     port = echo.getsockname()[1]
-
-    def serve():
-        while True:
-            try:
-                data, addr = echo.recvfrom(2048)
-            except OSError:
-                return
-            echo.sendto(data.upper(), addr)
-    threading.Thread(target=serve, daemon=True).start()
     try:
         apply(svc_cluster, ns,
               {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "shout"}, "spec": {"ports": [{"name": "u", "port": 5353, "protocol": "UDP"}]}},
