@@ -8,6 +8,7 @@ pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -70,11 +71,12 @@ pub struct ApiServer {
     pub config: Config,
     /// Service creates and updates allocate addresses one at a time.
     service_lock: tokio::sync::Mutex<()>,
+    pub namespaces: namespace_lifecycle::NamespaceLifecycle,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()) })
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default() })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`

@@ -96,9 +96,10 @@ pub fn check_kind(r: &ResourceType, object: &mut Value) -> ApiResult<()> {
 
 /// Decodes the stored form through its type; unknown fields per `validation`.
 fn normalise(r: &ResourceType, object: Value, validation: FieldValidation, warnings: &mut Vec<String>) -> ApiResult<Value> {
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    let normalised = typed::normalise(&api_version, r.kind, object.clone())
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let normalised = typed::normalise(api_version, r.kind, &object)
         .map_err(|e| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", r.kind, r.version, r.kind)))?;
+    let Some(normalised) = normalised else { return Ok(object) };
     if validation != FieldValidation::Ignore {
         let unknown = typed::unknown_fields(&object, &normalised);
         if !unknown.is_empty() {
@@ -126,19 +127,6 @@ fn store_err<'a>(r: &'a ResourceType, name: &'a str) -> impl Fn(StoreError) -> A
 }
 
 impl ApiServer {
-    /// The namespace must exist and not be terminating for objects to be created in it.
-    async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
-        let key = resources::find("", "v1", "namespaces").expect("namespaces").key(None, ns);
-        match self.store.get(&key).await {
-            Ok(n) if meta::is_terminating(&n) => Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ))),
-            Ok(_) => Ok(()),
-            Err(StoreError::NotFound(_)) => Err(ApiError::not_found("namespaces", ns)),
-            Err(e) => Err(ApiError::from_store(e, "namespaces", ns)),
-        }
-    }
-
     async fn allocate_service(&self, old: Option<&Value>, object: &mut Value) -> ApiResult<()> {
         if let Some(old) = old {
             // Allocated values carry over when an update leaves them out, as in Kubernetes.
@@ -190,8 +178,12 @@ impl ApiServer {
         } else {
             meta.remove("namespace");
         }
-        let generate = meta.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
-        if meta.get("name").and_then(Value::as_str).unwrap_or_default().is_empty() && !generate.is_empty() {
+        // The prefix a name is generated from, when the object names none.
+        let generate = match meta.get("name").and_then(Value::as_str) {
+            Some(name) if !name.is_empty() => String::new(),
+            _ => meta.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string(),
+        };
+        if !generate.is_empty() {
             meta.insert("name".into(), json!(generated_name(&generate)));
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -214,7 +206,7 @@ impl ApiServer {
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
         if let Some(ns) = namespace.filter(|_| r.namespaced) {
-            self.check_namespace(ns).await?;
+            self.namespaces.check(&*self.store, ns).await?;
         }
         let name = meta::name(&object).unwrap_or_default().to_string();
         let key = r.key(namespace, &name);
@@ -225,11 +217,13 @@ impl ApiServer {
             let _serial = self.service_lock.lock().await;
             self.allocate_service(None, &mut object).await?;
             self.store.create(&key, object).await
+        } else if generate.is_empty() {
+            self.store.create(&key, object).await
         } else {
             let mut attempt = self.store.create(&key, object.clone()).await;
             // A generated name that collided gets another suffix, as Kubernetes retries.
             for _ in 0..3 {
-                if !matches!(attempt, Err(StoreError::AlreadyExists(_))) || generate.is_empty() {
+                if !matches!(attempt, Err(StoreError::AlreadyExists(_))) {
                     break;
                 }
                 let fresh = generated_name(&generate);

@@ -476,7 +476,12 @@ async fn delete_one(server: &ApiServer, target: &Target, opts: &Value) -> ApiRes
             server.store.update(&target.key(), new, expected).await
         };
         match result {
-            Ok(o) => return Ok(o),
+            Ok(o) => {
+                if r.kind == "Namespace" {
+                    server.namespaces.closed(&o);
+                }
+                return Ok(o);
+            }
             Err(StoreError::Conflict { .. }) if pinned_rv.is_none() && attempts < 8 => attempts += 1,
             Err(e) => return Err(ApiError::from_store(e, &qualified, &name)),
         }

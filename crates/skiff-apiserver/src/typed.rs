@@ -9,14 +9,14 @@ use serde_json::Value;
 macro_rules! typed_kinds {
     ($( ($api_version:literal, $kind:literal, $ty:ty) ),* $(,)?) => {
         /// Decodes `object` as its typed kind and encodes it again: the normalised object.
-        /// Kinds without a type here pass through unchanged.
-        pub fn normalise(api_version: &str, kind: &str, object: Value) -> Result<Value, String> {
+        /// `None` for kinds without a type here, which pass through unchanged.
+        pub fn normalise(api_version: &str, kind: &str, object: &Value) -> Result<Option<Value>, String> {
             match (api_version, kind) {
                 $( ($api_version, $kind) => {
-                    let typed: $ty = serde_json::from_value(object).map_err(|e| e.to_string())?;
-                    serde_json::to_value(&typed).map_err(|e| e.to_string())
+                    let typed = <$ty as serde::Deserialize>::deserialize(object).map_err(|e| e.to_string())?;
+                    serde_json::to_value(&typed).map(Some).map_err(|e| e.to_string())
                 } )*
-                _ => Ok(object),
+                _ => Ok(None),
             }
         }
 
@@ -107,10 +107,10 @@ mod tests {
     fn normalise_reports_unknown_and_rejects_bad_types() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"},
             "spec": {"containers": [{"name": "c", "image": "i", "bogus": 1}], "extra": true}});
-        let n = normalise("v1", "Pod", pod.clone()).unwrap();
+        let n = normalise("v1", "Pod", &pod).unwrap().unwrap();
         assert_eq!(unknown_fields(&pod, &n), ["spec.containers[0].bogus", "spec.extra"]);
         let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": "x"}});
-        assert!(normalise("v1", "Pod", bad).is_err());
+        assert!(normalise("v1", "Pod", &bad).is_err());
     }
 
     #[test]
@@ -120,7 +120,7 @@ mod tests {
             "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
             "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i",
             "resources": {"limits": {"memory": "128Mi"}}}]}}}});
-        let n = normalise("apps/v1", "Deployment", d.clone()).unwrap();
+        let n = normalise("apps/v1", "Deployment", &d).unwrap().unwrap();
         assert!(unknown_fields(&d, &n).is_empty());
         assert_eq!(n, d);
     }

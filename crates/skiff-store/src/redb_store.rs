@@ -57,8 +57,10 @@ enum Mutation {
 
 struct WriteRequest {
     key: String,
-    mutation: Mutation,
-    reply: oneshot::Sender<Result<Value, StoreError>>,
+    /// Taken by the commit (`None` after), so the writer thread never copies an object.
+    mutation: Option<Mutation>,
+    /// The stored object, shared with its event: the caller copies it on its own thread.
+    reply: oneshot::Sender<Result<Arc<Value>, StoreError>>,
 }
 
 /// The event log's on-disk form: written from borrowed values, read back owned.
@@ -109,9 +111,10 @@ impl RedbStore {
     async fn write(&self, key: &str, mutation: Mutation) -> Result<Value, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(WriteRequest { key: key.to_string(), mutation, reply })
+            .send(WriteRequest { key: key.to_string(), mutation: Some(mutation), reply })
             .map_err(|_| StoreError::Backend("store writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Backend("store writer stopped".into()))?
+        let stored = answer.await.map_err(|_| StoreError::Backend("store writer stopped".into()))??;
+        Ok(Arc::try_unwrap(stored).unwrap_or_else(|shared| (*shared).clone()))
     }
 
     async fn read<T: Send + 'static>(
@@ -126,14 +129,13 @@ impl RedbStore {
 #[async_trait::async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Value, StoreError> {
-        let key = key.to_string();
-        self.read(move |s| {
-            let txn = s.db.begin_read().map_err(backend)?;
-            let table = txn.open_table(OBJECTS).map_err(backend)?;
-            let guard = table.get(key.as_str()).map_err(backend)?.ok_or(StoreError::NotFound(key))?;
-            serde_json::from_slice(guard.value()).map_err(backend)
-        })
-        .await
+        // One key is a few page reads, mostly from redb's cache: cheaper in place than the
+        // hand-off to a blocking thread (which cost more than the read on every create's
+        // namespace check).
+        let txn = self.shared.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(OBJECTS).map_err(backend)?;
+        let guard = table.get(key).map_err(backend)?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        serde_json::from_slice(guard.value()).map_err(backend)
     }
 
     async fn list(&self, prefix: &str, options: &ListOptions) -> Result<ListResult, StoreError> {
@@ -246,7 +248,7 @@ fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, rete
                 Err(_) => break,
             }
         }
-        match commit_batch(&shared, &batch, retention) {
+        match commit_batch(&shared, &mut batch, retention) {
             Ok((results, events)) => {
                 if let Some(last) = events.last() {
                     shared.revision.store(last.revision, Ordering::Release);
@@ -269,9 +271,9 @@ fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, rete
     }
 }
 
-type BatchOutcome = (Vec<Result<Value, StoreError>>, Vec<Event>);
+type BatchOutcome = (Vec<Result<Arc<Value>, StoreError>>, Vec<Event>);
 
-fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Result<BatchOutcome, StoreError> {
+fn commit_batch(shared: &Shared, batch: &mut [WriteRequest], retention: u64) -> Result<BatchOutcome, StoreError> {
     let txn = shared.db.begin_write().map_err(backend)?;
     let mut results = Vec::with_capacity(batch.len());
     let mut events = Vec::with_capacity(batch.len());
@@ -285,7 +287,8 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
                 Some(g) => Some(serde_json::from_slice(g.value()).map_err(backend)?),
                 None => None,
             };
-            let outcome = apply(&request.key, &request.mutation, current, revision + 1);
+            let mutation = request.mutation.take().expect("each request is committed once");
+            let outcome = apply(&request.key, mutation, current, revision + 1);
             let (result, event) = match outcome {
                 Ok(event) => {
                     revision += 1;
@@ -302,7 +305,7 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
                         prev: event.prev.as_deref().map(Cow::Borrowed),
                     };
                     log.insert(revision, serde_json::to_vec(&logged).map_err(backend)?.as_slice()).map_err(backend)?;
-                    (Ok((*event.object).clone()), Some(event))
+                    (Ok(event.object.clone()), Some(event))
                 }
                 Err(e) => (Err(e), None),
             };
@@ -329,11 +332,11 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest], retention: u64) -> Resu
 }
 
 /// Decides one mutation against the current object; the event it makes, or why not.
-fn apply(key: &str, mutation: &Mutation, current: Option<Value>, revision: u64) -> Result<Event, StoreError> {
-    let check = |expected: &Option<u64>, current: &Value| -> Result<(), StoreError> {
+fn apply(key: &str, mutation: Mutation, current: Option<Value>, revision: u64) -> Result<Event, StoreError> {
+    let check = |expected: Option<u64>, current: &Value| -> Result<(), StoreError> {
         let actual = object_revision(current).unwrap_or(0);
         match expected {
-            Some(e) if *e != actual => Err(StoreError::Conflict { expected: *e, actual }),
+            Some(e) if e != actual => Err(StoreError::Conflict { expected: e, actual }),
             _ => Ok(()),
         }
     };
@@ -341,20 +344,19 @@ fn apply(key: &str, mutation: &Mutation, current: Option<Value>, revision: u64) 
         skiff_core::meta::set_resource_version(&mut object, revision);
         Arc::new(object)
     };
+    let event = |kind, object, prev| Event { revision, kind, key: key.into(), object: stamp(object), prev };
     match (mutation, current) {
         (Mutation::Create(_), Some(_)) => Err(StoreError::AlreadyExists(key.to_string())),
-        (Mutation::Create(object), None) => {
-            Ok(Event { revision, kind: EventType::Added, key: key.into(), object: stamp(object.clone()), prev: None })
-        }
+        (Mutation::Create(object), None) => Ok(event(EventType::Added, object, None)),
         (Mutation::Update(..) | Mutation::Delete(_), None) => Err(StoreError::NotFound(key.to_string())),
-        (Mutation::Update(_, expected) | Mutation::Delete(expected), Some(current)) => {
+        (Mutation::Update(object, expected), Some(current)) => {
+            check(expected, &current)?;
+            Ok(event(EventType::Modified, object, Some(Arc::new(current))))
+        }
+        (Mutation::Delete(expected), Some(current)) => {
             check(expected, &current)?;
             // A deletion's event carries the object's last state at the deletion revision.
-            let (kind, object) = match mutation {
-                Mutation::Update(object, _) => (EventType::Modified, object.clone()),
-                _ => (EventType::Deleted, current.clone()),
-            };
-            Ok(Event { revision, kind, key: key.into(), object: stamp(object), prev: Some(Arc::new(current)) })
+            Ok(event(EventType::Deleted, current.clone(), Some(Arc::new(current))))
         }
     }
 }

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "A Kubernetes-compatible orchestrator for WebAssembly and OCI workloads")]
 struct Cli {
