@@ -5,7 +5,6 @@
 //! once with an fsync, then answers them all and fans the events out to watchers. Under
 //! concurrency that is group commit: many writes per fsync.
 
-use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -63,13 +62,31 @@ struct WriteRequest {
     reply: oneshot::Sender<Result<Arc<Value>, StoreError>>,
 }
 
-/// The event log's on-disk form: written from borrowed values, read back owned.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct LoggedEvent<'a> {
+/// The event log's on-disk form, as read back (written by [`logged_event`]).
+#[derive(serde::Deserialize)]
+struct LoggedEvent {
     kind: EventType,
-    key: Cow<'a, str>,
-    object: Cow<'a, Value>,
-    prev: Option<Cow<'a, Value>>,
+    key: String,
+    object: Value,
+    prev: Option<Value>,
+}
+
+/// A [`LoggedEvent`]'s JSON, assembled around object bytes already encoded (for the
+/// objects table, or as read from it), so the single writer thread encodes each object once.
+fn logged_event(kind: EventType, key: &str, object: &[u8], prev: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
+    let mut record = Vec::with_capacity(object.len() + prev.map_or(0, <[u8]>::len) + key.len() + 48);
+    record.extend_from_slice(b"{\"kind\":");
+    serde_json::to_writer(&mut record, &kind).map_err(backend)?;
+    record.extend_from_slice(b",\"key\":");
+    serde_json::to_writer(&mut record, key).map_err(backend)?;
+    record.extend_from_slice(b",\"object\":");
+    record.extend_from_slice(object);
+    if let Some(prev) = prev {
+        record.extend_from_slice(b",\"prev\":");
+        record.extend_from_slice(prev);
+    }
+    record.push(b'}');
+    Ok(record)
 }
 
 struct Shared {
@@ -183,9 +200,9 @@ impl EventLog for Shared {
                 out.push(Arc::new(Event {
                     revision: rev.value(),
                     kind: logged.kind,
-                    key: logged.key.into_owned(),
-                    object: Arc::new(logged.object.into_owned()),
-                    prev: logged.prev.map(|p| Arc::new(p.into_owned())),
+                    key: logged.key,
+                    object: Arc::new(logged.object),
+                    prev: logged.prev.map(Arc::new),
                 }));
             }
         }
@@ -253,12 +270,14 @@ fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, rete
                 if let Some(last) = events.last() {
                     shared.revision.store(last.revision, Ordering::Release);
                 }
-                for (request, result) in batch.into_iter().zip(results) {
-                    let _ = request.reply.send(result);
-                }
+                // Events first: with nobody watching they are dropped here, so each caller
+                // holds the only reference to its object and takes it without a copy.
                 for event in events {
                     // No receivers is fine: nobody is watching.
                     let _ = shared.events.send(Arc::new(event));
+                }
+                for (request, result) in batch.into_iter().zip(results) {
+                    let _ = request.reply.send(result);
                 }
             }
             Err(e) => {
@@ -283,28 +302,20 @@ fn commit_batch(shared: &Shared, batch: &mut [WriteRequest], retention: u64) -> 
         let mut meta = txn.open_table(META).map_err(backend)?;
         let mut revision = counter(&meta, REVISION)?;
         for request in batch {
-            let current: Option<Value> = match objects.get(request.key.as_str()).map_err(backend)? {
-                Some(g) => Some(serde_json::from_slice(g.value()).map_err(backend)?),
-                None => None,
-            };
+            let current_bytes = objects.get(request.key.as_str()).map_err(backend)?.map(|g| g.value().to_vec());
+            let current: Option<Value> = current_bytes.as_deref().map(serde_json::from_slice).transpose().map_err(backend)?;
             let mutation = request.mutation.take().expect("each request is committed once");
             let outcome = apply(&request.key, mutation, current, revision + 1);
             let (result, event) = match outcome {
                 Ok(event) => {
                     revision += 1;
+                    let bytes = serde_json::to_vec(&*event.object).map_err(backend)?;
                     if event.kind == EventType::Deleted {
                         objects.remove(request.key.as_str()).map_err(backend)?;
                     } else {
-                        let bytes = serde_json::to_vec(&*event.object).map_err(backend)?;
                         objects.insert(request.key.as_str(), bytes.as_slice()).map_err(backend)?;
                     }
-                    let logged = LoggedEvent {
-                        kind: event.kind,
-                        key: Cow::Borrowed(&event.key),
-                        object: Cow::Borrowed(&event.object),
-                        prev: event.prev.as_deref().map(Cow::Borrowed),
-                    };
-                    log.insert(revision, serde_json::to_vec(&logged).map_err(backend)?.as_slice()).map_err(backend)?;
+                    log.insert(revision, logged_event(event.kind, &event.key, &bytes, current_bytes.as_deref())?.as_slice()).map_err(backend)?;
                     (Ok(event.object.clone()), Some(event))
                 }
                 Err(e) => (Err(e), None),
@@ -440,6 +451,21 @@ mod tests {
         }
         assert!(matches!(store.watch("/core/cm/", Some(1)), Err(StoreError::Expired { .. })));
         assert!(store.watch("/core/cm/", Some(store.current_revision() - 5)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn logged_events_read_back_as_they_were_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1000);
+        let mut live = store.watch("/core/cm/", None).unwrap();
+        store.create("/core/cm/d/a", obj("a", "x")).await.unwrap();
+        store.update("/core/cm/d/a", obj("a", "y \"quoted\" \u{e9}"), None).await.unwrap();
+        store.delete("/core/cm/d/a", None).await.unwrap();
+        let mut logged = store.watch("/core/cm/", Some(0)).unwrap();
+        for _ in 0..3 {
+            let (sent, read) = (live.next().await.unwrap().unwrap(), logged.next().await.unwrap().unwrap());
+            assert_eq!((sent.revision, sent.kind, &sent.key, &sent.object, &sent.prev), (read.revision, read.kind, &read.key, &read.object, &read.prev));
+        }
     }
 
     #[tokio::test]
