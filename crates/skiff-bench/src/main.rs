@@ -84,9 +84,9 @@ enum Bench {
         /// Creates per concurrency level.
         #[arg(long, default_value_t = 20_000)]
         creates: usize,
-        /// Concurrent client counts to measure.
+        /// Concurrent client counts to measure (each at least 1).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-        clients: Vec<usize>,
+        clients: Vec<std::num::NonZeroUsize>,
     },
     /// Scheduling throughput and ReplicaSet scale-up to bound latency on simulated nodes.
     Schedule {
@@ -270,10 +270,10 @@ where
     Ok(Figures { what: what.into(), clients, ops: total, elapsed: start.elapsed(), latencies })
 }
 
-async fn api_bench(quick: bool, creates: usize, levels: Vec<usize>) -> anyhow::Result<Vec<report::Row>> {
+async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsize>) -> anyhow::Result<Vec<report::Row>> {
     let creates = if quick { 200 } else { creates };
     let mut rows = Vec::new();
-    for clients in levels {
+    for clients in levels.into_iter().map(std::num::NonZeroUsize::get) {
         let level_creates = if clients == 1 { creates / 10 } else { creates };
         // The reference: the same object bytes put raw into a real etcd.
         let dir = tempfile::tempdir()?;
@@ -401,4 +401,20 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", report::markdown(&[run])?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Bench, Cli};
+
+    #[test]
+    fn api_client_counts_parse_and_zero_is_refused() {
+        let cli = Cli::try_parse_from(["skiff-bench", "api", "--clients", "1,64"]).unwrap();
+        let Bench::Api { clients, .. } = cli.bench else { panic!("not the api bench") };
+        assert_eq!(clients.iter().map(|c| c.get()).collect::<Vec<_>>(), [1, 64]);
+        let err = Cli::try_parse_from(["skiff-bench", "api", "--clients", "64,0"]).err().expect("0 clients refused").to_string();
+        assert!(err.contains("--clients"), "{err}");
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! One writer thread owns all writes. It takes every request waiting in its queue, applies
 //! them in one transaction (each with its own revision and precondition check), commits
-//! once with an fsync, then answers them all and fans the events out to watchers. Under
+//! once with an fsync, then fans the events out to watchers and answers them all. Under
 //! concurrency that is group commit: many writes per fsync.
 
 use std::path::Path;
