@@ -3,18 +3,21 @@
 //! with Kubernetes' pull policies and `imagePullSecrets`; and pushing a `.wasm` file as
 //! such an artifact (`skiff push`).
 //!
-//! Registries on loopback are spoken to over plain HTTP, others over HTTPS unless the
-//! agent is told they are insecure.
+//! Where each registry's images come from (mirrors, the cluster's own registry, plain HTTP
+//! or HTTPS) is [`crate::registries`]'s business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::client::{Config, ImageLayer};
+use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use sha2::{Digest, Sha256};
+
+use crate::registries::{Registries, Source};
 
 /// The CNCF Wasm artifact's config media type.
 pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -75,16 +78,16 @@ pub struct LocalImage {
 /// The node's image store: `blobs/sha256/<hex>` and one record per reference pulled.
 pub struct ImageStore {
     dir: PathBuf,
-    insecure: Vec<String>,
+    registries: Registries,
     /// One pull at a time per reference; concurrent pods wait for it.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ImageStore {
-    pub fn open(dir: PathBuf, insecure_registries: Vec<String>) -> std::io::Result<ImageStore> {
+    pub fn open(dir: PathBuf, registries: Registries) -> std::io::Result<ImageStore> {
         std::fs::create_dir_all(dir.join("blobs/sha256"))?;
         std::fs::create_dir_all(dir.join("refs"))?;
-        Ok(ImageStore { dir, insecure: insecure_registries, pulling: Mutex::new(HashMap::new()) })
+        Ok(ImageStore { dir, registries, pulling: Mutex::new(HashMap::new()) })
     }
 
     /// Path of the Wasm for a layer digest.
@@ -117,28 +120,51 @@ impl ImageStore {
         self.pull(&reference, auth).await
     }
 
+    /// Pulls from the first of the image's sources (mirrors, then its registry) that has
+    /// it. The pod's pull secrets go to the image's own registry only, never to a mirror.
     async fn pull(&self, reference: &Reference, auth: &RegistryAuth) -> Result<LocalImage, PullError> {
         let image = reference.whole();
-        let failed = |e: &dyn std::fmt::Display| PullError::pull(format!("Failed to pull image {image:?}: {e}"));
-        let client = client_for(reference.resolve_registry(), &self.insecure);
-        let (manifest, manifest_digest) = client.pull_image_manifest(reference, auth).await.map_err(|e| failed(&e))?;
-        let layer = wasm_layer(&manifest).map_err(|why| failed(&why))?;
+        let mut failures = Vec::new();
+        for source in self.registries.pull_sources(reference) {
+            let own = source.reference.registry() == reference.resolve_registry();
+            let source_auth = source.auth.clone().unwrap_or_else(|| if own { auth.clone() } else { RegistryAuth::Anonymous });
+            match self.pull_from(&source, &source_auth).await {
+                Ok((manifest_digest, wasm_digest)) => return Ok(self.record(LocalImage { reference: image, manifest_digest, wasm_digest })),
+                Err(e) if own => failures.push(e),
+                Err(e) => failures.push(format!("mirror {}: {e}", source.reference.registry())),
+            }
+        }
+        Err(PullError::pull(format!("Failed to pull image {image:?}: {}", failures.join("; "))))
+    }
+
+    /// Fetches the manifest and the Wasm layer; returns their digests.
+    async fn pull_from(&self, source: &Source, auth: &RegistryAuth) -> Result<(String, String), String> {
+        let (client, reference) = (&source.client, &source.reference);
+        let (manifest, manifest_digest) = client.pull_image_manifest(reference, auth).await.map_err(|e| e.to_string())?;
+        let layer = wasm_layer(&manifest)?;
         let path = self.blob_path(&layer.digest);
         if !path.exists() {
             let tmp = path.with_extension("partial");
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| failed(&e))?;
-            // oci-client checks the bytes against the layer's digest as they arrive.
-            client.pull_blob(reference, &layer, &mut file).await.map_err(|e| failed(&e))?;
-            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| failed(&e))?;
-            tokio::fs::rename(&tmp, &path).await.map_err(|e| failed(&e))?;
+            let write = async {
+                let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
+                // oci-client checks the bytes against the layer's digest as they arrive.
+                client.pull_blob(reference, &layer, &mut file).await.map_err(|e| e.to_string())?;
+                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
+                tokio::fs::rename(&tmp, &path).await.map_err(|e| e.to_string())
+            };
+            write.await?;
         }
-        let local = LocalImage { reference: image.clone(), manifest_digest, wasm_digest: layer.digest.clone() };
+        Ok((manifest_digest, layer.digest))
+    }
+
+    /// Remembers what `local.reference` resolved to, for `IfNotPresent` pulls.
+    fn record(&self, local: LocalImage) -> LocalImage {
         let record = serde_json::to_vec(&local).expect("serializable");
-        let record_path = self.record_path(&image);
+        let record_path = self.record_path(&local.reference);
         if let Err(e) = std::fs::write(record_path.with_extension("tmp"), record).and_then(|_| std::fs::rename(record_path.with_extension("tmp"), &record_path)) {
-            tracing::warn!(%image, error = %e, "could not record pulled image");
+            tracing::warn!(image = %local.reference, error = %e, "could not record pulled image");
         }
-        Ok(local)
+        local
     }
 
 }
@@ -166,12 +192,6 @@ pub fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client_for(registry: &str, insecure: &[String]) -> Client {
-    let plain = is_loopback(registry) || insecure.iter().any(|r| r == registry);
-    let protocol = if plain { ClientProtocol::Http } else { ClientProtocol::Https };
-    Client::new(ClientConfig { protocol, ..Default::default() })
-}
-
 /// Registry credentials for `registry` from a `kubernetes.io/dockerconfigjson` Secret's
 /// `.dockerconfigjson` (or a legacy `.dockercfg`).
 pub fn auth_from_docker_config(config: &[u8], registry: &str) -> Option<RegistryAuth> {
@@ -189,27 +209,52 @@ pub fn auth_from_docker_config(config: &[u8], registry: &str) -> Option<Registry
     Some(RegistryAuth::Basic(u.into(), p.into()))
 }
 
-/// Pushes a `.wasm` module or component to `reference` as a CNCF Wasm artifact; returns
+/// A module or component as a CNCF Wasm artifact: its one layer, its config and the
+/// manifest joining them. The config holds nothing but the Wasm's own facts, so the same
+/// Wasm always makes the same artifact (and digest).
+pub struct WasmArtifact {
+    pub layer: ImageLayer,
+    pub config: Config,
+    pub manifest: OciImageManifest,
+}
+
+/// The media type of the artifact's manifest.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+impl WasmArtifact {
+    /// The artifact of `wasm`, whose file was called `title`; refuses what is not Wasm.
+    pub fn new(wasm: Vec<u8>, title: &str) -> Result<WasmArtifact, String> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err("not a WebAssembly binary".into());
+        }
+        let component = crate::runtime::wasm::is_component(&wasm);
+        let layer_digest = format!("sha256:{}", hex(&Sha256::digest(&wasm)));
+        let config = serde_json::json!({"architecture": "wasm", "os": if component { "wasip2" } else { "wasip1" }, "layerDigests": [layer_digest]});
+        let layer = ImageLayer::new(wasm, WASM_LAYER_MEDIA_TYPE.into(), Some(BTreeMap::from([("org.opencontainers.image.title".to_string(), title.to_string())])));
+        let config = Config::new(serde_json::to_vec(&config).expect("JSON"), WASM_CONFIG_MEDIA_TYPE.into(), None);
+        let mut manifest = OciImageManifest::build(std::slice::from_ref(&layer), &config, None);
+        manifest.media_type = Some(MANIFEST_MEDIA_TYPE.into());
+        Ok(WasmArtifact { layer, config, manifest })
+    }
+
+    /// The manifest as stored and served.
+    pub fn manifest_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.manifest).expect("JSON")
+    }
+}
+
+/// Pushes a `.wasm` module or component to `reference` as a CNCF Wasm artifact, through
+/// `registries` (so the cluster registry's name reaches the cluster's registry); returns
 /// the manifest's URL.
-pub async fn push(file: &Path, reference: &str, auth: &RegistryAuth, insecure: &[String]) -> anyhow::Result<String> {
+pub async fn push(file: &Path, reference: &str, auth: &RegistryAuth, registries: &Registries) -> anyhow::Result<String> {
     use anyhow::Context;
     let reference: Reference = reference.parse().with_context(|| format!("{reference:?} is not an image reference"))?;
     let wasm = tokio::fs::read(file).await.with_context(|| format!("reading {}", file.display()))?;
-    anyhow::ensure!(wasm.starts_with(b"\0asm"), "{} is not a WebAssembly binary", file.display());
-    let component = crate::runtime::wasm::is_component(&wasm);
-    let layer_digest = format!("sha256:{}", hex(&Sha256::digest(&wasm)));
-    // The config the CNCF Wasm OCI artifact layout describes.
-    let config = serde_json::json!({
-        "created": jiff::Timestamp::now().to_string(),
-        "architecture": "wasm",
-        "os": if component { "wasip2" } else { "wasip1" },
-        "layerDigests": [layer_digest],
-    });
     let title = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "module.wasm".into());
-    let layer = ImageLayer::new(wasm, WASM_LAYER_MEDIA_TYPE.into(), Some(BTreeMap::from([("org.opencontainers.image.title".to_string(), title)])));
-    let config = Config::new(serde_json::to_vec(&config)?, WASM_CONFIG_MEDIA_TYPE.into(), None);
-    let client = client_for(reference.resolve_registry(), insecure);
-    let pushed = client.push(&reference, &[layer], config, auth, None).await.with_context(|| format!("pushing to {reference}"))?;
+    let artifact = WasmArtifact::new(wasm, &title).map_err(|e| anyhow::anyhow!("{} is {e}", file.display()))?;
+    let target = registries.push_target(&reference);
+    let auth = target.auth.clone().unwrap_or_else(|| auth.clone());
+    let pushed = target.client.push(&target.reference, &[artifact.layer], artifact.config, &auth, Some(artifact.manifest)).await.with_context(|| format!("pushing to {reference}"))?;
     Ok(pushed.manifest_url)
 }
 
@@ -251,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn never_pull_of_an_absent_image_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(dir.path().to_path_buf(), vec![]).unwrap();
+        let store = ImageStore::open(dir.path().to_path_buf(), Registries::default()).unwrap();
         let err = store.ensure("127.0.0.1:1/app:v1", PullPolicy::Never, &RegistryAuth::Anonymous).await.unwrap_err();
         assert_eq!(err.reason, "ErrImageNeverPull");
     }

@@ -13,6 +13,7 @@ pub mod images;
 pub mod logs;
 pub mod network;
 pub mod pod_dns;
+pub mod registries;
 pub mod node;
 pub mod probes;
 pub mod runtime;
@@ -51,8 +52,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Wasm guests that may run at once (pooling allocator slots).
     pub max_instances: u32,
-    /// Registries reached over plain HTTP besides those on loopback.
-    pub insecure_registries: Vec<String>,
+    /// How registries are reached: mirrors, the cluster's registry, plain HTTP ones.
+    pub registries: registries::Registries,
     /// Port of the agent's HTTPS endpoint (0: any free port).
     pub port: u16,
     /// The bearer token callers of the agent's endpoint must present (the API server's).
@@ -214,7 +215,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         threads: machine.cpus,
     })
     .context("starting the Wasm runtime")?;
-    let images = images::ImageStore::open(config.data_dir.join("images"), config.insecure_registries.clone()).context("opening the image store")?;
+    let images = images::ImageStore::open(config.data_dir.join("images"), config.registries.clone()).context("opening the image store")?;
     let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
     let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
     let services = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()));

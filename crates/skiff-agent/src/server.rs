@@ -64,10 +64,9 @@ fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<rustls::ServerC
 }
 
 async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Compared in constant time: the token is the cluster's admin credential.
-    let expected = agent.config.token.as_bytes();
-    let ok = presented.is_some_and(|p| p.len() == expected.len() && p.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+    use skiff_core::credentials;
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
+    let ok = presented.is_some_and(|p| credentials::same_secret(p.as_bytes(), agent.config.token.as_bytes()));
     if !ok {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, header};
 use serde_json::{Value, json};
-use skiff_core::resources;
+use skiff_core::{credentials, resources};
 use skiff_store::Store;
 
 use crate::error::ApiError;
@@ -191,21 +191,12 @@ async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
 async fn authenticate(State(server): State<Arc<ApiServer>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if public || presented.is_some_and(|t| constant_time_eq(t.as_bytes(), server.config.token.as_bytes())) {
+    let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
+    if public || presented.is_some_and(|t| credentials::same_secret(t.as_bytes(), server.config.token.as_bytes())) {
         next.run(request).await
     } else {
         ApiError::unauthorized().into_response()
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(uri: http::Uri) -> Response {

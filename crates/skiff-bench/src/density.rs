@@ -42,7 +42,7 @@ pub async fn run(quick: bool, counts: Vec<usize>, wasm: Option<PathBuf>, binary:
             "--agent-port", "0", "--max-pods", &max_pods, "--max-instances", "100", "--data-dir"], &dir.path().join("agent"))?;
         let client = wait_for_node(&kubeconfig, "density").await?;
         let image = format!("{}/http-hello:v1", registry.host);
-        skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
+        skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &Default::default()).await?;
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
         // One pod first, so the pull and the compile are not counted per pod.
         api.create(&PostParams::default(), &function_pod(0, &image)?).await?;

@@ -47,7 +47,7 @@ pub async fn run(quick: bool, idle_seconds: u64, binary: Option<PathBuf>, wasm: 
 
     let registry = start_registry(dir.path()).await?;
     let image = format!("{}/hello:v1", registry.host);
-    skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
+    skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &Default::default()).await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     for i in 0..10 {
         let d: Deployment = serde_json::from_value(json!({

@@ -54,7 +54,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         data_dir: dir.join("agent"),
         max_pods: 20_000,
         max_instances,
-        insecure_registries: vec![],
+        registries: Default::default(),
         port: 0,
         token: TOKEN.into(),
         labels: Default::default(),

@@ -198,7 +198,7 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     let dir = tempfile::tempdir()?;
     let registry = start_registry(dir.path()).await?;
     let image = format!("{}/http-hello:v1", registry.host);
-    skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &[]).await?;
+    skiff_agent::images::push(&wasm_path, &image, &oci_client::secrets::RegistryAuth::Anonymous, &Default::default()).await?;
     let (port, ingress_port) = (free_port()?, free_port()?);
     let (listen, ingress) = (format!("127.0.0.1:{port}"), ingress_port.to_string());
     let args = ["up", "--listen", &listen, "--agent-port", "0", "--node-name", "serve", "--node-ip", "127.0.0.1", "--cluster-cidr", "10.250.0.0/16",

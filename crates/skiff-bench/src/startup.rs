@@ -86,7 +86,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
 
     let auth = oci_client::secrets::RegistryAuth::Anonymous;
     let warm_image = format!("{}/hello:warm", registry.host);
-    skiff_agent::images::push(&wasm_path, &warm_image, &auth, &[]).await?;
+    skiff_agent::images::push(&wasm_path, &warm_image, &auth, &Default::default()).await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
 
     // Cold: every pod's image is new to the node.
@@ -95,7 +95,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
         let file = dir.path().join(format!("cold-{i}.wasm"));
         std::fs::write(&file, variant(&wasm, i))?;
         let image = format!("{}/hello-cold-{i}:v1", registry.host);
-        skiff_agent::images::push(&file, &image, &auth, &[]).await?;
+        skiff_agent::images::push(&file, &image, &auth, &Default::default()).await?;
         cold_times.push(start_one(&api, sleeping_pod(&format!("cold-{i}"), &image)?).await?);
     }
     // Warm: the first pod pulls and compiles; the measured ones find both done.

@@ -3,6 +3,7 @@
 //! JSON. Every other Skiff crate builds on these; none of them touches a disk or socket.
 
 pub mod cidr;
+pub mod credentials;
 pub mod fields;
 pub mod labels;
 pub mod meta;

@@ -44,9 +44,12 @@ pub struct ProxyConfig {
     pub cluster_domain: String,
     /// The resolvers names outside the cluster are forwarded to.
     pub upstream_dns: Vec<SocketAddr>,
-    /// Where the ingress controller serves HTTP and HTTPS (none: not served).
-    pub ingress_http: Option<SocketAddr>,
-    pub ingress_https: Option<SocketAddr>,
+    /// Where the ingress controller serves HTTP and HTTPS (none: not served). These are
+    /// the node's own addresses, never the wildcard: a wildcard listener on 80 or 443
+    /// would take those ports from every ClusterIP and pod address on the node, which are
+    /// local addresses too.
+    pub ingress_http: Vec<SocketAddr>,
+    pub ingress_https: Vec<SocketAddr>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -90,8 +93,8 @@ pub async fn run(client: Client, config: ProxyConfig) {
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let served = Served { records: Arc::default(), ingress: Arc::default() };
     let dns = serve_dns(config.clone(), served.records.clone());
-    let http = serve_ingress(config.ingress_http, served.ingress.clone(), false);
-    let https = serve_ingress(config.ingress_https, served.ingress.clone(), true);
+    let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false)));
+    let https = futures::future::join_all(config.ingress_https.iter().map(|a| serve_ingress(*a, served.ingress.clone(), true)));
     let sync = sync_loop(all_changes, caches, config, served, Recorder::new(client, "skiff-proxy"));
     tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), sync, dns, http, https);
 }
@@ -112,8 +115,7 @@ async fn serve_dns(config: ProxyConfig, records: Arc<RwLock<Arc<dns::Records>>>)
 }
 
 /// Serves the ingress on `addr`, binding again until it can.
-async fn serve_ingress(addr: Option<SocketAddr>, server: Arc<ingress::IngressServer>, tls: bool) {
-    let Some(addr) = addr else { return };
+async fn serve_ingress(addr: SocketAddr, server: Arc<ingress::IngressServer>, tls: bool) {
     let mut reported = false;
     let listener = loop {
         match tokio::net::TcpListener::bind(addr).await {
@@ -146,7 +148,7 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
         let want = services::frontends(&all_services, &by_service, &node);
         *served.records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &by_service));
         apply(&mut running, want, &caches.services, &recorder, &mut reported).await;
-        if config.ingress_http.is_some() || config.ingress_https.is_some() {
+        if !config.ingress_http.is_empty() || !config.ingress_https.is_empty() {
             let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
             let (certs, mut problems) = ingress::Certs::build(&routes, &caches.secrets);
             let (table, more) = ingress::Table::build(routes, &caches.services, &by_service);

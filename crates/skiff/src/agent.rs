@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use skiff_agent::registries::Registries;
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
@@ -67,11 +68,15 @@ pub struct NodeArgs {
     /// A registry (`host[:port]`) to reach over plain HTTP; loopback registries always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Registry mirrors and credentials, in k3s's `registries.yaml` form (default:
+    /// `registries.yaml` in skiff's data directory, if it exists).
+    #[arg(long)]
+    registry_config: Option<PathBuf>,
     /// The resolver configuration names outside the cluster are forwarded from (as
     /// kubelet's --resolv-conf).
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Port the ingress controller serves HTTP on, on every address (0: none).
+    /// Port the ingress controller serves HTTP on, on the node's address and 127.0.0.1 (0: none).
     #[arg(long, default_value_t = 80)]
     pub ingress_http_port: u16,
     /// Port the ingress controller serves HTTPS on (0: none).
@@ -90,7 +95,17 @@ pub struct NodeArgs {
 
 impl NodeArgs {
     /// The agent's settings; it keeps images, compiled code, logs and volumes in `data_dir`.
-    pub fn config(&self, data_dir: PathBuf, token: &str, service_cidr: skiff_core::Cidr) -> anyhow::Result<skiff_agent::AgentConfig> {
+    /// The registry set-up from `--registry-config` (else `registries.yaml` in `skiff_dir`)
+    /// and `--insecure-registry`.
+    pub fn registries(&self, skiff_dir: &std::path::Path) -> anyhow::Result<Registries> {
+        let path = self.registry_config.clone().unwrap_or_else(|| skiff_dir.join("registries.yaml"));
+        if self.registry_config.is_some() && !path.exists() {
+            anyhow::bail!("--registry-config {}: no such file", path.display());
+        }
+        Registries::load(&path, self.insecure_registries.clone()).map_err(anyhow::Error::msg)
+    }
+
+    pub fn config(&self, data_dir: PathBuf, token: &str, service_cidr: skiff_core::Cidr, registries: Registries) -> anyhow::Result<skiff_agent::AgentConfig> {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
         Ok(skiff_agent::AgentConfig {
             node_name: self.node_name.clone().unwrap_or(hostname),
@@ -98,7 +113,7 @@ impl NodeArgs {
             data_dir,
             max_pods: self.max_pods,
             max_instances: self.max_instances,
-            insecure_registries: self.insecure_registries.clone(),
+            registries,
             port: self.agent_port,
             token: token.to_string(),
             labels: key_values(&self.node_labels, "--node-label")?,
@@ -113,13 +128,20 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
     if let Err(why) = skiff_agent::network::make_services_local(service_cidr) {
         tracing::warn!(%service_cidr, %why, "ClusterIPs cannot be served on this node");
     }
+    let node_ips: Vec<std::net::IpAddr> = node.node_ip.parse().into_iter().collect();
+    // The ingress serves on the node's addresses and loopback.
+    let mut ingress_ips = node_ips.clone();
+    if !ingress_ips.contains(&std::net::Ipv4Addr::LOCALHOST.into()) {
+        ingress_ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let on = |port: u16| if port == 0 { vec![] } else { ingress_ips.iter().map(|ip| std::net::SocketAddr::new(*ip, port)).collect() };
     let config = skiff_proxy::ProxyConfig {
         node_name: node.node_name.clone(),
-        node_ips: node.node_ip.parse().into_iter().collect(),
+        node_ips,
         cluster_dns: cluster_dns(service_cidr),
         cluster_domain: args.cluster_domain.trim_matches('.').to_lowercase(),
-        ingress_http: (args.ingress_http_port != 0).then(|| ([0, 0, 0, 0], args.ingress_http_port).into()),
-        ingress_https: (args.ingress_https_port != 0).then(|| ([0, 0, 0, 0], args.ingress_https_port).into()),
+        ingress_http: on(args.ingress_http_port),
+        ingress_https: on(args.ingress_https_port),
         upstream_dns: match std::fs::read_to_string(&args.resolv_conf) {
             Ok(conf) => skiff_proxy::dns::host_resolvers(&conf, cluster_dns(service_cidr)),
             Err(e) => {
@@ -154,8 +176,9 @@ fn key_values(items: &[String], flag: &str) -> anyhow::Result<std::collections::
         .collect()
 }
 
-async fn client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
-    let config = match (&args.server, &args.token) {
+/// How the agent reaches the API: `--server` and `--token`, else a kubeconfig.
+async fn kube_config(args: &AgentArgs) -> anyhow::Result<kube::Config> {
+    Ok(match (&args.server, &args.token) {
         (Some(server), Some(token)) => {
             let mut config = kube::Config::new(server.parse().with_context(|| format!("--server {server:?} is not a URL"))?);
             config.auth_info.token = Some(token.clone().into());
@@ -169,11 +192,10 @@ async fn client(args: &AgentArgs) -> anyhow::Result<kube::Client> {
             config
         }
         _ => crate::client::kube_config(args.kubeconfig.clone()).await?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
-fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
+pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
     use base64::Engine;
     let text = std::str::from_utf8(pem).ok()?;
     let body: String = text.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
@@ -181,15 +203,14 @@ fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let client = client(&args).await?;
+    let kube_config = kube_config(&args).await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let Some(count) = args.hollow else {
-        let token = match &args.token {
-            Some(t) => t.clone(),
-            None => crate::client::kube_config(args.kubeconfig.clone()).await?.auth_info.token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_string())
-                .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?,
-        };
+        let token = kube_config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
+            .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?;
         let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
-        let config = args.node.config(data_dir, &token, args.service_cidr)?;
+        let registries = crate::registry::with_cluster(args.node.registries(&crate::default_data_dir())?, &kube_config)?;
+        let config = args.node.config(data_dir, &token, args.service_cidr, registries)?;
         println!("node agent {} starting", config.node_name);
         spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
         tokio::select! {

@@ -5,6 +5,7 @@
 mod agent;
 mod client;
 mod print;
+mod registry;
 mod server;
 
 use std::path::PathBuf;
@@ -29,13 +30,18 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a node agent against a cluster's API.
     Agent(agent::AgentArgs),
-    /// Push a Wasm module or component to a registry as an OCI artifact (the CNCF Wasm
-    /// layout), for pods to use as their image.
+    /// Push a Wasm module or component as an OCI artifact (the CNCF Wasm layout), for pods
+    /// to use as their image: to the cluster's own registry unless the name says another.
     Push {
         /// The `.wasm` file.
         file: PathBuf,
-        /// Where to push it, e.g. `127.0.0.1:5000/hello:v1`.
+        /// Where to push it: `hello:v1` goes to the cluster's registry (pods name it
+        /// `registry.skiff.internal/hello:v1`); `127.0.0.1:5000/hello:v1` to that registry.
         reference: String,
+        /// Kubeconfig of the cluster whose registry takes bare names (default:
+        /// $KUBECONFIG, then the one `skiff up` wrote).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Registry user name (with --password, or $SKIFF_REGISTRY_PASSWORD).
         #[arg(long, env = "SKIFF_REGISTRY_USERNAME")]
         username: Option<String>,
@@ -109,16 +115,22 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/skiff")
 }
 
-async fn push(file: &std::path::Path, reference: &str, username: Option<String>, password: Option<String>, insecure: bool) -> anyhow::Result<()> {
+async fn push(file: &std::path::Path, reference: &str, kubeconfig: Option<PathBuf>, username: Option<String>, password: Option<String>, insecure: bool) -> anyhow::Result<()> {
     use oci_client::secrets::RegistryAuth;
+    use skiff_agent::registries::{CLUSTER_REGISTRY, Registries};
     let auth = match (username, password) {
         (Some(u), Some(p)) => RegistryAuth::Basic(u, p),
         (None, None) => RegistryAuth::Anonymous,
         _ => anyhow::bail!("give both --username and --password, or neither"),
     };
+    let reference = if registry::names_no_registry(reference) { format!("{CLUSTER_REGISTRY}/{reference}") } else { reference.to_string() };
     let insecure: Vec<String> = if insecure { reference.split('/').next().map(|r| vec![r.to_string()]).unwrap_or_default() } else { vec![] };
-    let url = skiff_agent::images::push(file, reference, &auth, &insecure).await?;
-    println!("pushed {} to {url}", file.display());
+    let mut registries = Registries::new(insecure);
+    if reference.starts_with(&format!("{CLUSTER_REGISTRY}/")) {
+        registries = registry::with_cluster(registries, &client::kube_config(kubeconfig).await?)?;
+    }
+    skiff_agent::images::push(file, &reference, &auth, &registries).await?;
+    println!("pushed {} as {reference}", file.display());
     Ok(())
 }
 
@@ -136,7 +148,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => server::run(args, true).await,
             Command::Server(args) => server::run(args, false).await,
             Command::Agent(args) => agent::run(args).await,
-            Command::Push { file, reference, username, password, insecure } => push(&file, &reference, username, password, insecure).await,
+            Command::Push { file, reference, kubeconfig, username, password, insecure } => push(&file, &reference, kubeconfig, username, password, insecure).await,
             Command::Apply { files, target } => client::apply(&target, &files).await,
             Command::Get { kind, name, output, selector, watch, target } => {
                 client::get(&target, &kind, name.as_deref(), output.as_deref(), selector.as_deref(), watch).await

@@ -92,7 +92,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     // advertised at the node's address.
     let advertise = if addr.ip().is_unspecified() { SocketAddr::new(crate::agent::default_ip().parse()?, addr.port()) } else { addr };
     api.bootstrap(advertise).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {}", e.message))?;
-    let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string()])?;
+    // The serving certificate also names the `kubernetes` Service's address, where pods reach the API.
+    let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string(), args.service_cidr.nth(1).to_string()])?;
     let kubeconfig_path = dir.join("kubeconfig");
     let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     skiff_apiserver::tls::write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem))?;
@@ -102,7 +103,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     println!("  kubectl get namespaces");
     tracing::info!(%addr, data_dir = %dir.display(), "serving the Kubernetes API");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = skiff_apiserver::router(api);
+    let registry = crate::registry::start(&dir, &token)?;
+    let router = skiff_apiserver::router(api).merge(skiff_registry::router(registry));
     // The scheduler and controllers are API clients like any other, wired straight to the
     // router: no socket, no TLS, same request path.
     let client = skiff_apiserver::in_process_client(router.clone(), &token)?;
@@ -113,7 +115,10 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     };
     tokio::spawn(skiff_controllers::run(client.clone(), options));
     if whole_cluster {
-        let config = args.node.config(dir.join("agent"), &token, args.service_cidr)?;
+        // This node reaches the cluster's registry where the API listens, as any client would.
+        let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
+        let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca], &token);
+        let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
         crate::agent::spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {
