@@ -139,7 +139,7 @@ impl ImageStore {
 
     /// Fetches the manifest and the Wasm layer; returns their digests.
     async fn pull_from(&self, source: &Source, auth: &RegistryAuth) -> Result<(String, String), String> {
-        let (client, reference) = (&source.client, &source.reference);
+        let (client, reference) = (&source.client(), &source.reference);
         let (manifest, manifest_digest) = client.pull_image_manifest(reference, auth).await.map_err(|e| e.to_string())?;
         let layer = wasm_layer(&manifest)?;
         let path = self.blob_path(&layer.digest);
@@ -254,7 +254,7 @@ pub async fn push(file: &Path, reference: &str, auth: &RegistryAuth, registries:
     let artifact = WasmArtifact::new(wasm, &title).map_err(|e| anyhow::anyhow!("{} is {e}", file.display()))?;
     let target = registries.push_target(&reference);
     let auth = target.auth.clone().unwrap_or_else(|| auth.clone());
-    let pushed = target.client.push(&target.reference, &[artifact.layer], artifact.config, &auth, Some(artifact.manifest)).await.with_context(|| format!("pushing to {reference}"))?;
+    let pushed = target.client().push(&target.reference, &[artifact.layer], artifact.config, &auth, Some(artifact.manifest)).await.with_context(|| format!("pushing to {reference}"))?;
     Ok(pushed.manifest_url)
 }
 

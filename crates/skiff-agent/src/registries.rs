@@ -50,11 +50,24 @@ struct HostConfig {
 }
 
 /// One place to pull an image from (or push it to): the reference as that endpoint
-/// names it, a client set up for the endpoint, and the endpoint's own credentials.
+/// names it, how to reach the endpoint, and the endpoint's own credentials.
 pub struct Source {
     pub reference: Reference,
-    pub client: Client,
     pub auth: Option<RegistryAuth>,
+    plain_http: bool,
+    host: HostConfig,
+}
+
+impl Source {
+    /// A client set up for the endpoint.
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            protocol: if self.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+            extra_root_certificates: self.host.ca.clone(),
+            accept_invalid_certificates: self.host.insecure_skip_verify,
+            ..Default::default()
+        })
+    }
 }
 
 /// `registries.yaml` as written, before it is checked.
@@ -169,20 +182,14 @@ impl Registries {
 
     fn source(&self, reference: &Reference, endpoint: &Endpoint) -> Source {
         let host = self.hosts.get(&endpoint.host).cloned().unwrap_or_default();
-        let plain = endpoint.plain_http.unwrap_or_else(|| crate::images::is_loopback(&endpoint.host) || self.insecure.contains(&endpoint.host));
-        let config = ClientConfig {
-            protocol: if plain { ClientProtocol::Http } else { ClientProtocol::Https },
-            extra_root_certificates: host.ca,
-            accept_invalid_certificates: host.insecure_skip_verify,
-            ..Default::default()
-        };
+        let plain_http = endpoint.plain_http.unwrap_or_else(|| crate::images::is_loopback(&endpoint.host) || self.insecure.contains(&endpoint.host));
         let (repository, host_name) = (reference.repository().to_string(), endpoint.host.clone());
         let reference = match (reference.tag(), reference.digest()) {
             (Some(tag), Some(digest)) => Reference::with_tag_and_digest(host_name, repository, tag.into(), digest.into()),
             (None, Some(digest)) => Reference::with_digest(host_name, repository, digest.into()),
             (tag, None) => Reference::with_tag(host_name, repository, tag.unwrap_or("latest").into()),
         };
-        Source { reference, client: Client::new(config), auth: host.auth }
+        Source { reference, auth: host.auth.clone(), plain_http, host }
     }
 }
 

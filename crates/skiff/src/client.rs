@@ -27,17 +27,27 @@ pub struct TargetArgs {
     all_namespaces: bool,
 }
 
-struct Session {
-    client: kube::Client,
-    namespace: String,
+/// A client of one cluster, in one namespace.
+pub struct Session {
+    pub client: kube::Client,
+    pub namespace: String,
     all_namespaces: bool,
 }
 
-async fn connect(args: &TargetArgs) -> anyhow::Result<Session> {
-    let config = kube_config(args.kubeconfig.clone()).await?;
-    let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config)?;
-    Ok(Session { client, namespace, all_namespaces: args.all_namespaces })
+impl Session {
+    /// Connects to the cluster the kubeconfig names, and checks that it answers, so a
+    /// cluster that is not running is said plainly rather than as a transport error.
+    pub async fn connect(args: &TargetArgs) -> anyhow::Result<Session> {
+        let config = kube_config(args.kubeconfig.clone()).await?;
+        let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        client.apiserver_version().await.map_err(|e| match e {
+            kube::Error::Api(s) => anyhow!("the API server at {server} refused us: {} ({})", s.message, s.reason),
+            other => anyhow!("cannot reach the cluster's API server at {server}: {other}. Is the cluster running? `skiff up` starts one"),
+        })?;
+        Ok(Session { client, namespace, all_namespaces: args.all_namespaces })
+    }
 }
 
 /// Client configuration from a kubeconfig: the one given, else $KUBECONFIG, else the
@@ -46,6 +56,9 @@ pub async fn kube_config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Co
     let path = kubeconfig
         .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
         .unwrap_or_else(|| crate::default_data_dir().join("kubeconfig"));
+    if !path.exists() {
+        bail!("no kubeconfig at {}: start a cluster with `skiff up` (it writes one there), or give --kubeconfig or $KUBECONFIG", path.display());
+    }
     let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await
         .with_context(|| format!("using kubeconfig {}", path.display()))
@@ -55,7 +68,7 @@ fn resolve(kind: &str) -> anyhow::Result<&'static ResourceType> {
     resources::resolve(kind).ok_or_else(|| anyhow!("the server doesn't have a resource type \"{kind}\""))
 }
 
-fn path(r: &ResourceType, namespace: Option<&str>, name: Option<&str>) -> String {
+pub fn path(r: &ResourceType, namespace: Option<&str>, name: Option<&str>) -> String {
     let base = if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
     let mut p = match (r.namespaced, namespace) {
         (true, Some(ns)) => format!("{base}/namespaces/{ns}/{}", r.plural),
@@ -92,12 +105,12 @@ impl Session {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn json(&self, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, kube::Error> {
+    pub async fn json(&self, method: Method, uri: &str, body: Option<&Value>) -> Result<Value, kube::Error> {
         self.call(method, uri, "application/json", "application/json", body).await
     }
 }
 
-fn api_message(e: kube::Error) -> anyhow::Error {
+pub fn api_message(e: kube::Error) -> anyhow::Error {
     match e {
         kube::Error::Api(s) => anyhow!("{} ({})", s.message, s.reason),
         other => anyhow!(other),
@@ -119,7 +132,7 @@ fn query(selector: Option<&str>, extra: &str) -> String {
     if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -129,7 +142,7 @@ fn urlencode(s: &str) -> String {
 }
 
 pub async fn get(args: &TargetArgs, kind: &str, name: Option<&str>, output: Option<&str>, selector: Option<&str>, watch: bool) -> anyhow::Result<()> {
-    let s = connect(args).await?;
+    let s = Session::connect(args).await?;
     let r = resolve(kind)?;
     let ns = s.ns_for(r, args.namespace.as_deref());
     let uri = path(r, ns.as_deref(), name);
@@ -228,7 +241,7 @@ fn display(r: &ResourceType, name: &str) -> String {
 }
 
 pub async fn apply(args: &TargetArgs, files: &[String]) -> anyhow::Result<()> {
-    let s = connect(args).await?;
+    let s = Session::connect(args).await?;
     for doc in read_manifests(files)? {
         let r = doc_resource(&doc)?;
         let name = doc.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| anyhow!("a {} has no metadata.name", r.kind))?.to_string();
@@ -252,7 +265,7 @@ pub async fn apply(args: &TargetArgs, files: &[String]) -> anyhow::Result<()> {
 }
 
 pub async fn describe(args: &TargetArgs, kind: &str, name: &str) -> anyhow::Result<()> {
-    let s = connect(args).await?;
+    let s = Session::connect(args).await?;
     let r = resolve(kind)?;
     let ns = if r.namespaced { Some(args.namespace.clone().unwrap_or_else(|| s.namespace.clone())) } else { None };
     let o = s.json(Method::GET, &path(r, ns.as_deref(), Some(name)), None).await.map_err(api_message)?;
@@ -304,7 +317,7 @@ pub async fn describe(args: &TargetArgs, kind: &str, name: &str) -> anyhow::Resu
 }
 
 pub async fn delete(args: &TargetArgs, kind: Option<&str>, names: &[String], files: &[String]) -> anyhow::Result<()> {
-    let s = connect(args).await?;
+    let s = Session::connect(args).await?;
     let mut targets: Vec<(&'static ResourceType, Option<String>, String)> = Vec::new();
     if !files.is_empty() {
         for doc in read_manifests(files)? {
@@ -343,7 +356,7 @@ pub async fn delete(args: &TargetArgs, kind: Option<&str>, names: &[String], fil
 }
 
 pub async fn create_namespace(args: &TargetArgs, name: &str) -> anyhow::Result<()> {
-    let s = connect(args).await?;
+    let s = Session::connect(args).await?;
     let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
     s.json(Method::POST, "/api/v1/namespaces", Some(&body)).await.map_err(api_message)?;
     println!("namespace/{name} created");

@@ -1,11 +1,14 @@
 //! `skiff`: one binary for the whole orchestrator. `skiff up` runs a single-node cluster,
 //! `skiff server` the control plane, and the client commands (`get`, `apply`, `describe`,
-//! `delete`, `create namespace`) talk to any Kubernetes-compatible API through a kubeconfig.
+//! `delete`, `create namespace`, `logs`, `rollout status`) talk to any Kubernetes-compatible
+//! API through a kubeconfig.
 
 mod agent;
 mod client;
+mod logs;
 mod print;
 mod registry;
+mod rollout;
 mod server;
 
 use std::path::PathBuf;
@@ -92,6 +95,63 @@ enum Command {
         #[command(subcommand)]
         what: CreateWhat,
     },
+    /// Print a container's log (of a pod, or of a workload's first pod).
+    Logs {
+        #[command(flatten)]
+        log: logs::LogArgs,
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// Follow a rollout.
+    Rollout {
+        #[command(subcommand)]
+        what: RolloutWhat,
+    },
+    /// Print skiff's version, and the cluster's if one answers.
+    Version {
+        #[command(flatten)]
+        target: client::TargetArgs,
+    },
+    /// Print a shell completion script: `source <(skiff completion bash)`.
+    Completion {
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutWhat {
+    /// Watch a Deployment, StatefulSet or DaemonSet until its rollout is done.
+    Status {
+        /// KIND/NAME, e.g. deploy/hello.
+        target: String,
+        /// Give up after this long (`90s`, `5m`; default: wait for good).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[command(flatten)]
+        args: client::TargetArgs,
+    },
+}
+
+/// `90`, `90s`, `5m` or `1h`, as kubectl's `--timeout` takes them.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = text.find(|c: char| !c.is_ascii_digit()).map(|i| text.split_at(i)).unwrap_or((text, "s"));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like 90s or 5m"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration like 90s or 5m")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+/// `skiff version`: this binary's version, then the server's, or why there is none.
+async fn version(target: &client::TargetArgs) -> anyhow::Result<()> {
+    println!("Client Version: skiff {}", env!("CARGO_PKG_VERSION"));
+    let session = client::Session::connect(target).await?;
+    let v = session.client.apiserver_version().await?;
+    println!("Server Version: {} (skiff {})", v.git_version, v.git_commit);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -135,13 +195,17 @@ async fn push(file: &std::path::Path, reference: &str, kubeconfig: Option<PathBu
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The cluster's parts log what they do; client commands say what went wrong in their
+    // own error, without the client library's log lines beside it.
+    let serving = matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_));
+    let default_filter = if serving { "info" } else { "warn,kube_client=off" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .init();
     // One TLS crypto provider for every client in the process (kube, oci-client).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
@@ -156,6 +220,13 @@ fn main() -> std::process::ExitCode {
             Command::Describe { kind, name, target } => client::describe(&target, &kind, &name).await,
             Command::Delete { kind, names, files, target } => client::delete(&target, kind.as_deref(), &names, &files).await,
             Command::Create { what: CreateWhat::Namespace { name, target } } => client::create_namespace(&target, &name).await,
+            Command::Logs { log, target } => logs::logs(&target, &log).await,
+            Command::Rollout { what: RolloutWhat::Status { target, timeout, args } } => rollout::status(&args, &target, timeout).await,
+            Command::Version { target } => version(&target).await,
+            Command::Completion { shell } => {
+                clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "skiff", &mut std::io::stdout());
+                Ok(())
+            }
         }
     });
     match result {

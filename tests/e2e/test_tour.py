@@ -1,0 +1,173 @@
+"""The README as a new user follows it, and the embedded registry as other clients use it.
+
+One `skiff up` with its default flags and ports, under a fresh HOME so its default data
+directory is new; `skiff` on the PATH as the README's install step puts it there. Every
+README block marked as part of the tour runs as written, in order, with nothing in between.
+"""
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+import hashlib
+
+import pytest
+
+from conftest import ROOT, skiff_binary, wait_for
+
+README = os.path.join(ROOT, "README.md")
+API = "127.0.0.1:6443"
+# The http-hello function as the binary carries it.
+HTTP_HELLO = os.path.join(ROOT, "examples/artifacts/http-hello.wasm")
+
+
+def blocks(marker):
+    """The ```sh blocks after each `<!-- tour:MARKER -->` line of the README."""
+    return re.findall(r"<!-- tour:%s -->\n```sh\n(.*?)```" % re.escape(marker), open(README).read(), re.S)
+
+
+class Tour:
+    def __init__(self, home, env):
+        self.home, self.env = home, env
+        self.data = os.path.join(home, ".local/share/skiff")
+        self.token = None
+
+    def run(self, script, timeout=300):
+        return subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def kubectl(self, *args, input=None):
+        env = dict(self.env, KUBECONFIG=os.path.join(self.data, "kubeconfig"))
+        p = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=env, timeout=60)
+        assert p.returncode == 0, f"kubectl {' '.join(args)}: {p.stderr}"
+        return p.stdout
+
+    def registry(self, method, path, body=None, token=True):
+        """A raw request to the embedded registry: (status, headers, parsed JSON or bytes)."""
+        req = urllib.request.Request(f"https://{API}{path}", data=body, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        ctx = ssl.create_default_context(cafile=os.path.join(self.data, "ca.crt"))
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+                status, headers, raw = r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            status, headers, raw = e.code, e.headers, e.read()
+        try:
+            return status, headers, json.loads(raw)
+        except ValueError:
+            return status, headers, raw
+
+    def skopeo(self, *args):
+        p = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"skopeo {' '.join(args)}: {p.stderr}"
+        return p.stdout
+
+
+@pytest.fixture(scope="module")
+def tour(registry):
+    home = tempfile.mkdtemp(prefix="skiff-tour-")
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "SKIFF_DATA_DIR", "XDG_DATA_HOME")}
+    env.update(HOME=home, PATH=os.path.dirname(skiff_binary()) + os.pathsep + os.environ["PATH"])
+    t = Tour(home, env)
+    # A mirror for docker.io names, in the file a node reads at start (k3s's registries.yaml).
+    os.makedirs(t.data)
+    with open(os.path.join(t.data, "registries.yaml"), "w") as f:
+        f.write(f'mirrors:\n  docker.io:\n    endpoint: ["http://{registry.host}"]\n')
+    [cluster] = blocks("cluster")
+    command = cluster.split("#")[0].strip()
+    assert command == "skiff up", "the README's cluster step is `skiff up` with its defaults"
+    log_path = os.path.join(home, "skiff-up.log")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(["bash", "-c", command], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: proc.poll() is None and "is up" in open(log_path).read() or proc.poll() is not None, 60, "skiff up to say it is up")
+    assert proc.poll() is None, open(log_path).read()
+    t.token = open(os.path.join(t.data, "token")).read().strip()
+    yield t
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_the_install_step_builds_this_binary():
+    assert blocks("install") == ["cargo install --locked --path crates/skiff\n"]
+    manifest = open(os.path.join(ROOT, "crates/skiff/Cargo.toml")).read()
+    assert 'name = "skiff"' in manifest and "[[bin]]" not in manifest, "the package's binary is `skiff`"
+
+
+def test_the_readme_tour_runs_as_written(tour):
+    commands = blocks("commands")
+    assert len(commands) >= 2, "the tour and the Services section are both marked"
+    # One shell for them all, as one terminal: the first block's `export` holds for the rest.
+    script = "\n".join(commands)
+    p = tour.run(script)
+    out = p.stdout
+    assert p.returncode == 0, f"the README tour failed:\n{script}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert "Hello from a Wasm pod!" in out                  # a ClusterIP Service on port 80, under the default ports
+    assert "Ahoy, Skiff!" in out                            # the WASI command Job's log
+    assert re.search(r"Hello from http-hello-\S+!", out)  # the ClusterIP, and the ingress on 127.0.0.1:80
+    assert '"gitVersion"' in out                            # the kubernetes Service on 10.43.0.1:443
+    assert re.search(r"^10\.43\.\d+\.\d+$", out, re.M), out  # cluster DNS
+    assert "successfully rolled out" in out
+
+
+def test_registry_refuses_unauthenticated_and_corrupt_pushes(tour):
+    status, headers, body = tour.registry("POST", "/v2/app/blobs/uploads/", token=False)
+    assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="skiff"'
+    assert body["errors"][0]["code"] == "UNAUTHORIZED"
+    claimed = "sha256:" + hashlib.sha256(b"the real bytes").hexdigest()
+    status, _, body = tour.registry("POST", f"/v2/app/blobs/uploads/?digest={claimed}", body=b"corrupted bytes")
+    assert status == 400 and body["errors"][0]["code"] == "DIGEST_INVALID", body
+    status, _, _ = tour.registry("HEAD", f"/v2/app/blobs/{claimed}")
+    assert status == 404
+    status, _, body = tour.registry("GET", "/v2/_catalog")
+    assert status == 200 and {"http-hello", "wasi-hello"} <= set(body["repositories"])
+
+
+def run_function_pod(tour, name, image):
+    """A pod of the http-hello function from `image`; returns its answer on port 8080."""
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                           "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "fn", "image": image, "ports": [{"containerPort": 8080}],
+                                    "env": [{"name": "POD_NAME", "value": name}]}]}})
+    tour.kubectl("apply", "-f", "-", input=manifest)
+    ip = wait_for(lambda: (lambda p: p["status"].get("podIP") if p["status"].get("phase") == "Running" else None)(json.loads(tour.kubectl("get", "pod", name, "-o", "json"))),
+                  60, f"pod {name} to run {image}")
+    answer = wait_for(lambda: _get(f"http://{ip}:8080/"), 20, f"pod {name} to answer")
+    tour.kubectl("delete", "pod", name, "--wait=false")
+    return answer
+
+
+def _get(url):
+    try:
+        return urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return None
+
+
+def test_skopeo_copies_an_image_in_and_out_and_a_pod_runs_it(tour, registry, tmp_path):
+    # An artifact in a real docker-registry, copied into the cluster's registry by skopeo.
+    subprocess.run([skiff_binary(), "push", HTTP_HELLO, f"{registry.host}/outside/hello:v1"], check=True, capture_output=True, timeout=60)
+    creds = f"skiff:{tour.token}"
+    # skopeo takes a directory of CA certificates (and would read the data dir's keys as client ones).
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(open(os.path.join(tour.data, "ca.crt"), "rb").read())
+    tour.skopeo("copy", "--src-tls-verify=false", "--dest-creds", creds, "--dest-cert-dir", str(certs),
+                f"docker://{registry.host}/outside/hello:v1", f"docker://{API}/copied/hello:v1")
+    assert run_function_pod(tour, "copied", "registry.skiff.internal/copied/hello:v1") == "Hello from copied!\n"
+    # And out again, to the docker-registry, byte for byte.
+    tour.skopeo("copy", "--src-creds", creds, "--src-cert-dir", str(certs), "--dest-tls-verify=false",
+                f"docker://{API}/copied/hello:v1", f"docker://{registry.host}/back/hello:v1")
+    ours = tour.skopeo("inspect", "--raw", "--creds", creds, "--cert-dir", str(certs), f"docker://{API}/copied/hello:v1")
+    theirs = tour.skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{registry.host}/back/hello:v1")
+    assert ours == theirs
+
+
+def test_a_node_pulls_docker_io_names_from_its_mirror(tour, registry):
+    subprocess.run([skiff_binary(), "push", HTTP_HELLO, f"{registry.host}/library/mirrored:v1"], check=True, capture_output=True, timeout=60)
+    # `mirrored:v1` is docker.io/library/mirrored:v1, which only the mirror has.
+    assert run_function_pod(tour, "mirrored", "mirrored:v1") == "Hello from mirrored!\n"
