@@ -31,6 +31,13 @@
 //!
 //! `cargo run --release -p skiff-bench -- footprint [--quick]`: idle RSS and CPU of a whole
 //! `skiff up` process, empty and with 10 Deployments, and the binary's size.
+//!
+//! `cargo run --release -p skiff-bench -- registry [--quick]`: image push and pull
+//! throughput of the registry `skiff server` embeds against docker-registry, one at a time
+//! and in a burst.
+//!
+//! `cargo run --release -p skiff-bench -- tour [--quick]`: from a fresh `skiff up` to the
+//! README tour's first answer (examples/hello.yaml's Service on its ClusterIP).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +57,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod density;
 mod etcd;
+mod first_answer;
 mod footprint;
+mod push_pull;
 mod registry;
 mod report;
 mod scale;
@@ -182,6 +191,36 @@ enum Bench {
         /// The wasi:http component (default: the http-hello example built for wasm32-wasip2).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// From a fresh `skiff up` to the README tour's first answer.
+    Tour {
+        /// One run, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Fresh clusters started, one after another.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Image push and pull throughput of the embedded registry against docker-registry.
+    Registry {
+        /// Small images, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Images pushed and pulled per phase.
+        #[arg(long, default_value_t = 32)]
+        images: usize,
+        /// Size of each image's one layer, in MiB.
+        #[arg(long, default_value_t = 8)]
+        layer_mib: usize,
+        /// Images pushed (and pulled) at once in the burst phase.
+        #[arg(long, default_value_t = 8)]
+        at_once: usize,
         /// The skiff binary (default: the one built beside this bench).
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
@@ -376,6 +415,8 @@ async fn main() -> anyhow::Result<()> {
         Bench::Density { quick, .. } => ("density", *quick),
         Bench::Scale { quick, .. } => ("scale", *quick),
         Bench::Footprint { quick, .. } => ("footprint", *quick),
+        Bench::Registry { quick, .. } => ("registry", *quick),
+        Bench::Tour { quick, .. } => ("tour", *quick),
     };
     let rows = match cli.bench {
         Bench::Table { .. } => unreachable!("answered above"),
@@ -390,6 +431,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Density { quick, counts, wasm, binary } => density::run(quick, counts, wasm, binary).await,
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
+        Bench::Registry { quick, images, layer_mib, at_once, binary } => push_pull::run(quick, images, layer_mib, at_once, binary).await,
+        Bench::Tour { quick, runs, binary } => first_answer::run(quick, runs, binary).await,
     }?;
     anyhow::ensure!(!rows.is_empty(), "the {name} bench produced no figures");
     let run = report::to_json(name, quick, &rows);

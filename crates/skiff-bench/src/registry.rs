@@ -17,10 +17,17 @@ impl Drop for Registry {
 }
 
 pub async fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
+    start_registry_with(dir, None).await
+}
+
+/// A docker-registry on 127.0.0.1 serving HTTPS with `tls` (certificate and key files)
+/// when given, else plain HTTP.
+pub async fn start_registry_with(dir: &Path, tls: Option<(&Path, &Path)>) -> anyhow::Result<Registry> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let host = format!("127.0.0.1:{port}");
     let config = dir.join("registry.yml");
-    std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n", dir.join("blobs").display()))?;
+    let tls = tls.map(|(cert, key)| format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())).unwrap_or_default();
+    std::fs::write(&config, format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n{tls}", dir.join("blobs").display()))?;
     let child = std::process::Command::new("docker-registry").arg("serve").arg(&config)
         .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null())
         .spawn()

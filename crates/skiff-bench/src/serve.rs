@@ -119,7 +119,7 @@ fn find_wasmtime(given: Option<PathBuf>) -> Option<PathBuf> {
     on_path.chain(cached).find(|p| p.is_file())
 }
 
-async fn wait_answering(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+pub async fn wait_answering(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while one_request(addr).await.is_none() {
         anyhow::ensure!(Instant::now() < deadline, "{what} did not answer on {addr}");
