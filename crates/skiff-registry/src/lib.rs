@@ -74,6 +74,8 @@ impl Registry {
                 Ok(Err(e)) => tracing::warn!(error = %e, "registry garbage collection failed"),
                 Err(e) => tracing::warn!(error = %e, "registry garbage collection panicked"),
             }
+            // Uploads whose files were collected as abandoned are forgotten too.
+            self.uploads.lock().unwrap().retain(|id, _| self.storage.upload_path(id).exists());
             tokio::time::sleep(period).await;
         }
     }
@@ -426,7 +428,10 @@ async fn finish_upload(r: &Registry, name: &str, id: &str, query: &Option<String
     if let Err(response) = append(r, name, id, body).await {
         return response;
     }
-    let upload = r.uploads.lock().unwrap().remove(id).expect("append put the upload back");
+    // Gone only if a DELETE of the same upload came in between.
+    let Some(upload) = r.uploads.lock().unwrap().remove(id) else {
+        return upload_unknown(id);
+    };
     let actual = Digest::from_hasher(upload.hasher);
     let storage = r.storage.clone();
     let id_owned = id.to_string();
