@@ -495,7 +495,7 @@ def test_agent_restart_leaves_statuses_true(wasm_cluster, images, ns):
     assert "Hello, world!" in logs(wasm_cluster, ns, "finished")
 
 
-def test_standalone_agent_joins_a_control_plane(images, tmp_path):
+def test_standalone_agent_joins_a_control_plane(tmp_path):
     """`skiff server` plus a separate `skiff agent` process: the node registers, runs a pod,
     and the API server reaches the agent for its logs."""
     # Its own pod range: the module's cluster uses the default one on this same machine.
@@ -505,7 +505,8 @@ def test_standalone_agent_joins_a_control_plane(images, tmp_path):
                               "--node-name", "solo", "--node-ip", "127.0.0.1", "--agent-port", "0"], stdout=log, stderr=log)
     try:
         wait_for(lambda: server.kubectl("get", "node", "solo", check=False).returncode == 0, 30, "the agent's node")
-        create(server, "default", pod_manifest("solo-pod", images["p1"], ["hello"]))
+        # The image from the control plane's own registry, found through the agent's kubeconfig.
+        create(server, "default", pod_manifest("solo-pod", "registry.skiff.internal/wasi-hello:v1", ["hello"]))
         wait_phase(server, "default", "solo-pod", ["Succeeded"])
         assert logs(server, "default", "solo-pod") == "Hello, world!\n"
     finally:

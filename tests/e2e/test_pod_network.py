@@ -1,7 +1,8 @@
 """Pod IPs routed between nodes: a `skiff up` node on the host and a second agent in a
 network namespace of its own (another machine, as far as the network goes), joined by a
 veth pair. Each node gets its share of the cluster's pod range, and each routes the
-other's share to it, so a pod answers at its IP from the other node."""
+other's share to it, so a pod answers at its IP from the other node. Both pull their
+image from the cluster's embedded registry by its fixed name."""
 
 import os
 import ipaddress
@@ -10,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import Cluster, Registry, example_wasm, skiff_binary, wait_for
+from conftest import Cluster, skiff_binary, wait_for
 from test_agent import create, http, pod, pod_manifest
 
 HOST_IP, PEER_IP = "10.199.0.1", "10.199.0.2"
@@ -40,15 +41,14 @@ def peer_netns():
 @pytest.fixture(scope="module")
 def two_nodes(peer_netns):
     with tempfile.TemporaryDirectory() as d:
-        registry = Registry(d, address=HOST_IP)
-        image = f"{registry.host}/http-hello:v1"
-        subprocess.run([skiff_binary(), "push", "--insecure", example_wasm("wasm32-wasip2", "http-hello"), image], check=True, capture_output=True, timeout=60)
-        cluster = Cluster(d, ["--agent-port", "0", "--node-name", "node-a", "--node-ip", HOST_IP, "--cluster-cidr", "10.62.0.0/16",
-                              "--insecure-registry", registry.host], listen="0.0.0.0").start()
+        # The example image in the cluster's own registry: node-b, on the other side of the
+        # veth, reaches it by the same name through the API server's address it was given.
+        image = "registry.skiff.internal/http-hello:v1"
+        cluster = Cluster(d, ["--agent-port", "0", "--node-name", "node-a", "--node-ip", HOST_IP, "--cluster-cidr", "10.62.0.0/16"], listen="0.0.0.0").start()
         log = open(os.path.join(d, "agent-b.log"), "ab")
         agent = subprocess.Popen(["ip", "netns", "exec", peer_netns, skiff_binary(), "agent", "--server", f"https://{HOST_IP}:{cluster.port}",
                                   "--token", cluster.token, "--node-name", "node-b", "--node-ip", PEER_IP, "--agent-port", "0",
-                                  "--data-dir", os.path.join(d, "agent-b"), "--insecure-registry", registry.host], stdout=log, stderr=log)
+                                  "--data-dir", os.path.join(d, "agent-b")], stdout=log, stderr=log)
         try:
             for name in ("node-a", "node-b"):
                 wait_for(lambda: network_condition(cluster, name), 30, f"{name} to set up its pod network")
@@ -57,7 +57,6 @@ def two_nodes(peer_netns):
             agent.terminate()
             agent.wait(timeout=10)
             cluster.stop()
-            registry.stop()
 
 
 def network_condition(cluster, node):

@@ -131,6 +131,7 @@ impl ImageStore {
             match self.pull_from(&source, &source_auth).await {
                 Ok((manifest_digest, wasm_digest)) => return Ok(self.record(LocalImage { reference: image, manifest_digest, wasm_digest })),
                 Err(e) if own => failures.push(e),
+                Err(e) if reference.registry() == crate::registries::CLUSTER_REGISTRY => failures.push(format!("the cluster's registry at {}: {e}", source.reference.registry())),
                 Err(e) => failures.push(format!("mirror {}: {e}", source.reference.registry())),
             }
         }
