@@ -134,8 +134,10 @@ impl Storage {
         file.metadata().ok().map(|m| m.len())
     }
 
-    /// Moves a finished upload into place as `digest`.
+    /// Moves a finished upload into place as `digest`, its bytes on disk first: a blob
+    /// acknowledged is a blob kept.
     pub fn commit_upload(&self, id: &str, digest: &Digest) -> std::io::Result<()> {
+        std::fs::File::open(self.upload_path(id))?.sync_all()?;
         std::fs::rename(self.upload_path(id), self.blob_path(digest))
     }
 
