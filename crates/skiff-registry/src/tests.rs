@@ -1,6 +1,7 @@
 //! The distribution API driven through the router, as registry clients drive it.
 
 use super::*;
+use axum::body::Body;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
