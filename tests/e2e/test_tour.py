@@ -18,7 +18,7 @@ import hashlib
 
 import pytest
 
-from conftest import ROOT, skiff_binary, wait_for
+from conftest import ROOT, free_port, skiff_binary, wait_for
 
 README = os.path.join(ROOT, "README.md")
 API = "127.0.0.1:6443"
@@ -117,7 +117,7 @@ def test_the_readme_tour_runs_as_written(tour):
 
 def test_registry_refuses_unauthenticated_and_corrupt_pushes(tour):
     status, headers, body = tour.registry("POST", "/v2/app/blobs/uploads/", token=False)
-    assert status == 401 and headers["WWW-Authenticate"] == 'Basic realm="skiff"'
+    assert status == 401 and headers["WWW-Authenticate"] == f'Bearer realm="https://{API}/v2/token",service="skiff"'
     assert body["errors"][0]["code"] == "UNAUTHORIZED"
     claimed = "sha256:" + hashlib.sha256(b"the real bytes").hexdigest()
     status, _, body = tour.registry("POST", f"/v2/app/blobs/uploads/?digest={claimed}", body=b"corrupted bytes")
@@ -171,3 +171,39 @@ def test_a_node_pulls_docker_io_names_from_its_mirror(tour, registry):
     subprocess.run([skiff_binary(), "push", HTTP_HELLO, f"{registry.host}/library/mirrored:v1"], check=True, capture_output=True, timeout=60)
     # `mirrored:v1` is docker.io/library/mirrored:v1, which only the mirror has.
     assert run_function_pod(tour, "mirrored", "mirrored:v1") == "Hello from mirrored!\n"
+
+
+def test_oras_pushes_and_pulls_through_token_authentication(tour, tmp_path):
+    import oras.client
+    note = tmp_path / "note.txt"
+    note.write_text("carried by oras\n")
+    # The default (token) flow: the registry's Bearer challenge, then its token endpoint.
+    c = oras.client.OrasClient(hostname=API, tls_verify=os.path.join(tour.data, "ca.crt"))
+    c.login(username="skiff", password=tour.token, hostname=API, tls_verify=os.path.join(tour.data, "ca.crt"))
+    old = os.getcwd()
+    os.chdir(tmp_path)  # oras names layers by their paths as given
+    try:
+        assert c.push(target=f"{API}/notes/oras:v1", files=["note.txt"]).status_code == 201
+    finally:
+        os.chdir(old)
+    [pulled] = c.pull(target=f"{API}/notes/oras:v1", outdir=str(tmp_path / "out"))
+    assert open(pulled).read() == "carried by oras\n"
+
+
+def test_docker_registry_serves_it_as_a_pull_through_cache(tour, tmp_path):
+    port = free_port()
+    conf = tmp_path / "proxy.yml"
+    conf.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path}/blobs\nhttp:\n  addr: 127.0.0.1:{port}\n"
+                    f"proxy:\n  remoteurl: https://{API}\n  username: skiff\n  password: {tour.token}\n")
+    # Go reads its trusted roots from SSL_CERT_FILE: the cluster's CA.
+    env = dict(os.environ, SSL_CERT_FILE=os.path.join(tour.data, "ca.crt"))
+    log = open(tmp_path / "proxy.log", "wb")
+    proc = subprocess.Popen(["docker-registry", "serve", str(conf)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/v2/") is not None, 20, "the pull-through docker-registry")
+        through = tour.skopeo("inspect", "--raw", "--tls-verify=false", f"docker://127.0.0.1:{port}/wasi-hello:v1")
+        status, _, direct = tour.registry("GET", "/v2/wasi-hello/manifests/v1")
+        assert status == 200 and json.loads(through) == direct
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

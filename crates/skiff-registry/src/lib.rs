@@ -1,8 +1,8 @@
 //! The OCI registry embedded in Skiff's control plane: the distribution API (`/v2/`) served
 //! on the API server's port, so the cluster has somewhere to keep its images with nothing
 //! else to run. Every request carries the cluster's credential, as a bearer token or as the
-//! password of HTTP Basic (the form registry clients such as skopeo send after a `Basic`
-//! challenge). Digests are verified as blobs and manifests arrive (a mismatch is 400
+//! password of HTTP Basic; clients that follow Docker's token authentication trade the
+//! Basic form for the bearer one at `/v2/token`. Digests are verified as blobs and manifests arrive (a mismatch is 400
 //! `DIGEST_INVALID`), a manifest may only name blobs the registry has, and blobs no manifest
 //! refers to are garbage-collected ([`gc`]).
 
@@ -73,7 +73,11 @@ impl Registry {
 
 /// The `/v2/` routes.
 pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new().route("/v2/", axum::routing::any(base)).route("/v2/{*rest}", axum::routing::any(handle)).with_state(registry)
+    Router::new()
+        .route("/v2/", axum::routing::any(base))
+        .route("/v2/token", axum::routing::get(token))
+        .route("/v2/{*rest}", axum::routing::any(handle))
+        .with_state(registry)
 }
 
 /// A distribution API error: `{"errors": [{"code", "message"}]}`.
@@ -82,10 +86,22 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn unauthorized() -> Response {
+/// 401, with the way in: Docker's token authentication, a Bearer challenge whose realm is
+/// this registry's token endpoint as the host the client asked for names it (clients such
+/// as docker-registry's pull-through cache know no other way). Only one challenge is sent:
+/// some clients read several, folded into one header, as one. Without a usable host there
+/// is no realm to offer, and the challenge is Basic.
+fn unauthorized(host: Option<&str>) -> Response {
     let mut response = error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required: the cluster's token, as a bearer token or a Basic password");
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"skiff\""));
+    let host = host.filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)));
+    let bearer = host.and_then(|h| HeaderValue::from_str(&format!("Bearer realm=\"https://{h}/v2/token\",service=\"skiff\"")).ok());
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, bearer.unwrap_or(HeaderValue::from_static("Basic realm=\"skiff\"")));
     response
+}
+
+/// The host a request was sent to: HTTP/2's authority, else the Host header.
+fn host_of(request_uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    request_uri.authority().map(|a| a.to_string()).or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
 }
 
 fn authorized(registry: &Registry, headers: &HeaderMap) -> bool {
@@ -93,13 +109,22 @@ fn authorized(registry: &Registry, headers: &HeaderMap) -> bool {
     presented.is_some_and(|p| credentials::same_secret(p.as_bytes(), registry.token.as_bytes()))
 }
 
-async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+async fn base(State(registry): State<Arc<Registry>>, uri: http::Uri, headers: HeaderMap) -> Response {
     if !authorized(&registry, &headers) {
-        return unauthorized();
+        return unauthorized(host_of(&uri, &headers).as_deref());
     }
     ([(header::CONTENT_TYPE, "application/json"), (HeaderName::from_static("docker-distribution-api-version"), "registry/2.0")], "{}").into_response()
 }
 
+/// The token endpoint of Docker's token authentication. A client that met the Bearer
+/// challenge proves it holds the cluster's credential (as Basic, usually) and gets that
+/// same credential back as its bearer token: nothing new is minted or kept.
+async fn token(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    if !authorized(&registry, &headers) {
+        return unauthorized(None);
+    }
+    json_response(StatusCode::OK, &json!({"token": registry.token, "access_token": registry.token, "expires_in": 3600}))
+}
 
 /// What a `/v2/…` path names.
 #[derive(Debug, PartialEq)]
@@ -161,7 +186,7 @@ fn percent_decode(v: &str) -> String {
 
 async fn handle(State(registry): State<Arc<Registry>>, Path(rest): Path<String>, RawQuery(query): RawQuery, request: Request) -> Response {
     if !authorized(&registry, request.headers()) {
-        return unauthorized();
+        return unauthorized(host_of(request.uri(), request.headers()).as_deref());
     }
     let Some(route) = route(&rest) else {
         return error(StatusCode::NOT_FOUND, "UNSUPPORTED", format!("no registry route for /v2/{rest}"));

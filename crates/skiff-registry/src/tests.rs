@@ -63,13 +63,40 @@ async fn every_request_needs_the_cluster_credential() {
     for (method, uri) in [("GET", "/v2/"), ("POST", "/v2/app/blobs/uploads/"), ("GET", "/v2/app/manifests/v1"), ("GET", "/v2/_catalog")] {
         let response = app.clone().oneshot(http::Request::builder().method(method).uri(uri).body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {uri}");
-        assert_eq!(response.headers()["www-authenticate"], "Basic realm=\"skiff\"");
+        let challenges: Vec<_> = response.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert_eq!(challenges, ["Basic realm=\"skiff\""], "no Host, so no token realm to offer");
         let wrong = http::Request::builder().method(method).uri(uri).header("authorization", "Bearer nope").body(Body::empty()).unwrap();
         assert_eq!(app.clone().oneshot(wrong).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     }
     // Basic credentials carrying the token as the password, as skopeo sends them ("skiff:s3cret").
     let basic = http::Request::builder().uri("/v2/").header("authorization", "Basic c2tpZmY6czNjcmV0").body(Body::empty()).unwrap();
     assert_eq!(app.clone().oneshot(basic).await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn token_authentication_trades_basic_for_bearer() {
+    let (_dir, app) = registry();
+    let ask = http::Request::builder().uri("/v2/").header("host", "10.0.0.5:6443").body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(ask).await.unwrap();
+    let challenges: Vec<_> = response.headers().get_all("www-authenticate").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(challenges, ["Bearer realm=\"https://10.0.0.5:6443/v2/token\",service=\"skiff\""]);
+    // A Host that is not a host name offers no realm to follow.
+    let odd = http::Request::builder().uri("/v2/").header("host", "evil\",x=\"y").body(Body::empty()).unwrap();
+    assert_eq!(app.clone().oneshot(odd).await.unwrap().headers()["www-authenticate"], "Basic realm=\"skiff\"");
+
+    let fetch = |auth: Option<&str>| {
+        let mut req = http::Request::builder().uri("/v2/token?service=skiff&scope=repository:app:pull");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    assert_eq!(fetch(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fetch(Some("Basic c2tpZmY6d3Jvbmc=")).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let (parts, body) = fetch(Some("Basic c2tpZmY6czNjcmV0")).await.unwrap().into_parts();
+    assert_eq!(parts.status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["token"], TOKEN);
 }
 
 #[tokio::test]
