@@ -262,4 +262,12 @@ mod tests {
         }
         assert!(Registries::parse("", vec![]).is_ok());
     }
+
+    proptest::proptest! {
+        /// Any text is read as a registries.yaml or refused with a message, never a panic.
+        #[test]
+        fn any_file_is_read_or_refused(text in "[a-z0-9:/\\[\\]{}\" \n.*_-]{0,120}") {
+            let _ = Registries::parse(&text, vec![]);
+        }
+    }
 }

@@ -42,4 +42,18 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_is_read_without_panic(header in ".{0,80}", basic: bool) {
+            let _ = presented(&header, basic);
+        }
+
+        #[test]
+        fn basic_credentials_give_back_their_password(user in "[^:]{0,20}", password in ".{0,40}") {
+            use base64::Engine;
+            let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+            proptest::prop_assert_eq!(presented(&header, true), Some(password));
+        }
+    }
 }

@@ -169,3 +169,36 @@ async fn bad_pushes_are_refused_and_leave_nothing() {
     assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN".into()));
     assert!(std::fs::read_dir(dir.path().join("registry/repositories")).unwrap().next().is_none());
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A name the registry accepts is only ever a relative path of plain components, so it
+    /// cannot reach outside the registry's directory.
+    #[test]
+    fn accepted_names_stay_inside_the_root(name in "[a-z0-9._/-]{0,40}") {
+        if storage::valid_name(&name) {
+            let path = std::path::Path::new(&name);
+            proptest::prop_assert!(path.components().all(|c| matches!(c, std::path::Component::Normal(_))), "{name}");
+        }
+    }
+
+    /// Whatever path and method a client sends, with the credential, the answer is never a
+    /// server error and never a panic.
+    #[test]
+    fn any_request_gets_a_client_answer(
+        method in proptest::sample::select(vec!["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]),
+        segments in proptest::collection::vec("[a-zA-Z0-9._:%-]{0,12}|manifests|blobs|uploads|tags|list|_catalog|sha256:[0-9a-f]{64}|\\.\\.", 0..6),
+        query in "(digest=sha256:[0-9a-f]{64}|mount=[a-z:0-9]{0,10}|n=[0-9]{0,3}|last=[a-z]{0,3}|[a-z=&%]{0,10})?",
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (status, _, _) = runtime.block_on(async {
+            let (_dir, app) = registry();
+            let uri = format!("/v2/{}?{query}", segments.join("/"));
+            let Ok(uri) = uri.parse::<http::Uri>() else { return (StatusCode::BAD_REQUEST, HeaderMap::new(), vec![]) };
+            call(&app, method, &uri.to_string(), &[], body).await
+        });
+        proptest::prop_assert!(!status.is_server_error(), "{method} /v2/{} → {status}", segments.join("/"));
+    }
+}
