@@ -207,3 +207,38 @@ def test_docker_registry_serves_it_as_a_pull_through_cache(tour, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_load_balancer_on_port_80_takes_it_from_the_ingress_and_gives_it_back(tour):
+    node = json.loads(tour.kubectl("get", "nodes", "-o", "json"))["items"][0]
+    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    # The ingress holds port 80 on the node's address: no rule matches, so it answers 404.
+    wait_for(lambda: _status(f"http://{node_ip}/") == 404, 20, "the ingress on the node's address")
+    docs = [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lb"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "lb"}},
+                  "template": {"metadata": {"labels": {"app": "lb"}},
+                               "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "fn", "image": "registry.skiff.internal/http-hello:v1",
+                                        "ports": [{"containerPort": 8080}], "env": [{"name": "POD_NAME", "value": "the lb pod"}]}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+         "spec": {"type": "LoadBalancer", "selector": {"app": "lb"}, "ports": [{"port": 80, "targetPort": 8080}]}}]
+    # A stream of objects, not a `kind: List` (whose validation kubectl fetches as protobuf).
+    tour.kubectl("create", "-f", "-", input="\n".join(json.dumps(d) for d in docs))
+    svc = wait_for(lambda: (lambda s: s if s.get("status", {}).get("loadBalancer", {}).get("ingress") else None)(json.loads(tour.kubectl("get", "svc", "lb", "-o", "json"))),
+                   30, "the LoadBalancer's address")
+    assert node_ip in [i["ip"] for i in svc["status"]["loadBalancer"]["ingress"]]
+    assert wait_for(lambda: _get(f"http://{node_ip}/"), 30, "the LoadBalancer on the node's port 80") == "Hello from the lb pod!\n"
+    if node_ip != "127.0.0.1":
+        assert _status("http://127.0.0.1/") == 404, "the ingress keeps 127.0.0.1"
+    tour.kubectl("delete", "svc", "lb")
+    wait_for(lambda: _status(f"http://{node_ip}/") == 404, 30, "the ingress to take port 80 back")
+    tour.kubectl("delete", "deploy", "lb")
+
+
+def _status(url):
+    try:
+        return urllib.request.urlopen(url, timeout=2).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None

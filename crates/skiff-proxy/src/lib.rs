@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -93,9 +93,10 @@ pub async fn run(client: Client, config: ProxyConfig) {
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let served = Served { records: Arc::default(), ingress: Arc::default() };
     let dns = serve_dns(config.clone(), served.records.clone());
-    let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false)));
-    let https = futures::future::join_all(config.ingress_https.iter().map(|a| serve_ingress(*a, served.ingress.clone(), true)));
-    let sync = sync_loop(all_changes, caches, config, served, Recorder::new(client, "skiff-proxy"));
+    let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
+    let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));
+    let https = futures::future::join_all(config.ingress_https.iter().map(|a| serve_ingress(*a, served.ingress.clone(), true, claims.clone())));
+    let sync = sync_loop(all_changes, caches, config, served, claim, Recorder::new(client, "skiff-proxy"));
     tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), sync, dns, http, https);
 }
 
@@ -114,22 +115,45 @@ async fn serve_dns(config: ProxyConfig, records: Arc<RwLock<Arc<dns::Records>>>)
     }
 }
 
-/// Serves the ingress on `addr`, binding again until it can.
-async fn serve_ingress(addr: SocketAddr, server: Arc<ingress::IngressServer>, tls: bool) {
+/// The node addresses Services have taken from the ingress: a LoadBalancer Service (or an
+/// external IP) on the node's address and an ingress port. The Service wins, as a user's
+/// explicit Service should over the built-in ingress; the ingress keeps its other
+/// addresses (127.0.0.1 among them) and takes the port back when the Service goes.
+type Claims = tokio::sync::watch::Receiver<HashSet<SocketAddr>>;
+
+/// Serves the ingress on `addr` whenever no Service claims it, binding again until it can.
+async fn serve_ingress(addr: SocketAddr, server: Arc<ingress::IngressServer>, tls: bool, mut claims: Claims) {
     let mut reported = false;
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) if !std::mem::replace(&mut reported, true) => tracing::warn!(%addr, error = %e, "cannot serve the ingress on this node; retrying"),
-            Err(_) => {}
+    loop {
+        // Wait out a claim, then bind.
+        if claims.wait_for(|c| !c.contains(&addr)).await.is_err() {
+            return;
         }
-        tokio::time::sleep(RETRY_BIND).await;
-    };
-    tracing::info!(%addr, tls, "ingress serving");
-    if tls { server.serve_https(listener).await } else { server.serve_http(listener).await }
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                if !std::mem::replace(&mut reported, true) {
+                    tracing::warn!(%addr, error = %e, "cannot serve the ingress on this node; retrying");
+                }
+                tokio::time::sleep(RETRY_BIND).await;
+                continue;
+            }
+        };
+        tracing::info!(%addr, tls, "ingress serving");
+        let serving = if tls { server.clone().serve_https(listener).boxed() } else { server.clone().serve_http(listener).boxed() };
+        tokio::select! {
+            _ = serving => return,
+            claimed = claims.wait_for(|c| c.contains(&addr)) => {
+                if claimed.is_err() {
+                    return;
+                }
+                tracing::info!(%addr, "the ingress yields this address to a Service that takes its port");
+            }
+        }
+    }
 }
 
-async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches: Caches, config: ProxyConfig, served: Served, recorder: Recorder) {
+async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches: Caches, config: ProxyConfig, served: Served, claim: tokio::sync::watch::Sender<HashSet<SocketAddr>>, recorder: Recorder) {
     let _ = tokio::join!(
         caches.services.wait_until_ready(),
         caches.slices.wait_until_ready(),
@@ -147,6 +171,11 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
         let by_service = services::slices_by_service(&all_slices);
         let want = services::frontends(&all_services, &by_service, &node);
         *served.records.write().unwrap() = Arc::new(dns::Records::build(&config.cluster_domain, &all_services, &by_service));
+        let claimed = ingress_claims(&want, &config);
+        if claim.send_if_modified(|current| std::mem::replace(current, claimed.clone()) != claimed) {
+            // Let the ingress close what was just claimed before the Services bind it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         apply(&mut running, want, &caches.services, &recorder, &mut reported).await;
         if !config.ingress_http.is_empty() || !config.ingress_https.is_empty() {
             let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
@@ -164,6 +193,12 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
         tokio::time::sleep(Duration::from_millis(5)).await;
         while futures::FutureExt::now_or_never(changes.next()).flatten().is_some() {}
     }
+}
+
+/// The ingress addresses a wanted TCP frontend takes.
+fn ingress_claims(want: &BTreeMap<Frontend, Backends>, config: &ProxyConfig) -> HashSet<SocketAddr> {
+    let ingress: HashSet<&SocketAddr> = config.ingress_http.iter().chain(&config.ingress_https).collect();
+    want.keys().filter(|f| f.protocol == Protocol::Tcp && ingress.contains(&f.addr)).map(|f| f.addr).collect()
 }
 
 /// A warning event on the Ingress for each problem not reported before.
@@ -236,4 +271,35 @@ fn service_of(services: &Store<Service>, label: &str) -> Option<Arc<Service>> {
     let (ns, rest) = label.split_once('/')?;
     let name = rest.split(':').next()?;
     services.get(&ObjectRef::new(name).within(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tcp_frontends_on_ingress_addresses_claim_them() {
+        let node: IpAddr = "192.0.2.1".parse().unwrap();
+        let on = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+        let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+        let config = ProxyConfig {
+            node_name: "n".into(),
+            node_ips: vec![node],
+            cluster_dns: "10.43.0.10".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            upstream_dns: vec![],
+            ingress_http: vec![on(node, 80), on(localhost, 80)],
+            ingress_https: vec![on(node, 443), on(localhost, 443)],
+        };
+        let backends = Backends { service: "default/lb:80".into(), endpoints: vec![], affinity: None };
+        let want: BTreeMap<Frontend, Backends> = [
+            (Frontend { addr: on(node, 80), protocol: Protocol::Tcp }, backends.clone()),        // a LoadBalancer on 80
+            (Frontend { addr: on(node, 443), protocol: Protocol::Udp }, backends.clone()),       // UDP leaves TCP 443 alone
+            (Frontend { addr: "10.43.0.5:80".parse().unwrap(), protocol: Protocol::Tcp }, backends.clone()), // a ClusterIP
+            (Frontend { addr: on(node, 8080), protocol: Protocol::Tcp }, backends),             // not an ingress port
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(ingress_claims(&want, &config), HashSet::from([on(node, 80)]));
+    }
 }
