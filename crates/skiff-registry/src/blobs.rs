@@ -33,24 +33,9 @@ pub async fn get(r: &Registry, digest: &str, head: bool) -> Response {
         return (headers, Body::empty()).into_response();
     }
     match tokio::fs::File::open(r.storage.blob_path(&digest)).await {
-        Ok(file) => (headers, Body::from_stream(file_chunks(file))).into_response(),
+        Ok(file) => (headers, Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024))).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("reading blob {digest}: {e}")),
     }
-}
-
-/// A file as a stream of 256 KiB chunks.
-fn file_chunks(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
-    futures::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(buf), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    })
 }
 
 fn upload_unknown(id: &str) -> Response {
@@ -113,7 +98,7 @@ async fn append(r: &Registry, name: &str, id: &str, body: Body) -> Result<u64, R
             Ok(size)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = tokio::fs::remove_file(&path).await;
             Err(error(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("upload {id} failed and was cancelled: {e}")))
         }
     }
@@ -135,16 +120,14 @@ pub async fn finish_upload(r: &Registry, name: &str, id: &str, query: &Option<St
         return upload_unknown(id);
     };
     let actual = Digest::from_hasher(upload.hasher);
-    let storage = r.storage.clone();
-    let id_owned = id.to_string();
     if actual != expected {
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(storage.upload_path(&id_owned))).await;
+        let _ = tokio::fs::remove_file(r.storage.upload_path(id)).await;
         return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", format!("the uploaded content's digest is {actual}, not {expected}"));
     }
-    let digest = actual.clone();
-    match tokio::task::spawn_blocking(move || storage.commit_upload(&id_owned, &digest)).await {
-        Ok(Ok(())) => (StatusCode::CREATED, [location(format!("/v2/{name}/blobs/{actual}")), digest_header(&actual)]).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("storing blob {actual}: {e}")),
+    let (storage, id_owned, digest) = (r.storage.clone(), id.to_string(), actual.clone());
+    let committed = tokio::task::spawn_blocking(move || storage.commit_upload(&id_owned, &digest)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match committed {
+        Ok(()) => (StatusCode::CREATED, [location(format!("/v2/{name}/blobs/{actual}")), digest_header(&actual)]).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("storing blob {actual}: {e}")),
     }
 }
@@ -167,8 +150,8 @@ pub fn upload_status(r: &Registry, name: &str, id: &str) -> Response {
 }
 
 /// `DELETE …/blobs/uploads/<id>`: the upload and its bytes go.
-pub fn cancel_upload(r: &Registry, id: &str) -> Response {
+pub async fn cancel_upload(r: &Registry, id: &str) -> Response {
     r.uploads.lock().unwrap().remove(id);
-    let _ = std::fs::remove_file(r.storage.upload_path(id));
+    let _ = tokio::fs::remove_file(r.storage.upload_path(id)).await;
     StatusCode::NO_CONTENT.into_response()
 }

@@ -2,9 +2,9 @@
 //! on the API server's port, so the cluster has somewhere to keep its images with nothing
 //! else to run. Every request carries the cluster's credential, as a bearer token or as the
 //! password of HTTP Basic; clients that follow Docker's token authentication trade the
-//! Basic form for the bearer one at `/v2/token`. Digests are verified as blobs and manifests arrive (a mismatch is 400
-//! `DIGEST_INVALID`), a manifest may only name blobs the registry has, and blobs no manifest
-//! refers to are garbage-collected ([`gc`]).
+//! Basic form for the bearer one at `/v2/token`. Digests are verified as blobs and
+//! manifests arrive (a mismatch is 400 `DIGEST_INVALID`), a manifest may only name blobs
+//! the registry has, and blobs no manifest refers to are garbage-collected ([`gc`]).
 
 mod blobs;
 pub mod gc;
@@ -31,7 +31,6 @@ pub struct Registry {
     /// Running digest and length of each upload in progress, by upload id.
     uploads: Mutex<HashMap<String, blobs::Upload>>,
 }
-
 
 impl Registry {
     /// The registry in `dir`, open to requests carrying `token`.
@@ -160,28 +159,7 @@ fn route(rest: &str) -> Option<Route<'_>> {
 }
 
 fn query_param(query: &Option<String>, key: &str) -> Option<String> {
-    query.as_deref()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| percent_decode(v))
-}
-
-/// Query values in the distribution API are digests, names and numbers: only `%XX`
-/// escapes need undoing.
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    query.as_deref()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
 }
 
 async fn handle(State(registry): State<Arc<Registry>>, Path(rest): Path<String>, RawQuery(query): RawQuery, request: Request) -> Response {
@@ -214,7 +192,7 @@ async fn handle(State(registry): State<Arc<Registry>>, Path(rest): Path<String>,
         (Route::Upload(name, id), Method::PATCH) => blobs::patch_upload(r, name, id, request.into_body()).await,
         (Route::Upload(name, id), Method::PUT) => blobs::finish_upload(r, name, id, &query, request.into_body()).await,
         (Route::Upload(name, id), Method::GET) => blobs::upload_status(r, name, id),
-        (Route::Upload(_, id), Method::DELETE) => blobs::cancel_upload(r, id),
+        (Route::Upload(_, id), Method::DELETE) => blobs::cancel_upload(r, id).await,
         (_, m) => error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", format!("{m} is not supported on /v2/{rest}")),
     }
 }

@@ -31,6 +31,8 @@ pub struct TargetArgs {
 pub struct Session {
     pub client: kube::Client,
     pub namespace: String,
+    /// What the server said of itself when the session checked that it answers.
+    pub server_version: k8s_openapi::apimachinery::pkg::version::Info,
     all_namespaces: bool,
 }
 
@@ -42,11 +44,11 @@ impl Session {
         let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config)?;
-        client.apiserver_version().await.map_err(|e| match e {
+        let server_version = client.apiserver_version().await.map_err(|e| match e {
             kube::Error::Api(s) => anyhow!("the API server at {server} refused us: {} ({})", s.message, s.reason),
             other => anyhow!("cannot reach the cluster's API server at {server}: {other}. Is the cluster running? `skiff up` starts one"),
         })?;
-        Ok(Session { client, namespace, all_namespaces: args.all_namespaces })
+        Ok(Session { client, namespace, server_version, all_namespaces: args.all_namespaces })
     }
 }
 
@@ -64,7 +66,7 @@ pub async fn kube_config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Co
         .with_context(|| format!("using kubeconfig {}", path.display()))
 }
 
-fn resolve(kind: &str) -> anyhow::Result<&'static ResourceType> {
+pub fn resolve(kind: &str) -> anyhow::Result<&'static ResourceType> {
     resources::resolve(kind).ok_or_else(|| anyhow!("the server doesn't have a resource type \"{kind}\""))
 }
 

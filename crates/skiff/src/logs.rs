@@ -8,9 +8,9 @@ use anyhow::{Context, anyhow, bail};
 use futures::{AsyncBufReadExt, StreamExt};
 use http::Request;
 use serde_json::Value;
-use skiff_core::{LabelSelector, resources};
+use skiff_core::LabelSelector;
 
-use crate::client::{Session, TargetArgs, api_message, path, urlencode};
+use crate::client::{Session, TargetArgs, api_message, path, resolve, urlencode};
 
 #[derive(clap::Args)]
 pub struct LogArgs {
@@ -37,7 +37,7 @@ pub struct LogArgs {
 /// matching a workload's selector.
 async fn pod_of(s: &Session, ns: &str, target: &str) -> anyhow::Result<Value> {
     let (kind, name) = target.split_once('/').unwrap_or(("pods", target));
-    let resource = resources::resolve(kind).ok_or_else(|| anyhow!("the server doesn't have a resource type \"{kind}\""))?;
+    let resource = resolve(kind)?;
     let object = s.json(http::Method::GET, &path(resource, Some(ns), Some(name)), None).await.map_err(api_message)?;
     if resource.kind == "Pod" {
         return Ok(object);
@@ -46,7 +46,7 @@ async fn pod_of(s: &Session, ns: &str, target: &str) -> anyhow::Result<Value> {
     if selector.is_empty() {
         bail!("{kind}/{name} has no pod selector: name a pod instead");
     }
-    let pods_uri = format!("{}?labelSelector={}", path(resources::resolve("pods").expect("pods"), Some(ns), None), urlencode(&selector.to_string()));
+    let pods_uri = format!("{}?labelSelector={}", path(resolve("pods")?, Some(ns), None), urlencode(&selector.to_string()));
     let mut pods = s.json(http::Method::GET, &pods_uri, None).await.map_err(api_message)?["items"].as_array().cloned().unwrap_or_default();
     pods.sort_by_key(|p| (p["status"]["phase"] != "Running", p["metadata"]["name"].as_str().unwrap_or_default().to_string()));
     pods.into_iter().next().ok_or_else(|| anyhow!("{kind}/{name} has no pods yet"))
@@ -68,7 +68,7 @@ pub async fn logs(args: &TargetArgs, log: &LogArgs) -> anyhow::Result<()> {
         Some(c) => c.clone(),
         None => containers.first().cloned().context("the pod has no containers")?,
     };
-    let pod_uri = path(resources::resolve("pods").expect("pods"), Some(&ns), Some(&name));
+    let pod_uri = path(resolve("pods")?, Some(&ns), Some(&name));
     if log.follow && !started(&pod, &container) {
         eprintln!("waiting for container {container:?} of pod {name} to start…");
         while !started(&pod, &container) {

@@ -148,8 +148,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 /// `skiff version`: this binary's version, then the server's, or why there is none.
 async fn version(target: &client::TargetArgs) -> anyhow::Result<()> {
     println!("Client Version: skiff {}", env!("CARGO_PKG_VERSION"));
-    let session = client::Session::connect(target).await?;
-    let v = session.client.apiserver_version().await?;
+    let v = client::Session::connect(target).await?.server_version;
     println!("Server Version: {} (skiff {})", v.git_version, v.git_commit);
     Ok(())
 }

@@ -102,7 +102,7 @@ pub fn stateful_set(s: &StatefulSet) -> Result<Progress, String> {
 pub async fn status(args: &TargetArgs, target: &str, timeout: Option<Duration>) -> anyhow::Result<()> {
     let s = Session::connect(args).await?;
     let (kind, name) = target.split_once('/').ok_or_else(|| anyhow!("give the object as KIND/NAME, e.g. deploy/hello"))?;
-    let resource = skiff_core::resources::resolve(kind).ok_or_else(|| anyhow!("the server doesn't have a resource type \"{kind}\""))?;
+    let resource = crate::client::resolve(kind)?;
     let ns = s.namespace.clone();
     let follow = async {
         match resource.kind {
@@ -123,7 +123,7 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     api.get(name).await.map_err(crate::client::api_message)?;
-    let line = Line::new();
+    let mut line = Line::new();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config).boxed();
     while let Some(event) = events.next().await {
@@ -146,7 +146,7 @@ where
 struct Line {
     tty: bool,
     started: Instant,
-    last: std::cell::RefCell<String>,
+    last: String,
 }
 
 impl Line {
@@ -154,18 +154,18 @@ impl Line {
         Line { tty: std::io::stdout().is_terminal(), started: Instant::now(), last: Default::default() }
     }
 
-    fn show(&self, message: &str, done: bool) {
+    fn show(&mut self, message: &str, done: bool) {
         let mut out = std::io::stdout().lock();
         if self.tty {
             let _ = write!(out, "\r\x1b[K{message}");
             if done {
                 let _ = writeln!(out, " ({:.1}s)", self.started.elapsed().as_secs_f64());
             }
-        } else if *self.last.borrow() != message {
+        } else if self.last != message {
             let _ = writeln!(out, "{message}");
         }
         let _ = out.flush();
-        *self.last.borrow_mut() = message.to_string();
+        self.last = message.to_string();
     }
 }
 
