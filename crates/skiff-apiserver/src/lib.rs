@@ -13,6 +13,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod pod_logs;
+pub mod protobuf;
 pub mod request;
 pub mod rest;
 pub mod services;

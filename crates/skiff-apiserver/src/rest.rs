@@ -20,7 +20,7 @@ use crate::objects::{FieldValidation, WriteOptions, Written, now};
 use crate::patch::{self, PatchType};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
-use crate::{ApiServer, convert};
+use crate::{ApiServer, convert, protobuf};
 
 type Params = HashMap<String, String>;
 
@@ -30,6 +30,8 @@ enum Output {
     Json,
     Table(IncludeObject),
     Metadata,
+    /// `application/vnd.kubernetes.protobuf`, for kinds that have a protobuf form.
+    Protobuf,
 }
 
 fn output(headers: &HeaderMap, params: &Params) -> Output {
@@ -51,12 +53,24 @@ fn output(headers: &HeaderMap, params: &Params) -> Output {
         if media.starts_with("application/json") || media.starts_with("*/*") {
             return Output::Json;
         }
+        if media.starts_with(protobuf::MEDIA_TYPE) {
+            return Output::Protobuf;
+        }
     }
     Output::Json
 }
 
-fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
-    let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(body).unwrap_or_default()).into_response();
+/// The response carrying `body`: protobuf when the client asked for it and the kind has a
+/// protobuf form, JSON otherwise (as kube-apiserver answers custom resources).
+fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[String]) -> Response {
+    let encoded = match out {
+        Output::Protobuf => protobuf::encode(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok(),
+        _ => None,
+    };
+    let mut resp = match encoded {
+        Some(bytes) => (code, [(header::CONTENT_TYPE, protobuf::MEDIA_TYPE)], bytes).into_response(),
+        None => (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(body).unwrap_or_default()).into_response(),
+    };
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "'"));
         if let Ok(v) = http::HeaderValue::from_str(&text) {
@@ -72,7 +86,7 @@ fn partial_metadata(o: &Value) -> Value {
 
 fn present_one(r: &ResourceType, object: Value, out: Output) -> Value {
     match out {
-        Output::Json => object,
+        Output::Json | Output::Protobuf => object,
         Output::Metadata => partial_metadata(&object),
         Output::Table(include) => {
             let rv = meta::resource_version(&object).unwrap_or_default().to_string();
@@ -92,7 +106,8 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
-        "application/vnd.kubernetes.protobuf" | "application/cbor" | "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+        protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string())),
+        "application/cbor" | "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             Err(ApiError::unsupported_media_type(content_type))
         }
         // The Python client posts without a Content-Type: take JSON.
@@ -154,17 +169,17 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
             let Written { object, warnings } = server.create_object(r, target.namespace.as_deref(), object, write_options(&params)?).await?;
-            Ok(json_response(StatusCode::CREATED, &present_one(r, object, out), &warnings))
+            Ok(respond(StatusCode::CREATED, &present_one(r, object, out), out, &warnings))
         }
-        (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &body).await,
+        (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &headers, &body, out).await,
         (&Method::GET, true, None | Some("status")) => {
             let object = get(&server, &target).await?;
-            Ok(json_response(StatusCode::OK, &present_one(r, convert::from_storage(r, object), out), &[]))
+            Ok(respond(StatusCode::OK, &present_one(r, convert::from_storage(r, object), out), out, &[]))
         }
         (&Method::GET, true, Some("log")) if r.kind == "Pod" => crate::pod_logs::pod_log(&server, &target, uri.query(), &params).await,
         (&Method::GET, true, Some("scale")) if r.has_subresource("scale") => {
             let object = get(&server, &target).await?;
-            Ok(json_response(StatusCode::OK, &to_scale(&object), &[]))
+            Ok(respond(StatusCode::OK, &to_scale(&object), out, &[]))
         }
         (&Method::PUT, true, sub @ (None | Some("status") | Some("finalize"))) => {
             check_subresource(r, sub)?;
@@ -172,27 +187,27 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let old = get(&server, &target).await?;
             let sub = if sub == Some("finalize") { None } else { sub };
             let Written { object, warnings } = server.update_object(r, &old, new, sub, write_options(&params)?).await?;
-            Ok(json_response(StatusCode::OK, &present_one(r, object, out), &warnings))
+            Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
         }
         (&Method::PATCH, true, sub @ (None | Some("status"))) => {
             check_subresource(r, sub)?;
             let kind = patch_type(&headers)?;
             let patch_body = parse_body(&headers, &body)?;
             let Written { object, warnings } = patch_object(&server, &target, kind, &patch_body, sub, write_options(&params)?).await?;
-            Ok(json_response(StatusCode::OK, &present_one(r, object, out), &warnings))
+            Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
         }
         (&Method::PUT | &Method::PATCH, true, Some("scale")) if r.has_subresource("scale") => {
             let kind = if method == Method::PATCH { Some(patch_type(&headers)?) } else { None };
             let body = parse_body(&headers, &body)?;
             let scale = update_scale(&server, &target, kind, &body, write_options(&params)?).await?;
-            Ok(json_response(StatusCode::OK, &scale, &[]))
+            Ok(respond(StatusCode::OK, &scale, out, &[]))
         }
         (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {
             let binding = parse_body(&headers, &body)?;
             bind(&server, &target, &binding).await?;
-            Ok(json_response(StatusCode::CREATED, &success_status(&target, None), &[]))
+            Ok(respond(StatusCode::CREATED, &success_status(&target, None), out, &[]))
         }
-        (&Method::DELETE, true, None) => delete(&server, &target, &params, &body).await,
+        (&Method::DELETE, true, None) => delete(&server, &target, &params, &headers, &body, out).await,
         (_, true, Some(sub)) if !r.has_subresource(sub) && sub != "finalize" => {
             Err(ApiError::no_route(format!("the server could not find the requested resource ({}/{sub})", target.qualified())))
         }
@@ -238,9 +253,9 @@ async fn list(server: &ApiServer, target: &Target, params: &Params, out: Output)
         Output::Table(include) => table::table(r.kind, &items, list_meta, include),
         Output::Metadata => json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
             "items": items.iter().map(partial_metadata).collect::<Vec<_>>()}),
-        Output::Json => json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": list_meta, "items": items}),
+        Output::Json | Output::Protobuf => json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": list_meta, "items": items}),
     };
-    Ok(json_response(StatusCode::OK, &body, &[]))
+    Ok(respond(StatusCode::OK, &body, out, &[]))
 }
 
 /// How often a read-modify-write is tried again after losing a race to another write.
@@ -354,10 +369,8 @@ fn success_status(target: &Target, uid: Option<&str>) -> Value {
         "details": {"name": target.name, "group": target.resource.group, "kind": target.resource.plural, "uid": uid}})
 }
 
-fn delete_options(params: &Params, body: &Bytes) -> ApiResult<Value> {
-    let mut opts: Value = if body.is_empty() { json!({}) } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
-    };
+fn delete_options(params: &Params, headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let mut opts: Value = if body.is_empty() { json!({}) } else { parse_body(headers, body)? };
     if !opts.is_object() {
         return Err(ApiError::bad_request("DeleteOptions must be a JSON object"));
     }
@@ -383,17 +396,17 @@ fn returns_deleted_object(r: &ResourceType) -> bool {
     matches!(r.kind, "Pod" | "Service" | "Namespace")
 }
 
-async fn delete(server: &ApiServer, target: &Target, params: &Params, body: &Bytes) -> ApiResult<Response> {
-    let opts = delete_options(params, body)?;
+async fn delete(server: &ApiServer, target: &Target, params: &Params, headers: &HeaderMap, body: &Bytes, out: Output) -> ApiResult<Response> {
+    let opts = delete_options(params, headers, body)?;
     let object = delete_one(server, target, &opts).await?;
     let r = target.resource;
     let gone = !meta::is_terminating(&object) || server.store.get(&target.key()).await.is_err();
     if gone && !returns_deleted_object(r) {
         let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
-        return Ok(json_response(StatusCode::OK, &success_status(target, uid), &[]));
+        return Ok(respond(StatusCode::OK, &success_status(target, uid), out, &[]));
     }
     let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok(json_response(code, &convert::from_storage(r, object), &[]))
+    Ok(respond(code, &convert::from_storage(r, object), out, &[]))
 }
 
 /// Deletes one object as DeleteOptions say: at once, or (with finalizers, a propagation
@@ -488,8 +501,8 @@ async fn delete_one(server: &ApiServer, target: &Target, opts: &Value) -> ApiRes
     }
 }
 
-async fn delete_collection(server: &ApiServer, target: &Target, params: &Params, body: &Bytes) -> ApiResult<Response> {
-    let opts = delete_options(params, body)?;
+async fn delete_collection(server: &ApiServer, target: &Target, params: &Params, headers: &HeaderMap, body: &Bytes, out: Output) -> ApiResult<Response> {
+    let opts = delete_options(params, headers, body)?;
     let r = target.resource;
     let mut options = list_options(params)?;
     options.limit = None;
@@ -509,10 +522,14 @@ async fn delete_collection(server: &ApiServer, target: &Target, params: &Params,
             Err(e) => return Err(e),
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}), &[]))
+    Ok(respond(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}), out, &[]))
 }
 
-fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, out: Output) -> ApiResult<Response> {
+fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut out: Output) -> ApiResult<Response> {
+    let r = target.resource;
+    if out == Output::Protobuf && !protobuf::supports(&r.api_version(), r.kind) {
+        out = Output::Json;
+    }
     let options = list_options(&params)?;
     let start = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
@@ -529,7 +546,7 @@ fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, out: O
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_TYPE, if out == Output::Protobuf { protobuf::WATCH_MEDIA_TYPE } else { "application/json" })
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .expect("valid response"))
@@ -557,6 +574,15 @@ impl WatchRequest {
             "ERROR" | "BOOKMARK" => object,
             _ => present_one(r, convert::from_storage(r, object), self.out),
         };
+        if self.out == Output::Protobuf {
+            match protobuf::encode_watch_event(kind, &object) {
+                Ok(frame) => return Bytes::from(frame),
+                Err(e) => {
+                    let error = ApiError::internal(format!("the object could not be encoded as protobuf: {e}")).status();
+                    return Bytes::from(protobuf::encode_watch_event("ERROR", &error).unwrap_or_default());
+                }
+            }
+        }
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
