@@ -36,6 +36,9 @@
 //! throughput of the registry `skiff server` embeds against docker-registry, one at a time
 //! and in a burst.
 //!
+//! `cargo run --release -p skiff-bench -- encoding [--quick]`: pod creates and lists of 1,000
+//! pods through the API server with protobuf bodies against JSON, in the same run.
+//!
 //! `cargo run --release -p skiff-bench -- tour [--quick]`: from a fresh `skiff up` to the
 //! README tour's first answer (examples/hello.yaml's Service on its ClusterIP).
 
@@ -56,6 +59,7 @@ use skiff_store::{RedbStore, Store, StoreOptions};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod density;
+mod encoding;
 mod etcd;
 mod first_answer;
 mod footprint;
@@ -96,6 +100,21 @@ enum Bench {
         /// Concurrent client counts to measure (each at least 1).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<std::num::NonZeroUsize>,
+    },
+    /// Pod creates and lists with protobuf bodies against JSON, through the API server.
+    Encoding {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Creates per encoding (16 clients).
+        #[arg(long, default_value_t = 10_000)]
+        creates: usize,
+        /// Pods in the listed namespace.
+        #[arg(long, default_value_t = 1_000)]
+        list_size: usize,
+        /// Lists per encoding.
+        #[arg(long, default_value_t = 50)]
+        lists: usize,
     },
     /// Scheduling throughput and ReplicaSet scale-up to bound latency on simulated nodes.
     Schedule {
@@ -409,6 +428,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Bench::Api { quick, .. } => ("api", *quick),
+        Bench::Encoding { quick, .. } => ("encoding", *quick),
         Bench::Schedule { quick, .. } => ("schedule", *quick),
         Bench::Startup { quick, .. } => ("startup", *quick),
         Bench::Serve { quick, .. } => ("serve", *quick),
@@ -421,6 +441,7 @@ async fn main() -> anyhow::Result<()> {
     let rows = match cli.bench {
         Bench::Table { .. } => unreachable!("answered above"),
         Bench::Api { quick, creates, clients } => api_bench(quick, creates, clients).await,
+        Bench::Encoding { quick, creates, list_size, lists } => encoding::run(quick, creates, list_size, lists).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
         Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {

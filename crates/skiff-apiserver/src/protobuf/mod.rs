@@ -8,17 +8,18 @@
 //! `k8s\0` and a `runtime.Unknown` whose `typeMeta` names the kind and whose `raw` holds
 //! the object's message. Watch streams are length-prefixed `WatchEvent` messages.
 //!
-//! The conversions follow Go's JSON encoding of the API types ([`to_json`], [`from_json`]):
-//! protobuf cannot tell "unset" from "zero" for most fields, as Go's structs cannot.
+//! The codec goes straight between the JSON tree and the wire bytes ([`decode`],
+//! [`encode`]), following Go's JSON encoding of the API types: protobuf cannot tell
+//! "unset" from "zero" for most fields, as Go's structs cannot.
 
-mod from_json;
-mod to_json;
+mod decode;
+mod encode;
+mod schema;
 
-use std::sync::LazyLock;
-
-use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value as PValue};
+use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
 use serde_json::{Map, Value};
+
+use schema::{MessageId, SCHEMA};
 
 /// The media type of protobuf bodies.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -28,19 +29,11 @@ pub const WATCH_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf;stream=w
 /// Every protobuf body starts with these four bytes.
 const MAGIC: &[u8; 4] = b"k8s\0";
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(include_bytes!("../../proto/kubernetes.fds").as_slice()).expect("the bundled descriptor set decodes")
-});
-
 const META: &str = "apimachinery.pkg.apis.meta.v1";
-
-fn meta_message(name: &str) -> MessageDescriptor {
-    POOL.get_message_by_name(&format!("{META}.{name}")).expect("meta.k8s.io/v1 message in the bundled descriptors")
-}
 
 /// The message of `kind` in `apiVersion`, or of a meta.k8s.io kind (Status, DeleteOptions,
 /// WatchEvent…) that every group version carries.
-fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+fn message_for(api_version: &str, kind: &str) -> Option<MessageId> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let package = match group {
         "" => format!("api.core.{version}"),
@@ -48,7 +41,7 @@ fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
         // Packages are named by the group's first label: `rbac.authorization.k8s.io` is rbac.
         g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
     };
-    POOL.get_message_by_name(&format!("{package}.{kind}")).or_else(|| POOL.get_message_by_name(&format!("{META}.{kind}")))
+    SCHEMA.id(&format!("{package}.{kind}")).or_else(|| SCHEMA.id(&format!("{META}.{kind}")))
 }
 
 /// Whether a kind has a protobuf form (custom resources, for one, do not).
@@ -69,21 +62,71 @@ pub enum DecodeError {
     Object { kind: String, why: String },
 }
 
+/// The `runtime.Unknown` envelope: type meta (1) and the object's bytes (2).
+struct Envelope<'a> {
+    api_version: String,
+    kind: String,
+    raw: &'a [u8],
+}
+
+fn read_envelope(mut buf: &[u8]) -> Result<Envelope<'_>, String> {
+    let mut envelope = Envelope { api_version: String::new(), kind: String::new(), raw: &[] };
+    while !buf.is_empty() {
+        match length_delimited(&mut buf)? {
+            (1, Some(mut type_meta)) => {
+                while !type_meta.is_empty() {
+                    match length_delimited(&mut type_meta)? {
+                        (1, Some(v)) => envelope.api_version = String::from_utf8_lossy(v).into_owned(),
+                        (2, Some(v)) => envelope.kind = String::from_utf8_lossy(v).into_owned(),
+                        _ => {}
+                    }
+                }
+            }
+            (2, Some(raw)) => envelope.raw = raw,
+            _ => {}
+        }
+    }
+    Ok(envelope)
+}
+
+/// The next field: its number and, when length-delimited, its bytes (other fields skipped).
+fn length_delimited<'a>(buf: &mut &'a [u8]) -> Result<(u32, Option<&'a [u8]>), String> {
+    let (number, wire_type) = decode_key(buf).map_err(|e| e.to_string())?;
+    match wire_type {
+        WireType::LengthDelimited => {
+            let len = decode_varint(buf).map_err(|e| e.to_string())? as usize;
+            if buf.len() < len {
+                return Err("truncated".into());
+            }
+            let (head, rest) = buf.split_at(len);
+            *buf = rest;
+            Ok((number, Some(head)))
+        }
+        WireType::Varint => decode_varint(buf).map(|_| (number, None)).map_err(|e| e.to_string()),
+        WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+            let n = if wire_type == WireType::SixtyFourBit { 8 } else { 4 };
+            if buf.len() < n {
+                return Err("truncated".into());
+            }
+            *buf = &buf[n..];
+            Ok((number, None))
+        }
+        _ => Err("groups are not used by the Kubernetes API".into()),
+    }
+}
+
 /// Reads an enveloped protobuf object into its JSON form (with `apiVersion` and `kind`).
 pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
+    decode_nested(body, 0)
+}
+
+/// [`decode`] of an object embedded `depth` messages down.
+fn decode_nested(body: &[u8], depth: usize) -> Result<Value, DecodeError> {
     let rest = body.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::NoEnvelope)?;
-    let unknown = DynamicMessage::decode(runtime_message("Unknown"), rest).map_err(|e| DecodeError::Envelope(e.to_string()))?;
-    let type_meta = field_message(&unknown, "typeMeta");
-    let api_version = type_meta.as_ref().map(|t| string_field(t, "apiVersion")).unwrap_or_default();
-    let kind = type_meta.as_ref().map(|t| string_field(t, "kind")).unwrap_or_default();
-    let raw = match unknown.get_field_by_name("raw").as_deref() {
-        Some(PValue::Bytes(b)) => b.clone(),
-        _ => Default::default(),
-    };
-    let desc = message_for(&api_version, &kind).ok_or_else(|| DecodeError::UnknownKind { api_version: api_version.clone(), kind: kind.clone() })?;
+    let Envelope { api_version, kind, raw } = read_envelope(rest).map_err(DecodeError::Envelope)?;
+    let id = message_for(&api_version, &kind).ok_or_else(|| DecodeError::UnknownKind { api_version: api_version.clone(), kind: kind.clone() })?;
     let object_error = |why: String| DecodeError::Object { kind: kind.clone(), why };
-    let message = DynamicMessage::decode(desc, raw).map_err(|e| object_error(e.to_string()))?;
-    let Value::Object(fields) = to_json::message(&message).map_err(object_error)? else {
+    let Value::Object(fields) = decode::message(id, raw, depth).map_err(object_error)? else {
         return Err(object_error("not an object".into()));
     };
     let mut object = Map::with_capacity(fields.len() + 2);
@@ -96,50 +139,46 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
 /// Writes a JSON object (with `apiVersion` and `kind`) as an enveloped protobuf body, or
 /// says why it has no protobuf form (an unknown kind, a field the schema lacks).
 pub fn encode(object: &Value) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(1024);
+    encode_into(object, &mut out)?;
+    Ok(out)
+}
+
+fn encode_into(object: &Value, out: &mut Vec<u8>) -> Result<(), String> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let desc = message_for(api_version, kind).ok_or_else(|| format!("no protobuf message for {api_version}/{kind}"))?;
-    let raw = from_json::message(&desc, object)?.encode_to_vec();
-    let mut type_meta = DynamicMessage::new(runtime_message("TypeMeta"));
-    type_meta.set_field_by_name("apiVersion", PValue::String(api_version.into()));
-    type_meta.set_field_by_name("kind", PValue::String(kind.into()));
-    let mut unknown = DynamicMessage::new(runtime_message("Unknown"));
-    unknown.set_field_by_name("typeMeta", PValue::Message(type_meta));
-    unknown.set_field_by_name("raw", PValue::Bytes(raw.into()));
-    let mut out = Vec::with_capacity(MAGIC.len() + unknown.encoded_len());
+    let id = message_for(api_version, kind).ok_or_else(|| format!("no protobuf message for {api_version}/{kind}"))?;
     out.extend_from_slice(MAGIC);
-    unknown.encode(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
+    let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
+    write_bytes(1, api_version.as_bytes(), &mut type_meta);
+    write_bytes(2, kind.as_bytes(), &mut type_meta);
+    write_bytes(1, &type_meta, out);
+    let mut raw = Vec::with_capacity(1024);
+    encode::message(id, object, &mut raw)?;
+    write_bytes(2, &raw, out);
+    Ok(())
+}
+
+fn write_bytes(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
 }
 
 /// One frame of a protobuf watch stream: a big-endian length, then a `WatchEvent` whose
-/// object is the enveloped object.
+/// type is field 1 and whose object (field 2, a `RawExtension`) holds the enveloped object.
 pub fn encode_watch_event(event_type: &str, object: &Value) -> Result<Vec<u8>, String> {
-    let mut raw = DynamicMessage::new(runtime_message("RawExtension"));
-    raw.set_field_by_name("raw", PValue::Bytes(encode(object)?.into()));
-    let mut event = DynamicMessage::new(meta_message("WatchEvent"));
-    event.set_field_by_name("type", PValue::String(event_type.into()));
-    event.set_field_by_name("object", PValue::Message(raw));
-    let len = u32::try_from(event.encoded_len()).map_err(|_| "watch event too large".to_string())?;
-    let mut out = Vec::with_capacity(4 + len as usize);
-    out.extend_from_slice(&len.to_be_bytes());
-    event.encode(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-fn runtime_message(name: &str) -> MessageDescriptor {
-    POOL.get_message_by_name(&format!("apimachinery.pkg.runtime.{name}")).expect("runtime message in the bundled descriptors")
-}
-
-fn field_message(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
-    match message.get_field_by_name(name).as_deref() {
-        Some(PValue::Message(m)) => Some(m.clone()),
-        _ => None,
-    }
-}
-
-fn string_field(message: &DynamicMessage, name: &str) -> String {
-    message.get_field_by_name(name).and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    let object = encode(object)?;
+    let mut raw_extension = Vec::with_capacity(object.len() + 8);
+    write_bytes(1, &object, &mut raw_extension);
+    let mut event = Vec::with_capacity(raw_extension.len() + event_type.len() + 16);
+    write_bytes(1, event_type.as_bytes(), &mut event);
+    write_bytes(2, &raw_extension, &mut event);
+    let len = u32::try_from(event.len()).map_err(|_| "watch event too large".to_string())?;
+    let mut frame = Vec::with_capacity(4 + event.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&event);
+    Ok(frame)
 }
 
 #[cfg(test)]

@@ -84,10 +84,11 @@ fn watch_frames_are_length_prefixed_events() {
     let frame = encode_watch_event("ADDED", &pod).unwrap();
     let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
     assert_eq!(len, frame.len() - 4);
-    let event = prost_reflect::DynamicMessage::decode(super::meta_message("WatchEvent"), &frame[4..]).unwrap();
-    assert_eq!(event.get_field_by_name("type").unwrap().as_str(), Some("ADDED"));
-    let raw = event.get_field_by_name("object").unwrap().as_message().unwrap().get_field_by_name("raw").unwrap().as_bytes().unwrap().clone();
-    assert_eq!(decode(&raw).unwrap(), pod);
+    let mut event = &frame[4..];
+    assert_eq!(super::length_delimited(&mut event).unwrap(), (1, Some(b"ADDED".as_slice())));
+    let (2, Some(mut raw_extension)) = super::length_delimited(&mut event).unwrap() else { panic!("no object") };
+    let (1, Some(raw)) = super::length_delimited(&mut raw_extension).unwrap() else { panic!("no raw") };
+    assert_eq!(decode(raw).unwrap(), pod);
 }
 
 #[test]
@@ -100,6 +101,33 @@ fn bad_bodies_are_clear_errors() {
     assert!(matches!(decode(&renamed), Err(DecodeError::UnknownKind { .. })));
     assert!(encode(&json!({"apiVersion": "v1", "kind": "Pod", "spec": {"noSuchField": 1}})).is_err());
     assert!(encode(&json!({"apiVersion": "example.com/v1", "kind": "Widget"})).is_err());
+}
+
+#[test]
+fn deep_nesting_is_refused_not_a_stack_overflow() {
+    // ControllerRevision.data (a RawExtension) holding a ControllerRevision, and so on.
+    let mut object = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"}, "revision": 1});
+    let mut body = encode(&object).unwrap();
+    for _ in 0..200 {
+        object = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"}, "revision": 1});
+        let mut wrapped = Vec::new();
+        // Field 2 (data) of ControllerRevision: a RawExtension whose raw (1) is the body.
+        let mut raw_extension = Vec::new();
+        super::write_bytes(1, &body, &mut raw_extension);
+        let inner = encode(&object).unwrap();
+        let super::Envelope { raw, .. } = super::read_envelope(&inner[4..]).unwrap();
+        let mut message = raw.to_vec();
+        super::write_bytes(2, &raw_extension, &mut message);
+        let mut type_meta = Vec::new();
+        super::write_bytes(1, b"apps/v1", &mut type_meta);
+        super::write_bytes(2, b"ControllerRevision", &mut type_meta);
+        wrapped.extend_from_slice(MAGIC);
+        super::write_bytes(1, &type_meta, &mut wrapped);
+        super::write_bytes(2, &message, &mut wrapped);
+        body = wrapped;
+    }
+    let err = decode(&body).unwrap_err().to_string();
+    assert!(err.contains("nest deeper"), "{err}");
 }
 
 proptest! {
