@@ -37,6 +37,25 @@ def test_version_and_discovery(cluster):
     assert "po " in cluster.kubectl("api-resources", "--api-group=").stdout
 
 
+def test_aggregated_discovery(cluster, tmp_path):
+    # kubectl asks /api and /apis for apidiscovery.k8s.io/v2 first; answered, it needs no
+    # request per group version.
+    p = cluster.kubectl("--cache-dir", str(tmp_path), "api-resources", "-v=6")
+    fetched = [line.split("GET ")[1].split("?")[0] for line in p.stderr.splitlines() if "GET https" in line]
+    assert [f.split(str(cluster.port))[1] for f in fetched] == ["/api", "/apis"], fetched
+    assert "horizontalpodautoscalers" in p.stdout and "deployments" in p.stdout
+    accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    status, doc = cluster.raw("GET", "/apis", headers={"Accept": accept})
+    assert status == 200 and doc["kind"] == "APIGroupDiscoveryList" and doc["apiVersion"] == "apidiscovery.k8s.io/v2"
+    apps = next(g for g in doc["items"] if g["metadata"]["name"] == "apps")
+    deployments = next(r for r in apps["versions"][0]["resources"] if r["resource"] == "deployments")
+    assert deployments["responseKind"] == {"group": "apps", "version": "v1", "kind": "Deployment"}
+    assert {"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+            "verbs": ["get", "patch", "update"]} in deployments["subresources"]
+    status, plain = cluster.raw("GET", "/apis", headers={"Accept": "application/json"})
+    assert plain["kind"] == "APIGroupList"
+
+
 def test_bootstrap_objects_and_tables(cluster):
     out = cluster.kubectl("get", "namespaces").stdout
     header = out.splitlines()[0].split()

@@ -79,3 +79,102 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         "resources": served.into_iter().flat_map(entries).collect::<Vec<_>>(),
     }))
 }
+
+/// The media type of aggregated discovery in the given version (`v2` or `v2beta1`).
+pub fn aggregated_media_type(version: &str) -> String {
+    format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList")
+}
+
+/// Which aggregated discovery version the client's Accept header asks for first, if any
+/// (kubectl 1.30+ lists v2, then v2beta1, then the plain documents).
+pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
+    for media in accept.split(',') {
+        let media = media.replace(' ', "");
+        if media.contains("as=APIGroupDiscoveryList") && media.contains("g=apidiscovery.k8s.io") && media.starts_with("application/json") {
+            if media.contains("v=v2beta1") {
+                return Some("v2beta1");
+            }
+            if media.contains("v=v2") {
+                return Some("v2");
+            }
+        }
+        if media.starts_with("application/json") && !media.contains(";as=") || media.starts_with("*/*") {
+            return None;
+        }
+    }
+    None
+}
+
+fn aggregated_resource(r: &ResourceType) -> Value {
+    let scope = if r.namespaced { "Namespaced" } else { "Cluster" };
+    let subresources: Vec<Value> = r.subresources.iter().map(|sub| {
+        let (group, version, kind, verbs) = match *sub {
+            "scale" => ("autoscaling", "v1", "Scale", vec!["get", "patch", "update"]),
+            "binding" => ("", "v1", "Binding", vec!["create"]),
+            "log" => ("", "v1", "Pod", vec!["get"]),
+            _ => (r.group, r.version, r.kind, vec!["get", "patch", "update"]),
+        };
+        json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
+    }).collect();
+    let mut out = json!({"resource": r.plural, "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": scope, "singularResource": r.singular, "verbs": VERBS});
+    if !r.short_names.is_empty() {
+        out["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        out["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        out["subresources"] = Value::Array(subresources);
+    }
+    out
+}
+
+/// The aggregated discovery document (`APIGroupDiscoveryList`) of the core group (`/api`)
+/// or of every named group (`/apis`): all resources of all versions in one answer, the
+/// preferred version first.
+pub fn aggregated(core: bool, version: &str) -> Value {
+    let mut groups: Vec<&str> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group.is_empty() == core) {
+        if !groups.contains(&r.group) {
+            groups.push(r.group);
+        }
+    }
+    let items: Vec<Value> = groups.into_iter().map(|g| {
+        let versions: Vec<Value> = resources::group_versions().into_iter().filter(|(group, _)| *group == g).map(|(_, v)| {
+            let resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == g && r.version == v).map(aggregated_resource).collect();
+            json!({"version": v, "resources": resources, "freshness": "Current"})
+        }).collect();
+        json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+    }).collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let kubectl = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(wants_aggregated(kubectl), Some("v2"));
+        assert_eq!(wants_aggregated("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"), Some("v2beta1"));
+        assert_eq!(wants_aggregated("application/json, */*"), None);
+        assert_eq!(wants_aggregated(""), None);
+    }
+
+    #[test]
+    fn aggregated_lists_every_served_resource_once() {
+        let apis = aggregated(false, "v2");
+        let autoscaling = apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "autoscaling").unwrap();
+        let versions: Vec<&str> = autoscaling["versions"].as_array().unwrap().iter().map(|v| v["version"].as_str().unwrap()).collect();
+        assert_eq!(versions, ["v2", "v1"], "preferred version first");
+        let core = aggregated(true, "v2");
+        let pods = core["items"][0]["versions"][0]["resources"].as_array().unwrap().iter().find(|r| r["resource"] == "pods").unwrap();
+        assert_eq!(pods["scope"], "Namespaced");
+        assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "log"));
+        let count: usize = [&core, &apis].iter().flat_map(|d| d["items"].as_array().unwrap()).flat_map(|g| g["versions"].as_array().unwrap())
+            .map(|v| v["resources"].as_array().unwrap().len()).sum();
+        assert_eq!(count, RESOURCES.len());
+    }
+}

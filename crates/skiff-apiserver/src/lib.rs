@@ -158,6 +158,20 @@ async fn healthy() -> &'static str {
     "ok"
 }
 
+/// `/api` or `/apis`: aggregated discovery when the client asks for it (kubectl does,
+/// first), else the plain APIVersions or APIGroupList.
+fn discovery_root(headers: &HeaderMap, core: bool) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match discovery::wants_aggregated(accept) {
+        Some(version) => {
+            let body = serde_json::to_vec(&discovery::aggregated(core, version)).unwrap_or_default();
+            ([(header::CONTENT_TYPE, discovery::aggregated_media_type(version))], body).into_response()
+        }
+        None if core => json_body(&discovery::core_versions()),
+        None => json_body(&discovery::group_list()),
+    }
+}
+
 async fn api_group(Path(group): Path<String>) -> Response {
     match discovery::api_group(&group) {
         Some(g) => json_body(&g),
@@ -225,8 +239,8 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/healthz", get(healthy))
         .route("/livez", get(healthy))
         .route("/readyz", get(healthy))
-        .route("/api", get(|| async { json_body(&discovery::core_versions()) }))
-        .route("/apis", get(|| async { json_body(&discovery::group_list()) }))
+        .route("/api", get(|headers: HeaderMap| async move { discovery_root(&headers, true) }))
+        .route("/apis", get(|headers: HeaderMap| async move { discovery_root(&headers, false) }))
         .route("/api/v1", get(|| async { json_body(&discovery::resource_list("", "v1").expect("core")) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(group_version))

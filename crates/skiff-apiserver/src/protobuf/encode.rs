@@ -76,7 +76,7 @@ fn field(f: &Field, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
 
 /// Writes a length-delimited body produced by `body`, its length first. The length is
 /// given one byte up front and the body moved along in the rare case it needs more.
-fn delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<(), String> {
+pub(super) fn delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<(), String> {
     let at = out.len();
     out.push(0);
     body(out)?;

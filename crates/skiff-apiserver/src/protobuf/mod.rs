@@ -153,10 +153,8 @@ fn encode_into(object: &Value, out: &mut Vec<u8>) -> Result<(), String> {
     write_bytes(1, api_version.as_bytes(), &mut type_meta);
     write_bytes(2, kind.as_bytes(), &mut type_meta);
     write_bytes(1, &type_meta, out);
-    let mut raw = Vec::with_capacity(1024);
-    encode::message(id, object, &mut raw)?;
-    write_bytes(2, &raw, out);
-    Ok(())
+    encode_key(2, WireType::LengthDelimited, out);
+    encode::delimited(out, |out| encode::message(id, object, out))
 }
 
 fn write_bytes(number: u32, bytes: &[u8], out: &mut Vec<u8>) {

@@ -62,17 +62,20 @@ pub(super) struct Message {
     pub fields: Vec<Field>,
     /// Indices of the inline fields.
     pub inline: Vec<usize>,
-    by_name: HashMap<String, usize>,
-    by_number: HashMap<u32, usize>,
+    /// Field indices sorted by name, and indexed by number: the codec's lookups, once per
+    /// field of every object, are a binary search and an array index rather than hashing.
+    by_name: Vec<usize>,
+    by_number: Vec<Option<usize>>,
 }
 
 impl Message {
     pub fn field_named(&self, name: &str) -> Option<&Field> {
-        self.by_name.get(name).map(|&i| &self.fields[i])
+        let at = self.by_name.binary_search_by(|&i| self.fields[i].name.as_str().cmp(name)).ok()?;
+        Some(&self.fields[self.by_name[at]])
     }
 
     pub fn field_numbered(&self, number: u32) -> Option<&Field> {
-        self.by_number.get(&number).map(|&i| &self.fields[i])
+        self.by_number.get(number as usize).copied().flatten().map(|i| &self.fields[i])
     }
 }
 
@@ -181,12 +184,18 @@ fn build(pool: &DescriptorPool) -> Schema {
         .iter()
         .map(|d| {
             let fields: Vec<Field> = d.fields().map(field).collect();
+            let mut by_name: Vec<usize> = (0..fields.len()).collect();
+            by_name.sort_by(|&a, &b| fields[a].name.cmp(&fields[b].name));
+            let mut by_number = vec![None; fields.iter().map(|f| f.number as usize + 1).max().unwrap_or(0)];
+            for (i, f) in fields.iter().enumerate() {
+                by_number[f.number as usize] = Some(i);
+            }
             Message {
                 name: d.full_name().to_string(),
                 special: special(d),
                 inline: fields.iter().enumerate().filter(|(_, f)| f.inline).map(|(i, _)| i).collect(),
-                by_name: fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect(),
-                by_number: fields.iter().enumerate().map(|(i, f)| (f.number, i)).collect(),
+                by_name,
+                by_number,
                 fields,
             }
         })
