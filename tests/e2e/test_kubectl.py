@@ -156,3 +156,11 @@ def test_readme_example_applies(cluster, namespace):
     watch = cluster.kubectl("get", "cm", "-n", namespace, "--watch", "--request-timeout=2s", check=False)
     assert "hello-config" in watch.stdout
     cluster.kubectl("delete", "-n", namespace, "-f", example)
+
+
+def test_explain_reads_openapi_v3(cluster):
+    out = cluster.kubectl("explain", "deployment.spec.strategy").stdout
+    assert "KIND:       Deployment" in out and "rollingUpdate" in out
+    out = cluster.kubectl("explain", "pods.spec.containers.ports").stdout
+    assert "containerPort" in out and "<[]ContainerPort>" in out
+    assert "clusterIP" in cluster.kubectl("explain", "svc.spec", "--recursive").stdout

@@ -10,7 +10,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 use skiff_core::resources::{self, RESOURCES, ResourceType};
 
-use crate::typed;
+use crate::{patch, typed};
 
 struct Documents {
     v2: Vec<u8>,
@@ -124,10 +124,42 @@ fn path_param(name: &str, v3: bool) -> Value {
     }
 }
 
-/// Adds `x-kubernetes-group-version-kind` to each kind's top-level schema. Only the v2
-/// document gets these: kubectl computes `apply` patches from a v3 schema that names the
-/// kind, and these schemas carry no patch merge keys, so with the tags it would replace
-/// whole lists; without them it uses its built-in types, which know the keys.
+/// Adds the list merge rules the server applies ([`patch::list_strategy`]) to every list
+/// property: `x-kubernetes-patch-strategy`/`-patch-merge-key` (what kubectl's client-side
+/// apply computes patches with) and `x-kubernetes-list-type`/`-list-map-keys`.
+fn annotate_lists(defs: &mut Map<String, Value>, ref_prefix: &str) {
+    let item_properties = |defs: &Map<String, Value>, items: &Value| -> Vec<String> {
+        let name = items.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(ref_prefix));
+        let schema = name.and_then(|n| defs.get(n)).unwrap_or(items);
+        schema.get("properties").and_then(Value::as_object).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    };
+    let names: Vec<String> = defs.keys().cloned().collect();
+    for name in names {
+        let Some(properties) = defs.get(&name).and_then(|d| d.get("properties")).and_then(Value::as_object) else { continue };
+        let mut rules = Vec::new();
+        for (field, prop) in properties {
+            let Some(items) = prop.get("items").filter(|_| prop.get("type").and_then(Value::as_str) == Some("array")) else { continue };
+            let have = item_properties(defs, items);
+            let rule = match patch::list_strategy(field, |f| have.iter().any(|h| h == f)) {
+                patch::ListStrategy::ByKey(key) => json!({"x-kubernetes-patch-strategy": "merge", "x-kubernetes-patch-merge-key": key,
+                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}),
+                patch::ListStrategy::Primitives => json!({"x-kubernetes-patch-strategy": "merge", "x-kubernetes-list-type": "set"}),
+                patch::ListStrategy::Replace => continue,
+            };
+            rules.push((field.clone(), rule));
+        }
+        if let Some(Value::Object(properties)) = defs.get_mut(&name).and_then(|d| d.get_mut("properties")) {
+            for (field, rule) in rules {
+                if let (Some(Value::Object(prop)), Value::Object(rule)) = (properties.get_mut(&field), rule) {
+                    prop.extend(rule);
+                }
+            }
+        }
+    }
+}
+
+/// Adds `x-kubernetes-group-version-kind` to each kind's top-level schema: what `kubectl
+/// explain` looks up, and what tells kubectl's apply to take its merge rules from here.
 fn tag_kinds(defs: &mut Map<String, Value>, names: &BTreeMap<(String, String), String>) {
     for ((api_version, kind), name) in names {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
@@ -139,7 +171,9 @@ fn tag_kinds(defs: &mut Map<String, Value>, names: &BTreeMap<(String, String), S
 
 fn build() -> Documents {
     let version_info = json!({"title": "Kubernetes", "version": crate::KUBERNETES_VERSION});
-    let (defs3, names) = schemas(SchemaSettings::openapi3());
+    let (mut defs3, names) = schemas(SchemaSettings::openapi3());
+    annotate_lists(&mut defs3, "#/components/schemas/");
+    tag_kinds(&mut defs3, &names);
     let mut v3 = BTreeMap::new();
     let mut index = Map::new();
     for (group, version) in resources::group_versions() {
@@ -160,6 +194,7 @@ fn build() -> Documents {
     let mut settings2 = SchemaSettings::draft07();
     settings2.definitions_path = "#/definitions/".into();
     let (mut defs2, names2) = schemas(settings2);
+    annotate_lists(&mut defs2, "#/definitions/");
     tag_kinds(&mut defs2, &names2);
     let mut paths2 = Map::new();
     for r in RESOURCES {
@@ -215,6 +250,16 @@ mod tests {
         let r = patch["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].as_str().unwrap();
         let name = r.rsplit('/').next().unwrap();
         assert!(doc["components"]["schemas"][name]["properties"]["spec"].is_object());
+        assert_eq!(doc["components"]["schemas"][name]["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        let core: Value = serde_json::from_slice(v3("api/v1").unwrap()).unwrap();
+        let schemas = core["components"]["schemas"].as_object().unwrap();
+        let pod_spec = schemas.iter().find(|(k, _)| k.ends_with("PodSpec")).map(|(_, v)| v).unwrap();
+        assert_eq!(pod_spec["properties"]["containers"]["x-kubernetes-patch-merge-key"], "name");
+        let container = schemas.iter().find(|(k, _)| k.ends_with(".Container") || k.as_str() == "Container").map(|(_, v)| v).unwrap();
+        assert_eq!(container["properties"]["ports"]["x-kubernetes-patch-merge-key"], "containerPort");
+        let service_spec = schemas.iter().find(|(k, _)| k.ends_with("ServiceSpec")).map(|(_, v)| v).unwrap();
+        assert_eq!(service_spec["properties"]["ports"]["x-kubernetes-patch-merge-key"], "port");
+        assert!(container["properties"]["args"].get("x-kubernetes-patch-merge-key").is_none());
         let v2: Value = serde_json::from_slice(v2()).unwrap();
         assert!(v2["definitions"].as_object().unwrap().len() > 50);
     }

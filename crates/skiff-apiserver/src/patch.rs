@@ -47,7 +47,7 @@ pub fn apply(kind: PatchType, original: &Value, patch: &Value) -> Result<Value, 
 
 /// How a list field merges under strategic merge patch.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum ListStrategy {
+pub enum ListStrategy {
     /// Items are objects identified by this key.
     ByKey(&'static str),
     /// A set of scalars, merged by union.
@@ -57,9 +57,10 @@ enum ListStrategy {
 }
 
 /// The merge strategy Kubernetes' types declare for a list field (`patchStrategy:"merge"`
-/// with `patchMergeKey`), keyed by the field name. `ports` is keyed by `containerPort` in
-/// containers and by `port` in Services, told apart by the items themselves.
-fn list_strategy(field: &str, items: &[&Value]) -> ListStrategy {
+/// with `patchMergeKey`), keyed by the field name; the OpenAPI documents publish the same
+/// table. `ports` is keyed by `containerPort` in containers and by `port` in Services, told
+/// apart by whether the items have that field (`items_have`).
+pub fn list_strategy(field: &str, items_have: impl Fn(&str) -> bool) -> ListStrategy {
     use ListStrategy::*;
     match field {
         "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
@@ -73,8 +74,8 @@ fn list_strategy(field: &str, items: &[&Value]) -> ListStrategy {
         "readinessGates" => ByKey("conditionType"),
         "resizePolicy" => ByKey("resourceName"),
         "finalizers" => Primitives,
-        "ports" if items.iter().any(|i| i.get("containerPort").is_some()) => ByKey("containerPort"),
-        "ports" if items.iter().any(|i| i.get("port").is_some()) => ByKey("port"),
+        "ports" if items_have("containerPort") => ByKey("containerPort"),
+        "ports" if items_have("port") => ByKey("port"),
         _ => Replace,
     }
 }
@@ -169,8 +170,7 @@ fn strategic_list(field: &str, current: Option<Value>, patch: &[Value]) -> Resul
             patch.iter().filter(|i| i.get("$patch").is_none()).map(strip_directives).collect(),
         ));
     }
-    let sample: Vec<&Value> = patch.iter().chain(current.iter()).collect();
-    match list_strategy(field, &sample) {
+    match list_strategy(field, |f| patch.iter().chain(current.iter()).any(|i| i.get(f).is_some())) {
         ListStrategy::Replace => Ok(strip_directives(&Value::Array(patch.to_vec()))),
         ListStrategy::Primitives => {
             for item in patch {
@@ -201,7 +201,7 @@ fn strategic_list(field: &str, current: Option<Value>, patch: &[Value]) -> Resul
 
 /// Orders `list` as `order` says: listed items first in that order, the rest after.
 fn set_element_order(field: &str, list: &mut [Value], order: &[Value]) {
-    let strategy = list_strategy(field, &list.iter().collect::<Vec<_>>());
+    let strategy = list_strategy(field, |f| list.iter().any(|i| i.get(f).is_some()));
     let rank = |item: &Value| -> usize {
         let found = match strategy {
             ListStrategy::ByKey(key) => order.iter().position(|o| o.get(key).is_some() && o.get(key) == item.get(key)),
