@@ -39,6 +39,34 @@ fn body(encoding: &str, i: usize) -> anyhow::Result<Bytes> {
     }))
 }
 
+/// The codecs alone, on a list of `size` pods as the server holds it (a JSON tree):
+/// (what, serde_json's time, protobuf's time), each the best of `rounds`.
+fn codec_alone(size: usize, rounds: usize) -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+        "items": (0..size).map(|i| {
+            let mut p = pod(i);
+            p["metadata"]["creationTimestamp"] = json!("2026-01-02T03:04:05Z");
+            p["metadata"]["uid"] = json!(format!("3f1c2a9e-0d4b-4c1e-9f8a-{i:012}"));
+            p
+        }).collect::<Vec<_>>()});
+    let best = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Duration> {
+        let mut best = Duration::MAX;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            f()?;
+            best = best.min(t.elapsed());
+        }
+        Ok(best)
+    };
+    let json_bytes = serde_json::to_vec(&list)?;
+    let proto_bytes = skiff_apiserver::protobuf::encode(&list).map_err(|e| anyhow::anyhow!(e))?;
+    let json_encode = best(&mut || { std::hint::black_box(serde_json::to_vec(&list)?); Ok(()) })?;
+    let proto_encode = best(&mut || { std::hint::black_box(skiff_apiserver::protobuf::encode(&list).map_err(|e| anyhow::anyhow!(e))?); Ok(()) })?;
+    let json_decode = best(&mut || { std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&json_bytes)?); Ok(()) })?;
+    let proto_decode = best(&mut || { std::hint::black_box(skiff_apiserver::protobuf::decode(&proto_bytes)?); Ok(()) })?;
+    Ok(vec![("encode", json_encode, proto_encode), ("decode", json_decode, proto_decode)])
+}
+
 pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) -> anyhow::Result<Vec<report::Row>> {
     let (creates, list_size, lists) = if quick { (200, 100, 5) } else { (creates, list_size, lists) };
     let dir = tempfile::tempdir()?;
@@ -116,6 +144,7 @@ pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) ->
         list_rows.push((label, report::percentile(&latencies, 0.5), size));
     }
     serving.abort();
+    let codec = codec_alone(list_size, if quick { 3 } else { 30 })?;
 
     println!("encoding bench: JSON against protobuf through the API server ({})", report::machine());
     println!("| operation | encoding | count | per second | p50 ms | p99 ms | bytes |");
@@ -126,6 +155,9 @@ pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) ->
     }
     for (label, p50, size) in &list_rows {
         println!("| list {list_size} pods | {label} | {lists} | | {:.2} | | {size} |", p50.as_secs_f64() * 1e3);
+    }
+    for (what, json_time, proto_time) in &codec {
+        println!("| {what} {list_size} pods, codec alone | JSON (serde_json) / protobuf | | | {:.2} / {:.2} | | |", json_time.as_secs_f64() * 1e3, proto_time.as_secs_f64() * 1e3);
     }
     let [json_creates, proto_creates] = creates_rows.as_slice() else { unreachable!("two encodings") };
     let [(_, json_list, json_size), (_, proto_list, proto_size)] = list_rows.as_slice() else { unreachable!("two encodings") };
