@@ -74,20 +74,28 @@ fn field(f: &Field, value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
     single(f.number, f.kind, value, out)
 }
 
-/// Writes a length-delimited body produced by `body`, its length first. The length is
-/// given one byte up front and the body moved along in the rare case it needs more.
+/// Writes a length-delimited body produced by `body`, its length first. Two bytes are kept
+/// for the length up front (any body under 16 KiB); the body moves only when its length
+/// needs another width, which for a short body is a short move.
 pub(super) fn delimited(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<(), String> {
+    const RESERVED: usize = 2;
     let at = out.len();
-    out.push(0);
+    out.extend_from_slice(&[0; RESERVED]);
     body(out)?;
-    let len = out.len() - at - 1;
+    let len = out.len() - at - RESERVED;
     let width = encoded_len_varint(len as u64);
-    if width > 1 {
-        out.splice(at + 1..at + 1, std::iter::repeat_n(0, width - 1));
+    match width.cmp(&RESERVED) {
+        std::cmp::Ordering::Less => {
+            out.copy_within(at + RESERVED.., at + width);
+            out.truncate(at + width + len);
+        }
+        std::cmp::Ordering::Greater => {
+            out.splice(at + RESERVED..at + RESERVED, std::iter::repeat_n(0, width - RESERVED));
+        }
+        std::cmp::Ordering::Equal => {}
     }
-    let mut prefix = Vec::with_capacity(width);
+    let mut prefix = &mut out[at..at + width];
     encode_varint(len as u64, &mut prefix);
-    out[at..at + width].copy_from_slice(&prefix);
     Ok(())
 }
 

@@ -34,6 +34,18 @@ fn deployment_round_trips_field_for_field() {
 }
 
 #[test]
+fn lengths_of_every_width() {
+    for size in [0, 1, 126, 127, 128, 200, 16_383, 16_384, 70_000, 2_100_000] {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "x".repeat(size), "after": "y"}});
+        let mut expected = cm.clone();
+        if size == 0 {
+            expected["data"]["k"] = json!("");
+        }
+        assert_eq!(round_trip(&cm), expected, "a value of {size} bytes");
+    }
+}
+
+#[test]
 fn inline_structs_join_their_parent() {
     let ing = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
         "spec": {"rules": [{"host": "foo.com", "http": {"paths": [{"path": "/bar", "pathType": "Exact",
