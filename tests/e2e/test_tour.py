@@ -242,3 +242,54 @@ def _status(url):
         return e.code
     except OSError:
         return None
+
+
+def kubectl_result(tour, *args, input=None):
+    env = dict(tour.env, KUBECONFIG=os.path.join(tour.data, "kubeconfig"))
+    return subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_exec_runs_the_containers_command_in_its_sandbox(tour):
+    # A long-running command pod with an env var and a ConfigMap volume.
+    tour.kubectl("create", "configmap", "exec-cfg", "--from-literal=greeting=Hi")
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exec-target"},
+                           "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "main", "image": "registry.skiff.internal/wasi-hello:v1",
+                                    "args": ["sleep", "3600"], "env": [{"name": "NAME", "value": "exec"}],
+                                    "volumeMounts": [{"name": "cfg", "mountPath": "/config"}]}],
+                                    "volumes": [{"name": "cfg", "configMap": {"name": "exec-cfg"}}]}})
+    tour.kubectl("apply", "-f", "-", input=manifest)
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "exec-target", "-o", "json"))["status"].get("phase") == "Running", 60, "the exec target to run")
+    # kubectl exec (WebSocket v5.channel.k8s.io): argv, env and volumes of the container.
+    p = kubectl_result(tour, "exec", "exec-target", "--", "wasi-hello", "hello", "cat", "/config/greeting")
+    assert p.returncode == 0, p.stderr
+    assert "Hi, exec!" in p.stdout and "/config/greeting: Hi" in p.stdout
+    # stdin, and the exit code.
+    p = kubectl_result(tour, "exec", "-i", "exec-target", "--", "wasi-hello", "stdin", input="through stdin\n")
+    assert (p.returncode, p.stdout) == (0, "through stdin\n"), p.stderr
+    p = kubectl_result(tour, "exec", "exec-target", "--", "wasi-hello", "exit", "3")
+    assert p.returncode == 3 and "exit code 3" in p.stderr
+    p = kubectl_result(tour, "exec", "exec-target", "--", "wasi-hello", "bogus")
+    assert p.returncode == 2 and "unknown command" in p.stderr
+    # The Python client's stream() (v4.channel.k8s.io, text frames for stdin).
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+    api = client.CoreV1Api(config.new_client_from_config(config_file=os.path.join(tour.data, "kubeconfig")))
+    out = stream(api.connect_get_namespaced_pod_exec, "exec-target", "default", command=["wasi-hello", "hello"],
+                 stderr=True, stdin=False, stdout=True, tty=False)
+    assert "Hi, exec!" in out
+    session = stream(api.connect_get_namespaced_pod_exec, "exec-target", "default", command=["wasi-hello", "stdin"],
+                     stderr=True, stdin=True, stdout=True, tty=False, _preload_content=False)
+    session.write_stdin("from python\n")
+    assert session.read_stdout(timeout=10) == "from python\n"
+    session.close()
+    # Clear refusals, and nothing left behind.
+    p = kubectl_result(tour, "exec", "exec-target", "-c", "missing", "--", "wasi-hello")
+    assert p.returncode != 0 and "container missing is not valid for pod exec-target" in p.stderr
+    p = kubectl_result(tour, "exec", "no-such-pod", "--", "wasi-hello")
+    assert p.returncode != 0 and 'pods "no-such-pod" not found' in p.stderr
+    tour.kubectl("run", "exec-fn", "--image=registry.skiff.internal/http-hello:v1", "--port=8080")
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "exec-fn", "-o", "json"))["status"].get("phase") == "Running", 60, "the function pod to run")
+    p = kubectl_result(tour, "exec", "exec-fn", "--", "anything")
+    assert p.returncode != 0 and "wasi:http function, which has no command to exec" in p.stderr
+    assert json.loads(tour.kubectl("get", "pod", "exec-target", "-o", "json"))["status"]["containerStatuses"][0]["restartCount"] == 0
+    tour.kubectl("delete", "pod", "exec-target", "exec-fn", "--wait=false")

@@ -8,6 +8,7 @@
 //! serves their logs and usage.
 
 pub mod env;
+pub mod exec;
 pub mod hollow;
 pub mod images;
 pub mod logs;
@@ -81,6 +82,8 @@ pub struct Agent {
     running: Mutex<HashSet<(String, String, i32)>>,
     /// Pod addresses; set up once the node has its pod range, before any pod runs.
     network: std::sync::OnceLock<network::PodNetwork>,
+    /// Running containers, for exec.
+    pub exec: Arc<exec::ExecTargets>,
     /// Per pod uid: the latest object its worker sees, and the worker.
     pods: Mutex<HashMap<String, (watch::Sender<Arc<Pod>>, tokio::task::JoinHandle<()>)>>,
 }
@@ -235,6 +238,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         machine,
         usage: Mutex::default(),
         running: Mutex::default(),
+        exec: Arc::default(),
         pods: Mutex::default(),
         network: Default::default(),
     });

@@ -31,6 +31,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
     let tls = tls_config(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes())?;
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .route("/stats/summary", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), authenticate))
@@ -43,7 +44,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
             let (acceptor, service) = (acceptor.clone(), hyper_util::service::TowerToHyperService::new(router.clone()));
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -71,6 +72,11 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::R
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     next.run(request).await
+}
+
+/// `kubectl exec`: a WebSocket session running the container's command ([`crate::exec`]).
+async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
+    crate::exec::handle(&agent.exec, agent.runtime.clone(), target, uri.query().unwrap_or_default(), upgrade.ok())
 }
 
 /// A Kubernetes `Status`, which the API server passes on to the client.

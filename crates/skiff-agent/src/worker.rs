@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::Agent;
 use crate::env::{ConfigError, PodFacts};
 use crate::images::PullPolicy;
-use crate::runtime::wasm::{Exit, GuestSpec, Program, Usage};
+use crate::runtime::wasm::{Exit, GuestSpec, Program, Stdio, Usage};
 use crate::status::{ContainerState, PodState, State, Terminated, crash_backoff};
 use crate::volumes::{self, VolumeDir};
 
@@ -382,13 +382,23 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 continue;
             }
         };
-        let log = guest.log.clone();
+        let Stdio::Log(log) = &guest.stdio else { unreachable!("a container's guest writes to its log") };
+        let log = log.clone();
+        let http = matches!(&program, Program::Component(c) if crate::runtime::http::is_proxy(&node.runtime, c));
+        let exec_target = crate::exec::ExecTarget {
+            command: (!http).then(|| program.clone()),
+            env: guest.env.clone(),
+            mounts: guest.mounts.clone(),
+            memory_limit: guest.memory_limit,
+            cpu_limit_milli: guest.cpu_limit_milli,
+        };
+        let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, exec_target);
         let started = Instant::now();
         let started_at = skiff_client::now();
         let run_number = run_number(shared, at);
         let result = match &program {
             // An HTTP function: served on the pod's IP until the pod stops.
-            Program::Component(component) if crate::runtime::http::is_proxy(&node.runtime, component) => {
+            Program::Component(component) if http => {
                 let ip = node.pod_ip(&pod);
                 let listening = match crate::serving::prepare(&node.runtime, component, &pod, container, guest, node.config.cluster_dns.as_ref()) {
                     Ok((function, ports)) => crate::serving::bind(&ip, &ports).await.map(|l| (function, l)),
@@ -624,7 +634,7 @@ fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDi
     let path = node.logs.file(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name, run as u32);
     let log = crate::logs::LogSink::create(&path).map_err(|e| ConfigError(format!("creating the log file {}: {e}", path.display())))?;
     node.logs.prune(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name);
-    Ok(GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, log, usage })
+    Ok(GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, stdio: Stdio::Log(log), usage })
 }
 
 /// Aborts a task when dropped: a stopped pod's guests stop with it.

@@ -12,6 +12,7 @@ pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod pod_exec;
 pub mod pod_logs;
 pub mod protobuf;
 pub mod request;

@@ -1,7 +1,7 @@
 //! `GET …/pods/{name}/log`: checks the request against the pod, then forwards it to the
 //! agent of the pod's node (its HTTPS endpoint, found in the Node's address and
 //! `daemonEndpoints`) and streams the agent's answer back, as kube-apiserver does with
-//! kubelets. Like kube-apiserver by default, it does not verify the agent's certificate;
+//! kubelets. The node-reaching parts serve `pods/exec` ([`crate::pod_exec`]) too. Like kube-apiserver by default, it does not verify the agent's certificate;
 //! it authenticates itself with the cluster token.
 
 use std::sync::OnceLock;
@@ -38,37 +38,10 @@ pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, p
     }
     let name = target.name.as_deref().unwrap_or_default();
     let pod = server.store.get(&target.key()).await.map_err(|e| ApiError::from_store(e, "pods", name))?;
-    let names = |field: &str| -> Vec<String> {
-        pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).into_iter().flatten()
-            .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect()
-    };
-    let (containers, init) = (names("containers"), names("initContainers"));
-    let container = match params.get("container").filter(|c| !c.is_empty()) {
-        Some(c) if containers.contains(c) || init.contains(c) => c.clone(),
-        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
-        None if containers.len() == 1 => containers[0].clone(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}] or one of the init containers: [{}]",
-                containers.join(" "),
-                init.join(" ")
-            )));
-        }
-    };
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
-    let nodes = skiff_core::resources::find("", "v1", "nodes").expect("nodes are served");
-    let node = server.store.get(&nodes.key(None, node_name)).await.map_err(|e| ApiError::from_store(e, "nodes", node_name))?;
-    let address = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
-        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
-        .and_then(|a| a.get("address").and_then(Value::as_str));
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
-    let (Some(address), Some(port)) = (address, port) else {
-        return Err(ApiError::bad_request(format!("node {node_name} does not serve logs (no InternalIP address or agent port in its status)")));
-    };
-    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
+    let container = container_of(&pod, name, params.get("container").map(String::as_str), true)?;
+    let base = agent_url(server, &pod, name).await?;
     let ns = target.namespace.as_deref().unwrap_or_default();
-    let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+    let mut url = format!("{base}/containerLogs/{ns}/{name}/{container}");
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(q);
@@ -78,4 +51,42 @@ pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, p
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();
     Ok((status, [(header::CONTENT_TYPE, content_type)], Body::from_stream(response.bytes_stream())).into_response())
+}
+
+/// The container a request names, or the pod's only container; init containers count
+/// only where `with_init` (logs may read them, exec may not).
+pub fn container_of(pod: &Value, name: &str, requested: Option<&str>, with_init: bool) -> ApiResult<String> {
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).into_iter().flatten()
+            .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect()
+    };
+    let (containers, init) = (names("containers"), names("initContainers"));
+    match requested.filter(|c| !c.is_empty()) {
+        Some(c) if containers.iter().any(|n| n == c) || (with_init && init.iter().any(|n| n == c)) => Ok(c.to_string()),
+        Some(c) => Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None if containers.len() == 1 => Ok(containers[0].clone()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}] or one of the init containers: [{}]",
+            containers.join(" "),
+            init.join(" ")
+        ))),
+    }
+}
+
+/// `https://ADDRESS:PORT` of the agent on the pod's node (its InternalIP and
+/// `daemonEndpoints` port).
+pub async fn agent_url(server: &ApiServer, pod: &Value, name: &str) -> ApiResult<String> {
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
+    let nodes = skiff_core::resources::find("", "v1", "nodes").expect("nodes are served");
+    let node = server.store.get(&nodes.key(None, node_name)).await.map_err(|e| ApiError::from_store(e, "nodes", node_name))?;
+    let address = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
+        .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        .and_then(|a| a.get("address").and_then(Value::as_str));
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
+    let (Some(address), Some(port)) = (address, port) else {
+        return Err(ApiError::bad_request(format!("node {node_name} cannot be reached (no InternalIP address or agent port in its status)")));
+    };
+    let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
+    Ok(format!("https://{host}:{port}"))
 }

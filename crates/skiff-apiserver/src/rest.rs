@@ -138,13 +138,18 @@ fn list_options(params: &Params) -> ApiResult<ListOptions> {
 }
 
 /// The handler behind every resource path.
-pub async fn handle(
-    State(server): State<Arc<ApiServer>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract::Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    // Streams (exec) take over the connection: only the path and query say what they are.
+    if let Ok(target) = request::parse(uri.path())
+        && target.resource.kind == "Pod"
+        && target.subresource.as_deref() == Some("exec")
+        && matches!(method, Method::GET | Method::POST)
+    {
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        return crate::pod_exec::pod_exec(&server, &target, uri.query().unwrap_or_default(), &headers, upgrade).await.unwrap_or_else(|e| e.into_response());
+    }
     match dispatch(server, method, uri, headers, body).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

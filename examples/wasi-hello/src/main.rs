@@ -5,6 +5,7 @@
 //! - `hello` (the default): prints a greeting from `$GREETING` (or `/config/greeting`)
 //!   and `$NAME`, and the value of every variable listed in `$SHOW`
 //! - `cat PATH`: prints a file, or why it cannot be read
+//! - `stdin`: copies standard input to standard output (for `kubectl exec -i`)
 //! - `ls PATH`: lists a directory
 //! - `write PATH TEXT`: writes a file
 //! - `sleep SECONDS`: sleeps
@@ -24,6 +25,11 @@ fn main() {
         match word {
             "hello" => hello(),
             "cat" => cat(words.next().unwrap_or("/")),
+            "stdin" => {
+                if let Err(e) = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::stdout().lock()) {
+                    eprintln!("cannot copy stdin: {e}");
+                }
+            }
             "ls" => ls(words.next().unwrap_or("/")),
             "write" => {
                 let (path, text) = (words.next().unwrap_or(""), words.next().unwrap_or(""));

@@ -66,8 +66,22 @@ pub struct GuestSpec {
     pub memory_limit: Option<u64>,
     /// `resources.limits.cpu` in millicores.
     pub cpu_limit_milli: Option<u64>,
-    pub log: LogSink,
+    pub stdio: Stdio,
     pub usage: Arc<Usage>,
+}
+
+/// Where a guest's standard streams go.
+pub enum Stdio {
+    /// stdout and stderr to the container's log; stdin empty.
+    Log(LogSink),
+    /// An exec session's streams, taken by the one guest run that uses them.
+    Session(Mutex<Option<SessionStreams>>),
+}
+
+pub struct SessionStreams {
+    pub stdin: Option<wasmtime_wasi::cli::AsyncStdinStream>,
+    pub stdout: wasmtime_wasi::cli::AsyncStdoutStream,
+    pub stderr: wasmtime_wasi::cli::AsyncStdoutStream,
 }
 
 /// A directory the guest sees at `guest_path`.
@@ -283,7 +297,9 @@ impl WasmRuntime {
                 exit_of(outcome.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.exceeded)
             }
         };
-        spec.log.finish();
+        if let Stdio::Log(log) = &spec.stdio {
+            log.finish();
+        }
         Ok(result)
     }
 
@@ -297,7 +313,20 @@ impl WasmRuntime {
 /// mounts as preopened directories (nothing else of the host).
 pub(super) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, StartError> {
     let mut builder = WasiCtxBuilder::new();
-    builder.args(&spec.argv).envs(&spec.env).stdout(spec.log.stdout()).stderr(spec.log.stderr());
+    builder.args(&spec.argv).envs(&spec.env);
+    match &spec.stdio {
+        Stdio::Log(log) => {
+            builder.stdout(log.stdout()).stderr(log.stderr());
+        }
+        Stdio::Session(streams) => {
+            let SessionStreams { stdin, stdout, stderr } =
+                streams.lock().unwrap().take().ok_or_else(|| StartError("an exec session's streams serve one run".into()))?;
+            if let Some(stdin) = stdin {
+                builder.stdin(stdin);
+            }
+            builder.stdout(stdout).stderr(stderr);
+        }
+    }
     for m in &spec.mounts {
         let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
         builder.preopened_dir(&m.host_path, &m.guest_path, perms)
@@ -463,7 +492,7 @@ mod tests {
             mounts: vec![],
             memory_limit,
             cpu_limit_milli: None,
-            log: LogSink::create(&log).unwrap(),
+            stdio: Stdio::Log(LogSink::create(&log).unwrap()),
             usage: Arc::default(),
         };
         (spec, log)

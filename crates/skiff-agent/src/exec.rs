@@ -1,0 +1,279 @@
+//! `pods/exec` on this node (kubelet's `/exec/{namespace}/{pod}/{container}`), which the API
+//! server forwards `kubectl exec` and the client libraries' exec streams to.
+//!
+//! A Wasm container has no shell or second binary to run: exec runs the container's own
+//! WASI command again, in the pod's sandbox — its environment, its volumes, its limits —
+//! with the request's words as argv (the first is argv[0], as a process's name). A
+//! container serving wasi:http has no command to run, and says so.
+//!
+//! The streams speak Kubernetes' WebSocket channel protocol (`v5.channel.k8s.io`, which
+//! kubectl 1.30+ asks for first, and `v4.channel.k8s.io`, the Python client's): each binary
+//! message starts with its channel — 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`,
+//! 4 terminal resizes, and in v5 255 to close a channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+
+use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdio, Usage, WasmRuntime};
+
+/// The channel protocols served, most preferred first.
+pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// What exec needs of a running container: its program and its sandbox.
+#[derive(Clone)]
+pub struct ExecTarget {
+    /// The container's WASI command; `None` for a wasi:http function.
+    pub command: Option<Program>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub memory_limit: Option<u64>,
+    pub cpu_limit_milli: Option<u64>,
+}
+
+/// The running containers of the node's pods, by (namespace, pod, container).
+#[derive(Default)]
+pub struct ExecTargets(Mutex<HashMap<(String, String, String), ExecTarget>>);
+
+impl ExecTargets {
+    /// Makes a running container reachable by exec until the returned guard drops.
+    pub fn register(self: &Arc<Self>, namespace: &str, pod: &str, container: &str, target: ExecTarget) -> Registered {
+        let key = (namespace.to_string(), pod.to_string(), container.to_string());
+        self.0.lock().unwrap().insert(key.clone(), target);
+        Registered { targets: self.clone(), key }
+    }
+
+    fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<ExecTarget> {
+        self.0.lock().unwrap().get(&(namespace.to_string(), pod.to_string(), container.to_string())).cloned()
+    }
+}
+
+pub struct Registered {
+    targets: Arc<ExecTargets>,
+    key: (String, String, String),
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.targets.0.lock().unwrap().remove(&self.key);
+    }
+}
+
+/// The options of an exec request (`command` repeats, one word each).
+#[derive(Debug, Default, PartialEq)]
+pub struct ExecOptions {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    pub fn parse(query: &str) -> Result<Self, String> {
+        let mut o = ExecOptions::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8().map_err(|_| format!("{k} is not UTF-8"))?.into_owned();
+            let flag = || matches!(v.as_str(), "true" | "1");
+            match k {
+                "command" => o.command.push(v),
+                "stdin" => o.stdin = flag(),
+                "stdout" => o.stdout = flag(),
+                "stderr" => o.stderr = flag(),
+                "tty" => o.tty = flag(),
+                _ => {}
+            }
+        }
+        if o.command.is_empty() {
+            return Err("you must specify at least one command for the container".into());
+        }
+        Ok(o)
+    }
+}
+
+/// A Kubernetes `Status`.
+pub fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
+    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Answers an exec request: the WebSocket session, or a Status saying why not.
+pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod, container): (String, String, String), query: &str, upgrade: Option<WebSocketUpgrade>) -> Response {
+    let options = match ExecOptions::parse(query) {
+        Ok(o) => o,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+    };
+    let Some(target) = targets.get(&namespace, &pod, &container) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("container {container:?} is not running in pod {namespace}/{pod} on this node"));
+    };
+    let Some(program) = target.command.clone() else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &format!(
+            "container {container:?} serves a wasi:http function, which has no command to exec: exec runs the container's image when it is a WASI command"));
+    };
+    let Some(upgrade) = upgrade else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("exec is served over WebSocket ({}); SPDY is not supported", PROTOCOLS.join(", ")));
+    };
+    upgrade.protocols(PROTOCOLS).on_upgrade(move |socket| session(socket, runtime, program, target, options))
+}
+
+/// One exec: the guest runs with its standard streams on the socket's channels; when it
+/// exits, what is left of its output is sent, then its Status, then the socket closes.
+async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, program: Program, target: ExecTarget, options: ExecOptions) {
+    let (mut sink, mut incoming) = socket.split();
+    let (stdin_writer, stdin_reader) = tokio::io::duplex(64 * 1024);
+    let (stdout_writer, stdout_reader) = tokio::io::duplex(64 * 1024);
+    let (stderr_writer, stderr_reader) = tokio::io::duplex(64 * 1024);
+    let streams = SessionStreams {
+        stdin: options.stdin.then(|| AsyncStdinStream::new(stdin_reader)),
+        stdout: AsyncStdoutStream::new(8192, stdout_writer),
+        stderr: AsyncStdoutStream::new(8192, stderr_writer),
+    };
+    let argv = options.command.clone();
+    let spec = GuestSpec {
+        argv: argv.clone(),
+        env: target.env,
+        mounts: target.mounts,
+        memory_limit: target.memory_limit,
+        cpu_limit_milli: target.cpu_limit_milli,
+        stdio: Stdio::Session(Mutex::new(Some(streams))),
+        usage: Arc::new(Usage::default()),
+    };
+    let guest = runtime.spawn(program, spec);
+    let abort = guest.abort_handle();
+
+    // Output: both streams, in the order the guest wrote them, each on its channel (one
+    // channel, stdout, for a terminal).
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
+    let stderr_channel = if options.tty { STDOUT } else { STDERR };
+    let pumps = [(stdout_reader, STDOUT, options.stdout), (stderr_reader, stderr_channel, options.stderr)].map(|(mut reader, channel, wanted)| {
+        let out_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 32 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if wanted => {
+                        let _ = out_tx.send((channel, buf[..n].to_vec())).await;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        })
+    });
+    drop(out_tx);
+
+    // Input: stdin data until the client closes it (v5's close signal) or goes away.
+    let input = tokio::spawn(async move {
+        let mut stdin = Some(stdin_writer);
+        while let Some(Ok(message)) = incoming.next().await {
+            // The Python client sends text frames for text input.
+            let data: bytes::Bytes = match message {
+                Message::Binary(data) => data,
+                Message::Text(text) => bytes::Bytes::copy_from_slice(text.as_str().as_bytes()),
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            match (data.first(), &mut stdin) {
+                (Some(&STDIN), Some(w)) => {
+                    if w.write_all(&data[1..]).await.is_err() {
+                        stdin = None;
+                    }
+                }
+                (Some(&CLOSE), _) if data.get(1) == Some(&STDIN) => stdin = None,
+                _ => {}
+            }
+        }
+    });
+
+    let mut guest = guest;
+    let exit = loop {
+        tokio::select! {
+            chunk = out_rx.recv() => match chunk {
+                Some((channel, data)) => {
+                    if send(&mut sink, channel, &data).await.is_err() {
+                        abort.abort();
+                        return;
+                    }
+                }
+                // Both pumps end only when the guest's streams close, at its exit.
+                None => break (&mut guest).await,
+            },
+            result = &mut guest => {
+                // The guest is done: what it wrote is still in the pumps.
+                while let Some((channel, data)) = out_rx.recv().await {
+                    if send(&mut sink, channel, &data).await.is_err() {
+                        return;
+                    }
+                }
+                break result;
+            }
+        }
+    };
+    input.abort();
+    for p in pumps {
+        p.abort();
+    }
+    let report = match exit {
+        Ok(Ok(exit)) => exit_status(&argv, &exit),
+        Ok(Err(start)) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": format!("error executing command {argv:?}: {start}")}),
+        Err(_) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": "the exec session was stopped"}),
+    };
+    let _ = send(&mut sink, ERROR, report.to_string().as_bytes()).await;
+    // A normal closure: clients read any other close as a broken stream.
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))).await;
+    let _ = sink.close().await;
+}
+
+async fn send(sink: &mut futures::stream::SplitSink<WebSocket, Message>, channel: u8, data: &[u8]) -> Result<(), axum::Error> {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(channel);
+    frame.extend_from_slice(data);
+    sink.send(Message::Binary(frame.into())).await
+}
+
+/// The Status kubelet reports on the error channel when a command ends.
+fn exit_status(argv: &[String], exit: &Exit) -> Value {
+    if exit.code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    let why = exit.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+    json!({"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+        "message": format!("command terminated with non-zero exit code: error executing command {argv:?}, exit code {}{why}", exit.code),
+        "details": {"causes": [{"reason": "ExitCode", "message": exit.code.to_string()}]}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_repeat_the_command() {
+        let o = ExecOptions::parse("command=wasi-hello&command=cat&command=%2Fconfig%2Fa+b&stdin=true&stdout=true&stderr=1&tty=false").unwrap();
+        assert_eq!(o.command, ["wasi-hello", "cat", "/config/a b"]);
+        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
+        assert!(ExecOptions::parse("stdout=true").unwrap_err().contains("at least one command"));
+    }
+
+    #[test]
+    fn exit_codes_read_as_kubelet_reports_them() {
+        let argv = vec!["x".to_string()];
+        assert_eq!(exit_status(&argv, &Exit { code: 0, reason: "Completed", message: None })["status"], "Success");
+        let failed = exit_status(&argv, &Exit { code: 3, reason: "Error", message: None });
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0], json!({"reason": "ExitCode", "message": "3"}));
+    }
+}

@@ -1,0 +1,99 @@
+//! `…/pods/{name}/exec`: checks the request against the pod, then forwards the connection
+//! upgrade (WebSocket, or SPDY for the agent to refuse) to the agent of the pod's node and
+//! joins the two upgraded connections, as kube-apiserver proxies kubelet's streams. The
+//! stream protocol itself is the agent's business ([`skiff_agent::exec`] in the node crate).
+
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult};
+use crate::pod_logs::{agent_url, container_of};
+use crate::request::Target;
+
+/// Headers of an upgrade request that the agent needs to answer it.
+const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "x-stream-protocol-version"];
+
+/// HTTP/1.1 only: an upgrade cannot ride an HTTP/2 stream.
+fn upgrade_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder().tls_danger_accept_invalid_certs(true).http1_only().build().expect("an HTTPS client")
+    })
+}
+
+/// The words of `command=` parameters, in order, and the `container` asked for.
+fn exec_query(query: &str) -> (Vec<String>, Option<String>) {
+    let (mut command, mut container) = (Vec::new(), None);
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned();
+        match k {
+            "command" => command.push(v),
+            "container" => container = Some(v),
+            _ => {}
+        }
+    }
+    (command, container)
+}
+
+pub async fn pod_exec(server: &ApiServer, target: &Target, query: &str, headers: &HeaderMap, client_upgrade: Option<OnUpgrade>) -> ApiResult<Response> {
+    let name = target.name.as_deref().unwrap_or_default();
+    let pod = server.store.get(&target.key()).await.map_err(|e| ApiError::from_store(e, "pods", name))?;
+    let (command, requested) = exec_query(query);
+    let container = container_of(&pod, name, requested.as_deref(), false)?;
+    if command.is_empty() {
+        return Err(ApiError::bad_request("you must specify at least one command for the container"));
+    }
+    if let Some(phase @ ("Succeeded" | "Failed")) = pod.pointer("/status/phase").and_then(Value::as_str) {
+        return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
+    }
+    let base = agent_url(server, &pod, name).await?;
+    let ns = target.namespace.as_deref().unwrap_or_default();
+    let url = format!("{base}/exec/{ns}/{name}/{container}?{query}");
+    let mut request = upgrade_client().get(&url).bearer_auth(&server.config.token);
+    for (k, v) in headers {
+        if UPGRADE_HEADERS.contains(&k.as_str()) {
+            request = request.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let response = request.send().await.map_err(|e| ApiError::internal(format!("Get {url:?}: {e}")))?;
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        // The agent's refusal (a Status) goes to the client as it is.
+        let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
+        return Ok((status, [(header::CONTENT_TYPE, content_type)], Body::from_stream(response.bytes_stream())).into_response());
+    }
+    let client_upgrade = client_upgrade.ok_or_else(|| ApiError::bad_request("exec needs a connection upgrade (WebSocket)"))?;
+    let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (k, v) in response.headers() {
+        if matches!(k.as_str(), "connection" | "upgrade" | "sec-websocket-accept" | "sec-websocket-protocol" | "x-stream-protocol-version") {
+            answer = answer.header(k.as_str(), v.as_bytes());
+        }
+    }
+    tokio::spawn(async move {
+        let (Ok(agent), Ok(client)) = (response.upgrade().await, client_upgrade.await) else { return };
+        let (mut agent, mut client) = (agent, TokioIo::new(client));
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+    });
+    answer.body(Body::empty()).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_query;
+
+    #[test]
+    fn command_words_keep_their_order() {
+        let (command, container) = exec_query("command=sh&command=-c&command=echo+a%26b&container=main&stdout=true");
+        assert_eq!(command, ["sh", "-c", "echo a&b"]);
+        assert_eq!(container.as_deref(), Some("main"));
+    }
+}
