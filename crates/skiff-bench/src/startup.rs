@@ -155,14 +155,14 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
 
 /// Instantiates the example and runs it to exit (`exit 0`), straight on a runtime.
 fn instantiate_times(wasm: &[u8], runs: usize, dir: &Path) -> anyhow::Result<Vec<Duration>> {
-    use skiff_agent::runtime::wasm::{GuestSpec, WasmConfig, WasmRuntime};
+    use skiff_agent::runtime::wasm::{GuestSpec, Stdio, WasmConfig, WasmRuntime};
     let runtime = WasmRuntime::new(&WasmConfig { max_instances: 16, max_memory_bytes: 1 << 30, cache_dir: dir.join("bench-cache"), threads: 1 })?;
     let (program, _) = runtime.compile(wasm).map_err(|e| anyhow::anyhow!(e.0))?;
     let log = skiff_agent::logs::LogSink::create(&dir.join("bench.log"))?;
     let rt = tokio::runtime::Handle::current();
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let spec = GuestSpec { argv: vec!["hello".into(), "exit".into(), "0".into()], env: vec![], mounts: vec![], memory_limit: None, cpu_limit_milli: None, log: log.clone(), usage: Arc::default() };
+        let spec = GuestSpec { argv: vec!["hello".into(), "exit".into(), "0".into()], env: vec![], mounts: vec![], memory_limit: None, cpu_limit_milli: None, stdio: Stdio::Log(log.clone()), usage: Arc::default() };
         let start = Instant::now();
         let exit = tokio::task::block_in_place(|| rt.block_on(runtime.spawn(program.clone(), spec)))?.map_err(|e| anyhow::anyhow!(e.0))?;
         times.push(start.elapsed());
