@@ -293,3 +293,35 @@ def test_exec_runs_the_containers_command_in_its_sandbox(tour):
     assert p.returncode != 0 and "wasi:http function, which has no command to exec" in p.stderr
     assert json.loads(tour.kubectl("get", "pod", "exec-target", "-o", "json"))["status"]["containerStatuses"][0]["restartCount"] == 0
     tour.kubectl("delete", "pod", "exec-target", "exec-fn", "--wait=false")
+
+
+def test_port_forward_reaches_a_wasm_pods_listener(tour):
+    tour.kubectl("run", "pf-fn", "--image=registry.skiff.internal/http-hello:v1", "--port=8080", "--env=POD_NAME=pf-fn")
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "pf-fn", "-o", "json"))["status"].get("phase") == "Running", 60, "the function pod to run")
+    env = dict(tour.env, KUBECONFIG=os.path.join(tour.data, "kubeconfig"))
+    # :8080 and a port nothing listens on, through one kubectl (SPDY/3.1, portforward.k8s.io).
+    proc = subprocess.Popen(["kubectl", "port-forward", "pod/pf-fn", ":8080", ":9"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        local = {}
+        while len(local) < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+            if m:
+                local[m.group(2)] = int(m.group(1))
+        for _ in range(3):  # one connection after another, each its own stream pair
+            assert "Hello from pf-fn!" in urllib.request.urlopen(f"http://127.0.0.1:{local['8080']}/", timeout=10).read().decode()
+        body = b"x" * (3 * 1024 * 1024)
+        req = urllib.request.Request(f"http://127.0.0.1:{local['8080']}/", data=body, method="POST")
+        assert urllib.request.urlopen(req, timeout=30).status == 200, "a large body crosses"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{local['9']}/", timeout=10).read()
+            raise AssertionError("nothing listens on port 9")
+        except OSError:
+            pass
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "error forwarding port 9 to pod default/pf-fn" in err and "refused" in err, err
+    tour.kubectl("delete", "pod", "pf-fn", "--wait=false")

@@ -32,6 +32,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route("/portForward/{namespace}/{pod}", get(port_forward).post(port_forward))
         .route("/stats/summary", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), authenticate))
@@ -77,6 +78,14 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::R
 /// `kubectl exec`: a WebSocket session running the container's command ([`crate::exec`]).
 async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
     crate::exec::handle(&agent.exec, agent.runtime.clone(), target, uri.query().unwrap_or_default(), upgrade.ok())
+}
+
+/// `kubectl port-forward`: an SPDY session copying streams to the pod's ports
+/// ([`crate::port_forward`]).
+async fn port_forward(State(agent): State<Arc<Agent>>, Path((namespace, pod)): Path<(String, String)>, mut request: axum::extract::Request) -> Response {
+    let upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let ip = crate::port_forward::pod_address(&agent, &namespace, &pod);
+    crate::port_forward::handle(ip, format!("{namespace}/{pod}"), request.headers(), upgrade)
 }
 
 /// A Kubernetes `Status`, which the API server passes on to the client.

@@ -53,6 +53,7 @@ fn entries(r: &ResourceType) -> Vec<Value> {
             "binding" => ("Binding", vec!["create"], None, None),
             "log" => ("Pod", vec!["get"], None, None),
             "exec" => ("PodExecOptions", vec!["create", "get"], None, None),
+            "portforward" => ("PodPortForwardOptions", vec!["create", "get"], None, None),
             _ => (r.kind, vec!["get", "patch", "update"], None, None),
         };
         let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced,
@@ -114,6 +115,7 @@ fn aggregated_resource(r: &ResourceType) -> Value {
             "binding" => ("", "v1", "Binding", vec!["create"]),
             "log" => ("", "v1", "Pod", vec!["get"]),
             "exec" => ("", "v1", "PodExecOptions", vec!["create", "get"]),
+            "portforward" => ("", "v1", "PodPortForwardOptions", vec!["create", "get"]),
             _ => (r.group, r.version, r.kind, vec!["get", "patch", "update"]),
         };
         json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})

@@ -1,7 +1,7 @@
 //! `GET …/pods/{name}/log`: checks the request against the pod, then forwards it to the
 //! agent of the pod's node (its HTTPS endpoint, found in the Node's address and
 //! `daemonEndpoints`) and streams the agent's answer back, as kube-apiserver does with
-//! kubelets. The node-reaching parts serve `pods/exec` ([`crate::pod_exec`]) too. Like kube-apiserver by default, it does not verify the agent's certificate;
+//! kubelets. The node-reaching parts serve the streams ([`crate::pod_streams`]) too. Like kube-apiserver by default, it does not verify the agent's certificate;
 //! it authenticates itself with the cluster token.
 
 use std::sync::OnceLock;

@@ -20,7 +20,7 @@ use crate::objects::{FieldValidation, WriteOptions, Written, now};
 use crate::patch::{self, PatchType};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
-use crate::{ApiServer, convert, protobuf};
+use crate::{ApiServer, convert, pod_streams, protobuf};
 
 type Params = HashMap<String, String>;
 
@@ -141,14 +141,21 @@ fn list_options(params: &Params) -> ApiResult<ListOptions> {
 pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
-    // Streams (exec) take over the connection: only the path and query say what they are.
+    // Streams take over the connection: only the path and query say what they are.
     if let Ok(target) = request::parse(uri.path())
         && target.resource.kind == "Pod"
-        && target.subresource.as_deref() == Some("exec")
         && matches!(method, Method::GET | Method::POST)
     {
-        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        return crate::pod_exec::pod_exec(&server, &target, uri.query().unwrap_or_default(), &headers, upgrade).await.unwrap_or_else(|e| e.into_response());
+        let stream = match target.subresource.as_deref() {
+            Some("exec") => Some(pod_streams::Stream::Exec),
+            Some("portforward") => Some(pod_streams::Stream::PortForward),
+            _ => None,
+        };
+        if let Some(stream) = stream {
+            let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            let query = uri.query().unwrap_or_default();
+            return pod_streams::pod_stream(&server, &target, stream, &method, query, &headers, upgrade).await.unwrap_or_else(|e| e.into_response());
+        }
     }
     match dispatch(server, method, uri, headers, body).await {
         Ok(resp) => resp,

@@ -1,12 +1,12 @@
-//! `…/pods/{name}/exec`: checks the request against the pod, then forwards the connection
-//! upgrade (WebSocket, or SPDY for the agent to refuse) to the agent of the pod's node and
-//! joins the two upgraded connections, as kube-apiserver proxies kubelet's streams. The
-//! stream protocol itself is the agent's business ([`skiff_agent::exec`] in the node crate).
+//! `…/pods/{name}/exec` and `…/pods/{name}/portforward`: checks the request against the
+//! pod, then forwards the connection upgrade (WebSocket or SPDY) to the agent of the pod's
+//! node and joins the two upgraded connections, as kube-apiserver proxies kubelet's
+//! streams. The stream protocols themselves are the agent's business.
 
 use std::sync::OnceLock;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -44,34 +44,59 @@ fn exec_query(query: &str) -> (Vec<String>, Option<String>) {
     (command, container)
 }
 
-pub async fn pod_exec(server: &ApiServer, target: &Target, query: &str, headers: &HeaderMap, client_upgrade: Option<OnUpgrade>) -> ApiResult<Response> {
+/// Which stream a request opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Exec,
+    PortForward,
+}
+
+pub async fn pod_stream(server: &ApiServer, target: &Target, stream: Stream, method: &Method, query: &str, headers: &HeaderMap, client_upgrade: Option<OnUpgrade>) -> ApiResult<Response> {
     let name = target.name.as_deref().unwrap_or_default();
     let pod = server.store.get(&target.key()).await.map_err(|e| ApiError::from_store(e, "pods", name))?;
-    let (command, requested) = exec_query(query);
-    let container = container_of(&pod, name, requested.as_deref(), false)?;
-    if command.is_empty() {
-        return Err(ApiError::bad_request("you must specify at least one command for the container"));
-    }
-    if let Some(phase @ ("Succeeded" | "Failed")) = pod.pointer("/status/phase").and_then(Value::as_str) {
-        return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
-    }
-    let base = agent_url(server, &pod, name).await?;
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
     let ns = target.namespace.as_deref().unwrap_or_default();
-    let url = format!("{base}/exec/{ns}/{name}/{container}?{query}");
-    let mut request = upgrade_client().get(&url).bearer_auth(&server.config.token);
+    let path = match stream {
+        Stream::Exec => {
+            let (command, requested) = exec_query(query);
+            let container = container_of(&pod, name, requested.as_deref(), false)?;
+            if command.is_empty() {
+                return Err(ApiError::bad_request("you must specify at least one command for the container"));
+            }
+            if matches!(phase, "Succeeded" | "Failed") {
+                return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
+            }
+            format!("/exec/{ns}/{name}/{container}")
+        }
+        Stream::PortForward => {
+            if phase != "Running" {
+                return Err(ApiError::bad_request(format!("unable to forward port because pod is not running. Current status={phase}")));
+            }
+            format!("/portForward/{ns}/{name}")
+        }
+    };
+    let url = format!("{}{path}?{query}", agent_url(server, &pod, name).await?);
+    forward_upgrade(server, &url, method, headers, client_upgrade).await
+}
+
+/// Sends the client's upgrade request on to the agent; on its 101, answers the client
+/// with it and joins the two connections; otherwise passes the agent's refusal on.
+async fn forward_upgrade(server: &ApiServer, url: &str, method: &Method, headers: &HeaderMap, client_upgrade: Option<OnUpgrade>) -> ApiResult<Response> {
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut request = upgrade_client().request(method, url).bearer_auth(&server.config.token);
     for (k, v) in headers {
         if UPGRADE_HEADERS.contains(&k.as_str()) {
             request = request.header(k.as_str(), v.as_bytes());
         }
     }
-    let response = request.send().await.map_err(|e| ApiError::internal(format!("Get {url:?}: {e}")))?;
+    let response = request.send().await.map_err(|e| ApiError::internal(format!("{url:?}: {e}")))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if status != StatusCode::SWITCHING_PROTOCOLS {
         // The agent's refusal (a Status) goes to the client as it is.
         let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
         return Ok((status, [(header::CONTENT_TYPE, content_type)], Body::from_stream(response.bytes_stream())).into_response());
     }
-    let client_upgrade = client_upgrade.ok_or_else(|| ApiError::bad_request("exec needs a connection upgrade (WebSocket)"))?;
+    let client_upgrade = client_upgrade.ok_or_else(|| ApiError::bad_request("this request needs a connection upgrade"))?;
     let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for (k, v) in response.headers() {
         if matches!(k.as_str(), "connection" | "upgrade" | "sec-websocket-accept" | "sec-websocket-protocol" | "x-stream-protocol-version") {

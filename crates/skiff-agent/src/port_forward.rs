@@ -1,0 +1,177 @@
+//! `pods/portforward` on this node (kubelet's `/portForward/{namespace}/{pod}`), which the
+//! API server forwards `kubectl port-forward` to. The connection is upgraded to SPDY/3.1
+//! with the `portforward.k8s.io` stream protocol: for each connection the client accepts
+//! locally, it opens an error stream and a data stream (headers `streamType`, `port`,
+//! `requestID`); the agent connects to the pod's address on that port and copies bytes
+//! both ways, reporting a failed connection on the error stream. A Wasm pod's listeners
+//! are bound on its address on this node, so the agent reaches them directly.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::exec::status;
+use crate::spdy::{self, Frame};
+
+const PROTOCOL: &str = "portforward.k8s.io";
+
+/// What the connection's writer sends.
+enum Out {
+    Reply(u32),
+    Data(u32, Vec<u8>, bool),
+    Reset(u32, u32),
+    Ping(u32),
+}
+
+/// Answers a port-forward request: the upgrade to SPDY, or a Status saying why not.
+pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Response {
+    let Some(ip) = pod_ip else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &format!("pod {pod} is not running on this node"));
+    };
+    let spdy = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+    let offered = headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|p| p.trim() == PROTOCOL);
+    let (true, Some(upgrade)) = (spdy, upgrade) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "port-forward is served over SPDY/3.1 (portforward.k8s.io); kubectl falls back to it");
+    };
+    if !offered {
+        return status(StatusCode::FORBIDDEN, "Forbidden", &format!("port-forward speaks only {PROTOCOL}"));
+    }
+    tokio::spawn(async move {
+        if let Ok(io) = upgrade.await {
+            session(TokioIo::new(io), ip, pod).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", PROTOCOL)
+        .body(Body::empty())
+        .expect("a valid response")
+}
+
+async fn session<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(io: IO, ip: String, pod: String) {
+    let (read, write) = tokio::io::split(io);
+    let mut reader = spdy::Reader::new(read);
+    let (out, mut outgoing) = mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(async move {
+        let mut writer = spdy::Writer::new(write);
+        while let Some(frame) = outgoing.recv().await {
+            let written = match frame {
+                Out::Reply(id) => writer.syn_reply(id, false).await,
+                Out::Data(id, data, fin) => writer.data(id, &data, fin).await,
+                Out::Reset(id, code) => writer.rst_stream(id, code).await,
+                Out::Ping(id) => writer.ping(id).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+    });
+    let mut error_streams: HashMap<String, u32> = HashMap::new();
+    let mut data_streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    while let Ok(Some(frame)) = reader.next().await {
+        match frame {
+            Frame::SynStream { stream_id, headers, .. } => {
+                let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+                let _ = out.send(Out::Reply(stream_id)).await;
+                let request = header("requestid");
+                match header("streamtype").as_str() {
+                    "error" => {
+                        error_streams.insert(request, stream_id);
+                    }
+                    "data" => {
+                        let Ok(port) = header("port").parse::<u16>() else {
+                            let _ = out.send(Out::Reset(stream_id, spdy::REFUSED_STREAM)).await;
+                            continue;
+                        };
+                        let (to_pod, from_client) = mpsc::channel(16);
+                        data_streams.insert(stream_id, to_pod);
+                        let error_stream = error_streams.remove(&request);
+                        tokio::spawn(forward(ip.clone(), port, pod.clone(), stream_id, error_stream, out.clone(), from_client));
+                    }
+                    _ => {
+                        let _ = out.send(Out::Reset(stream_id, spdy::REFUSED_STREAM)).await;
+                    }
+                }
+            }
+            Frame::Data { stream_id, fin, data } => {
+                if let Some(to_pod) = data_streams.get(&stream_id)
+                    && !data.is_empty()
+                {
+                    let _ = to_pod.send(data).await;
+                }
+                if fin {
+                    // The client is done writing: the pod's side of the connection is shut.
+                    data_streams.remove(&stream_id);
+                }
+            }
+            Frame::RstStream { stream_id, .. } => {
+                data_streams.remove(&stream_id);
+            }
+            Frame::Ping { id } => {
+                let _ = out.send(Out::Ping(id)).await;
+            }
+            Frame::GoAway => break,
+            Frame::Other => {}
+        }
+    }
+    drop(data_streams);
+    drop(out);
+    let _ = writer.await;
+}
+
+/// One forwarded connection: to the pod's `port`, bytes both ways, then both streams
+/// closed (the error stream carrying why, if the connection failed).
+async fn forward(ip: String, port: u16, pod: String, stream_id: u32, error_stream: Option<u32>, out: mpsc::Sender<Out>, mut from_client: mpsc::Receiver<Vec<u8>>) {
+    let tcp = match tokio::net::TcpStream::connect((ip.as_str(), port)).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            if let Some(es) = error_stream {
+                let message = format!("error forwarding port {port} to pod {pod}: {e}");
+                let _ = out.send(Out::Data(es, message.into_bytes(), true)).await;
+            }
+            let _ = out.send(Out::Data(stream_id, Vec::new(), true)).await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut from_pod, mut to_pod) = tcp.into_split();
+    let up = async {
+        while let Some(chunk) = from_client.recv().await {
+            if to_pod.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_pod.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from_pod.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.send(Out::Data(stream_id, buf[..n].to_vec(), false)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = out.send(Out::Data(stream_id, Vec::new(), true)).await;
+    };
+    tokio::join!(up, down);
+    if let Some(es) = error_stream {
+        let _ = out.send(Out::Data(es, Vec::new(), true)).await;
+    }
+}
+
+/// The address of a pod this node runs, by namespace and name.
+pub fn pod_address(agent: &crate::Agent, namespace: &str, name: &str) -> Option<String> {
+    agent.pod(namespace, name).map(|pod| agent.pod_ip(&pod)).filter(|ip| !ip.is_empty())
+}
