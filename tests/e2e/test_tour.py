@@ -311,9 +311,9 @@ def test_port_forward_reaches_a_wasm_pods_listener(tour):
                 local[m.group(2)] = int(m.group(1))
         for _ in range(3):  # one connection after another, each its own stream pair
             assert "Hello from pf-fn!" in urllib.request.urlopen(f"http://127.0.0.1:{local['8080']}/", timeout=10).read().decode()
-        body = b"x" * (3 * 1024 * 1024)
-        req = urllib.request.Request(f"http://127.0.0.1:{local['8080']}/", data=body, method="POST")
-        assert urllib.request.urlopen(req, timeout=30).status == 200, "a large body crosses"
+        body = os.urandom(3 * 1024 * 1024)
+        req = urllib.request.Request(f"http://127.0.0.1:{local['8080']}/echo", data=body, method="POST")
+        assert urllib.request.urlopen(req, timeout=30).read() == body, "a large body crosses both ways"
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{local['9']}/", timeout=10).read()
             raise AssertionError("nothing listens on port 9")

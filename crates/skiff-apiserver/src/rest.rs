@@ -137,6 +137,30 @@ fn list_options(params: &Params) -> ApiResult<ListOptions> {
     Ok(ListOptions { labels, fields, limit, continue_token })
 }
 
+/// Reads a request body of at most `limit` bytes. A larger one is 413, answered once the
+/// client has finished sending it (up to a bound): a client writing its whole body before
+/// it reads would otherwise see the connection close under it instead of the answer.
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    use futures::StreamExt;
+    const DRAIN_FACTOR: usize = 16;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(buf.freeze())
+}
+
 /// The handler behind every resource path.
 pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
@@ -167,7 +191,7 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
     let target = request::parse(uri.path())?;
     let params: Params = Query::try_from_uri(&uri).map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     let limit = server.config.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let body = read_body(body, limit).await?;
     let out = output(&headers, &params);
     let r = target.resource;
     if let Some(ns) = &target.namespace {

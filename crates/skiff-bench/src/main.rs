@@ -39,6 +39,9 @@
 //! `cargo run --release -p skiff-bench -- encoding [--quick]`: pod creates and lists of 1,000
 //! pods through the API server with protobuf bodies against JSON, in the same run.
 //!
+//! `cargo run --release -p skiff-bench -- port-forward [--quick]`: throughput through
+//! `kubectl port-forward` against straight to the pod, on a `skiff up`.
+//!
 //! `cargo run --release -p skiff-bench -- tour [--quick]`: from a fresh `skiff up` to the
 //! README tour's first answer (examples/hello.yaml's Service on its ClusterIP).
 
@@ -60,6 +63,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod density;
 mod encoding;
+mod port_forward;
 mod etcd;
 mod first_answer;
 mod footprint;
@@ -100,6 +104,21 @@ enum Bench {
         /// Concurrent client counts to measure (each at least 1).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<std::num::NonZeroUsize>,
+    },
+    /// Bytes through `kubectl port-forward` against straight to the pod.
+    PortForward {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// MiB per echo.
+        #[arg(long, default_value_t = 16)]
+        mib: usize,
+        /// Echoes per path.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The skiff binary (default: beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
     },
     /// Pod creates and lists with protobuf bodies against JSON, through the API server.
     Encoding {
@@ -429,6 +448,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Api { quick, .. } => ("api", *quick),
         Bench::Encoding { quick, .. } => ("encoding", *quick),
+        Bench::PortForward { quick, .. } => ("port-forward", *quick),
         Bench::Schedule { quick, .. } => ("schedule", *quick),
         Bench::Startup { quick, .. } => ("startup", *quick),
         Bench::Serve { quick, .. } => ("serve", *quick),
@@ -442,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Table { .. } => unreachable!("answered above"),
         Bench::Api { quick, creates, clients } => api_bench(quick, creates, clients).await,
         Bench::Encoding { quick, creates, list_size, lists } => encoding::run(quick, creates, list_size, lists).await,
+        Bench::PortForward { quick, mib, rounds, binary } => port_forward::run(quick, mib, rounds, binary).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
         Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {
