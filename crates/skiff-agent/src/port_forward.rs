@@ -58,7 +58,7 @@ pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade:
 
 async fn session<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(io: IO, ip: String, pod: String) {
     let (read, write) = tokio::io::split(io);
-    let mut reader = spdy::Reader::new(read);
+    let mut reader = spdy::Reader::new(tokio::io::BufReader::with_capacity(256 * 1024, read));
     let (out, mut outgoing) = mpsc::channel::<Out>(64);
     let writer = tokio::spawn(async move {
         let mut writer = spdy::Writer::new(write);

@@ -106,7 +106,8 @@ async fn forward_upgrade(server: &ApiServer, url: &str, method: &Method, headers
     tokio::spawn(async move {
         let (Ok(agent), Ok(client)) = (response.upgrade().await, client_upgrade.await) else { return };
         let (mut agent, mut client) = (agent, TokioIo::new(client));
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+        // Large buffers: every copy is a TLS record on each side.
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 256 * 1024, 256 * 1024).await;
     });
     answer.body(Body::empty()).map_err(|e| ApiError::internal(e.to_string()))
 }
