@@ -156,3 +156,31 @@ def test_watch_of_compacted_revision_is_gone(api, namespace):
         for _ in w.stream(core.list_namespaced_config_map, namespace, resource_version=old, timeout_seconds=5):
             pass
     assert e.value.status == 410
+
+
+def test_watch_over_websocket(cluster, namespace):
+    """`?watch=1` upgraded to a WebSocket, as browsers and Headlamp watch: one message per
+    event, base64-encoded JSON under `base64.binary.k8s.io`, plain text with no protocol."""
+    import base64
+    import json
+    import ssl
+
+    import websocket
+
+    url = cluster.url.replace("https://", "wss://") + f"/api/v1/namespaces/{namespace}/configmaps?watch=1"
+    opts = {"ca_certs": cluster.data_dir + "/ca.crt", "cert_reqs": ssl.CERT_REQUIRED}
+    header = [f"Authorization: Bearer {cluster.token}"]
+    b64 = websocket.create_connection(url, header=header, sslopt=opts, subprotocols=["base64.binary.k8s.io"], timeout=10)
+    plain = websocket.create_connection(url, header=header, sslopt=opts, timeout=10)
+    assert b64.getsubprotocol() == "base64.binary.k8s.io"
+    client.CoreV1Api(cluster.api()).create_namespaced_config_map(namespace, cm("ws", data={"a": "1"}))
+    event = json.loads(base64.b64decode(b64.recv()))
+    assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == "ws" and event["object"]["data"] == {"a": "1"}
+    event = json.loads(plain.recv())
+    assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == "ws"
+    b64.close()
+    plain.close()
+    # Without the token: refused before any upgrade.
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        websocket.create_connection(url, sslopt=opts, timeout=10)
+    assert e.value.status_code == 401

@@ -13,6 +13,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 use skiff_core::{FieldSelector, LabelSelector, ResourceType, meta};
 use skiff_store::{EventType, ListOptions, StoreError, object_revision};
+use axum::extract::ws::WebSocketUpgrade;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
@@ -164,6 +165,13 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 /// The handler behind every resource path.
 pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
+    // A WebSocket upgrade (a watch from a browser or Headlamp), taken before the parts split.
+    let websocket = if parts.headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        use axum::extract::FromRequestParts;
+        axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await.ok()
+    } else {
+        None
+    };
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     // Streams take over the connection: only the path and query say what they are.
     if let Ok(target) = request::parse(uri.path())
@@ -181,13 +189,13 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract
             return pod_streams::pod_stream(&server, &target, stream, &method, query, &headers, upgrade).await.unwrap_or_else(|e| e.into_response());
         }
     }
-    match dispatch(server, method, uri, headers, body).await {
+    match dispatch(server, method, uri, headers, body, websocket).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: HeaderMap, body: Body, websocket: Option<WebSocketUpgrade>) -> ApiResult<Response> {
     let target = request::parse(uri.path())?;
     let params: Params = Query::try_from_uri(&uri).map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     let limit = server.config.max_body_bytes;
@@ -200,7 +208,11 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
     match (&method, target.name.is_some(), target.subresource.as_deref()) {
         (&Method::GET, false, _) => {
             let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
-            if watch { watch_response(server, target, params, out) } else { list(&server, &target, &params, out).await }
+            match (watch, websocket) {
+                (true, Some(ws)) => watch_websocket(server, target, params, ws),
+                (true, None) => watch_response(server, target, params, out),
+                (false, _) => list(&server, &target, &params, out).await,
+            }
         }
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
@@ -561,12 +573,12 @@ async fn delete_collection(server: &ApiServer, target: &Target, params: &Params,
     Ok(respond(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}), out, &[]))
 }
 
-fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut out: Output) -> ApiResult<Response> {
-    let r = target.resource;
-    if out == Output::Protobuf && !protobuf::supports(&r.api_version(), r.kind) {
-        out = Output::Json;
-    }
-    let options = list_options(&params)?;
+type WatchLines = mpsc::Receiver<Result<Bytes, std::convert::Infallible>>;
+
+/// Starts a watch as the query says; its events arrive on the receiver, one encoded line
+/// (or protobuf frame) each.
+fn start_watch(server: Arc<ApiServer>, target: Target, params: &Params, out: Output) -> ApiResult<WatchLines> {
+    let options = list_options(params)?;
     let start = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(rv) => Some(skiff_store::parse_revision(rv).ok_or_else(|| ApiError::bad_request(format!("invalid resourceVersion {rv:?}: must be an integer")))?),
@@ -574,11 +586,20 @@ fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut ou
     let timeout = params.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs)
         .unwrap_or(server.config.watch_timeout);
     let bookmarks = params.get("allowWatchBookmarks").is_some_and(|b| b == "true" || b == "1");
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let watch = WatchRequest { target, options, start, timeout, bookmarks, out };
         watch.run(&server, tx).await;
     });
+    Ok(rx)
+}
+
+fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut out: Output) -> ApiResult<Response> {
+    let r = target.resource;
+    if out == Output::Protobuf && !protobuf::supports(&r.api_version(), r.kind) {
+        out = Output::Json;
+    }
+    let rx = start_watch(server, target, &params, out)?;
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -586,6 +607,41 @@ fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut ou
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .expect("valid response"))
+}
+
+/// The WebSocket sub-protocols of a watch: `base64.binary.k8s.io` (each event's JSON in
+/// base64, what browsers' clients such as Headlamp ask for), `binary.k8s.io` (binary
+/// messages); with neither, each event is a text message.
+const WATCH_PROTOCOLS: [&str; 2] = ["base64.binary.k8s.io", "binary.k8s.io"];
+
+/// A watch over WebSocket: one message per event, as kube-apiserver sends them.
+fn watch_websocket(server: Arc<ApiServer>, target: Target, params: Params, ws: WebSocketUpgrade) -> ApiResult<Response> {
+    use axum::extract::ws::Message;
+    use base64::Engine;
+    use futures::{SinkExt, StreamExt};
+    let mut rx = start_watch(server, target, &params, Output::Json)?;
+    Ok(ws.protocols(WATCH_PROTOCOLS).on_upgrade(move |socket| async move {
+        let protocol = socket.protocol().and_then(|p| p.to_str().ok()).map(String::from);
+        let (mut sink, mut incoming) = socket.split();
+        loop {
+            tokio::select! {
+                line = rx.recv() => {
+                    let Some(Ok(line)) = line else { break };
+                    let message = match protocol.as_deref() {
+                        Some("base64.binary.k8s.io") => Message::Text(base64::engine::general_purpose::STANDARD.encode(&line).into()),
+                        Some(_) => Message::Binary(line),
+                        None => Message::Text(String::from_utf8_lossy(&line).into_owned().into()),
+                    };
+                    if sink.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                // The client closing (or going away) ends the watch.
+                message = incoming.next() => if matches!(message, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { return },
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    }))
 }
 
 struct WatchRequest {
