@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 
+use crate::server::status;
 use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdio, Usage, WasmRuntime};
 
 /// The channel protocols served, most preferred first.
@@ -103,12 +104,6 @@ impl ExecOptions {
         }
         Ok(o)
     }
-}
-
-/// A Kubernetes `Status`.
-pub fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
-    (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Answers an exec request: the WebSocket session, or a Status saying why not.

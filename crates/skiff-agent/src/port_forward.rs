@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::exec::status;
+use crate::server::status;
 use crate::spdy::{self, Frame};
 
 const PROTOCOL: &str = "portforward.k8s.io";

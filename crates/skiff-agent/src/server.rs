@@ -89,7 +89,7 @@ async fn port_forward(State(agent): State<Arc<Agent>>, Path((namespace, pod)): P
 }
 
 /// A Kubernetes `Status`, which the API server passes on to the client.
-fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(crate) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -3,7 +3,6 @@
 //! back whole, timed and sized. Protobuf is what kubectl's typed commands, client-go and
 //! controller-runtime use; JSON is the reference.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,7 +10,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use skiff_store::{RedbStore, Store, StoreOptions};
 
 use crate::{drive, report};
 
@@ -69,13 +67,7 @@ fn codec_alone(size: usize, rounds: usize) -> anyhow::Result<Vec<(&'static str, 
 
 pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) -> anyhow::Result<Vec<report::Row>> {
     let (creates, list_size, lists) = if quick { (200, 100, 5) } else { (creates, list_size, lists) };
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
-    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
-    server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let serving = tokio::spawn(async move { axum::serve(listener, skiff_apiserver::router(server)).await });
+    let (addr, serving, _dir) = crate::serve_api().await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
 
     let mut creates_rows = Vec::new();

@@ -402,10 +402,9 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
     Ok(headlines)
 }
 
-/// ConfigMap creates through a fresh API server's whole HTTP request path, each client on
-/// its own HTTP/1.1 connection, as separate processes would be. (Multiplexing them all on
-/// one HTTP/2 connection, as the etcd reference's gRPC channel does, measured slower.)
-async fn api_path(clients: usize, creates: usize) -> anyhow::Result<Figures> {
+/// An API server over a fresh store, on plain HTTP on loopback (token `bench-token`): its
+/// address, its task, and the store's directory (removed when dropped).
+async fn serve_api() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
@@ -413,6 +412,14 @@ async fn api_path(clients: usize, creates: usize) -> anyhow::Result<Figures> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let serving = tokio::spawn(async move { axum::serve(listener, skiff_apiserver::router(server)).await });
+    Ok((addr, serving, dir))
+}
+
+/// ConfigMap creates through a fresh API server's whole HTTP request path, each client on
+/// its own HTTP/1.1 connection, as separate processes would be. (Multiplexing them all on
+/// one HTTP/2 connection, as the etcd reference's gRPC channel does, measured slower.)
+async fn api_path(clients: usize, creates: usize) -> anyhow::Result<Figures> {
+    let (addr, serving, _dir) = serve_api().await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     let url = format!("http://{addr}/api/v1/namespaces/default/configmaps");
     let figures = drive("API server (HTTP, JSON)", clients, creates, move |i| {
