@@ -82,6 +82,8 @@ pub async fn pod_stream(server: &ApiServer, target: &Target, stream: Stream, met
 /// Sends the client's upgrade request on to the agent; on its 101, answers the client
 /// with it and joins the two connections; otherwise passes the agent's refusal on.
 async fn forward_upgrade(server: &ApiServer, url: &str, method: &Method, headers: &HeaderMap, client_upgrade: Option<OnUpgrade>) -> ApiResult<Response> {
+    // Checked first, so the agent never starts a session no client will join.
+    let client_upgrade = client_upgrade.ok_or_else(|| ApiError::bad_request("this request needs a connection upgrade (WebSocket or SPDY)"))?;
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut request = upgrade_client().request(method, url).bearer_auth(&server.config.token);
     for (k, v) in headers {
@@ -96,7 +98,6 @@ async fn forward_upgrade(server: &ApiServer, url: &str, method: &Method, headers
         let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
         return Ok((status, [(header::CONTENT_TYPE, content_type)], Body::from_stream(response.bytes_stream())).into_response());
     }
-    let client_upgrade = client_upgrade.ok_or_else(|| ApiError::bad_request("this request needs a connection upgrade"))?;
     let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for (k, v) in response.headers() {
         if matches!(k.as_str(), "connection" | "upgrade" | "sec-websocket-accept" | "sec-websocket-protocol" | "x-stream-protocol-version") {

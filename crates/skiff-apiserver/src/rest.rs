@@ -165,18 +165,10 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
 /// The handler behind every resource path.
 pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
-    // A WebSocket upgrade (a watch from a browser or Headlamp), taken before the parts split.
-    let websocket = if parts.headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
-        use axum::extract::FromRequestParts;
-        axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await.ok()
-    } else {
-        None
-    };
-    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     // Streams take over the connection: only the path and query say what they are.
-    if let Ok(target) = request::parse(uri.path())
+    if let Ok(target) = request::parse(parts.uri.path())
         && target.resource.kind == "Pod"
-        && matches!(method, Method::GET | Method::POST)
+        && matches!(parts.method, Method::GET | Method::POST)
     {
         let stream = match target.subresource.as_deref() {
             Some("exec") => Some(pod_streams::Stream::Exec),
@@ -185,11 +177,18 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract
         };
         if let Some(stream) = stream {
             let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-            let query = uri.query().unwrap_or_default();
-            return pod_streams::pod_stream(&server, &target, stream, &method, query, &headers, upgrade).await.unwrap_or_else(|e| e.into_response());
+            let query = parts.uri.query().unwrap_or_default();
+            return pod_streams::pod_stream(&server, &target, stream, &parts.method, query, &parts.headers, upgrade).await.unwrap_or_else(|e| e.into_response());
         }
     }
-    match dispatch(server, method, uri, headers, body, websocket).await {
+    // Any other WebSocket upgrade is a watch (from a browser or Headlamp).
+    let websocket = if parts.headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        use axum::extract::FromRequestParts;
+        WebSocketUpgrade::from_request_parts(&mut parts, &()).await.ok()
+    } else {
+        None
+    };
+    match dispatch(server, parts.method, parts.uri, parts.headers, body, websocket).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
