@@ -214,3 +214,22 @@ def registry():
         r = Registry(d)
         yield r
         r.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure in the shared cluster, what it holds and the tail of its logs: CI keeps
+    nothing else once its temporary directories are gone."""
+    outcome = yield
+    report = outcome.get_result()
+    shared = item.funcargs.get("cluster") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and isinstance(shared, Cluster):
+        lines = []
+        ns = item.funcargs.get("namespace")
+        if ns:
+            lines.append(shared.kubectl("get", "all,events", "-n", ns, "-o", "wide", check=False).stdout[-6000:])
+        for name in sorted(os.listdir(shared.data_dir)):
+            if name.endswith(".log"):
+                with open(os.path.join(shared.data_dir, name), errors="replace") as f:
+                    lines.append(f"--- {name} (tail)\n" + "".join(f.readlines()[-60:]))
+        report.sections.append(("shared cluster", "\n".join(lines)))

@@ -120,14 +120,18 @@ def test_protobuf_list_and_watch_match_json(cluster, namespace, schema):
     cluster.kubectl("create", "deployment", "api", "--image=registry.skiff.internal/http-hello:v1", "--replicas=3", "-n", namespace)
     cluster.kubectl("create", "configmap", "c1", "--from-literal=a=1", "-n", namespace)
     path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
-    status, ctype, body = request(cluster, "GET", path)
-    assert status == 200 and ctype == PROTOBUF
-    api_version, kind, raw = unwrap(schema, body)
-    assert (api_version, kind) == ("apps/v1", "DeploymentList")
-    from_proto = MessageToDict(schema("api.apps.v1.DeploymentList").FromString(raw), preserving_proto_field_name=True)
-    _, _, text = request(cluster, "GET", path, accept="application/json")
-    from_json = json.loads(text)
-    assert from_proto["metadata"]["resourceVersion"] == from_json["metadata"]["resourceVersion"]
+
+    def both():
+        # The Deployment's controller keeps writing its status: read both forms of the
+        # same revision of the list.
+        status, ctype, body = request(cluster, "GET", path)
+        assert status == 200 and ctype == PROTOBUF
+        api_version, kind, raw = unwrap(schema, body)
+        assert (api_version, kind) == ("apps/v1", "DeploymentList")
+        from_proto = MessageToDict(schema("api.apps.v1.DeploymentList").FromString(raw), preserving_proto_field_name=True)
+        from_json = json.loads(request(cluster, "GET", path, accept="application/json")[2])
+        return (from_proto, from_json) if from_proto["metadata"]["resourceVersion"] == from_json["metadata"]["resourceVersion"] else None
+    from_proto, from_json = wait_for(both, 30, "a protobuf and a JSON list of the same revision")
     assert len(from_proto["items"]) == len(from_json["items"]) == 1
     p, j = from_proto["items"][0], from_json["items"][0]
     for field in ["name", "namespace", "uid", "resourceVersion", "labels"]:
@@ -156,7 +160,7 @@ def test_protobuf_list_and_watch_match_json(cluster, namespace, schema):
     api_version, kind, raw = unwrap(schema, events[0].object.raw)
     cm = schema("api.core.v1.ConfigMap").FromString(raw)
     assert (api_version, kind, cm.metadata.name, dict(cm.data)) == ("v1", "ConfigMap", "c1", {"a": "1"})
-    assert cm.metadata.resourceVersion == cluster.json("get", "cm", "c1", "-n", namespace)["metadata"]["resourceVersion"]
+    assert cm.metadata.resourceVersion == cluster.json("get", "cm", "c1", "-n", namespace)["metadata"]["resourceVersion"]  # nothing writes a ConfigMap
 
 
 def test_bad_protobuf_bodies(cluster, namespace, schema):
