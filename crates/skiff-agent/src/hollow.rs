@@ -199,7 +199,7 @@ async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<
             };
             drop(permit);
             if let Err(e) = result {
-                tracing::debug!(pod = %pod.name_any(), error = %e, "hollow pod update");
+                tracing::warn!(pod = %pod.name_any(), error = %e, "hollow pod update");
             }
         });
     }
