@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 
+use skiff_core::exec::ExecOptions;
+
 use crate::server::status;
 use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdio, Usage, WasmRuntime};
 
@@ -70,39 +72,6 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.targets.0.lock().unwrap().remove(&self.key);
-    }
-}
-
-/// The options of an exec request (`command` repeats, one word each).
-#[derive(Debug, Default, PartialEq)]
-pub struct ExecOptions {
-    pub command: Vec<String>,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
-    pub tty: bool,
-}
-
-impl ExecOptions {
-    pub fn parse(query: &str) -> Result<Self, String> {
-        let mut o = ExecOptions::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8().map_err(|_| format!("{k} is not UTF-8"))?.into_owned();
-            let flag = || matches!(v.as_str(), "true" | "1");
-            match k {
-                "command" => o.command.push(v),
-                "stdin" => o.stdin = flag(),
-                "stdout" => o.stdout = flag(),
-                "stderr" => o.stderr = flag(),
-                "tty" => o.tty = flag(),
-                _ => {}
-            }
-        }
-        if o.command.is_empty() {
-            return Err("you must specify at least one command for the container".into());
-        }
-        Ok(o)
     }
 }
 
@@ -254,14 +223,6 @@ fn exit_status(argv: &[String], exit: &Exit) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn options_repeat_the_command() {
-        let o = ExecOptions::parse("command=wasi-hello&command=cat&command=%2Fconfig%2Fa+b&stdin=true&stdout=true&stderr=1&tty=false").unwrap();
-        assert_eq!(o.command, ["wasi-hello", "cat", "/config/a b"]);
-        assert!(o.stdin && o.stdout && o.stderr && !o.tty);
-        assert!(ExecOptions::parse("stdout=true").unwrap_err().contains("at least one command"));
-    }
 
     #[test]
     fn exit_codes_read_as_kubelet_reports_them() {

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use crate::Agent;
 use crate::env::{ConfigError, PodFacts};
 use crate::images::PullPolicy;
+use crate::logs::LogSink;
 use crate::runtime::wasm::{Exit, GuestSpec, Program, Stdio, Usage};
 use crate::status::{ContainerState, PodState, State, Terminated, crash_backoff};
 use crate::volumes::{self, VolumeDir};
@@ -373,8 +374,8 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             }
         };
         let facts = node.facts(&pod);
-        let guest = match guest_spec(node, &facts, volumes, container, run_number(shared, at), usage.clone()) {
-            Ok(g) => g,
+        let (guest, log) = match guest_spec(node, &facts, volumes, container, run_number(shared, at), usage.clone()) {
+            Ok(spec_and_log) => spec_and_log,
             Err(e) => {
                 node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", e.0));
                 shared.update(|s| slot(s, at).state = State::Waiting { reason: "CreateContainerConfigError".into(), message: Some(e.0.clone()) });
@@ -382,8 +383,6 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 continue;
             }
         };
-        let Stdio::Log(log) = &guest.stdio else { unreachable!("a container's guest writes to its log") };
-        let log = log.clone();
         let http = matches!(&program, Program::Component(c) if crate::runtime::http::is_proxy(&node.runtime, c));
         let exec_target = crate::exec::ExecTarget {
             command: (!http).then(|| program.clone()),
@@ -611,8 +610,9 @@ fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> RegistryAuth {
     RegistryAuth::Anonymous
 }
 
-/// What the guest gets: argv, environment, mounts, limits, and its log file.
-fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>) -> Result<GuestSpec, ConfigError> {
+/// What the guest gets: argv, environment, mounts, limits, and its log file (returned too,
+/// for the agent's own notes in it).
+fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>) -> Result<(GuestSpec, LogSink), ConfigError> {
     let env = crate::env::container_env(container, facts, &node.sources)?;
     let mounts = volumes::mounts(container, volumes)?;
     let expand = |s: &String| crate::env::expand(s, &env);
@@ -634,7 +634,7 @@ fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDi
     let path = node.logs.file(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name, run as u32);
     let log = crate::logs::LogSink::create(&path).map_err(|e| ConfigError(format!("creating the log file {}: {e}", path.display())))?;
     node.logs.prune(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name);
-    Ok(GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, stdio: Stdio::Log(log), usage })
+    Ok((GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, stdio: Stdio::Log(log.clone()), usage }, log))
 }
 
 /// Aborts a task when dropped: a stopped pod's guests stop with it.

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use skiff_core::exec::ExecOptions;
 
 use crate::ApiServer;
 use crate::error::{ApiError, ApiResult};
@@ -29,21 +30,6 @@ fn upgrade_client() -> &'static reqwest::Client {
     })
 }
 
-/// The words of `command=` parameters, in order, and the `container` asked for.
-fn exec_query(query: &str) -> (Vec<String>, Option<String>) {
-    let (mut command, mut container) = (Vec::new(), None);
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned();
-        match k {
-            "command" => command.push(v),
-            "container" => container = Some(v),
-            _ => {}
-        }
-    }
-    (command, container)
-}
-
 /// Which stream a request opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -58,11 +44,8 @@ pub async fn pod_stream(server: &ApiServer, target: &Target, stream: Stream, met
     let ns = target.namespace.as_deref().unwrap_or_default();
     let path = match stream {
         Stream::Exec => {
-            let (command, requested) = exec_query(query);
-            let container = container_of(&pod, name, requested.as_deref(), false)?;
-            if command.is_empty() {
-                return Err(ApiError::bad_request("you must specify at least one command for the container"));
-            }
+            let options = ExecOptions::parse(query).map_err(ApiError::bad_request)?;
+            let container = container_of(&pod, name, options.container.as_deref(), false)?;
             if matches!(phase, "Succeeded" | "Failed") {
                 return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
             }
@@ -111,16 +94,4 @@ async fn forward_upgrade(server: &ApiServer, url: &str, method: &Method, headers
         let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut agent, 256 * 1024, 256 * 1024).await;
     });
     answer.body(Body::empty()).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exec_query;
-
-    #[test]
-    fn command_words_keep_their_order() {
-        let (command, container) = exec_query("command=sh&command=-c&command=echo+a%26b&container=main&stdout=true");
-        assert_eq!(command, ["sh", "-c", "echo a&b"]);
-        assert_eq!(container.as_deref(), Some("main"));
-    }
 }
