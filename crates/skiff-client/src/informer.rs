@@ -1,31 +1,40 @@
 //! One watch and one cache per kind, shared by every controller in a process: the
-//! informer of client-go, built from kube-rs's shared reflector.
+//! informer of client-go.
+//!
+//! The cache is kube-rs's reflector store; the fan-out to subscribers is our own.
+//! kube-rs's shared `ReflectHandle` looks each dispatched object up in the store and,
+//! when it was deleted meanwhile, returns `Pending` without registering a waker, so the
+//! subscriber sleeps until something unrelated wakes its task; its bounded buffer also
+//! holds the cache back behind the slowest subscriber. Here every subscriber gets the
+//! objects themselves over its own unbounded channel: nothing is skipped, and one slow
+//! controller never stalls the cache or the others.
 
 use std::fmt::Debug;
-use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ReflectHandle, Store, store::Writer};
+use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 
-/// How many changes a slow subscriber may lag behind before the watch waits for it.
-const BUFFER: usize = 8192;
+struct Subscriber<K> {
+    tx: mpsc::UnboundedSender<Arc<K>>,
+    /// Told of deletions as well as of objects as they are now.
+    deletions: bool,
+}
 
 /// A shared cache of every `K` in the cluster. Subscribe all controllers first, then
-/// `run` it; a subscriber that stops reading holds the others back, so every subscription
-/// must be consumed.
+/// `run` it.
 pub struct SharedInformer<K: Resource + Clone + 'static>
 where
-    K::DynamicType: Eq + Hash + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     writer: Writer<K>,
     api: Api<K>,
-    /// kube-rs's shared reflector tells subscribers of changes but not of deletions.
-    deleted: tokio::sync::broadcast::Sender<Arc<K>>,
+    subscribers: Arc<Mutex<Vec<Subscriber<K>>>>,
 }
 
 impl<K> SharedInformer<K>
@@ -33,7 +42,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Self {
-        Self { writer: Writer::new_shared(BUFFER, ()), api, deleted: tokio::sync::broadcast::channel(BUFFER).0 }
+        Self { writer: Writer::new(()), api, subscribers: Default::default() }
     }
 
     /// A read handle on the cache.
@@ -41,41 +50,55 @@ where
         self.writer.as_reader()
     }
 
-    /// A stream of every object as it changes (after the cache has it).
-    pub fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer.subscribe().expect("shared writers can be subscribed")
+    fn add(&self, deletions: bool) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers.lock().unwrap().push(Subscriber { tx, deletions });
+        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
     }
 
-    /// A stream of objects as they are deleted (best effort: a subscriber that lags by
-    /// more than the buffer misses some, and is told so in the log).
-    pub fn deletions(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
-        tokio_stream::wrappers::BroadcastStream::new(self.deleted.subscribe()).filter_map(|r| async move {
-            r.inspect_err(|e| tracing::warn!(kind = %K::kind(&()), error = %e, "deletion subscriber lagged")).ok()
-        })
+    /// A stream of every object as it changes (after the cache has it), and of every
+    /// cached object after each (re)list.
+    pub fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        self.add(false)
     }
 
-    /// Every change to objects of the kind, deletions included (a force-deleted pod must
-    /// still wake its owner).
+    /// As `subscribe`, and deleted objects too (a force-deleted pod must still wake its
+    /// owner).
     pub fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
-        futures::stream::select(self.subscribe(), self.deletions())
+        self.add(true)
     }
 
     /// Watches forever, feeding the cache and subscribers; restarts the watch with backoff
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {
         tracing::debug!(kind = %K::kind(&()), "informer starting");
-        let deleted = self.deleted;
-        let stream = watcher(self.api, watcher::Config::default()).default_backoff().inspect(move |event| {
-            if let Ok(watcher::Event::Delete(obj)) = event {
-                let _ = deleted.send(Arc::new(obj.clone()));
-            }
-        });
-        reflector::reflector(self.writer, stream)
-            .for_each(|event| async move {
-                if let Err(e) = event {
+        let Self { mut writer, api, subscribers } = self;
+        let reader = writer.as_reader();
+        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
                     tracing::debug!(error = %e, kind = %K::kind(&()), "watch error; retrying");
+                    continue;
                 }
-            })
-            .await;
+            };
+            writer.apply_watcher_event(&event);
+            let (objects, deleted) = match event {
+                watcher::Event::Apply(o) => (vec![Arc::new(o)], false),
+                watcher::Event::Delete(o) => (vec![Arc::new(o)], true),
+                // A (re)list is complete: everyone looks at everything again, as the
+                // objects changed while the watch was down are among them.
+                watcher::Event::InitDone => (reader.state(), false),
+                watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+            };
+            // Subscribers that went away are forgotten.
+            subscribers.lock().unwrap().retain(|s| {
+                if deleted && !s.deletions {
+                    return true;
+                }
+                objects.iter().all(|o| s.tx.send(o.clone()).is_ok())
+            });
+        }
     }
 }

@@ -97,10 +97,11 @@ pub fn int_or_percent(value: Option<&k8s_openapi::apimachinery::pkg::util::intst
     (if round_up { (v + 99) / 100 } else { v / 100 }) as i32
 }
 
-/// Failed reconciles are retried after a pause; the error is logged at debug level
-/// because conflicts and races with other writers are normal.
+/// Failed reconciles are retried after a pause. Conflicts with other writers are normal,
+/// but one failing over and over (a stale cache) must show in the log: info level.
 fn retry<K: Resource>(object: Arc<K>, error: &Error, _: Arc<impl Send + Sync>) -> Action {
-    tracing::debug!(kind = %std::any::type_name::<K>(), name = ?object.meta().name, %error, "reconcile failed; retrying");
+    let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or_default();
+    tracing::info!(kind, name = ?object.meta().name, %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
 
