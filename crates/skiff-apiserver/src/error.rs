@@ -64,6 +64,13 @@ impl ApiError {
         e
     }
 
+    /// A 409 whose `details` say more (server-side apply's field conflicts).
+    pub fn conflict_with_details(message: impl Into<String>, details: Value) -> Self {
+        let mut e = Self::new(StatusCode::CONFLICT, "Conflict", message);
+        e.details = Some(details);
+        e
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GONE, "Expired", message)
     }

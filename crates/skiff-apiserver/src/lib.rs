@@ -8,6 +8,7 @@ pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod field_manager;
 pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
@@ -222,12 +223,15 @@ async fn not_found(uri: http::Uri) -> Response {
 /// The HTTP router of the whole API.
 /// A kube-rs client whose requests go straight into `router`, authenticated with
 /// `token`: how the scheduler, controllers and benchmarks in the same process reach the
-/// API (no socket, no TLS, the same request path as any client).
-pub fn in_process_client(router: Router, token: &str) -> Result<kube::Client, http::header::InvalidHeaderValue> {
+/// API (no socket, no TLS, the same request path as any client). `component` is its
+/// User-Agent, the field manager its writes are recorded for.
+pub fn in_process_client(router: Router, token: &str, component: &'static str) -> Result<kube::Client, http::header::InvalidHeaderValue> {
     let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let agent = http::HeaderValue::from_static(component);
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut req: http::Request<kube::client::Body>| {
             req.headers_mut().insert(header::AUTHORIZATION, auth.clone());
+            req.headers_mut().insert(header::USER_AGENT, agent.clone());
             req
         })
         .service(router);

@@ -7,6 +7,7 @@ use skiff_store::{ListOptions, StoreError, object_revision};
 
 use crate::error::{ApiError, ApiResult};
 use crate::request::qualified;
+use crate::field_manager::{self, Owner};
 use crate::{ApiServer, convert, defaults, services, typed, validation};
 
 /// How to treat fields the type does not know (`?fieldValidation=`).
@@ -29,15 +30,17 @@ impl FieldValidation {
 }
 
 /// Options common to writes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriteOptions {
     pub field_validation: FieldValidation,
     pub dry_run: bool,
+    /// Whose fields the write sets (`metadata.managedFields`).
+    pub owner: Owner,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { field_validation: FieldValidation::Strict, dry_run: false }
+        Self { field_validation: FieldValidation::Strict, dry_run: false, owner: Owner::Update("skiff-apiserver".into()) }
     }
 }
 
@@ -188,8 +191,13 @@ impl ApiServer {
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now()));
-        for gone in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for gone in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
             meta.remove(gone);
+        }
+        // Only an apply brings its own managedFields (computed for it); a create's are
+        // recorded below.
+        if opts.owner != Owner::Applied {
+            meta.remove("managedFields");
         }
         if has_generation(&object) {
             meta::metadata_mut(&mut object).insert("generation".into(), json!(1));
@@ -205,6 +213,9 @@ impl ApiServer {
         job_selector(r, &mut object);
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
+        if let Owner::Update(manager) = &opts.owner {
+            field_manager::record_update(None, &mut object, manager, None, r.has_subresource("status"), &now());
+        }
         if let Some(ns) = namespace.filter(|_| r.namespaced) {
             self.namespaces.check(&*self.store, ns).await?;
         }
@@ -249,6 +260,7 @@ impl ApiServer {
         let mut new = new;
         check_kind(r, &mut new)?;
         let new = convert::to_storage(r, new);
+        let applied_fields = new.pointer("/metadata/managedFields").cloned().filter(|_| opts.owner == Owner::Applied);
         let name = meta::name(old).unwrap_or_default().to_string();
         let namespace = meta::namespace(old).map(String::from);
         if let Some(body_name) = meta::name(&new)
@@ -322,6 +334,13 @@ impl ApiServer {
         let mut warnings = Vec::new();
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
+        match (&opts.owner, applied_fields) {
+            (Owner::Update(manager), _) => field_manager::record_update(Some(old), &mut object, manager, subresource, r.has_subresource("status"), &now()),
+            (Owner::Applied, Some(fields)) => {
+                meta::metadata_mut(&mut object).insert("managedFields".into(), fields);
+            }
+            (Owner::Applied, None) => {}
+        }
         let key = r.key(namespace.as_deref(), &name);
         if opts.dry_run {
             return Ok(Written { object: convert::from_storage(r, object), warnings });

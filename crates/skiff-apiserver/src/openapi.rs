@@ -142,7 +142,7 @@ fn annotate_lists(defs: &mut Map<String, Value>, ref_prefix: &str) {
             let have = item_properties(defs, items);
             let rule = match patch::list_strategy(field, |f| have.iter().any(|h| h == f)) {
                 patch::ListStrategy::ByKey(key) => json!({"x-kubernetes-patch-strategy": "merge", "x-kubernetes-patch-merge-key": key,
-                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}),
+                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": patch::list_map_keys(field, key)}),
                 patch::ListStrategy::Primitives => json!({"x-kubernetes-patch-strategy": "merge", "x-kubernetes-list-type": "set"}),
                 patch::ListStrategy::Replace => continue,
             };

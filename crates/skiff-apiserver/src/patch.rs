@@ -80,6 +80,17 @@ pub fn list_strategy(field: &str, items_have: impl Fn(&str) -> bool) -> ListStra
     }
 }
 
+/// The fields that identify an item of a `ByKey` list for server-side apply
+/// (`x-kubernetes-list-map-keys`): the merge key, with `protocol` beside a port number
+/// (port 53 may be served over UDP and TCP) and `whenUnsatisfiable` beside a topology key.
+pub fn list_map_keys(field: &str, merge_key: &'static str) -> Vec<&'static str> {
+    match field {
+        "ports" => vec![merge_key, "protocol"],
+        "topologySpreadConstraints" => vec![merge_key, "whenUnsatisfiable"],
+        _ => vec![merge_key],
+    }
+}
+
 fn strip_directives(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(

@@ -17,7 +17,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{FieldValidation, WriteOptions, Written, now};
+use crate::field_manager::{self, Owner};
+use crate::objects::{FieldValidation, WriteOptions, Written, check_kind, now};
 use crate::patch::{self, PatchType};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
@@ -103,12 +104,12 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     match media {
-        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+        "application/yaml" | "application/x-yaml" | "text/yaml" | APPLY_PATCH => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
         protobuf::MEDIA_TYPE => protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string())),
-        "application/cbor" | "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+        "application/cbor" | "application/apply-patch+cbor" => {
             Err(ApiError::unsupported_media_type(content_type))
         }
         // The Python client posts without a Content-Type: take JSON.
@@ -116,14 +117,37 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     }
 }
 
-fn write_options(params: &Params) -> ApiResult<WriteOptions> {
+fn write_options(params: &Params, headers: &HeaderMap) -> ApiResult<WriteOptions> {
     let dry_run = match params.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
         Some(other) => return Err(ApiError::bad_request(format!("dryRun must be All, not {other:?}"))),
     };
-    Ok(WriteOptions { field_validation: FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?, dry_run })
+    let field_validation = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
+    Ok(WriteOptions { field_validation, dry_run, owner: Owner::Update(field_manager(params, headers)?) })
 }
+
+/// The manager a write's fields are recorded for: `?fieldManager=`, or else the client's
+/// name from its User-Agent (`kubectl/v1.32.0 (linux/amd64) …` → `kubectl`), as
+/// kube-apiserver names it.
+fn field_manager(params: &Params, headers: &HeaderMap) -> ApiResult<String> {
+    if let Some(m) = params.get("fieldManager").filter(|m| !m.is_empty()) {
+        if m.chars().count() > 128 || m.chars().any(|c| c.is_control()) {
+            return Err(ApiError::bad_request("fieldManager must be at most 128 printable characters"));
+        }
+        return Ok(m.clone());
+    }
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let name: String = agent.split('/').next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(128).collect();
+    Ok(if name.is_empty() { "unknown".into() } else { name })
+}
+
+/// Server-side apply's body type (JSON is YAML too).
+fn is_apply(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.split(';').next().unwrap_or_default().trim() == APPLY_PATCH)
+}
+
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 fn list_options(params: &Params) -> ApiResult<ListOptions> {
     let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or_default())
@@ -215,7 +239,7 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
-            let Written { object, warnings } = server.create_object(r, target.namespace.as_deref(), object, write_options(&params)?).await?;
+            let Written { object, warnings } = server.create_object(r, target.namespace.as_deref(), object, write_options(&params, &headers)?).await?;
             Ok(respond(StatusCode::CREATED, &present_one(r, object, out), out, &warnings))
         }
         (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &headers, &body, out).await,
@@ -233,20 +257,37 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let new = parse_body(&headers, &body)?;
             let old = get(&server, &target).await?;
             let sub = if sub == Some("finalize") { None } else { sub };
-            let Written { object, warnings } = server.update_object(r, &old, new, sub, write_options(&params)?).await?;
+            let Written { object, warnings } = server.update_object(r, &old, new, sub, write_options(&params, &headers)?).await?;
             Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
         }
         (&Method::PATCH, true, sub @ (None | Some("status"))) => {
             check_subresource(r, sub)?;
+            let force = match params.get("force").map(String::as_str) {
+                None | Some("" | "false") => false,
+                Some("true") => true,
+                Some(other) => return Err(ApiError::bad_request(format!("force must be true or false, not {other:?}"))),
+            };
+            let opts = write_options(&params, &headers)?;
+            if is_apply(&headers) {
+                let manager = params.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+                    ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![crate::error::FieldError::required("fieldManager")])
+                })?;
+                let config = parse_body(&headers, &body)?;
+                let (code, Written { object, warnings }) = apply_object(&server, &target, &config, sub, manager, force, opts).await?;
+                return Ok(respond(code, &present_one(r, object, out), out, &warnings));
+            }
+            if force {
+                return Err(ApiError::bad_request("force is only allowed with server-side apply (application/apply-patch+yaml)"));
+            }
             let kind = patch_type(&headers)?;
             let patch_body = parse_body(&headers, &body)?;
-            let Written { object, warnings } = patch_object(&server, &target, kind, &patch_body, sub, write_options(&params)?).await?;
+            let Written { object, warnings } = patch_object(&server, &target, kind, &patch_body, sub, opts).await?;
             Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
         }
         (&Method::PUT | &Method::PATCH, true, Some("scale")) if r.has_subresource("scale") => {
             let kind = if method == Method::PATCH { Some(patch_type(&headers)?) } else { None };
             let body = parse_body(&headers, &body)?;
-            let scale = update_scale(&server, &target, kind, &body, write_options(&params)?).await?;
+            let scale = update_scale(&server, &target, kind, &body, write_options(&params, &headers)?).await?;
             Ok(respond(StatusCode::OK, &scale, out, &[]))
         }
         (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {
@@ -318,7 +359,7 @@ where
     let mut retries = 0;
     loop {
         match attempt().await {
-            Err(e) if e.reason == "Conflict" && !pinned && retries < CONFLICT_RETRIES => retries += 1,
+            Err(e) if e.reason == "Conflict" && !field_manager::is_field_conflict(&e) && !pinned && retries < CONFLICT_RETRIES => retries += 1,
             other => return other,
         }
     }
@@ -345,7 +386,48 @@ async fn patch_object(server: &ApiServer, target: &Target, kind: PatchType, patc
             let rv = meta::resource_version(&old).unwrap_or_default().to_string();
             meta::metadata_mut(&mut patched).insert("resourceVersion".into(), json!(rv));
         }
-        server.update_object(r, &old, patched, sub, opts).await
+        server.update_object(r, &old, patched, sub, opts.clone()).await
+    })
+    .await
+}
+
+/// Server-side apply: merges the applied configuration into the object (creating it when
+/// there is none) as `manager`; 201 when it created the object.
+async fn apply_object(server: &ApiServer, target: &Target, config: &Value, sub: Option<&str>, manager: &str, force: bool, opts: WriteOptions) -> ApiResult<(StatusCode, Written)> {
+    let r = target.resource;
+    let mut config = config.clone();
+    check_kind(r, &mut config)?;
+    if config.pointer("/metadata/managedFields").is_some_and(|m| !m.is_null()) {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil in an applied configuration"));
+    }
+    let name = target.name.as_deref().unwrap_or_default();
+    match meta::name(&config) {
+        Some(n) if n == name => {}
+        Some(n) => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})"))),
+        None => return Err(ApiError::bad_request("an applied configuration must have metadata.name")),
+    }
+    let pinned = meta::resource_version(&config).is_some_and(|v| !v.is_empty());
+    let opts = WriteOptions { owner: Owner::Applied, ..opts };
+    let now = crate::objects::now();
+    let how = field_manager::Apply { manager, force, subresource: sub, has_status: r.has_subresource("status"), now: &now };
+    retry_on_conflict(pinned, || async {
+        let old = match get(server, target).await {
+            Ok(old) => old,
+            Err(e) if e.code == StatusCode::NOT_FOUND && sub.is_none() => {
+                let object = field_manager::apply(None, &config, &how).map_err(|c| field_manager::conflict_error(&c))?;
+                let written = server.create_object(r, target.namespace.as_deref(), object, opts.clone()).await?;
+                return Ok((StatusCode::CREATED, written));
+            }
+            Err(e) => return Err(e),
+        };
+        let served = convert::from_storage(r, old.clone());
+        let mut merged = field_manager::apply(Some(&served), &config, &how).map_err(|c| field_manager::conflict_error(&c))?;
+        if !pinned {
+            // The merge applies to what we read: guard that.
+            let rv = meta::resource_version(&old).unwrap_or_default().to_string();
+            meta::metadata_mut(&mut merged).insert("resourceVersion".into(), json!(rv));
+        }
+        Ok((StatusCode::OK, server.update_object(r, &old, merged, sub, opts.clone()).await?))
     })
     .await
 }
@@ -383,7 +465,7 @@ async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchTyp
         new["spec"]["replicas"] = json!(replicas);
         let rv = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
         meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv.map(String::from).unwrap_or_else(|| meta::resource_version(&old).unwrap_or_default().to_string())));
-        Ok(to_scale(&server.update_object(r, &old, new, None, opts).await?.object))
+        Ok(to_scale(&server.update_object(r, &old, new, None, opts.clone()).await?.object))
     })
     .await
 }

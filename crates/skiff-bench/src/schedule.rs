@@ -29,7 +29,7 @@ async fn cluster(nodes: usize) -> anyhow::Result<Cluster> {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), "bench-token")?;
+    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), "bench-token", "skiff-bench")?;
     let config = HollowConfig { prefix: "sim".into(), count: nodes, cpu: "32".into(), memory: "128Gi".into(), pods: 250, ..Default::default() };
     let config = &config;
     futures::stream::iter(0..nodes)

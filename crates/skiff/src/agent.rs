@@ -203,7 +203,9 @@ pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let kube_config = kube_config(&args).await?;
+    let mut kube_config = kube_config(&args).await?;
+    // The agent's writes are recorded under its name (the field manager).
+    kube_config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static("skiff-agent")));
     let client = kube::Client::try_from(kube_config.clone())?;
     let Some(count) = args.hollow else {
         let token = kube_config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())

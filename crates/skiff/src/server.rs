@@ -107,19 +107,20 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let router = skiff_apiserver::router(api).merge(skiff_registry::router(registry));
     // The scheduler and controllers are API clients like any other, wired straight to the
     // router: no socket, no TLS, same request path.
-    let client = skiff_apiserver::in_process_client(router.clone(), &token)?;
-    tokio::spawn(skiff_scheduler::run(client.clone()));
+    let client = |component| skiff_apiserver::in_process_client(router.clone(), &token, component);
+    tokio::spawn(skiff_scheduler::run(client("skiff-scheduler")?));
     let options = skiff_controllers::Options {
         node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
         pod_ranges: Some(pod_ranges),
     };
-    tokio::spawn(skiff_controllers::run(client.clone(), options));
+    tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options));
     if whole_cluster {
         // This node reaches the cluster's registry where the API listens, as any client would.
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
         let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca], &token);
         let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
-        crate::agent::spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
+        crate::agent::spawn_proxy(client("skiff-proxy")?, &args.node, &config, args.service_cidr);
+        let client = client("skiff-agent")?;
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");
