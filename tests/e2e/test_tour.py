@@ -295,6 +295,61 @@ def test_exec_runs_the_containers_command_in_its_sandbox(tour):
     tour.kubectl("delete", "pod", "exec-target", "exec-fn", "--wait=false")
 
 
+def test_kubectl_cp_copies_in_and_out_of_a_wasm_pods_volumes(tour, tmp_path):
+    # The node serves kubectl cp's tar over the pod's volumes: a Wasm image has no tar.
+    tour.kubectl("create", "configmap", "cp-cfg", "--from-literal=greeting=Ahoy")
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cp-target"},
+                           "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "main", "image": "registry.skiff.internal/wasi-hello:v1",
+                                    "args": ["sleep", "3600"], "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "cfg", "mountPath": "/config"}]}],
+                                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "cp-cfg"}}]}})
+    tour.kubectl("apply", "-f", "-", input=manifest)
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "cp-target", "-o", "json"))["status"].get("phase") == "Running", 60, "the cp target to run")
+    (tmp_path / "up.txt").write_text("uploaded\n")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "leaf.txt").write_text("leaf\n")
+    p = kubectl_result(tour, "cp", str(tmp_path / "up.txt"), "cp-target:/data/up.txt")
+    assert p.returncode == 0, p.stderr
+    p = kubectl_result(tour, "cp", str(tmp_path / "tree"), "cp-target:/data/tree")
+    assert p.returncode == 0, p.stderr
+    # The guest sees what was copied in.
+    p = kubectl_result(tour, "exec", "cp-target", "--", "wasi-hello", "cat", "/data/up.txt", "ls", "/data/tree")
+    assert "uploaded" in p.stdout and "leaf.txt" in p.stdout, p.stdout + p.stderr
+    p = kubectl_result(tour, "cp", "cp-target:/config/greeting", str(tmp_path / "greeting"))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "greeting").read_text() == "Ahoy"
+    p = kubectl_result(tour, "cp", "cp-target:/data/tree", str(tmp_path / "back"))
+    assert p.returncode == 0 and (tmp_path / "back" / "leaf.txt").read_text() == "leaf\n", p.stderr
+    # A read-only volume refuses, and a path outside every volume does not exist.
+    p = kubectl_result(tour, "cp", str(tmp_path / "up.txt"), "cp-target:/config/up.txt")
+    assert p.returncode != 0 and "Read-only file system" in p.stderr, p.stderr
+    p = kubectl_result(tour, "cp", "cp-target:/etc/passwd", str(tmp_path / "passwd"))
+    assert p.returncode != 0 and not (tmp_path / "passwd").exists(), p.stderr
+    tour.kubectl("delete", "pod", "cp-target", "--wait=false")
+
+
+def test_attach_follows_a_running_commands_output(tour):
+    # A command that waits, greets twice, and exits: attach sees the greetings, and ends
+    # when the run does.
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "attach-target"},
+                           "spec": {"runtimeClassName": "wasmtime", "restartPolicy": "Never",
+                                    "containers": [{"name": "main", "image": "registry.skiff.internal/wasi-hello:v1",
+                                                    "args": ["sleep", "6", "hello", "sleep", "0.5", "hello"],
+                                                    "env": [{"name": "NAME", "value": "attach"}]}]}})
+    tour.kubectl("apply", "-f", "-", input=manifest)
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "attach-target", "-o", "json"))["status"].get("phase") == "Running", 60, "the attach target to run")
+    # Its stdin is refused with the reason.
+    p = kubectl_result(tour, "attach", "-i", "attach-target", input="")
+    assert p.returncode != 0 and "a Wasm guest's stdin is empty" in p.stderr, p.stderr
+    p = kubectl_result(tour, "attach", "attach-target", "-c", "main")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("Hello, attach!") == 2, p.stdout
+    # A finished pod cannot be attached to.
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "attach-target", "-o", "json"))["status"].get("phase") == "Succeeded", 60, "the attach target to finish")
+    p = kubectl_result(tour, "attach", "attach-target")
+    assert p.returncode != 0 and "in a completed pod" in p.stderr, p.stderr
+    tour.kubectl("delete", "pod", "attach-target", "--wait=false")
+
+
 def test_port_forward_reaches_a_wasm_pods_listener(tour):
     tour.kubectl("run", "pf-fn", "--image=registry.skiff.internal/http-hello:v1", "--port=8080", "--env=POD_NAME=pf-fn")
     wait_for(lambda: json.loads(tour.kubectl("get", "pod", "pf-fn", "-o", "json"))["status"].get("phase") == "Running", 60, "the function pod to run")

@@ -31,12 +31,13 @@ use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdi
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
+pub(crate) const STDOUT: u8 = 1;
+pub(crate) const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const CLOSE: u8 = 255;
 
-/// What exec needs of a running container: its program and its sandbox.
+/// What exec and attach need of a running container: its program, its sandbox, and its
+/// current run's output.
 #[derive(Clone)]
 pub struct ExecTarget {
     /// The container's WASI command; `None` for a wasi:http function.
@@ -45,6 +46,7 @@ pub struct ExecTarget {
     pub mounts: Vec<Mount>,
     pub memory_limit: Option<u64>,
     pub cpu_limit_milli: Option<u64>,
+    pub output: crate::logs::LogSink,
 }
 
 /// The running containers of the node's pods, by (namespace, pod, container).
@@ -59,7 +61,7 @@ impl ExecTargets {
         Registered { targets: self.clone(), key }
     }
 
-    fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<ExecTarget> {
+    pub(crate) fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<ExecTarget> {
         self.0.lock().unwrap().get(&(namespace.to_string(), pod.to_string(), container.to_string())).cloned()
     }
 }
@@ -84,39 +86,62 @@ pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod,
     let Some(target) = targets.get(&namespace, &pod, &container) else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("container {container:?} is not running in pod {namespace}/{pod} on this node"));
     };
-    let Some(program) = target.command.clone() else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", &format!(
-            "container {container:?} serves a wasi:http function, which has no command to exec: exec runs the container's image when it is a WASI command"));
+    let run = match (crate::exec_tar::parse(&options.command), target.command.clone()) {
+        (Some(tar), _) => Run::Tar(tar),
+        (None, Some(program)) => Run::Guest(program),
+        (None, None) => {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", &format!(
+                "container {container:?} serves a wasi:http function, which has no command to exec: exec runs the container's image when it is a WASI command"));
+        }
     };
     let Some(upgrade) = upgrade else {
         return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("exec is served over WebSocket ({}); SPDY is not supported", PROTOCOLS.join(", ")));
     };
-    upgrade.protocols(PROTOCOLS).on_upgrade(move |socket| session(socket, runtime, program, target, options))
+    upgrade.protocols(PROTOCOLS).on_upgrade(move |socket| session(socket, runtime, run, target, options))
+}
+
+/// What an exec runs.
+enum Run {
+    /// The container's command, again, in its sandbox.
+    Guest(Program),
+    /// `tar`, which `kubectl cp` runs: served by the node ([`crate::exec_tar`]).
+    Tar(Result<crate::exec_tar::Tar, String>),
 }
 
 /// One exec: the guest runs with its standard streams on the socket's channels; when it
 /// exits, what is left of its output is sent, then its Status, then the socket closes.
-async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, program: Program, target: ExecTarget, options: ExecOptions) {
+async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target: ExecTarget, options: ExecOptions) {
     let (mut sink, mut incoming) = socket.split();
     let (stdin_writer, stdin_reader) = tokio::io::duplex(64 * 1024);
     let (stdout_writer, stdout_reader) = tokio::io::duplex(64 * 1024);
     let (stderr_writer, stderr_reader) = tokio::io::duplex(64 * 1024);
-    let streams = SessionStreams {
-        stdin: options.stdin.then(|| AsyncStdinStream::new(stdin_reader)),
-        stdout: AsyncStdoutStream::new(8192, stdout_writer),
-        stderr: AsyncStdoutStream::new(8192, stderr_writer),
-    };
     let argv = options.command.clone();
-    let spec = GuestSpec {
-        argv: argv.clone(),
-        env: target.env,
-        mounts: target.mounts,
-        memory_limit: target.memory_limit,
-        cpu_limit_milli: target.cpu_limit_milli,
-        stdio: Stdio::Session(Mutex::new(Some(streams))),
-        usage: Arc::new(Usage::default()),
+    let guest = match run {
+        Run::Guest(program) => {
+            let streams = SessionStreams {
+                stdin: options.stdin.then(|| AsyncStdinStream::new(stdin_reader)),
+                stdout: AsyncStdoutStream::new(8192, stdout_writer),
+                stderr: AsyncStdoutStream::new(8192, stderr_writer),
+            };
+            let spec = GuestSpec {
+                argv: argv.clone(),
+                env: target.env,
+                mounts: target.mounts,
+                memory_limit: target.memory_limit,
+                cpu_limit_milli: target.cpu_limit_milli,
+                stdio: Stdio::Session(Mutex::new(Some(streams))),
+                usage: Arc::new(Usage::default()),
+            };
+            runtime.spawn(program, spec)
+        }
+        Run::Tar(tar) => {
+            use tokio_util::io::SyncIoBridge;
+            let stdin: Box<dyn std::io::Read + Send> = if options.stdin { Box::new(SyncIoBridge::new(stdin_reader)) } else { Box::new(std::io::empty()) };
+            let (stdout, stderr) = (SyncIoBridge::new(stdout_writer), SyncIoBridge::new(stderr_writer));
+            let mounts = target.mounts;
+            tokio::task::spawn_blocking(move || Ok(crate::exec_tar::run(tar, &mounts, stdin, stdout, stderr)))
+        }
     };
-    let guest = runtime.spawn(program, spec);
     let abort = guest.abort_handle();
 
     // Output: both streams, in the order the guest wrote them, each on its channel (one
@@ -196,13 +221,18 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, program: Program,
         Ok(Err(start)) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": format!("error executing command {argv:?}: {start}")}),
         Err(_) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": "the exec session was stopped"}),
     };
+    end(sink, &report).await;
+}
+
+/// Ends a session: its `Status` on the error channel, then a normal closure (clients read
+/// any other close as a broken stream).
+pub(crate) async fn end(mut sink: futures::stream::SplitSink<WebSocket, Message>, report: &Value) {
     let _ = send(&mut sink, ERROR, report.to_string().as_bytes()).await;
-    // A normal closure: clients read any other close as a broken stream.
     let _ = sink.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))).await;
     let _ = sink.close().await;
 }
 
-async fn send(sink: &mut futures::stream::SplitSink<WebSocket, Message>, channel: u8, data: &[u8]) -> Result<(), axum::Error> {
+pub(crate) async fn send(sink: &mut futures::stream::SplitSink<WebSocket, Message>, channel: u8, data: &[u8]) -> Result<(), axum::Error> {
     let mut frame = Vec::with_capacity(data.len() + 1);
     frame.push(channel);
     frame.extend_from_slice(data);

@@ -7,8 +7,10 @@
 //! and Secrets, log and volume directories) and the agent's HTTPS endpoint ([`server`])
 //! serves their logs and usage.
 
+pub mod attach;
 pub mod env;
 pub mod exec;
+pub mod exec_tar;
 pub mod hollow;
 pub mod images;
 pub mod logs;

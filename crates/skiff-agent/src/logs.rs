@@ -26,7 +26,18 @@ struct SinkState {
     file: Option<std::fs::File>,
     /// Unterminated output per stream (0 stdout, 1 stderr).
     partial: [Vec<u8>; 2],
+    /// Attached clients, each given the output as it is written.
+    followers: Vec<tokio::sync::mpsc::Sender<Output>>,
+    /// The run is over: nothing more will be written.
+    finished: bool,
 }
+
+/// A piece of a run's output: the stream (0 stdout, 1 stderr) and the bytes.
+pub type Output = (usize, Vec<u8>);
+
+/// How many pieces of output an attached client may lag behind; past that it misses
+/// output rather than slow the container down.
+const FOLLOWER_BACKLOG: usize = 1024;
 
 impl LogSink {
     /// Creates (truncating) the log file at `path`.
@@ -35,7 +46,8 @@ impl LogSink {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::File::create(path)?;
-        Ok(LogSink { inner: Arc::new(Mutex::new(SinkState { path: path.to_path_buf(), file: None, partial: [Vec::new(), Vec::new()] })) })
+        let state = SinkState { path: path.to_path_buf(), file: None, partial: [Vec::new(), Vec::new()], followers: Vec::new(), finished: false };
+        Ok(LogSink { inner: Arc::new(Mutex::new(state)) })
     }
 
     pub fn stdout(&self) -> LogStream {
@@ -52,9 +64,22 @@ impl LogSink {
         let _ = s.file().and_then(|f| write_line(f, 1, 'F', text.as_bytes()));
     }
 
-    /// Writes out what is left of unterminated lines, at the end of a run.
+    /// The output written from now on, until the run ends (`kubectl attach`).
+    pub fn follow(&self) -> tokio::sync::mpsc::Receiver<Output> {
+        let (tx, rx) = tokio::sync::mpsc::channel(FOLLOWER_BACKLOG);
+        let mut s = self.inner.lock().unwrap();
+        if !s.finished {
+            s.followers.push(tx);
+        }
+        rx
+    }
+
+    /// Writes out what is left of unterminated lines, at the end of a run; attached
+    /// clients are told the run is over.
     pub fn finish(&self) {
         let mut s = self.inner.lock().unwrap();
+        s.finished = true;
+        s.followers.clear();
         for stream in 0..2 {
             let rest = std::mem::take(&mut s.partial[stream]);
             if !rest.is_empty() {
@@ -65,6 +90,10 @@ impl LogSink {
 
     fn write(&self, stream: usize, mut buf: &[u8]) -> std::io::Result<()> {
         let mut s = self.inner.lock().unwrap();
+        if !s.followers.is_empty() {
+            // A follower that went away is dropped; one that lags misses this piece.
+            s.followers.retain(|f| !matches!(f.try_send((stream, buf.to_vec())), Err(tokio::sync::mpsc::error::TrySendError::Closed(_))));
+        }
         s.file()?;
         let SinkState { file: Some(file), partial, .. } = &mut *s else { unreachable!("opened above") };
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {

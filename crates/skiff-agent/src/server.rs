@@ -32,6 +32,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route("/attach/{namespace}/{pod}/{container}", get(attach).post(attach))
         .route("/portForward/{namespace}/{pod}", get(port_forward).post(port_forward))
         .route("/stats/summary", get(stats))
         .route("/healthz", get(|| async { "ok" }))
@@ -78,6 +79,12 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::R
 /// `kubectl exec`: a WebSocket session running the container's command ([`crate::exec`]).
 async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
     crate::exec::handle(&agent.exec, agent.runtime.clone(), target, uri.query().unwrap_or_default(), upgrade.ok())
+}
+
+/// `kubectl attach`: a WebSocket session following the container's output
+/// ([`crate::attach`]).
+async fn attach(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
+    crate::attach::handle(&agent.exec, target, uri.query().unwrap_or_default(), upgrade.ok())
 }
 
 /// `kubectl port-forward`: an SPDY session copying streams to the pod's ports

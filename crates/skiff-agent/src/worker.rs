@@ -390,6 +390,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             mounts: guest.mounts.clone(),
             memory_limit: guest.memory_limit,
             cpu_limit_milli: guest.cpu_limit_milli,
+            output: log.clone(),
         };
         let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, exec_target);
         let started = Instant::now();

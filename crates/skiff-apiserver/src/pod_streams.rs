@@ -1,4 +1,4 @@
-//! `…/pods/{name}/exec` and `…/pods/{name}/portforward`: checks the request against the
+//! `…/pods/{name}/exec`, `…/attach` and `…/portforward`: checks the request against the
 //! pod, then forwards the connection upgrade (WebSocket or SPDY) to the agent of the pod's
 //! node and joins the two upgraded connections, as kube-apiserver proxies kubelet's
 //! streams. The stream protocols themselves are the agent's business.
@@ -34,6 +34,7 @@ fn upgrade_client() -> &'static reqwest::Client {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Exec,
+    Attach,
     PortForward,
 }
 
@@ -50,6 +51,14 @@ pub async fn pod_stream(server: &ApiServer, target: &Target, stream: Stream, met
                 return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
             }
             format!("/exec/{ns}/{name}/{container}")
+        }
+        Stream::Attach => {
+            let options = ExecOptions::parse_attach(query).map_err(ApiError::bad_request)?;
+            let container = container_of(&pod, name, options.container.as_deref(), false)?;
+            if matches!(phase, "Succeeded" | "Failed") {
+                return Err(ApiError::bad_request(format!("cannot attach to a container in a completed pod; current phase is {phase}")));
+            }
+            format!("/attach/{ns}/{name}/{container}")
         }
         Stream::PortForward => {
             if phase != "Running" {

@@ -196,6 +196,7 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract
     {
         let stream = match target.subresource.as_deref() {
             Some("exec") => Some(pod_streams::Stream::Exec),
+            Some("attach") => Some(pod_streams::Stream::Attach),
             Some("portforward") => Some(pod_streams::Stream::PortForward),
             _ => None,
         };

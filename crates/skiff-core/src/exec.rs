@@ -15,6 +15,15 @@ pub struct ExecOptions {
 impl ExecOptions {
     /// Parses the query; an exec with no command word is an error, as in Kubernetes.
     pub fn parse(query: &str) -> Result<Self, String> {
+        let o = Self::parse_attach(query)?;
+        if o.command.is_empty() {
+            return Err("you must specify at least one command for the container".into());
+        }
+        Ok(o)
+    }
+
+    /// Parses the query of a `pods/attach` request: the same streams, no command.
+    pub fn parse_attach(query: &str) -> Result<Self, String> {
         let mut o = ExecOptions::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -29,9 +38,6 @@ impl ExecOptions {
                 "tty" => o.tty = flag(),
                 _ => {}
             }
-        }
-        if o.command.is_empty() {
-            return Err("you must specify at least one command for the container".into());
         }
         Ok(o)
     }
@@ -48,6 +54,7 @@ mod tests {
         assert_eq!(o.container.as_deref(), Some("main"));
         assert!(o.stdin && o.stdout && o.stderr && !o.tty);
         assert!(ExecOptions::parse("stdout=true").unwrap_err().contains("at least one command"));
+        assert!(ExecOptions::parse_attach("stdout=true&container=c").unwrap().stdout);
         assert!(ExecOptions::parse("command=%FF").unwrap_err().contains("not UTF-8"));
     }
 }

@@ -101,7 +101,7 @@ const STATUS_SCALE: &[&str] = &["status", "scale"];
 /// several versions, the first listed is the preferred (and stored) version.
 pub static RESOURCES: &[ResourceType] = &[
     res("", "v1", "Namespace", "namespaces", "namespace", &["ns"], CLUSTER, STATUS, NONE),
-    res("", "v1", "Pod", "pods", "pod", &["po"], NS, &["status", "binding", "log", "exec", "portforward"], ALL),
+    res("", "v1", "Pod", "pods", "pod", &["po"], NS, &["status", "binding", "log", "exec", "attach", "portforward"], ALL),
     res("", "v1", "Node", "nodes", "node", &["no"], CLUSTER, STATUS, NONE),
     res("", "v1", "Service", "services", "service", &["svc"], NS, STATUS, ALL),
     res("", "v1", "Endpoints", "endpoints", "endpoints", &["ep"], NS, NONE, NONE),
