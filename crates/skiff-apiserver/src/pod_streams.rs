@@ -44,21 +44,17 @@ pub async fn pod_stream(server: &ApiServer, target: &Target, stream: Stream, met
     let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
     let ns = target.namespace.as_deref().unwrap_or_default();
     let path = match stream {
-        Stream::Exec => {
-            let options = ExecOptions::parse(query).map_err(ApiError::bad_request)?;
+        Stream::Exec | Stream::Attach => {
+            let (options, verb, endpoint) = match stream {
+                Stream::Exec => (ExecOptions::parse(query), "exec into", "exec"),
+                _ => (ExecOptions::parse_attach(query), "attach to", "attach"),
+            };
+            let options = options.map_err(ApiError::bad_request)?;
             let container = container_of(&pod, name, options.container.as_deref(), false)?;
             if matches!(phase, "Succeeded" | "Failed") {
-                return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
+                return Err(ApiError::bad_request(format!("cannot {verb} a container in a completed pod; current phase is {phase}")));
             }
-            format!("/exec/{ns}/{name}/{container}")
-        }
-        Stream::Attach => {
-            let options = ExecOptions::parse_attach(query).map_err(ApiError::bad_request)?;
-            let container = container_of(&pod, name, options.container.as_deref(), false)?;
-            if matches!(phase, "Succeeded" | "Failed") {
-                return Err(ApiError::bad_request(format!("cannot attach to a container in a completed pod; current phase is {phase}")));
-            }
-            format!("/attach/{ns}/{name}/{container}")
+            format!("/{endpoint}/{ns}/{name}/{container}")
         }
         Stream::PortForward => {
             if phase != "Running" {
