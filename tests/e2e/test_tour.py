@@ -5,6 +5,7 @@ directory is new; `skiff` on the PATH as the README's install step puts it there
 README block marked as part of the tour runs as written, in order, with nothing in between.
 """
 
+import glob
 import json
 import os
 import re
@@ -325,6 +326,37 @@ def test_kubectl_cp_copies_in_and_out_of_a_wasm_pods_volumes(tour, tmp_path):
     p = kubectl_result(tour, "cp", "cp-target:/etc/passwd", str(tmp_path / "passwd"))
     assert p.returncode != 0 and not (tmp_path / "passwd").exists(), p.stderr
     tour.kubectl("delete", "pod", "cp-target", "--wait=false")
+
+
+OLDER_KUBECTLS = sorted(glob.glob("/usr/lib/google-cloud-sdk/bin/kubectl.1.2[789]"))
+
+
+@pytest.mark.skipif(not OLDER_KUBECTLS, reason="the machine image's kubectl 1.27–1.29 are not installed")
+def test_kubectl_before_1_30_execs_attaches_and_copies_over_spdy(tour, tmp_path):
+    # Before 1.30 kubectl speaks SPDY for exec, attach and cp.
+    tour.kubectl("create", "configmap", "spdy-cfg", "--from-literal=greeting=Howdy")
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "spdy-target"},
+                           "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "main", "image": "registry.skiff.internal/wasi-hello:v1",
+                                    "args": ["sleep", "3600"], "env": [{"name": "NAME", "value": "spdy"}],
+                                    "volumeMounts": [{"name": "cfg", "mountPath": "/config"}, {"name": "data", "mountPath": "/data"}]}],
+                                    "volumes": [{"name": "cfg", "configMap": {"name": "spdy-cfg"}}, {"name": "data", "emptyDir": {}}]}})
+    tour.kubectl("apply", "-f", "-", input=manifest)
+    wait_for(lambda: json.loads(tour.kubectl("get", "pod", "spdy-target", "-o", "json"))["status"].get("phase") == "Running", 60, "the SPDY target to run")
+    env = dict(tour.env, KUBECONFIG=os.path.join(tour.data, "kubeconfig"))
+    run = lambda kubectl, *args, input=None: subprocess.run([kubectl, *args], input=input, capture_output=True, text=True, env=env, timeout=60)
+    for kubectl in OLDER_KUBECTLS:
+        p = run(kubectl, "exec", "spdy-target", "--", "wasi-hello", "hello")
+        assert p.returncode == 0 and "Howdy, spdy!" in p.stdout, (kubectl, p.stdout, p.stderr)
+        p = run(kubectl, "exec", "-i", "spdy-target", "--", "wasi-hello", "stdin", input="piped in\n")
+        assert p.returncode == 0 and p.stdout == "piped in\n", (kubectl, p.stdout, p.stderr)
+        p = run(kubectl, "exec", "spdy-target", "--", "wasi-hello", "exit", "3")
+        assert p.returncode == 3, (kubectl, p.stderr)
+        (tmp_path / "up.txt").write_text(kubectl)
+        p = run(kubectl, "cp", str(tmp_path / "up.txt"), "spdy-target:/data/up.txt")
+        assert p.returncode == 0, (kubectl, p.stderr)
+        p = run(kubectl, "cp", "spdy-target:/data/up.txt", str(tmp_path / "down.txt"))
+        assert p.returncode == 0 and (tmp_path / "down.txt").read_text() == kubectl, (kubectl, p.stderr)
+    tour.kubectl("delete", "pod", "spdy-target", "--wait=false")
 
 
 def test_attach_follows_a_running_commands_output(tour):

@@ -6,35 +6,23 @@
 //! with the request's words as argv (the first is argv[0], as a process's name). A
 //! container serving wasi:http has no command to run, and says so.
 //!
-//! The streams speak Kubernetes' WebSocket channel protocol (`v5.channel.k8s.io`, which
-//! kubectl 1.30+ asks for first, and `v4.channel.k8s.io`, the Python client's): each binary
-//! message starts with its channel — 0 stdin, 1 stdout, 2 stderr, 3 the final `Status`,
-//! 4 terminal resizes, and in v5 255 to close a channel.
+//! The streams are Kubernetes' channels over WebSocket or SPDY ([`crate::channels`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 
 use skiff_core::exec::ExecOptions;
 
+use crate::channels::{Input, Output, STDERR, STDOUT, Upgrade};
 use crate::server::status;
 use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdio, Usage, WasmRuntime};
-
-/// The channel protocols served, most preferred first.
-pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
-
-const STDIN: u8 = 0;
-pub(crate) const STDOUT: u8 = 1;
-pub(crate) const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const CLOSE: u8 = 255;
 
 /// What exec and attach need of a running container: its program, its sandbox, and its
 /// current run's output.
@@ -78,7 +66,7 @@ impl Drop for Registered {
 }
 
 /// Answers an exec request: the WebSocket session, or a Status saying why not.
-pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod, container): (String, String, String), query: &str, upgrade: Option<WebSocketUpgrade>) -> Response {
+pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod, container): (String, String, String), query: &str, headers: &HeaderMap, upgrade: Upgrade) -> Response {
     let options = match ExecOptions::parse(query) {
         Ok(o) => o,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
@@ -94,10 +82,8 @@ pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod,
                 "container {container:?} serves a wasi:http function, which has no command to exec: exec runs the container's image when it is a WASI command"));
         }
     };
-    let Some(upgrade) = upgrade else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", &format!("exec is served over WebSocket ({}); SPDY is not supported", PROTOCOLS.join(", ")));
-    };
-    upgrade.protocols(PROTOCOLS).on_upgrade(move |socket| session(socket, runtime, run, target, options))
+    let asked = options.clone();
+    upgrade.accept(&asked, headers, move |input, output| session(input, output, runtime, run, target, options))
 }
 
 /// What an exec runs.
@@ -110,8 +96,7 @@ enum Run {
 
 /// One exec: the guest runs with its standard streams on the socket's channels; when it
 /// exits, what is left of its output is sent, then its Status, then the socket closes.
-async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target: ExecTarget, options: ExecOptions) {
-    let (mut sink, mut incoming) = socket.split();
+async fn session(mut input: mpsc::Receiver<Input>, output: Output, runtime: Arc<WasmRuntime>, run: Run, target: ExecTarget, options: ExecOptions) {
     let (stdin_writer, stdin_reader) = tokio::io::duplex(64 * 1024);
     let (stdout_writer, stdout_reader) = tokio::io::duplex(64 * 1024);
     let (stderr_writer, stderr_reader) = tokio::io::duplex(64 * 1024);
@@ -165,24 +150,17 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target:
     });
     drop(out_tx);
 
-    // Input: stdin data until the client closes it (v5's close signal) or goes away.
-    let input = tokio::spawn(async move {
+    // Input: stdin data until the client closes it or goes away.
+    let stdin = tokio::spawn(async move {
         let mut stdin = Some(stdin_writer);
-        while let Some(Ok(message)) = incoming.next().await {
-            // The Python client sends text frames for text input.
-            let data: bytes::Bytes = match message {
-                Message::Binary(data) => data,
-                Message::Text(text) => bytes::Bytes::copy_from_slice(text.as_str().as_bytes()),
-                Message::Close(_) => return,
-                _ => continue,
-            };
-            match (data.first(), &mut stdin) {
-                (Some(&STDIN), Some(w)) => {
-                    if w.write_all(&data[1..]).await.is_err() {
+        while let Some(piece) = input.recv().await {
+            match (piece, &mut stdin) {
+                (Input::Stdin(data), Some(w)) => {
+                    if w.write_all(&data).await.is_err() {
                         stdin = None;
                     }
                 }
-                (Some(&CLOSE), _) if data.get(1) == Some(&STDIN) => stdin = None,
+                (Input::StdinClosed, _) => stdin = None,
                 _ => {}
             }
         }
@@ -193,7 +171,7 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target:
         tokio::select! {
             chunk = out_rx.recv() => match chunk {
                 Some((channel, data)) => {
-                    if send(&mut sink, channel, &data).await.is_err() {
+                    if !output.send(channel, data).await {
                         abort.abort();
                         return;
                     }
@@ -204,7 +182,7 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target:
             result = &mut guest => {
                 // The guest is done: what it wrote is still in the pumps.
                 while let Some((channel, data)) = out_rx.recv().await {
-                    if send(&mut sink, channel, &data).await.is_err() {
+                    if !output.send(channel, data).await {
                         return;
                     }
                 }
@@ -212,7 +190,7 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target:
             }
         }
     };
-    input.abort();
+    stdin.abort();
     for p in pumps {
         p.abort();
     }
@@ -221,22 +199,7 @@ async fn session(socket: WebSocket, runtime: Arc<WasmRuntime>, run: Run, target:
         Ok(Err(start)) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": format!("error executing command {argv:?}: {start}")}),
         Err(_) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError", "message": "the exec session was stopped"}),
     };
-    end(sink, &report).await;
-}
-
-/// Ends a session: its `Status` on the error channel, then a normal closure (clients read
-/// any other close as a broken stream).
-pub(crate) async fn end(mut sink: futures::stream::SplitSink<WebSocket, Message>, report: &Value) {
-    let _ = send(&mut sink, ERROR, report.to_string().as_bytes()).await;
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))).await;
-    let _ = sink.close().await;
-}
-
-pub(crate) async fn send(sink: &mut futures::stream::SplitSink<WebSocket, Message>, channel: u8, data: &[u8]) -> Result<(), axum::Error> {
-    let mut frame = Vec::with_capacity(data.len() + 1);
-    frame.push(channel);
-    frame.extend_from_slice(data);
-    sink.send(Message::Binary(frame.into())).await
+    output.end(&report).await;
 }
 
 /// The Status kubelet reports on the error channel when a command ends.

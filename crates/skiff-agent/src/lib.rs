@@ -8,6 +8,7 @@
 //! serves their logs and usage.
 
 pub mod attach;
+pub mod channels;
 pub mod env;
 pub mod exec;
 pub mod exec_tar;

@@ -17,17 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::server::status;
-use crate::spdy::{self, Frame};
+use crate::spdy::{self, Frame, Out};
 
 const PROTOCOL: &str = "portforward.k8s.io";
-
-/// What the connection's writer sends.
-enum Out {
-    Reply(u32),
-    Data(u32, Vec<u8>, bool),
-    Reset(u32, u32),
-    Ping(u32),
-}
 
 /// Answers a port-forward request: the upgrade to SPDY, or a Status saying why not.
 pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Response {
@@ -59,21 +51,7 @@ pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade:
 async fn session<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(io: IO, ip: String, pod: String) {
     let (read, write) = tokio::io::split(io);
     let mut reader = spdy::Reader::new(tokio::io::BufReader::with_capacity(256 * 1024, read));
-    let (out, mut outgoing) = mpsc::channel::<Out>(64);
-    let writer = tokio::spawn(async move {
-        let mut writer = spdy::Writer::new(write);
-        while let Some(frame) = outgoing.recv().await {
-            let written = match frame {
-                Out::Reply(id) => writer.syn_reply(id, false).await,
-                Out::Data(id, data, fin) => writer.data(id, &data, fin).await,
-                Out::Reset(id, code) => writer.rst_stream(id, code).await,
-                Out::Ping(id) => writer.ping(id).await,
-            };
-            if written.is_err() {
-                return;
-            }
-        }
-    });
+    let (out, writer) = spdy::spawn_writer(write);
     let mut error_streams: HashMap<String, u32> = HashMap::new();
     let mut data_streams: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
     while let Ok(Some(frame)) = reader.next().await {

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::ResourceExt;
 use serde_json::json;
 
+use crate::channels::Upgrade;
 use crate::Agent;
 use crate::logs::{self, LogOptions};
 
@@ -77,14 +78,16 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::R
 }
 
 /// `kubectl exec`: a WebSocket session running the container's command ([`crate::exec`]).
-async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
-    crate::exec::handle(&agent.exec, agent.runtime.clone(), target, uri.query().unwrap_or_default(), upgrade.ok())
+async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, request: axum::extract::Request) -> Response {
+    let (query, headers) = (request.uri().query().unwrap_or_default().to_string(), request.headers().clone());
+    crate::exec::handle(&agent.exec, agent.runtime.clone(), target, &query, &headers, Upgrade::of(request).await)
 }
 
 /// `kubectl attach`: a WebSocket session following the container's output
 /// ([`crate::attach`]).
-async fn attach(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, uri: axum::http::Uri, upgrade: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>) -> Response {
-    crate::attach::handle(&agent.exec, target, uri.query().unwrap_or_default(), upgrade.ok())
+async fn attach(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, request: axum::extract::Request) -> Response {
+    let (query, headers) = (request.uri().query().unwrap_or_default().to_string(), request.headers().clone());
+    crate::attach::handle(&agent.exec, target, &query, &headers, Upgrade::of(request).await)
 }
 
 /// `kubectl port-forward`: an SPDY session copying streams to the pod's ports

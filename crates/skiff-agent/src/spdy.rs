@@ -1,5 +1,5 @@
-//! SPDY/3.1 framing, the server's side: what kubectl's port-forward speaks once the
-//! connection is upgraded (`Upgrade: SPDY/3.1`). Only what a stream server needs: reading
+//! SPDY/3.1 framing, the server's side: what kubectl's port-forward (and, before kubectl
+//! 1.30, its exec and attach) speaks once the connection is upgraded (`Upgrade: SPDY/3.1`). Only what a stream server needs: reading
 //! frames, answering streams (SYN_REPLY), data, resets, pings and going away. Header blocks
 //! are zlib streams primed with the protocol's dictionary, one compression context per
 //! direction for the whole connection.
@@ -177,6 +177,35 @@ fn parse_headers(plain: &[u8]) -> io::Result<Vec<(String, String)>> {
         headers.push((name, value));
     }
     Ok(headers)
+}
+
+/// A frame to send, from whichever task has one.
+pub enum Out {
+    Reply(u32),
+    Data(u32, Vec<u8>, bool),
+    Reset(u32, u32),
+    Ping(u32),
+}
+
+/// Starts the connection's writer as a task of its own, fed by the returned sender; it
+/// ends when every sender is gone (or the client is).
+pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(io: W) -> (tokio::sync::mpsc::Sender<Out>, tokio::task::JoinHandle<()>) {
+    let (out, mut outgoing) = tokio::sync::mpsc::channel::<Out>(64);
+    let task = tokio::spawn(async move {
+        let mut writer = Writer::new(io);
+        while let Some(frame) = outgoing.recv().await {
+            let written = match frame {
+                Out::Reply(id) => writer.syn_reply(id, false).await,
+                Out::Data(id, data, fin) => writer.data(id, &data, fin).await,
+                Out::Reset(id, code) => writer.rst_stream(id, code).await,
+                Out::Ping(id) => writer.ping(id).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+    });
+    (out, task)
 }
 
 /// Writes frames to the client.

@@ -2,7 +2,7 @@
 //! API server, which checks it against the pod, and by the node agent, which runs it.
 
 /// What an exec asks for. `command` repeats in the query, one word each, in order.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ExecOptions {
     pub command: Vec<String>,
     pub container: Option<String>,

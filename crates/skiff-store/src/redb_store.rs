@@ -5,6 +5,7 @@
 //! once with an fsync, then fans the events out to watchers and answers them all. Under
 //! concurrency that is group commit: many writes per fsync.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -210,11 +211,15 @@ impl EventLog for Shared {
     }
 }
 
+/// Lists under `prefix`. A later page (`continue`) reads the snapshot of the first page's
+/// revision, as etcd-backed Kubernetes does: objects written since are read as they were
+/// then, from the event log (410 once the log no longer reaches back that far).
 fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<ListResult, StoreError> {
     let txn = s.db.begin_read().map_err(backend)?;
     let meta = txn.open_table(META).map_err(backend)?;
     let mut revision = counter(&meta, REVISION)?;
     let mut start = prefix.to_string();
+    let mut then = BTreeMap::new();
     if let Some(token) = &options.continue_token {
         let (rv, from) = continue_token::decode(token)?;
         let compacted = counter(&meta, COMPACTED)?;
@@ -224,7 +229,11 @@ fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<List
         if !from.starts_with(prefix) {
             return Err(StoreError::InvalidContinue("token is for another list".into()));
         }
+        if rv > revision {
+            return Err(StoreError::InvalidContinue("token is from the future".into()));
+        }
         // Later pages report the first page's revision, as Kubernetes does.
+        then = written_since(&txn, prefix, &from, rv)?;
         revision = rv;
         start = from;
     }
@@ -232,28 +241,84 @@ fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<List
     let limit = options.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
     let mut items = Vec::new();
     let mut continue_token = None;
-    let name_only = options.fields.required_name();
-    for entry in table.range(start.as_str()..).map_err(backend)? {
+    // A pinned name (kubectl's `fieldSelector=metadata.name=x`) skips parsing others.
+    let name_only = options.fields.required_name().map(|n| format!("/{n}"));
+    let wanted = |key: &str| name_only.as_ref().is_none_or(|n| key.ends_with(n.as_str()));
+    // Takes one object in key order; false once the page is full.
+    let mut take = |key: &str, object: Value| -> bool {
+        if !options.labels.matches_object(&object) || !options.fields.matches(&object) {
+            return true;
+        }
+        if items.len() == limit {
+            continue_token = Some(continue_token::encode(revision, key));
+            return false;
+        }
+        items.push(object);
+        true
+    };
+    let mut past = then.into_iter().peekable();
+    let mut full = false;
+    'current: for entry in table.range(start.as_str()..).map_err(backend)? {
         let (key, bytes) = entry.map_err(backend)?;
         let key = key.value();
         if !key.starts_with(prefix) {
             break;
         }
-        // A pinned name (kubectl's `fieldSelector=metadata.name=x`) skips parsing others.
-        if name_only.is_some_and(|n| !key.ends_with(&format!("/{n}"))) {
-            continue;
+        // Objects deleted since the snapshot that sort before this key come first.
+        while let Some((gone, then)) = past.next_if(|(k, _)| k.as_str() < key) {
+            if let Some(object) = then.filter(|_| wanted(&gone))
+                && !take(&gone, object)
+            {
+                full = true;
+                break 'current;
+            }
         }
-        let object: Value = serde_json::from_slice(bytes.value()).map_err(backend)?;
-        if !options.labels.matches_object(&object) || !options.fields.matches(&object) {
-            continue;
-        }
-        if items.len() == limit {
-            continue_token = Some(continue_token::encode(revision, key));
+        let object = match past.next_if(|(k, _)| k == key) {
+            Some((_, then)) => match then {
+                Some(object) if wanted(key) => object,
+                _ => continue,
+            },
+            None if wanted(key) => serde_json::from_slice(bytes.value()).map_err(backend)?,
+            None => continue,
+        };
+        if !take(key, object) {
+            full = true;
             break;
         }
-        items.push(object);
     }
+    // Objects deleted since the snapshot after the last one there is now.
+    if !full {
+        for (gone, then) in past {
+            if let Some(object) = then.filter(|_| wanted(&gone))
+                && !take(&gone, object)
+            {
+                break;
+            }
+        }
+    }
+    drop(take);
     Ok(ListResult { items, revision, continue_token })
+}
+
+/// Keys under `prefix` from `start` on that were written after revision `rv`, each with
+/// what it held at `rv` (`None`: it did not exist): the `prev` of its first later event.
+fn written_since(txn: &redb::ReadTransaction, prefix: &str, start: &str, rv: u64) -> Result<BTreeMap<String, Option<Value>>, StoreError> {
+    /// Only the key of a logged event, to skip others' without building their objects.
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        key: String,
+    }
+    let log = txn.open_table(EVENTS).map_err(backend)?;
+    let mut then = BTreeMap::new();
+    for entry in log.range(rv + 1..).map_err(backend)? {
+        let (_, bytes) = entry.map_err(backend)?;
+        let KeyOnly { key } = serde_json::from_slice(bytes.value()).map_err(backend)?;
+        if key.starts_with(prefix) && key.as_str() >= start && !then.contains_key(&key) {
+            let logged: LoggedEvent = serde_json::from_slice(bytes.value()).map_err(backend)?;
+            then.insert(key, logged.prev);
+        }
+    }
+    Ok(then)
 }
 
 fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, retention: u64) {
@@ -430,6 +495,48 @@ mod tests {
             }
         }
         assert_eq!(names, ["n0", "n2", "n4", "n6", "n8"]);
+    }
+
+    #[tokio::test]
+    async fn later_pages_read_the_first_pages_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, 1000);
+        for i in 0..6 {
+            store.create(&format!("/core/cm/d/n{i}"), obj(&format!("n{i}"), "v1")).await.unwrap();
+        }
+        let first = store.list("/core/cm/d/", &ListOptions { limit: Some(2), ..Default::default() }).await.unwrap();
+        // Between pages: one changed, one deleted, one created, on both sides of the cursor.
+        store.update("/core/cm/d/n3", obj("n3", "v2"), None).await.unwrap();
+        store.delete("/core/cm/d/n4", None).await.unwrap();
+        store.delete("/core/cm/d/n5", None).await.unwrap();
+        store.create("/core/cm/d/n2a", obj("n2a", "v1")).await.unwrap();
+        store.update("/core/cm/d/n0", obj("n0", "v2"), None).await.unwrap();
+        let rest = store.list("/core/cm/d/", &ListOptions { continue_token: first.continue_token.clone(), ..Default::default() }).await.unwrap();
+        assert_eq!(rest.revision, first.revision);
+        let names: Vec<&str> = rest.items.iter().map(|o| o["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["n2", "n3", "n4", "n5"]);
+        assert!(rest.items.iter().all(|o| o["metadata"]["labels"]["app"] == "v1"));
+        // Paged one by one, the same.
+        let mut options = ListOptions { limit: Some(1), continue_token: first.continue_token, ..Default::default() };
+        let mut paged = Vec::new();
+        while options.continue_token.is_some() {
+            let page = store.list("/core/cm/d/", &options).await.unwrap();
+            paged.extend(page.items.iter().map(|o| o["metadata"]["name"].as_str().unwrap().to_string()));
+            options.continue_token = page.continue_token;
+        }
+        assert_eq!(paged, ["n2", "n3", "n4", "n5"]);
+        // Once the log no longer reaches back, the token has expired.
+        let small = tempfile::tempdir().unwrap();
+        let store = open(&small, 10);
+        for i in 0..4 {
+            store.create(&format!("/core/cm/d/n{i}"), obj("n", "a")).await.unwrap();
+        }
+        let first = store.list("/core/cm/d/", &ListOptions { limit: Some(1), ..Default::default() }).await.unwrap();
+        for i in 0..30 {
+            store.update("/core/cm/d/n0", obj("n0", &format!("v{i}")), None).await.unwrap();
+        }
+        let expired = store.list("/core/cm/d/", &ListOptions { continue_token: first.continue_token, ..Default::default() }).await;
+        assert!(matches!(expired, Err(StoreError::Expired { .. })));
     }
 
     #[tokio::test]
