@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::{StatusCode, header};
@@ -113,13 +112,7 @@ impl Upgrade {
                         session(input, output).await;
                     }
                 });
-                Response::builder()
-                    .status(StatusCode::SWITCHING_PROTOCOLS)
-                    .header(header::CONNECTION, "Upgrade")
-                    .header(header::UPGRADE, "SPDY/3.1")
-                    .header("X-Stream-Protocol-Version", SPDY_PROTOCOL)
-                    .body(Body::empty())
-                    .expect("a valid response")
+                spdy::switching_protocols(SPDY_PROTOCOL)
             }
             Upgrade::Missing => status(StatusCode::BAD_REQUEST, "BadRequest", &format!(
                 "this stream is served over WebSocket ({}) or SPDY/3.1 ({SPDY_PROTOCOL})", WEBSOCKET_PROTOCOLS.join(", "))),

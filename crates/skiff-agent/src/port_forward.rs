@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use hyper::upgrade::OnUpgrade;
@@ -39,13 +38,7 @@ pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade:
             session(TokioIo::new(io), ip, pod).await;
         }
     });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", PROTOCOL)
-        .body(Body::empty())
-        .expect("a valid response")
+    spdy::switching_protocols(PROTOCOL)
 }
 
 async fn session<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(io: IO, ip: String, pod: String) {

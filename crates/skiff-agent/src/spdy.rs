@@ -179,6 +179,18 @@ fn parse_headers(plain: &[u8]) -> io::Result<Vec<(String, String)>> {
     Ok(headers)
 }
 
+/// The answer that switches a connection to SPDY/3.1 with the stream `protocol`.
+pub fn switching_protocols(protocol: &str) -> axum::response::Response {
+    use axum::http::header;
+    axum::response::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(axum::body::Body::empty())
+        .expect("a valid response")
+}
+
 /// A frame to send, from whichever task has one.
 pub enum Out {
     Reply(u32),

@@ -296,7 +296,6 @@ fn list_blocking(s: &Shared, prefix: &str, options: &ListOptions) -> Result<List
             }
         }
     }
-    drop(take);
     Ok(ListResult { items, revision, continue_token })
 }
 
