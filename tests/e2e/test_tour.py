@@ -411,4 +411,19 @@ def test_port_forward_reaches_a_wasm_pods_listener(tour):
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "error forwarding port 9 to pod default/pf-fn" in err and "refused" in err, err
+    # The Python client forwards over WebSocket (a data and an error channel per port).
+    from kubernetes import client as k8s, config as k8s_config
+    from kubernetes.stream import portforward
+    api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=os.path.join(tour.data, "kubeconfig")))
+    forward = portforward(api.connect_get_namespaced_pod_portforward, "pf-fn", "default", ports="8080,9")
+    sock = forward.socket(8080)
+    sock.setblocking(True)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: pf-fn\r\nConnection: close\r\n\r\n")
+    reply = b""
+    while chunk := sock.recv(65536):
+        reply += chunk
+    assert b"Hello from pf-fn!" in reply, reply
+    wait_for(lambda: forward.error(9), 10, "the refused port's error")
+    assert "refused" in forward.error(9), forward.error(9)
+    forward.close()
     tour.kubectl("delete", "pod", "pf-fn", "--wait=false")

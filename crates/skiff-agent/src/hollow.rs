@@ -154,7 +154,7 @@ async fn run_pods(client: Client, names: Arc<HashSet<String>>, ips: Arc<HashMap<
     let api: Api<Pod> = Api::all(client.clone());
     let done = Arc::new(Mutex::new(Done::default()));
     let next_ip = Arc::new(std::sync::atomic::AtomicU32::new(1));
-    let mut events = watcher(api, watcher::Config::default().fields("spec.nodeName!=")).default_backoff().boxed();
+    let mut events = watcher(api, watcher::Config::default().fields("spec.nodeName!=")).default_backoff().modify(skiff_client::without_managed_fields).boxed();
     while let Some(ev) = events.next().await {
         let pod = match ev {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,

@@ -18,6 +18,7 @@ pub mod logs;
 pub mod network;
 pub mod pod_dns;
 pub mod port_forward;
+pub mod port_forward_websocket;
 pub mod registries;
 pub mod node;
 pub mod probes;
@@ -345,7 +346,7 @@ async fn keep_alive(agent: Arc<Agent>, mut registration: NodeRegistration, mut n
 async fn run_pods(agent: Arc<Agent>) {
     let api: Api<Pod> = Api::all(agent.client.clone());
     let selector = format!("spec.nodeName={}", agent.config.node_name);
-    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().modify(skiff_client::without_managed_fields).boxed();
     let mut listed: HashSet<String> = HashSet::new();
     let mut first_list = true;
     while let Some(event) = events.next().await {

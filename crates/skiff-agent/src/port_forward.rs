@@ -8,28 +8,29 @@
 
 use std::collections::HashMap;
 
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::channels::Upgrade;
 use crate::server::status;
 use crate::spdy::{self, Frame, Out};
 
 const PROTOCOL: &str = "portforward.k8s.io";
 
 /// Answers a port-forward request: the upgrade to SPDY, or a Status saying why not.
-pub fn handle(pod_ip: Option<String>, pod: String, headers: &HeaderMap, upgrade: Option<OnUpgrade>) -> Response {
+pub fn handle(pod_ip: Option<String>, pod: String, query: &str, headers: &HeaderMap, upgrade: Upgrade) -> Response {
     let Some(ip) = pod_ip else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("pod {pod} is not running on this node"));
     };
-    let spdy = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
-    let offered = headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|p| p.trim() == PROTOCOL);
-    let (true, Some(upgrade)) = (spdy, upgrade) else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "port-forward is served over SPDY/3.1 (portforward.k8s.io); kubectl falls back to it");
+    let upgrade = match upgrade {
+        Upgrade::Spdy(upgrade) => upgrade,
+        Upgrade::WebSocket(ws) if crate::port_forward_websocket::serves(headers) => return crate::port_forward_websocket::accept(ws, ip, pod, query),
+        _ => return status(StatusCode::BAD_REQUEST, "BadRequest", "port-forward is served over SPDY/3.1 (portforward.k8s.io) or WebSocket (v4.channel.k8s.io); kubectl falls back to SPDY"),
     };
+    let offered = headers.get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|p| p.trim() == PROTOCOL);
     if !offered {
         return status(StatusCode::FORBIDDEN, "Forbidden", &format!("port-forward speaks only {PROTOCOL}"));
     }

@@ -90,12 +90,12 @@ async fn attach(State(agent): State<Arc<Agent>>, Path(target): Path<(String, Str
     crate::attach::handle(&agent.exec, target, &query, &headers, Upgrade::of(request).await)
 }
 
-/// `kubectl port-forward`: an SPDY session copying streams to the pod's ports
-/// ([`crate::port_forward`]).
-async fn port_forward(State(agent): State<Arc<Agent>>, Path((namespace, pod)): Path<(String, String)>, mut request: axum::extract::Request) -> Response {
-    let upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+/// `kubectl port-forward`: an SPDY (or the Python client's WebSocket) session copying
+/// streams to the pod's ports ([`crate::port_forward`]).
+async fn port_forward(State(agent): State<Arc<Agent>>, Path((namespace, pod)): Path<(String, String)>, request: axum::extract::Request) -> Response {
+    let (query, headers) = (request.uri().query().unwrap_or_default().to_string(), request.headers().clone());
     let ip = crate::port_forward::pod_address(&agent, &namespace, &pod);
-    crate::port_forward::handle(ip, format!("{namespace}/{pod}"), request.headers(), upgrade)
+    crate::port_forward::handle(ip, format!("{namespace}/{pod}"), &query, &headers, Upgrade::of(request).await)
 }
 
 /// A Kubernetes `Status`, which the API server passes on to the client.

@@ -74,7 +74,7 @@ where
         tracing::debug!(kind = %K::kind(&()), "informer starting");
         let Self { mut writer, api, subscribers } = self;
         let reader = writer.as_reader();
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut events = watcher(api, watcher::Config::default()).default_backoff().modify(crate::without_managed_fields).boxed();
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,

@@ -322,7 +322,7 @@ async fn report_unschedulable(client: Client, recorder: Recorder, pod: Arc<Pod>,
 
 /// Runs the scheduler until the process ends. Watches restart on their own after errors.
 pub async fn run(client: Client) {
-    let mut pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().boxed();
+    let mut pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(skiff_client::without_managed_fields).boxed();
     let mut nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff().boxed();
     let mut classes = watcher(Api::<RuntimeClass>::all(client.clone()), watcher::Config::default()).default_backoff().boxed();
     let (binds, mut bound) = mpsc::unbounded_channel();
