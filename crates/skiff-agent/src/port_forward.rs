@@ -101,18 +101,31 @@ async fn session<IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'stat
 
 /// One forwarded connection: to the pod's `port`, bytes both ways, then both streams
 /// closed (the error stream carrying why, if the connection failed).
-async fn forward(ip: String, port: u16, pod: String, stream_id: u32, error_stream: Option<u32>, out: mpsc::Sender<Out>, mut from_client: mpsc::Receiver<Vec<u8>>) {
-    let tcp = match tokio::net::TcpStream::connect((ip.as_str(), port)).await {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            if let Some(es) = error_stream {
-                let message = format!("error forwarding port {port} to pod {pod}: {e}");
-                let _ = out.send(Out::Data(es, message.into_bytes(), true)).await;
-            }
-            let _ = out.send(Out::Data(stream_id, Vec::new(), true)).await;
-            return;
-        }
-    };
+async fn forward(ip: String, port: u16, pod: String, stream_id: u32, error_stream: Option<u32>, out: mpsc::Sender<Out>, from_client: mpsc::Receiver<Vec<u8>>) {
+    let relayed = relay(&ip, port, from_client, |chunk| {
+        let out = out.clone();
+        async move { out.send(Out::Data(stream_id, chunk, false)).await.is_ok() }
+    })
+    .await;
+    if let (Err(e), Some(es)) = (&relayed, error_stream) {
+        let message = format!("error forwarding port {port} to pod {pod}: {e}");
+        let _ = out.send(Out::Data(es, message.into_bytes(), true)).await;
+    }
+    let _ = out.send(Out::Data(stream_id, Vec::new(), true)).await;
+    if let (Ok(()), Some(es)) = (relayed, error_stream) {
+        let _ = out.send(Out::Data(es, Vec::new(), true)).await;
+    }
+}
+
+/// Connects to the pod's `port` and relays until the pod closes its side: the client's
+/// chunks in (the pod's write side shut once the client is done), the pod's bytes out
+/// through `send` (false: the client has gone).
+pub(crate) async fn relay<F, Fut>(ip: &str, port: u16, mut from_client: mpsc::Receiver<Vec<u8>>, mut send: F) -> std::io::Result<()>
+where
+    F: FnMut(Vec<u8>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
     let _ = tcp.set_nodelay(true);
     let (mut from_pod, mut to_pod) = tcp.into_split();
     let up = async {
@@ -122,6 +135,7 @@ async fn forward(ip: String, port: u16, pod: String, stream_id: u32, error_strea
             }
         }
         let _ = to_pod.shutdown().await;
+        std::future::pending::<()>().await
     };
     let down = async {
         let mut buf = vec![0u8; 64 * 1024];
@@ -129,18 +143,18 @@ async fn forward(ip: String, port: u16, pod: String, stream_id: u32, error_strea
             match from_pod.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if out.send(Out::Data(stream_id, buf[..n].to_vec(), false)).await.is_err() {
-                        return;
+                    if !send(buf[..n].to_vec()).await {
+                        break;
                     }
                 }
             }
         }
-        let _ = out.send(Out::Data(stream_id, Vec::new(), true)).await;
     };
-    tokio::join!(up, down);
-    if let Some(es) = error_stream {
-        let _ = out.send(Out::Data(es, Vec::new(), true)).await;
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
     }
+    Ok(())
 }
 
 /// The address of a pod this node runs, by namespace and name.

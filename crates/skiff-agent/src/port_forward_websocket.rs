@@ -10,7 +10,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, close_code};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::server::status;
@@ -88,41 +87,15 @@ pub fn accept(ws: WebSocketUpgrade, ip: String, pod: String, query: &str) -> Res
     })
 }
 
-/// One port: connected to the pod, bytes both ways until either side is done.
-async fn forward(ip: String, port: u16, pod: String, (data, error): (u8, u8), out: mpsc::Sender<(u8, Vec<u8>)>, mut from_client: mpsc::Receiver<Vec<u8>>) {
-    let tcp = match tokio::net::TcpStream::connect((ip.as_str(), port)).await {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            let _ = out.send((error, format!("error forwarding port {port} to pod {pod}: {e}").into_bytes())).await;
-            return;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let (mut from_pod, mut to_pod) = tcp.into_split();
-    let up = async {
-        while let Some(chunk) = from_client.recv().await {
-            if to_pod.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    };
-    let down = async {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from_pod.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.send((data, buf[..n].to_vec())).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    // The pod closing its side ends the port; the client's data then has nowhere to go.
-    tokio::select! {
-        _ = down => {}
-        _ = async { up.await; std::future::pending::<()>().await } => {}
+/// One port: connected to the pod, bytes both ways until the pod closes its side.
+async fn forward(ip: String, port: u16, pod: String, (data, error): (u8, u8), out: mpsc::Sender<(u8, Vec<u8>)>, from_client: mpsc::Receiver<Vec<u8>>) {
+    let relayed = crate::port_forward::relay(&ip, port, from_client, |chunk| {
+        let out = out.clone();
+        async move { out.send((data, chunk)).await.is_ok() }
+    })
+    .await;
+    if let Err(e) = relayed {
+        let _ = out.send((error, format!("error forwarding port {port} to pod {pod}: {e}").into_bytes())).await;
     }
 }
 
