@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod defaults;
+pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_manager;
@@ -19,6 +20,7 @@ pub mod protobuf;
 pub mod request;
 pub mod rest;
 pub mod services;
+pub mod strategy;
 pub mod table;
 pub mod tls;
 pub mod typed;

@@ -1,5 +1,6 @@
 //! The write pipeline every object goes through, from a request or from the server's own
-//! bootstrap: metadata, defaulting, typed decoding, validation, allocation, storage.
+//! bootstrap: metadata, the kind's strategy, defaulting, typed decoding, validation, field
+//! ownership, allocation, storage. Deletion and binding: `deletion`.
 
 use serde_json::{Value, json};
 use skiff_core::{ResourceType, meta, resources};
@@ -8,7 +9,7 @@ use skiff_store::{ListOptions, StoreError, object_revision};
 use crate::error::{ApiError, ApiResult};
 use crate::request::qualified;
 use crate::field_manager::{self, Owner};
-use crate::{ApiServer, convert, defaults, services, typed, validation};
+use crate::{ApiServer, convert, defaults, services, strategy, typed, validation};
 
 /// How to treat fields the type does not know (`?fieldValidation=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,15 +203,8 @@ impl ApiServer {
         if has_generation(&object) {
             meta::metadata_mut(&mut object).insert("generation".into(), json!(1));
         }
-        // Status is the controllers' to write: a new object starts without one.
-        if r.has_subresource("status") && r.kind != "Pod" && let Some(o) = object.as_object_mut() {
-            o.remove("status");
-        }
-        if r.kind == "Pod" && let Some(o) = object.as_object_mut() {
-            o.insert("status".into(), json!({}));
-        }
+        strategy::of(r.kind).prepare_create(r, &mut object);
         defaults::apply(r.kind, &mut object);
-        job_selector(r, &mut object);
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
         if let Owner::Update(manager) = &opts.owner {
@@ -224,7 +218,7 @@ impl ApiServer {
         if opts.dry_run {
             return Ok(Written { object: convert::from_storage(r, object), warnings });
         }
-        let stored = if r.kind == "Service" {
+        let stored = if strategy::of(r.kind).allocates_addresses() {
             let _serial = self.service_lock.lock().await;
             self.allocate_service(None, &mut object).await?;
             self.store.create(&key, object).await
@@ -352,11 +346,11 @@ impl ApiServer {
             return Ok(Written { object: convert::from_storage(r, old.clone()), warnings });
         }
         // The last finalizer gone from a terminating object completes its deletion.
-        if meta::is_terminating(&object) && self.finalizers_of(r, &object).is_empty() {
+        if meta::is_terminating(&object) && strategy::of(r.kind).finalizers(&object).is_empty() {
             let deleted = self.store.delete(&key, Some(expected.unwrap_or_else(|| object_revision(old).unwrap_or(0)))).await.map_err(store_err(r, &name))?;
             return Ok(Written { object: convert::from_storage(r, deleted), warnings });
         }
-        let stored = if r.kind == "Service" {
+        let stored = if strategy::of(r.kind).allocates_addresses() {
             let _serial = self.service_lock.lock().await;
             self.allocate_service(Some(old), &mut object).await?;
             self.store.update(&key, object, expected).await
@@ -365,16 +359,6 @@ impl ApiServer {
         };
         let stored = stored.map_err(store_err(r, &name))?;
         Ok(Written { object: convert::from_storage(r, stored), warnings })
-    }
-
-    /// What still holds an object back from deletion: `metadata.finalizers`, and for a
-    /// Namespace also `spec.finalizers` (emptied by the namespace controller).
-    pub fn finalizers_of(&self, r: &ResourceType, object: &Value) -> Vec<String> {
-        let mut f = meta::finalizers(object);
-        if r.kind == "Namespace" {
-            f.extend(object.pointer("/spec/finalizers").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)));
-        }
-        f
     }
 }
 
@@ -386,25 +370,4 @@ fn strip_for_generation(object: &Value) -> Value {
         m.remove("status");
     }
     o
-}
-
-/// Jobs select their pods by a generated controller-uid label, as Kubernetes does,
-/// unless `manualSelector` is set.
-fn job_selector(r: &ResourceType, object: &mut Value) {
-    if r.kind != "Job" || object.pointer("/spec/manualSelector") == Some(&json!(true)) {
-        return;
-    }
-    let uid = object.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
-    let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
-    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-        spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
-        let template = spec.entry("template").or_insert(json!({}));
-        let labels = &mut meta::metadata_mut(template).entry("labels").or_insert(json!({}));
-        if let Some(l) = labels.as_object_mut() {
-            l.insert("batch.kubernetes.io/controller-uid".into(), uid.clone());
-            l.insert("batch.kubernetes.io/job-name".into(), name.clone());
-            l.insert("controller-uid".into(), uid);
-            l.insert("job-name".into(), name);
-        }
-    }
 }

@@ -12,13 +12,14 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 use skiff_core::{FieldSelector, LabelSelector, ResourceType, meta};
-use skiff_store::{EventType, ListOptions, StoreError, object_revision};
+use skiff_store::{EventType, ListOptions, StoreError};
 use axum::extract::ws::WebSocketUpgrade;
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult};
 use crate::field_manager::{self, Owner};
-use crate::objects::{FieldValidation, WriteOptions, Written, check_kind, now};
+use crate::strategy;
+use crate::objects::{FieldValidation, WriteOptions, Written, check_kind};
 use crate::patch::{self, PatchType};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
@@ -293,7 +294,8 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {
             let binding = parse_body(&headers, &body)?;
-            bind(&server, &target, &binding).await?;
+            let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or_default();
+            server.bind_pod(target.namespace.as_deref().unwrap_or_default(), target.name.as_deref().unwrap_or_default(), node).await?;
             Ok(respond(StatusCode::CREATED, &success_status(&target, None), out, &[]))
         }
         (&Method::DELETE, true, None) => delete(&server, &target, &params, &headers, &body, out).await,
@@ -471,29 +473,6 @@ async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchTyp
     .await
 }
 
-async fn bind(server: &ApiServer, target: &Target, binding: &Value) -> ApiResult<()> {
-    let node = binding.pointer("/target/name").and_then(Value::as_str).filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request("a Binding needs target.name (the node)"))?;
-    let old = get(server, target).await?;
-    let name = target.name.clone().unwrap_or_default();
-    if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        return Err(ApiError::conflict("pods/binding", &name, format!("pod {name} is already assigned to node \"{current}\"")));
-    }
-    if meta::is_terminating(&old) {
-        return Err(ApiError::conflict("pods/binding", &name, format!("pod {name} is being deleted, cannot be assigned to a host")));
-    }
-    let mut new = old.clone();
-    new["spec"]["nodeName"] = json!(node);
-    let conditions = new.pointer_mut("/status").and_then(Value::as_object_mut).map(|s| s.entry("conditions").or_insert(json!([])));
-    if let Some(Value::Array(list)) = conditions {
-        list.retain(|c| c.get("type") != Some(&json!("PodScheduled")));
-        list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()}));
-    }
-    let expected = object_revision(&old);
-    server.store.update(&target.key(), new, expected).await.map_err(|e| ApiError::from_store(e, "pods/binding", &name))?;
-    Ok(())
-}
-
 fn success_status(target: &Target, uid: Option<&str>) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": target.name, "group": target.resource.group, "kind": target.resource.plural, "uid": uid}})
@@ -522,113 +501,17 @@ fn delete_options(params: &Params, headers: &HeaderMap, body: &Bytes) -> ApiResu
 }
 
 /// Kinds whose DELETE answers with the object rather than a Status, as in Kubernetes.
-fn returns_deleted_object(r: &ResourceType) -> bool {
-    matches!(r.kind, "Pod" | "Service" | "Namespace")
-}
-
 async fn delete(server: &ApiServer, target: &Target, params: &Params, headers: &HeaderMap, body: &Bytes, out: Output) -> ApiResult<Response> {
     let opts = delete_options(params, headers, body)?;
-    let object = delete_one(server, target, &opts).await?;
     let r = target.resource;
+    let object = server.delete_object(r, target.namespace.as_deref(), target.name.as_deref().unwrap_or_default(), &opts).await?;
     let gone = !meta::is_terminating(&object) || server.store.get(&target.key()).await.is_err();
-    if gone && !returns_deleted_object(r) {
+    if gone && !strategy::of(r.kind).returns_deleted_object() {
         let uid = object.pointer("/metadata/uid").and_then(Value::as_str);
         return Ok(respond(StatusCode::OK, &success_status(target, uid), out, &[]));
     }
     let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok(respond(code, &convert::from_storage(r, object), out, &[]))
-}
-
-/// Deletes one object as DeleteOptions say: at once, or (with finalizers, a propagation
-/// policy that needs the garbage collector, or a grace period on a bound pod) by marking it
-/// with `deletionTimestamp`. Returns the object's last or current state.
-async fn delete_one(server: &ApiServer, target: &Target, opts: &Value) -> ApiResult<Value> {
-    let r = target.resource;
-    let name = target.name.clone().unwrap_or_default();
-    let qualified = target.qualified();
-    let dry_run = opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
-    let mut attempts = 0;
-    loop {
-        let old = get(server, target).await?;
-        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
-            && Some(uid) != old.pointer("/metadata/uid").and_then(Value::as_str)
-        {
-            return Err(ApiError::conflict(&qualified, &name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", old.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default())));
-        }
-        let pinned_rv = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str);
-        if let Some(rv) = pinned_rv
-            && Some(rv) != meta::resource_version(&old)
-        {
-            return Err(ApiError::conflict(&qualified, &name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", meta::resource_version(&old).unwrap_or_default())));
-        }
-        if dry_run {
-            return Ok(old);
-        }
-        let mut finalizers = server.finalizers_of(r, &old);
-        let policy = opts.get("propagationPolicy").and_then(Value::as_str);
-        let mut new = old.clone();
-        let mut add_finalizer = |f: &str, new: &mut Value| {
-            if !finalizers.iter().any(|x| x == f) {
-                finalizers.push(f.to_string());
-                let m = meta::metadata_mut(new);
-                let list = m.entry("finalizers").or_insert(json!([]));
-                if let Some(l) = list.as_array_mut() {
-                    l.push(json!(f));
-                }
-            }
-        };
-        if !meta::is_terminating(&old) {
-            match policy {
-                Some("Orphan") => add_finalizer("orphan", &mut new),
-                Some("Foreground") => add_finalizer("foregroundDeletion", &mut new),
-                _ => {}
-            }
-        }
-        let grace = opts.get("gracePeriodSeconds").and_then(Value::as_i64)
-            .or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
-            .unwrap_or(0);
-        // A pod on a node is stopped by its agent within the grace period; an unbound
-        // pod has nothing to stop and goes at once.
-        let graceful = r.kind == "Pod" && grace > 0 && old.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-        let expected = object_revision(&old);
-        let result = if finalizers.is_empty() && !graceful {
-            server.store.delete(&target.key(), expected).await
-        } else {
-            let m = meta::metadata_mut(&mut new);
-            if !meta::is_terminating(&old) {
-                let when = if graceful {
-                    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now())
-                        .checked_add(jiff::SignedDuration::from_secs(grace)).map(|t| t.to_string()).unwrap_or_else(|_| now())
-                } else {
-                    now()
-                };
-                m.insert("deletionTimestamp".into(), json!(when));
-                m.insert("deletionGracePeriodSeconds".into(), json!(if graceful { grace } else { 0 }));
-            } else {
-                // Already terminating: only a pod's grace period may still shorten, as
-                // `kubectl delete --grace-period` does.
-                let current = old.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
-                if !(r.kind == "Pod" && grace < current) {
-                    return Ok(old);
-                }
-                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            }
-            if r.kind == "Namespace" {
-                new["status"]["phase"] = json!("Terminating");
-            }
-            server.store.update(&target.key(), new, expected).await
-        };
-        match result {
-            Ok(o) => {
-                if r.kind == "Namespace" {
-                    server.namespaces.closed(&o);
-                }
-                return Ok(o);
-            }
-            Err(StoreError::Conflict { .. }) if pinned_rv.is_none() && attempts < 8 => attempts += 1,
-            Err(e) => return Err(ApiError::from_store(e, &qualified, &name)),
-        }
-    }
 }
 
 async fn delete_collection(server: &ApiServer, target: &Target, params: &Params, headers: &HeaderMap, body: &Bytes, out: Output) -> ApiResult<Response> {
@@ -640,13 +523,7 @@ async fn delete_collection(server: &ApiServer, target: &Target, params: &Params,
     let items = server.store.list(&r.list_prefix(target.namespace.as_deref()), &options).await
         .map_err(|e| ApiError::from_store(e, &target.qualified(), ""))?.items;
     for item in items {
-        let one = Target {
-            resource: r,
-            namespace: meta::namespace(&item).map(String::from),
-            name: meta::name(&item).map(String::from),
-            subresource: None,
-        };
-        match delete_one(server, &one, &opts).await {
+        match server.delete_object(r, meta::namespace(&item), meta::name(&item).unwrap_or_default(), &opts).await {
             Ok(_) => {}
             Err(e) if e.reason == "NotFound" => {}
             Err(e) => return Err(e),
