@@ -164,3 +164,22 @@ def test_explain_reads_openapi_v3(cluster):
     out = cluster.kubectl("explain", "pods.spec.containers.ports").stdout
     assert "containerPort" in out and "<[]ContainerPort>" in out
     assert "clusterIP" in cluster.kubectl("explain", "svc.spec", "--recursive").stdout
+
+
+def test_apply_of_a_list_is_validated_against_the_protobuf_openapi(cluster, namespace):
+    # kubectl validates a `kind: List` against /openapi/v2 fetched as gnostic protobuf.
+    items = """\
+        apiVersion: v1
+        kind: List
+        items:
+        - apiVersion: v1
+          kind: ConfigMap
+          metadata: {name: listed}
+          data: {a: "1"}
+        """
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=textwrap.dedent(items)).stdout
+    assert "configmap/listed created" in out
+    # Validation is real: an unknown field is reported from the schema.
+    bad = textwrap.dedent(items).replace('data: {a: "1"}', 'data: {a: "1"}\n  bogus: 1').replace("name: listed", "name: bad")
+    p = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=bad, check=False)
+    assert p.returncode != 0 and "bogus" in p.stderr, p.stderr

@@ -13,6 +13,7 @@ pub mod field_manager;
 pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_protobuf;
 pub mod patch;
 pub mod pod_logs;
 pub mod pod_streams;
@@ -191,12 +192,14 @@ async fn group_version(Path((group, version)): Path<(String, String)>) -> Respon
 }
 
 async fn openapi_v2(headers: HeaderMap) -> Response {
-    // kubectl asks for protobuf only; we serve the JSON form to clients that take it.
+    // kubectl asks for gnostic's protobuf; other clients take JSON.
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
-    if accept.contains("json") || accept.contains("*/*") {
+    if accept.contains(openapi_protobuf::MEDIA_TYPE) {
+        ([(header::CONTENT_TYPE, openapi_protobuf::CONTENT_TYPE)], openapi::v2_protobuf()).into_response()
+    } else if accept.contains("json") || accept.contains("*/*") {
         json_bytes(openapi::v2())
     } else {
-        ApiError::not_acceptable("only application/json is served at /openapi/v2").into_response()
+        ApiError::not_acceptable(format!("/openapi/v2 is served as application/json or {}", openapi_protobuf::MEDIA_TYPE)).into_response()
     }
 }
 

@@ -14,6 +14,8 @@ use crate::{patch, typed};
 
 struct Documents {
     v2: Vec<u8>,
+    /// The v2 document as gnostic protobuf, what kubectl fetches to validate.
+    v2_protobuf: Vec<u8>,
     v3_index: Vec<u8>,
     /// Keyed by `api/v1` or `apis/{group}/{version}`.
     v3: BTreeMap<String, Vec<u8>>,
@@ -206,6 +208,7 @@ fn build() -> Documents {
     let v2 = json!({"swagger": "2.0", "info": version_info, "paths": paths2, "definitions": defs2});
     Documents {
         v2: serde_json::to_vec(&v2).expect("serializes"),
+        v2_protobuf: crate::openapi_protobuf::document(&v2),
         v3_index: serde_json::to_vec(&json!({"paths": index})).expect("serializes"),
         v3,
     }
@@ -223,6 +226,10 @@ fn documents() -> &'static Documents {
 
 pub fn v2() -> &'static [u8] {
     &documents().v2
+}
+
+pub fn v2_protobuf() -> &'static [u8] {
+    &documents().v2_protobuf
 }
 
 pub fn v3_index() -> &'static [u8] {
