@@ -122,3 +122,17 @@ def test_bad_applies_are_refused_and_store_nothing(cluster, namespace):
     assert status == 201 and body["metadata"]["managedFields"][0]["manager"] == "t", body
     status, body = cluster.raw("PATCH", path + "?fieldManager=t", body=CONFIG.encode(), headers=apply)
     assert status == 200, body
+
+
+def test_concurrent_applies_that_create_the_same_object_all_land(cluster, namespace):
+    from concurrent.futures import ThreadPoolExecutor
+    path = f"/api/v1/namespaces/{namespace}/configmaps/raced"
+    def apply(i):
+        body = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: raced}}\ndata: {{k{i}: v}}\n".encode()
+        return cluster.raw("PATCH", f"{path}?fieldManager=m{i}", body=body, headers={"Content-Type": "application/apply-patch+yaml"})[0]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(apply, range(8)))
+    assert sorted(codes) == [200] * 7 + [201], codes
+    cm = cluster.json("get", "cm", "raced", "-n", namespace, "--show-managed-fields")
+    assert cm["data"] == {f"k{i}": "v" for i in range(8)}
+    assert sorted(e["manager"] for e in cm["metadata"]["managedFields"]) == [f"m{i}" for i in range(8)]

@@ -418,7 +418,11 @@ async fn apply_object(server: &ApiServer, target: &Target, config: &Value, sub: 
             Ok(old) => old,
             Err(e) if e.code == StatusCode::NOT_FOUND && sub.is_none() => {
                 let object = field_manager::apply(None, &config, &how).map_err(|c| field_manager::conflict_error(&c))?;
-                let written = server.create_object(r, target.namespace.as_deref(), object, opts.clone()).await?;
+                // Created meanwhile by another writer: a conflict, so the apply is tried
+                // again against that object.
+                let written = server.create_object(r, target.namespace.as_deref(), object, opts.clone()).await.map_err(|e| {
+                    if e.reason == "AlreadyExists" { ApiError::conflict(&target.qualified(), name, "the object was created meanwhile") } else { e }
+                })?;
                 return Ok((StatusCode::CREATED, written));
             }
             Err(e) => return Err(e),
