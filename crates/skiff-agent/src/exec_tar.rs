@@ -158,6 +158,24 @@ mod tests {
         assert!(parse(&words("wasi-hello tar")).is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_words_parse_without_panicking(words in proptest::collection::vec("(-?[cxmfvC]{0,3}|--[a-z-]{0,8}|/[a-z/.]{0,6}|-)", 0..6)) {
+            let mut argv = vec!["tar".to_string()];
+            argv.extend(words);
+            let _ = parse(&argv);
+        }
+
+        #[test]
+        fn resolved_paths_stay_inside_their_volume(path in "(/|\\.\\.|[a-c]|/\\.\\./){0,8}") {
+            let dir = tempfile::tempdir().unwrap();
+            let mounts = vec![Mount { host_path: dir.path().to_path_buf(), guest_path: "/data".into(), read_only: false }];
+            if let Ok((host, _)) = resolve(&mounts, &format!("/data/{path}")) {
+                proptest::prop_assert!(host.starts_with(dir.path()), "{} escaped", host.display());
+            }
+        }
+    }
+
     #[test]
     fn copies_out_and_in_within_volumes_only() {
         let dir = tempfile::tempdir().unwrap();

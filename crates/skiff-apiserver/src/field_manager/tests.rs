@@ -151,3 +151,59 @@ fn kubectl_moving_to_server_side_takes_what_it_applied_client_side() {
     assert_eq!(apply_as(Some(&live), &both, "kubectl", false).unwrap_err(), vec![Conflict { manager: "\"kubectl-client-side-apply\" using v1".into(), field: ".data.b".into() }]);
     assert!(apply_as(Some(&live), &config, "helm", false).is_err());
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::super::fieldset::FieldSet;
+    use super::super::*;
+    use super::T;
+
+    /// Small JSON trees shaped like objects: maps, keyed lists of containers, sets of
+    /// finalizers, scalars.
+    fn tree() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![any::<bool>().prop_map(Value::from), (0i64..5).prop_map(Value::from), "[a-c]{0,2}".prop_map(Value::from)];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::btree_map("[a-d]", inner.clone(), 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+                proptest::collection::vec(("[a-c]", inner.clone()).prop_map(|(n, v)| json!({"name": n, "image": v})), 0..3)
+                    .prop_map(|items| json!({"containers": items})),
+                proptest::collection::vec("[x-z]", 0..3).prop_map(|f| json!({"finalizers": f})),
+            ]
+        })
+    }
+
+    fn config(data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "spec": data})
+    }
+
+    proptest! {
+        #[test]
+        fn any_fields_v1_reads_without_panicking(v in tree()) {
+            if let Ok(set) = FieldSet::from_fields_v1(&v) {
+                prop_assert_eq!(FieldSet::from_fields_v1(&set.to_fields_v1()).unwrap(), set);
+            }
+        }
+
+        #[test]
+        fn an_object_compared_with_itself_changed_nothing(v in tree()) {
+            let (changed, removed) = walk::compare("", &v, &v);
+            prop_assert!(changed.is_empty() && removed.is_empty());
+        }
+
+        #[test]
+        fn applying_twice_is_applying_once(a in tree(), b in tree()) {
+            let how = Apply { manager: "m", force: false, subresource: None, has_status: false, now: T };
+            let once = apply(None, &config(a.clone()), &how).unwrap();
+            let mut updated = once.clone();
+            updated["spec"] = json!({"other": b});
+            record_update(Some(&once), &mut updated, "editor", None, false, T);
+            // A forced re-apply of the same configuration converges: a third changes nothing.
+            let forced = Apply { force: true, ..how };
+            let twice = apply(Some(&updated), &config(a.clone()), &forced).unwrap();
+            let thrice = apply(Some(&twice), &config(a), &forced).unwrap();
+            prop_assert_eq!(thrice, twice);
+        }
+    }
+}

@@ -35,8 +35,11 @@ fn shape<'a>(field: &str, v: &'a Value) -> Shape<'a> {
             match patch::list_strategy(field, |f| items.iter().any(|i| i.get(f).is_some())) {
                 ListStrategy::ByKey(merge_key) => {
                     let keys = patch::list_map_keys(field, merge_key);
-                    // An item without its key cannot be told apart: the list is then atomic.
-                    if items.iter().all(|i| item_key(&keys, i).is_some()) { Shape::Keyed(keys, items) } else { Shape::Atomic }
+                    // Items without their key, or with the same key, cannot be told apart:
+                    // the list is then owned whole.
+                    let mut seen = std::collections::HashSet::new();
+                    let distinct = items.iter().all(|i| item_key(&keys, i).is_some_and(|k| seen.insert(k)));
+                    if distinct { Shape::Keyed(keys, items) } else { Shape::Atomic }
                 }
                 ListStrategy::Primitives if items.iter().all(|i| !i.is_object() && !i.is_array()) => Shape::Set(items),
                 _ => Shape::Atomic,
