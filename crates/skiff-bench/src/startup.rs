@@ -4,7 +4,8 @@
 //! 1. warm start: pod create → `Running` seen by a watch, one pod at a time, the image
 //!    already pulled and compiled (Kubernetes' SLO: p99 ≤ 5 s; Skiff's goal p50 ≤ 20 ms,
 //!    p99 ≤ 100 ms);
-//! 2. cold start: the same, each pod with an image never seen (pull and compile);
+//! 2. cold start: the same, each pod with an image never seen (pull and compile); then a
+//!    cold burst, many pods of one new image at once (one pull and compile shared);
 //! 3. instantiate and run to exit of a trivial command, straight on the runtime;
 //! 4. the process's RSS idle and with the warm pods (and more) sleeping.
 
@@ -75,6 +76,7 @@ fn ms(d: Duration) -> String {
 
 pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: Option<PathBuf>) -> anyhow::Result<Vec<crate::report::Row>> {
     let (warm, cold, sleeping) = if quick { (10, 3, 20) } else { (warm, cold, sleeping.max(warm)) };
+    let burst = if quick { 5 } else { 50 };
     let (wasm_path, wasm) = example_wasm(wasm)?;
     let dir = tempfile::tempdir()?;
     let registry = start_registry(dir.path()).await?;
@@ -98,6 +100,22 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
         skiff_agent::images::push(&file, &image, &auth, &Default::default()).await?;
         cold_times.push(start_one(&api, sleeping_pod(&format!("cold-{i}"), &image)?).await?);
     }
+    // A cold burst: a new Deployment's replicas, all at once, of an image the node has
+    // never seen: one pull and one compile shared by all, timed from the first create until
+    // every one runs, with the process's peak RSS over the burst.
+    let burst_image = format!("{}/hello-burst:v1", registry.host);
+    let burst_file = dir.path().join("burst.wasm");
+    std::fs::write(&burst_file, variant(&wasm, cold + 1))?;
+    skiff_agent::images::push(&burst_file, &burst_image, &auth, &Default::default()).await?;
+    let before_burst = rss_of("self");
+    // Resets the peak (VmHWM) to the current RSS, so the peak read after is the burst's.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let burst_started = Instant::now();
+    create_all(&api, (0..burst).map(|i| sleeping_pod(&format!("burst-{i}"), &burst_image))).await?;
+    wait_running(&api, |p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("burst-")), burst).await?;
+    let burst_time = burst_started.elapsed();
+    let burst_peak = skiff_agent::node::proc_bytes("/proc/self/status", "VmHWM:").unwrap_or(0);
+
     // Warm: the first pod pulls and compiles; the measured ones find both done.
     start_one(&api, sleeping_pod("warm-up", &warm_image)?).await?;
     let mut warm_times = Vec::new();
@@ -105,28 +123,10 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
         warm_times.push(start_one(&api, sleeping_pod(&format!("warm-{i}"), &warm_image)?).await?);
     }
     // More sleeping pods, created together, for the memory figure.
-    let extra = sleeping.saturating_sub(warm + cold + 1);
-    futures::stream::iter(0..extra)
-        .map(|i| {
-            let api = api.clone();
-            let image = warm_image.clone();
-            async move { api.create(&PostParams::default(), &sleeping_pod(&format!("extra-{i}"), &image)?).await.map_err(anyhow::Error::from) }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    let total = warm + cold + 1 + extra;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let running = api.list(&Default::default()).await?.items.iter().filter(|p| skiff_client::pods::phase(p) == "Running").count();
-        if running >= total {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {running} of {total} pods running after 300 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let extra = sleeping.saturating_sub(warm + cold + burst + 1);
+    create_all(&api, (0..extra).map(|i| sleeping_pod(&format!("extra-{i}"), &warm_image))).await?;
+    let total = warm + cold + burst + 1 + extra;
+    wait_running(&api, |_| true, total).await?;
     let busy_rss = rss_of("self");
     let instantiate = instantiate_times(&wasm, if quick { 50 } else { 2000 }, dir.path())?;
 
@@ -138,6 +138,8 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
     println!("{:<58} {:>10} {:>10}", format!("warm Wasm pod create → Running seen by watch ({warm} pods)"), ms(warm_p50), ms(warm_p99));
     println!("{:<58} {:>10} {:>10}", format!("cold (pull + compile) create → Running ({cold} pods)"), ms(cold_p50), ms(cold_p99));
     println!("{:<58} {:>10} {:>10}", "instantiate + run a command to exit (runtime alone)", format!("{:.0} µs", inst_p50.as_secs_f64() * 1e6), format!("{:.0} µs", inst_p99.as_secs_f64() * 1e6));
+    println!("{:<58} {:>10}", format!("cold burst: {burst} pods of a new image at once → all Running"), ms(burst_time));
+    println!("process RSS before the burst {:.1} MiB, peak during it {:.1} MiB", before_burst as f64 / 1048576.0, burst_peak as f64 / 1048576.0);
     println!("process RSS idle: {:.1} MiB; with {total} sleeping command pods: {:.1} MiB ({:.1} KiB per pod)",
         idle_rss as f64 / 1048576.0, busy_rss as f64 / 1048576.0, busy_rss.saturating_sub(idle_rss) as f64 / 1024.0 / total.max(1) as f64);
     anyhow::ensure!(warm_p50 > Duration::ZERO && cold_p50 > Duration::ZERO && busy_rss > 0, "the bench measured nothing");
@@ -149,8 +151,38 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
             "goal p99 ≤ 100 ms; Kubernetes' pod startup SLO p99 ≤ 5 s", Some(5.0 / warm_p99.as_secs_f64())),
         Row::new(format!("cold (pull + compile) create → Running, p50 / p99 ({cold} pods)"), format!("{} / {}", ms(cold_p50), ms(cold_p99)),
             "Kubernetes' pod startup SLO p99 ≤ 5 s", Some(5.0 / cold_p99.as_secs_f64())),
+        Row::new(format!("cold burst: {burst} pods of a new image at once → all Running (peak RSS)"),
+            format!("{} ({:.0} MiB, from {:.0} MiB)", ms(burst_time), burst_peak as f64 / 1048576.0, before_burst as f64 / 1048576.0), "—", None),
         Row::new("instantiate + run a command to exit, p50", format!("{:.0} µs", inst_p50.as_secs_f64() * 1e6), "—", None),
     ])
+}
+
+/// Creates the pods, 32 requests at a time.
+async fn create_all(api: &Api<Pod>, pods: impl Iterator<Item = anyhow::Result<Pod>>) -> anyhow::Result<()> {
+    futures::stream::iter(pods)
+        .map(|pod| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &pod?).await.map_err(anyhow::Error::from) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}
+
+/// Waits until `count` of the pods `which` picks are Running (300 s at most).
+async fn wait_running(api: &Api<Pod>, which: impl Fn(&Pod) -> bool, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let running = api.list(&Default::default()).await?.items.iter().filter(|p| which(p) && skiff_client::pods::phase(p) == "Running").count();
+        if running >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {running} of {count} pods running after 300 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Instantiates the example and runs it to exit (`exit 0`), straight on a runtime.

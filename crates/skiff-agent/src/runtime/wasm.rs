@@ -120,6 +120,11 @@ pub struct WasmRuntime {
     http_linker: Arc<wasmtime::component::Linker<super::http::HttpState>>,
     cache_dir: PathBuf,
     compiled: Mutex<HashMap<String, Program>>,
+    /// A turn per digest being loaded: the pods that wait for one image share one compile
+    /// (fifty replicas compiled fifty times at once, racing to write the cache file).
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// How many times Wasm was compiled (not found in memory or on disk).
+    compilations: std::sync::atomic::AtomicU64,
     /// Always `Some` until dropped.
     guests: Option<tokio::runtime::Runtime>,
 }
@@ -184,6 +189,8 @@ impl WasmRuntime {
             http_linker: Arc::new(http_linker),
             cache_dir,
             compiled: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            compilations: Default::default(),
             guests: Some(guests),
         }))
     }
@@ -195,11 +202,18 @@ impl WasmRuntime {
         if let Some(p) = self.compiled.lock().unwrap().get(digest) {
             return Ok(p.clone());
         }
+        let turn = self.loading.lock().unwrap().entry(digest.to_string()).or_default().clone();
+        let _turn = turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Loaded by the caller whose turn came first?
+        if let Some(p) = self.compiled.lock().unwrap().get(digest) {
+            return Ok(p.clone());
+        }
         let cached = self.cache_dir.join(format!("{}.cwasm", digest.replace(':', "-")));
         let program = match self.load_cached(&cached) {
             Some(p) => p,
             None => {
                 let bytes = std::fs::read(path).map_err(|e| StartError(format!("reading {}: {e}", path.display())))?;
+                self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (program, artifact) = self.compile(&bytes)?;
                 // Written then renamed, so a crash never leaves a torn artifact to load.
                 let tmp = cached.with_extension("tmp");
@@ -210,7 +224,13 @@ impl WasmRuntime {
             }
         };
         self.compiled.lock().unwrap().insert(digest.to_string(), program.clone());
+        self.loading.lock().unwrap().remove(digest);
         Ok(program)
+    }
+
+    /// How many times Wasm has been compiled since start.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Compiles Wasm bytes, returning the program and its serialized form.
@@ -566,6 +586,21 @@ mod tests {
         std::fs::remove_file(&wasm).unwrap();
         // A new runtime (a restarted agent) finds it without the source.
         assert!(matches!(runtime(dir.path()).load("sha256:abc", &wasm), Ok(Program::Module(_))));
+    }
+
+    #[test]
+    fn pods_waiting_for_one_image_share_one_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("m.wasm");
+        std::fs::write(&wasm, wat::parse_str(HELLO).unwrap()).unwrap();
+        let rt = runtime(dir.path());
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| rt.load("sha256:shared", &wasm).unwrap());
+            }
+        });
+        assert_eq!(rt.compilations(), 1);
+        assert_eq!(std::fs::read_dir(dir.path().join("cache")).unwrap().flatten().flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten()).count(), 1);
     }
 
     #[tokio::test]
