@@ -116,6 +116,10 @@ def test_bad_applies_are_refused_and_store_nothing(cluster, namespace):
     assert status == 400, body
     status, body = cluster.raw("PATCH", path + "?force=true", body={"data": {"x": "y"}}, headers={"Content-Type": "application/merge-patch+json"})
     assert status == 400 and "force" in body["message"], body
+    status, body = cluster.raw("PATCH", path + "?fieldManager=t&force=maybe", body=CONFIG.encode(), headers=apply)
+    assert status == 400 and "force must be true or false" in body["message"], body
+    status, body = cluster.raw("PATCH", path + "?fieldManager=" + "m" * 129, body=CONFIG.encode(), headers=apply)
+    assert status == 400 and "fieldManager must be at most 128" in body["message"], body
     assert cluster.kubectl("get", "cm", "owned", "-n", namespace, check=False).returncode != 0
     # A good one creates (201), and a second one answers 200.
     status, body = cluster.raw("PATCH", path + "?fieldManager=t", body=CONFIG.encode(), headers=apply)

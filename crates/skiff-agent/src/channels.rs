@@ -144,7 +144,6 @@ fn websocket(socket: WebSocket) -> (mpsc::Receiver<Input>, Output) {
     });
     let (pieces, mut outgoing) = mpsc::channel::<Piece>(16);
     let writer = tokio::spawn(async move {
-        let frame = |channel: u8, data: &[u8]| Message::Binary([&[channel][..], data].concat().into());
         while let Some(piece) = outgoing.recv().await {
             match piece {
                 Piece::Data(channel, data) => {
@@ -163,6 +162,11 @@ fn websocket(socket: WebSocket) -> (mpsc::Receiver<Input>, Output) {
         }
     });
     (input, Output { pieces, writer })
+}
+
+/// A WebSocket message of the channel protocols: the channel's byte, then the data.
+pub fn frame(channel: u8, data: &[u8]) -> Message {
+    Message::Binary([&[channel][..], data].concat().into())
 }
 
 /// How long an SPDY client has to open its streams.

@@ -75,7 +75,7 @@ pub fn accept(ws: WebSocketUpgrade, ip: String, pod: String, query: &str) -> Res
         });
         // Until every port's connection has ended (each holds a sender), or the client goes.
         while let Some((channel, data)) = outgoing.recv().await {
-            if sink.send(Message::Binary([&[channel][..], &data].concat().into())).await.is_err() {
+            if sink.send(crate::channels::frame(channel, &data)).await.is_err() {
                 break;
             }
         }

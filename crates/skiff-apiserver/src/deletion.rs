@@ -8,12 +8,9 @@ use skiff_core::{ResourceType, meta};
 use skiff_store::{StoreError, object_revision};
 
 use crate::error::{ApiError, ApiResult};
-use crate::objects::now;
+use crate::objects::{CONFLICT_RETRIES, now};
 use crate::request::qualified;
 use crate::{ApiServer, strategy};
-
-/// How often a deletion is tried again after losing a race to another write.
-const CONFLICT_RETRIES: usize = 8;
 
 impl ApiServer {
     /// Deletes one object as DeleteOptions (`opts`) say. Returns the object's last or

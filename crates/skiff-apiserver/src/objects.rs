@@ -45,6 +45,10 @@ impl Default for WriteOptions {
     }
 }
 
+/// How often a read-modify-write (an update, a patch, an apply, a deletion) is tried
+/// again after losing a race to another write.
+pub const CONFLICT_RETRIES: usize = 8;
+
 /// The result of a write: the object and any warnings for the `Warning` header.
 pub struct Written {
     pub object: Value,

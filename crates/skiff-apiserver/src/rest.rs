@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::error::{ApiError, ApiResult};
 use crate::field_manager::{self, Owner};
 use crate::strategy;
-use crate::objects::{FieldValidation, WriteOptions, Written, check_kind};
+use crate::objects::{CONFLICT_RETRIES, FieldValidation, WriteOptions, Written, check_kind};
 use crate::patch::{self, PatchType};
 use crate::request::{self, Target};
 use crate::table::{self, IncludeObject};
@@ -348,9 +348,6 @@ async fn list(server: &ApiServer, target: &Target, params: &Params, out: Output)
     };
     Ok(respond(StatusCode::OK, &body, out, &[]))
 }
-
-/// How often a read-modify-write is tried again after losing a race to another write.
-const CONFLICT_RETRIES: usize = 8;
 
 /// Kubernetes' GuaranteedUpdate: runs a read-modify-write `attempt` again when another
 /// write got in between, unless the client pinned the resourceVersion itself (then the

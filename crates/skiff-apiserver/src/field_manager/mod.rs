@@ -260,22 +260,22 @@ pub fn apply(live: Option<&Value>, config: &Value, a: &Apply) -> Result<Value, V
         walk::remove(&mut merged, &last.set.difference(&applied), &others, &mut Vec::new());
     }
     let (changed, _) = walk::compare("", &owned_part(live, a.subresource, a.has_status), &owned_part(&merged, a.subresource, a.has_status));
-    let takes = |e: &Entry| e.set.intersection(&changed);
-    let others = |e: &&mut Entry| !e.is(a.manager, "Apply", a.subresource);
     // kubectl moving from client-side to server-side apply takes over, without a
     // conflict, what its last client-side apply set (kubectl then moves the old
     // manager's entries to its own).
     let last_applied = (a.manager == KUBECTL).then(|| last_applied_fields(live, a)).flatten().unwrap_or_default();
     let mut conflicts = Vec::new();
-    for e in entries.iter_mut().filter(others) {
-        let contested = takes(e).difference(&last_applied);
-        conflicts.extend(contested.paths().iter().map(|p| Conflict { manager: e.describe(), field: fieldset::display(p) }));
+    let mut taken = Vec::new();
+    for (i, e) in entries.iter().enumerate().filter(|(_, e)| !e.is(a.manager, "Apply", a.subresource)) {
+        let fields = e.set.intersection(&changed);
+        conflicts.extend(fields.difference(&last_applied).paths().iter().map(|p| Conflict { manager: e.describe(), field: fieldset::display(p) }));
+        taken.push((i, fields));
     }
     if !conflicts.is_empty() && !a.force {
         return Err(conflicts);
     }
-    for e in entries.iter_mut().filter(others) {
-        e.set = e.set.difference(&takes(e));
+    for (i, fields) in taken {
+        entries[i].set = entries[i].set.difference(&fields);
     }
     if a.manager == KUBECTL && let Some(Value::Object(notes)) = merged.pointer_mut("/metadata/annotations")
         && notes.contains_key(LAST_APPLIED)
