@@ -16,24 +16,18 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 
 use skiff_core::exec::ExecOptions;
 
 use crate::channels::{Input, Output, STDERR, STDOUT, Upgrade};
+use crate::runtime::{Exec, ExecIo, Exit};
 use crate::server::status;
-use crate::runtime::wasm::{Exit, GuestSpec, Mount, Program, SessionStreams, Stdio, Usage, WasmRuntime};
 
-/// What exec and attach need of a running container: its program, its sandbox, and its
-/// current run's output.
+/// What exec and attach need of a running container: how to run a command in it, and
+/// its current run's output.
 #[derive(Clone)]
 pub struct ExecTarget {
-    /// The container's WASI command; `None` for a wasi:http function.
-    pub command: Option<Program>,
-    pub env: Vec<(String, String)>,
-    pub mounts: Vec<Mount>,
-    pub memory_limit: Option<u64>,
-    pub cpu_limit_milli: Option<u64>,
+    pub exec: Arc<dyn Exec>,
     pub output: crate::logs::LogSink,
 }
 
@@ -66,7 +60,7 @@ impl Drop for Registered {
 }
 
 /// Answers an exec request: the WebSocket session, or a Status saying why not.
-pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod, container): (String, String, String), query: &str, headers: &HeaderMap, upgrade: Upgrade) -> Response {
+pub fn handle(targets: &ExecTargets, (namespace, pod, container): (String, String, String), query: &str, headers: &HeaderMap, upgrade: Upgrade) -> Response {
     let options = match ExecOptions::parse(query) {
         Ok(o) => o,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
@@ -74,58 +68,21 @@ pub fn handle(targets: &ExecTargets, runtime: Arc<WasmRuntime>, (namespace, pod,
     let Some(target) = targets.get(&namespace, &pod, &container) else {
         return status(StatusCode::NOT_FOUND, "NotFound", &format!("container {container:?} is not running in pod {namespace}/{pod} on this node"));
     };
-    let run = match (crate::exec_tar::parse(&options.command), target.command.clone()) {
-        (Some(tar), _) => Run::Tar(tar),
-        (None, Some(program)) => Run::Guest(program),
-        (None, None) => {
-            return status(StatusCode::BAD_REQUEST, "BadRequest", &format!(
-                "container {container:?} serves a wasi:http function, which has no command to exec: exec runs the container's image when it is a WASI command"));
-        }
-    };
     let asked = options.clone();
-    upgrade.accept(&asked, headers, move |input, output| session(input, output, runtime, run, target, options))
+    upgrade.accept(&asked, headers, move |input, output| session(input, output, target.exec, options))
 }
 
-/// What an exec runs.
-enum Run {
-    /// The container's command, again, in its sandbox.
-    Guest(Program),
-    /// `tar`, which `kubectl cp` runs: served by the node ([`crate::exec_tar`]).
-    Tar(Result<crate::exec_tar::Tar, String>),
-}
-
-/// One exec: the guest runs with its standard streams on the socket's channels; when it
-/// exits, what is left of its output is sent, then its Status, then the socket closes.
-async fn session(mut input: mpsc::Receiver<Input>, output: Output, runtime: Arc<WasmRuntime>, run: Run, target: ExecTarget, options: ExecOptions) {
+/// One exec: the command runs with its standard streams on the socket's channels; when
+/// it exits, what is left of its output is sent, then its Status, then the socket closes.
+async fn session(mut input: mpsc::Receiver<Input>, output: Output, exec: Arc<dyn Exec>, options: ExecOptions) {
     let (stdin_writer, stdin_reader) = tokio::io::duplex(64 * 1024);
     let (stdout_writer, stdout_reader) = tokio::io::duplex(64 * 1024);
     let (stderr_writer, stderr_reader) = tokio::io::duplex(64 * 1024);
     let argv = options.command.clone();
-    let guest = match run {
-        Run::Guest(program) => {
-            let streams = SessionStreams {
-                stdin: options.stdin.then(|| AsyncStdinStream::new(stdin_reader)),
-                stdout: AsyncStdoutStream::new(8192, stdout_writer),
-                stderr: AsyncStdoutStream::new(8192, stderr_writer),
-            };
-            let spec = GuestSpec {
-                argv: argv.clone(),
-                env: target.env,
-                mounts: target.mounts,
-                memory_limit: target.memory_limit,
-                cpu_limit_milli: target.cpu_limit_milli,
-                stdio: Stdio::Session(Mutex::new(Some(streams))),
-                usage: Arc::new(Usage::default()),
-            };
-            runtime.spawn(program, spec)
-        }
-        Run::Tar(tar) => {
-            use tokio_util::io::SyncIoBridge;
-            let stdin: Box<dyn std::io::Read + Send> = if options.stdin { Box::new(SyncIoBridge::new(stdin_reader)) } else { Box::new(std::io::empty()) };
-            let (stdout, stderr) = (SyncIoBridge::new(stdout_writer), SyncIoBridge::new(stderr_writer));
-            let mounts = target.mounts;
-            tokio::task::spawn_blocking(move || Ok(crate::exec_tar::run(tar, &mounts, stdin, stdout, stderr)))
-        }
+    let io = ExecIo { stdin: options.stdin.then_some(stdin_reader), stdout: stdout_writer, stderr: stderr_writer };
+    let guest = {
+        let argv = argv.clone();
+        tokio::spawn(async move { exec.exec(argv, io).await })
     };
     let abort = guest.abort_handle();
 

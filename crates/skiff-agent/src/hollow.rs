@@ -69,6 +69,7 @@ pub fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
         internal_ip: format!("10.200.{}.{}", (i / 250) % 250, i % 250 + 1),
         kernel_version: "hollow".into(),
         os_image: "Skiff hollow node".into(),
+        runtime_version: crate::node::WASM_RUNTIME_VERSION.into(),
         agent_port: None,
         pressure: Default::default(),
         network: None,

@@ -1,7 +1,9 @@
-//! Images: Wasm OCI artifacts (the CNCF layout: config `application/vnd.wasm.config.v0+json`,
-//! one `application/wasm` layer) pulled with oci-client into a content-addressed store,
-//! with Kubernetes' pull policies and `imagePullSecrets`; and pushing a `.wasm` file as
-//! such an artifact (`skiff push`).
+//! Images, pulled with oci-client into one content-addressed store (every blob checked
+//! against its digest as it arrives), with Kubernetes' pull policies and
+//! `imagePullSecrets`: Wasm OCI artifacts (the CNCF layout: config
+//! `application/vnd.wasm.config.v0+json`, one `application/wasm` layer) and container
+//! images (an index resolved to this node's platform; tar, gzip and zstd layers, fetched
+//! at once). Also pushing a `.wasm` file as such an artifact (`skiff push`).
 //!
 //! Where each registry's images come from (mirrors, the cluster's own registry, plain HTTP
 //! or HTTPS) is [`crate::registries`]'s business.
@@ -65,14 +67,39 @@ impl PullError {
     }
 }
 
-/// A Wasm image on this node.
+/// An image on this node.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LocalImage {
     pub reference: String,
     /// The manifest's digest: the container status's `imageID` is `reference@digest`.
     pub manifest_digest: String,
-    /// Digest of the Wasm layer: the key of compiled code.
-    pub wasm_digest: String,
+    pub kind: ImageKind,
+}
+
+/// What an image holds, which decides the runtime that runs it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ImageKind {
+    /// A Wasm artifact; its layer's digest is the key of compiled code.
+    Wasm { wasm_digest: String },
+    /// A container image: its config blob and its layers, bottom first.
+    Container { config_digest: String, layers: Vec<Layer> },
+}
+
+/// A container image layer blob.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub media_type: String,
+}
+
+impl LocalImage {
+    /// The blobs the image needs on this node.
+    fn blobs(&self) -> Vec<&str> {
+        match &self.kind {
+            ImageKind::Wasm { wasm_digest } => vec![wasm_digest],
+            ImageKind::Container { config_digest, layers } => std::iter::once(config_digest.as_str()).chain(layers.iter().map(|l| l.digest.as_str())).collect(),
+        }
+    }
 }
 
 /// The node's image store: `blobs/sha256/<hex>` and one record per reference pulled.
@@ -90,7 +117,7 @@ impl ImageStore {
         Ok(ImageStore { dir, registries, pulling: Mutex::new(HashMap::new()) })
     }
 
-    /// Path of the Wasm for a layer digest.
+    /// Path of a blob (a Wasm layer, a container image's config or layer) by digest.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
     }
@@ -99,10 +126,10 @@ impl ImageStore {
         self.dir.join("refs").join(hex(&Sha256::digest(reference.as_bytes())))
     }
 
-    /// The image as last pulled, if its Wasm is still here.
+    /// The image as last pulled, if its blobs are still here.
     pub fn present(&self, reference: &str) -> Option<LocalImage> {
         let record: LocalImage = serde_json::from_slice(&std::fs::read(self.record_path(reference)).ok()?).ok()?;
-        self.blob_path(&record.wasm_digest).exists().then_some(record)
+        record.blobs().iter().all(|d| self.blob_path(d).exists()).then_some(record)
     }
 
     /// Makes the image present per `policy`, pulling it with `auth` if needed.
@@ -129,7 +156,7 @@ impl ImageStore {
             let own = source.reference.registry() == reference.resolve_registry();
             let source_auth = source.auth.clone().unwrap_or_else(|| if own { auth.clone() } else { RegistryAuth::Anonymous });
             match self.pull_from(&source, &source_auth).await {
-                Ok((manifest_digest, wasm_digest)) => return Ok(self.record(LocalImage { reference: image, manifest_digest, wasm_digest })),
+                Ok((manifest_digest, kind)) => return Ok(self.record(LocalImage { reference: image, manifest_digest, kind })),
                 Err(e) if own => failures.push(e),
                 Err(e) if reference.registry() == crate::registries::CLUSTER_REGISTRY => failures.push(format!("the cluster's registry at {}: {e}", source.reference.registry())),
                 Err(e) => failures.push(format!("mirror {}: {e}", source.reference.registry())),
@@ -138,24 +165,54 @@ impl ImageStore {
         Err(PullError::pull(format!("Failed to pull image {image:?}: {}", failures.join("; "))))
     }
 
-    /// Fetches the manifest and the Wasm layer; returns their digests.
-    async fn pull_from(&self, source: &Source, auth: &RegistryAuth) -> Result<(String, String), String> {
+    /// Fetches the manifest (this platform's, from an index) and the blobs it names;
+    /// returns the manifest's digest and what the image is.
+    async fn pull_from(&self, source: &Source, auth: &RegistryAuth) -> Result<(String, ImageKind), String> {
         let (client, reference) = (&source.client(), &source.reference);
         let (manifest, manifest_digest) = client.pull_image_manifest(reference, auth).await.map_err(|e| e.to_string())?;
-        let layer = wasm_layer(&manifest)?;
-        let path = self.blob_path(&layer.digest);
-        if !path.exists() {
-            let tmp = path.with_extension("partial");
-            let write = async {
-                let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
-                // oci-client checks the bytes against the layer's digest as they arrive.
-                client.pull_blob(reference, &layer, &mut file).await.map_err(|e| e.to_string())?;
-                tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
-                tokio::fs::rename(&tmp, &path).await.map_err(|e| e.to_string())
-            };
-            write.await?;
+        if let Some(layer) = wasm_layer(&manifest)? {
+            self.fetch_blob(client, reference, &layer).await?;
+            return Ok((manifest_digest, ImageKind::Wasm { wasm_digest: layer.digest }));
         }
-        Ok((manifest_digest, layer.digest))
+        if ![oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE, oci_client::manifest::IMAGE_DOCKER_CONFIG_MEDIA_TYPE].contains(&manifest.config.media_type.as_str()) {
+            return Err(format!(
+                "neither a Wasm artifact nor a container image (config {}, layers {})",
+                manifest.config.media_type,
+                manifest.layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some(layer) = manifest.layers.iter().find(|l| crate::runtime::oci::layers::Compression::of(&l.media_type).is_none()) {
+            return Err(format!("layer {} has media type {}, which this node cannot unpack", layer.digest, layer.media_type));
+        }
+        self.fetch_blob(client, reference, &manifest.config).await?;
+        let config = std::fs::read(self.blob_path(&manifest.config.digest)).map_err(|e| e.to_string())?;
+        crate::runtime::oci::image_config::check_platform(&config)?;
+        // Every layer at once: the registry and the network are the bound, not one stream.
+        let fetches = manifest.layers.iter().map(|layer| self.fetch_blob(client, reference, layer));
+        futures::future::try_join_all(fetches).await?;
+        let layers = manifest.layers.iter().map(|l| Layer { digest: l.digest.clone(), media_type: l.media_type.clone() }).collect();
+        Ok((manifest_digest, ImageKind::Container { config_digest: manifest.config.digest.clone(), layers }))
+    }
+
+    /// Fetches a blob into the store unless it is there; oci-client checks the bytes
+    /// against the digest as they arrive, and a blob is in place only once whole.
+    async fn fetch_blob(&self, client: &oci_client::Client, reference: &Reference, blob: &oci_client::manifest::OciDescriptor) -> Result<(), String> {
+        let path = self.blob_path(&blob.digest);
+        if blob.digest.contains('/') || path.exists() {
+            return if path.exists() { Ok(()) } else { Err(format!("{} is not a digest", blob.digest)) };
+        }
+        let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+        let write = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
+            client.pull_blob(reference, blob, &mut file).await.map_err(|e| format!("fetching {}: {e}", blob.digest))?;
+            tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
+            tokio::fs::rename(&tmp, &path).await.map_err(|e| e.to_string())
+        };
+        let result = write.await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
     }
 
     /// Remembers what `local.reference` resolved to, for `IfNotPresent` pulls.
@@ -170,16 +227,12 @@ impl ImageStore {
 
 }
 
-/// The artifact's Wasm layer, or why it is not a Wasm artifact.
-fn wasm_layer(manifest: &oci_client::manifest::OciImageManifest) -> Result<oci_client::manifest::OciDescriptor, String> {
+/// The artifact's Wasm layer; `None` when it has none (not a Wasm artifact).
+fn wasm_layer(manifest: &oci_client::manifest::OciImageManifest) -> Result<Option<oci_client::manifest::OciDescriptor>, String> {
     let wasm: Vec<_> = manifest.layers.iter().filter(|l| l.media_type == WASM_LAYER_MEDIA_TYPE || l.media_type == LEGACY_WASM_LAYER_MEDIA_TYPE).collect();
     match wasm.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(format!(
-            "not a Wasm artifact (config {}, layers {}); this node runs Wasm images only",
-            manifest.config.media_type,
-            manifest.layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>().join(", ")
-        )),
+        [one] => Ok(Some((*one).clone())),
+        [] => Ok(None),
         _ => Err(format!("the artifact has {} Wasm layers; a Wasm image has exactly one", wasm.len())),
     }
 }

@@ -1,5 +1,6 @@
 //! Skiff's node agent (its kubelet): registers the node, renews its lease and makes the
-//! pods bound to it real, running Wasm containers in wasmtime. Hollow nodes simulate
+//! pods bound to it real, running Wasm containers in wasmtime and OCI containers with
+//! crun or runc ([`runtime`]). Hollow nodes simulate
 //! many agents in one process for tests and benchmarks at cluster scale (kubemark).
 //!
 //! [`run`] is the agent: it watches the pods bound to its node and gives each a
@@ -11,7 +12,6 @@ pub mod attach;
 pub mod channels;
 pub mod env;
 pub mod exec;
-pub mod exec_tar;
 pub mod hollow;
 pub mod images;
 pub mod logs;
@@ -24,7 +24,6 @@ pub mod node;
 pub mod probes;
 pub mod runtime;
 pub mod server;
-pub mod serving;
 pub mod spdy;
 pub mod status;
 pub mod volumes;
@@ -44,8 +43,9 @@ use tokio::sync::watch;
 
 use crate::env::{ConfigSources, PodFacts};
 use crate::logs::LogDir;
-use crate::node::{LEASE_RENEW_INTERVAL, Machine, NodeRegistration, WASM_RUNTIME_LABEL};
-use crate::runtime::wasm::{Usage, WasmConfig, WasmRuntime};
+use crate::node::{LEASE_RENEW_INTERVAL, Machine, NodeRegistration, OCI_RUNTIME_LABEL, WASM_RUNTIME_LABEL, WASM_RUNTIME_VERSION};
+use crate::runtime::Usage;
+use crate::runtime::wasm::{WasmConfig, WasmRuntime};
 use crate::volumes::VolumeRoots;
 
 /// How an agent is set up.
@@ -75,7 +75,7 @@ pub struct AgentConfig {
 pub struct Agent {
     pub client: Client,
     pub config: AgentConfig,
-    pub runtime: Arc<WasmRuntime>,
+    pub runtimes: runtime::Runtimes,
     pub images: images::ImageStore,
     pub logs: LogDir,
     pub volumes: VolumeRoots,
@@ -183,6 +183,10 @@ impl Agent {
         worker.abort();
         let pod = tx.borrow().clone();
         self.usage.lock().unwrap().remove(uid);
+        if let Some(oci) = self.runtimes.oci.clone() {
+            let uid = uid.to_string();
+            tokio::task::spawn_blocking(move || oci.remove_pod(&uid));
+        }
         self.network().release(uid);
         self.volumes.clean_up(uid);
         let dir = self.logs.pod_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), uid);
@@ -205,6 +209,17 @@ impl Agent {
         }
     }
 
+    /// The RuntimeClass handler the pod asks for through `runtimeClassName`, if any.
+    pub async fn runtime_handler(&self, pod: &Pod) -> Result<Option<String>, String> {
+        let Some(name) = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()) else { return Ok(None) };
+        let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.client.clone());
+        match api.get_opt(&name).await {
+            Ok(Some(class)) => Ok(Some(class.handler)),
+            Ok(None) => Err(format!("RuntimeClass {name:?} not found")),
+            Err(e) => Err(format!("reading RuntimeClass {name:?}: {e}")),
+        }
+    }
+
     /// The pod with this namespace and name that the agent runs, if any.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.lock().unwrap().values().map(|(tx, _)| tx.borrow().clone()).find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
@@ -224,6 +239,16 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         threads: machine.cpus,
     })
     .context("starting the Wasm runtime")?;
+    let oci = match runtime::oci::OciRuntime::detect(&config.data_dir.join("oci")) {
+        Ok(oci) => {
+            tracing::info!(runtime = %oci.version(), "OCI containers run here");
+            Some(Arc::new(oci))
+        }
+        Err(why) => {
+            tracing::warn!(%why, "this node runs Wasm pods only");
+            None
+        }
+    };
     let images = images::ImageStore::open(config.data_dir.join("images"), config.registries.clone()).context("opening the image store")?;
     let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
     let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
@@ -238,7 +263,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         logs: LogDir::new(config.data_dir.join("logs")),
         volumes: VolumeRoots::new(&config.data_dir),
         config,
-        runtime,
+        runtimes: runtime::Runtimes { wasm: runtime, oci },
         images,
         sources,
         machine,
@@ -256,6 +281,9 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     registration.network = Some(network.condition());
     let node = registration.report_status(&client).await.unwrap_or(node);
     let routed = network.fallback.is_none();
+    if let Some(oci) = &agent.runtimes.oci {
+        oci.set_network(network.range, network.fallback.clone());
+    }
     let _ = agent.network.set(network);
     if routed {
         tokio::spawn(network::route_other_nodes(client.clone(), registration.name.clone()));
@@ -289,6 +317,11 @@ fn registration(agent: &Agent, port: u16) -> NodeRegistration {
     let m = &agent.machine;
     let mut labels = NodeRegistration::standard_labels(&c.node_name);
     labels.insert(WASM_RUNTIME_LABEL.into(), "true".into());
+    let mut runtime_version = WASM_RUNTIME_VERSION.to_string();
+    if let Some(oci) = &agent.runtimes.oci {
+        labels.insert(OCI_RUNTIME_LABEL.into(), oci.name().into());
+        runtime_version = format!("{runtime_version},{}", oci.version());
+    }
     labels.extend(c.labels.clone());
     NodeRegistration {
         name: c.node_name.clone(),
@@ -302,6 +335,7 @@ fn registration(agent: &Agent, port: u16) -> NodeRegistration {
         internal_ip: c.node_ip.clone(),
         kernel_version: m.kernel_version.clone(),
         os_image: m.os_image.clone(),
+        runtime_version,
         agent_port: Some(port),
         pressure: Machine::pressure(&c.data_dir),
         network: None,

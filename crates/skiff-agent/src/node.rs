@@ -18,6 +18,10 @@ pub const LEASE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// The label a node carries for each runtime it offers.
 pub const WASM_RUNTIME_LABEL: &str = "skiff.dev/runtime-wasm";
+/// The label a node that runs OCI containers carries (with the runtime's name as value).
+pub const OCI_RUNTIME_LABEL: &str = "skiff.dev/runtime-oci";
+/// The Wasm runtime as `nodeInfo.containerRuntimeVersion` names it.
+pub const WASM_RUNTIME_VERSION: &str = "wasmtime://48.0.8";
 
 /// What an agent says about its node.
 #[derive(Debug, Clone)]
@@ -29,6 +33,8 @@ pub struct NodeRegistration {
     pub internal_ip: String,
     pub kernel_version: String,
     pub os_image: String,
+    /// `nodeInfo.containerRuntimeVersion`: every runtime the node offers.
+    pub runtime_version: String,
     /// Port of the agent's own HTTPS endpoint (logs, stats), if it serves one.
     pub agent_port: Option<u16>,
     pub pressure: Pressure,
@@ -159,7 +165,7 @@ impl NodeRegistration {
                 os_image: self.os_image.clone(),
                 kubelet_version: concat!("v1.32.0-skiff.", env!("CARGO_PKG_VERSION")).into(),
                 kube_proxy_version: String::new(),
-                container_runtime_version: "wasmtime://48.0.8".into(),
+                container_runtime_version: self.runtime_version.clone(),
                 boot_id: String::new(),
                 machine_id: String::new(),
                 system_uuid: String::new(),

@@ -6,13 +6,17 @@
 //!
 //! Handlers: httpGet (port by number or name, path, headers, HTTP; HTTPS without
 //! verification, as kubelet does), tcpSocket and grpc (the standard
-//! `grpc.health.v1.Health/Check` over cleartext HTTP/2) against the pod's IP. exec
-//! probes fail with a reason: Wasm guests have no process to exec in.
+//! `grpc.health.v1.Health/Check` over cleartext HTTP/2) against the pod's IP; exec, run
+//! inside the container by its runtime ([`Exec`]: a process in a container, the command
+//! again for a Wasm guest).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::runtime::{Exec, ExecIo};
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +65,7 @@ impl Timing {
 }
 
 /// Runs one probe once against the pod's IP.
-pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeout: Duration) -> Outcome {
+pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, exec: Option<&Arc<dyn Exec>>, timeout: Duration) -> Outcome {
     let attempt = async {
         if let Some(h) = &probe.http_get {
             let port = match resolve_port(&h.port, container) {
@@ -82,8 +86,11 @@ pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeou
                 Ok(_) => Outcome::Success,
                 Err(e) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
             }
-        } else if probe.exec.is_some() {
-            Outcome::Failure("exec probes are not supported for Wasm containers: a guest has no process to exec in".into())
+        } else if let Some(action) = &probe.exec {
+            match exec {
+                Some(exec) => run_exec(exec, action.command.clone().unwrap_or_default()).await,
+                None => Outcome::Failure("the container is not running: nothing to exec in".into()),
+            }
         } else if let Some(g) = &probe.grpc {
             match u16::try_from(g.port) {
                 Ok(port) => grpc_health_check(pod_ip, port, g.service.as_deref().unwrap_or_default()).await,
@@ -100,17 +107,39 @@ pub async fn run_once(probe: &Probe, container: &Container, pod_ip: &str, timeou
 }
 
 /// Runs a lifecycle hook (postStart, preStop) once: httpGet, tcpSocket or sleep.
-pub async fn run_hook(handler: &k8s_openapi::api::core::v1::LifecycleHandler, container: &Container, pod_ip: &str) -> Outcome {
+pub async fn run_hook(handler: &k8s_openapi::api::core::v1::LifecycleHandler, container: &Container, pod_ip: &str, exec: Option<&Arc<dyn Exec>>) -> Outcome {
     if let Some(s) = &handler.sleep {
         tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
         return Outcome::Success;
     }
-    if handler.exec.is_some() {
-        return Outcome::Failure("exec hooks are not supported for Wasm containers: a guest has no process to exec in".into());
-    }
-    let probe = Probe { http_get: handler.http_get.clone(), tcp_socket: handler.tcp_socket.clone(), ..Default::default() };
+    let probe = Probe { exec: handler.exec.clone(), http_get: handler.http_get.clone(), tcp_socket: handler.tcp_socket.clone(), ..Default::default() };
     // Hooks have no timeout of their own; the grace period bounds preStop.
-    run_once(&probe, container, pod_ip, Duration::from_secs(3600)).await
+    run_once(&probe, container, pod_ip, exec, Duration::from_secs(3600)).await
+}
+
+/// Runs a probe's or hook's command in the container: success is exit code 0; a
+/// failure carries what the command wrote, as kubelet reports it.
+async fn run_exec(exec: &Arc<dyn Exec>, argv: Vec<String>) -> Outcome {
+    use tokio::io::AsyncReadExt;
+    if argv.is_empty() {
+        return Outcome::Failure("the exec action has no command".into());
+    }
+    let (stdout, mut out_reader) = tokio::io::duplex(64 * 1024);
+    let (stderr, mut err_reader) = tokio::io::duplex(64 * 1024);
+    let run = exec.exec(argv.clone(), ExecIo { stdin: None, stdout, stderr });
+    let mut output = Vec::new();
+    let read = async {
+        let mut err = Vec::new();
+        let _ = tokio::join!(out_reader.read_to_end(&mut output), err_reader.read_to_end(&mut err));
+        output.extend(err);
+    };
+    let (result, _) = tokio::join!(run, read);
+    let said = String::from_utf8_lossy(&output).trim().chars().take(1024).collect::<String>();
+    match result {
+        Ok(exit) if exit.code == 0 => Outcome::Success,
+        Ok(exit) => Outcome::Failure(format!("command {argv:?} exited with {}: {said}", exit.code)),
+        Err(e) => Outcome::Failure(format!("command {argv:?} could not run: {e}")),
+    }
 }
 
 /// A port given by number, or by the name of one of the container's ports.
@@ -356,10 +385,10 @@ mod tests {
         let c = Container { name: "c".into(), ..Default::default() };
         let probe = |json: serde_json::Value| serde_json::from_value::<Probe>(json).unwrap();
         let one = Duration::from_secs(1);
-        assert_eq!(run_once(&probe(serde_json::json!({"tcpSocket": {"port": port}})), &c, "127.0.0.1", one).await, Outcome::Success);
-        assert_eq!(run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/ok"}})), &c, "127.0.0.1", one).await, Outcome::Success);
-        let bad = run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/bad"}})), &c, "127.0.0.1", one).await;
+        assert_eq!(run_once(&probe(serde_json::json!({"tcpSocket": {"port": port}})), &c, "127.0.0.1", None, one).await, Outcome::Success);
+        assert_eq!(run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/ok"}})), &c, "127.0.0.1", None, one).await, Outcome::Success);
+        let bad = run_once(&probe(serde_json::json!({"httpGet": {"port": port, "path": "/bad"}})), &c, "127.0.0.1", None, one).await;
         assert_eq!(bad, Outcome::Failure("HTTP probe failed with statuscode: 500".into()));
-        assert!(matches!(run_once(&probe(serde_json::json!({"exec": {"command": ["true"]}})), &c, "127.0.0.1", one).await, Outcome::Failure(m) if m.contains("not supported")));
+        assert!(matches!(run_once(&probe(serde_json::json!({"exec": {"command": ["true"]}})), &c, "127.0.0.1", None, one).await, Outcome::Failure(m) if m.contains("not running")));
     }
 }

@@ -80,7 +80,7 @@ async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::R
 /// `kubectl exec`: a WebSocket session running the container's command ([`crate::exec`]).
 async fn exec(State(agent): State<Arc<Agent>>, Path(target): Path<(String, String, String)>, request: axum::extract::Request) -> Response {
     let (query, headers) = (request.uri().query().unwrap_or_default().to_string(), request.headers().clone());
-    crate::exec::handle(&agent.exec, agent.runtime.clone(), target, &query, &headers, Upgrade::of(request).await)
+    crate::exec::handle(&agent.exec, target, &query, &headers, Upgrade::of(request).await)
 }
 
 /// `kubectl attach`: a WebSocket session following the container's output
@@ -215,7 +215,7 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
     let rss = crate::node::proc_bytes("/proc/self/status", "VmRSS:").unwrap_or(0);
     let body = json!({
         "node": {"nodeName": agent.config.node_name, "memory": {"time": now, "workingSetBytes": rss},
-                 "runtime": {"compiledPrograms": agent.runtime.compiled_count()}},
+                 "runtime": {"compiledPrograms": agent.runtimes.wasm.compiled_count()}},
         "pods": pods,
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()

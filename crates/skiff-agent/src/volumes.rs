@@ -11,7 +11,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 
 use crate::env::{ConfigError, ConfigSources, PodFacts};
-use crate::runtime::wasm::Mount;
+use crate::runtime::Mount;
 
 /// A pod's volume on the node.
 #[derive(Debug, Clone)]

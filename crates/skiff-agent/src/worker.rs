@@ -19,8 +19,9 @@ use tokio::sync::{Notify, watch};
 use crate::Agent;
 use crate::env::{ConfigError, PodFacts};
 use crate::images::PullPolicy;
-use crate::logs::LogSink;
-use crate::runtime::wasm::{Exit, GuestSpec, Program, Stdio, Usage};
+use crate::exec::ExecTarget;
+use crate::runtime::AbortOnDrop;
+use crate::runtime::{Exec, Exit, Launch, Prepared, Usage};
 use crate::status::{ContainerState, PodState, State, Terminated, crash_backoff};
 use crate::volumes::{self, VolumeDir};
 
@@ -39,27 +40,9 @@ struct Shared {
     changed: Notify,
     /// Set by the status writer after each write.
     written: AtomicBool,
-    /// Set when the pod is being deleted and its preStop hooks have run: HTTP functions
-    /// stop taking connections and finish what they serve (their SIGTERM).
+    /// Set when the pod is being deleted and its preStop hooks have run: its containers'
+    /// SIGTERM (HTTP functions stop taking connections and finish what they serve).
     terminate: watch::Sender<bool>,
-    /// HTTP functions still serving.
-    serving: watch::Sender<usize>,
-}
-
-/// Counts an HTTP function as serving while it lives.
-struct Serving<'a>(&'a watch::Sender<usize>);
-
-impl<'a> Serving<'a> {
-    fn new(count: &'a watch::Sender<usize>) -> Self {
-        count.send_modify(|n| *n += 1);
-        Serving(count)
-    }
-}
-
-impl Drop for Serving<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
 }
 
 impl Shared {
@@ -85,7 +68,6 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
         changed: Notify::new(),
         written: AtomicBool::new(false),
         terminate: watch::Sender::new(false),
-        serving: watch::Sender::new(0),
     });
     let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
     shared.changed.notify_one();
@@ -104,7 +86,7 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
                 node.recorder.record(&*shared.pod(), EventType::Normal, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline");
             }
             // The containers keep running (and serving) while their preStop hooks run; then
-            // HTTP functions finish the requests they have, within the grace period.
+            // they are told to stop, and have what is left of the grace period to.
             deadline = async {
                 let _ = pod_rx.wait_for(|p| p.metadata.deletion_timestamp.is_some()).await;
                 let deadline = tokio::time::Instant::now() + grace_period(&shared.pod());
@@ -112,10 +94,9 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
                 deadline
             } => {
                 shared.terminate.send_replace(true);
-                let mut serving = shared.serving.subscribe();
                 tokio::select! {
                     _ = &mut run => {}
-                    _ = serving.wait_for(|n| *n == 0) => {}
+                    _ = none_running(&shared) => {}
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
             }
@@ -138,6 +119,13 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
     }
 }
 
+/// Resolves once no container of the pod runs (those waiting to restart never will).
+async fn none_running(shared: &Shared) {
+    while shared.state.lock().unwrap().containers.iter().any(|c| c.is_running()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How long the pod has to stop once deleted.
 fn grace_period(pod: &Pod) -> Duration {
     let seconds = pod.metadata.deletion_grace_period_seconds.or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30);
@@ -156,8 +144,9 @@ async fn pre_stop(shared: &Arc<Shared>) {
         .map(|(c, hook)| {
             let pod_ip = pod_ip.clone();
             let pod = pod.clone();
+            let exec = shared.node.exec.get(&pod.namespace().unwrap_or_default(), &pod.name_any(), &c.name).map(|t| t.exec);
             async move {
-                if let crate::probes::Outcome::Failure(m) = crate::probes::run_hook(hook, c, &pod_ip).await {
+                if let crate::probes::Outcome::Failure(m) = crate::probes::run_hook(hook, c, &pod_ip, exec.as_ref()).await {
                     shared.node.recorder.record(&*pod, EventType::Warning, "FailedPreStopHook", format!("PreStopHook failed for container {}: {m}", c.name));
                 }
             }
@@ -351,11 +340,11 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
     let mut backoffs = run_number(shared, at);
     loop {
         let pod = shared.pod();
-        let program = match prepare(node, &pod, container).await {
-            Ok((program, image_id)) => {
+        let prepared = match prepare(node, &pod, container).await {
+            Ok((prepared, image_id)) => {
                 pull_backoff = Duration::from_secs(10);
                 shared.update(|s| slot(s, at).image_id = image_id);
-                program
+                prepared
             }
             Err(Failure { reason, message }) => {
                 node.recorder.record(&*pod, EventType::Warning, if reason == "ErrImagePull" { "Failed" } else { reason }, format!("container {}: {message}", container.name));
@@ -374,8 +363,9 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             }
         };
         let facts = node.facts(&pod);
-        let (guest, log) = match guest_spec(node, &facts, volumes, container, run_number(shared, at), usage.clone()) {
-            Ok(spec_and_log) => spec_and_log,
+        let run_number = run_number(shared, at);
+        let launch = match launch(node, &facts, volumes, container, run_number, usage.clone(), shared.terminate.subscribe()) {
+            Ok(launch) => launch,
             Err(e) => {
                 node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", e.0));
                 shared.update(|s| slot(s, at).state = State::Waiting { reason: "CreateContainerConfigError".into(), message: Some(e.0.clone()) });
@@ -383,64 +373,26 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 continue;
             }
         };
-        let http = matches!(&program, Program::Component(c) if crate::runtime::http::is_proxy(&node.runtime, c));
-        let exec_target = crate::exec::ExecTarget {
-            command: (!http).then(|| program.clone()),
-            env: guest.env.clone(),
-            mounts: guest.mounts.clone(),
-            memory_limit: guest.memory_limit,
-            cpu_limit_milli: guest.cpu_limit_milli,
-            output: log.clone(),
-        };
-        let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, exec_target);
+        let log = launch.log.clone();
         let started = Instant::now();
         let started_at = skiff_client::now();
-        let run_number = run_number(shared, at);
-        let result = match &program {
-            // An HTTP function: served on the pod's IP until the pod stops.
-            Program::Component(component) if http => {
-                let ip = node.pod_ip(&pod);
-                let listening = match crate::serving::prepare(&node.runtime, component, &pod, container, guest, node.config.cluster_dns.as_ref()) {
-                    Ok((function, ports)) => crate::serving::bind(&ip, &ports).await.map(|l| (function, l)),
-                    Err(e) => Err(e),
-                };
-                match listening {
-                    Ok((function, listeners)) => {
-                        node.set_running(&uid, &container.name, run_number, true);
-                        shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
-                        let serving = Serving::new(&shared.serving);
-                        let exit = tokio::select! {
-                            served = crate::serving::serve(function, listeners, shared.terminate.subscribe()) => match served {
-                                Err(error) => Exit { code: 1, reason: "Error", message: Some(format!("serving stopped: {error}")) },
-                                // Drained for the pod's deletion: nothing more to run.
-                                Ok(()) => {
-                                    drop(serving);
-                                    std::future::pending().await
-                                }
-                            },
-                            reason = probe(shared, at, container, ip.clone()) => killed_by_probe(node, &pod, container, reason),
-                        };
-                        node.set_running(&uid, &container.name, run_number, false);
-                        Ok(Ok(exit))
-                    }
-                    Err(start) => Ok(Err(start)),
-                }
-            }
-            _ => {
-                let mut guest = AbortOnDrop(node.runtime.spawn(program, guest));
+        let result = match prepared.start(launch).await {
+            Ok(running) => {
+                let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, ExecTarget { exec: running.exec.clone(), output: log.clone() });
                 node.set_running(&uid, &container.name, run_number, true);
                 shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
                 let result = tokio::select! {
-                    result = &mut guest.0 => result,
-                    reason = probe(shared, at, container, node.pod_ip(&pod)) => Ok(Ok(killed_by_probe(node, &pod, container, reason))),
+                    exit = running.exit => exit,
+                    reason = probe(shared, at, container, node.pod_ip(&pod), running.exec.clone()) => Ok(killed_by_probe(node, &pod, container, reason)),
                 };
                 node.set_running(&uid, &container.name, run_number, false);
                 result
             }
+            Err(start) => Err(start),
         };
         let exit = match result {
-            Ok(Ok(exit)) => exit,
-            Ok(Err(start)) => {
+            Ok(exit) => exit,
+            Err(start) => {
                 // Could not start (bad imports, no _start, a mount failed): kubelet's
                 // CreateContainerError, retried with back-off.
                 log.note(&format!("container could not start: {}", start.0));
@@ -450,13 +402,16 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
                 continue;
             }
-            Err(e) => Exit { code: 137, reason: "Error", message: Some(format!("the guest task ended abnormally: {e}")) },
         };
         if let Some(m) = &exit.message {
             log.note(m);
         }
         let ended = Terminated { exit_code: exit.code, reason: exit.reason.into(), message: exit.message.clone(), started_at: Some(started_at), finished_at: skiff_client::now() };
         shared.update(|s| slot(s, at).state = State::Terminated(ended.clone()));
+        // Stopped for the pod's deletion: not restarted.
+        if *shared.terminate.borrow() {
+            return exit;
+        }
         if exit.reason == "OOMKilled" {
             node.recorder.record(&*pod, EventType::Warning, "OOMKilled", format!("container {} exceeded its memory limit", container.name));
         }
@@ -485,7 +440,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
 /// Runs the container's probes while it runs (see [`crate::probes`]): readiness sets
 /// its `ready`; the future resolves only when a liveness or startup probe has failed,
 /// with the reason, and the container must be ended.
-async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: String) -> String {
+async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: String, exec: Arc<dyn Exec>) -> String {
     use crate::probes::{Outcome, Probes, Timing, Verdict, run_once};
     let probes = Probes::of(container);
     shared.update(|s| {
@@ -494,7 +449,7 @@ async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: St
         c.probe_started = probes.startup.as_ref().map(|_| false);
     });
     if let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
-        && let Outcome::Failure(m) = crate::probes::run_hook(hook, container, &pod_ip).await
+        && let Outcome::Failure(m) = crate::probes::run_hook(hook, container, &pod_ip, Some(&exec)).await
     {
         shared.node.recorder.record(&*shared.pod(), EventType::Warning, "FailedPostStartHook", format!("PostStartHook failed: {m}"));
         return format!("PostStartHook failed: {m}");
@@ -509,12 +464,12 @@ async fn probe(shared: &Arc<Shared>, at: Slot, container: &Container, pod_ip: St
     };
     // Polls one probe until it reaches a verdict, reporting failures as events.
     let until_verdict = |kind: &'static str, p: Probe| {
-        let pod_ip = pod_ip.clone();
+        let (pod_ip, exec) = (pod_ip.clone(), exec.clone());
         async move {
             let timing = Timing::of(&p);
             let mut verdict = Verdict::default();
             loop {
-                let outcome = run_once(&p, container, &pod_ip, timing.timeout).await;
+                let outcome = run_once(&p, container, &pod_ip, Some(&exec), timing.timeout).await;
                 unhealthy(kind, &outcome);
                 if let Some(v) = verdict.record(&outcome, &timing) {
                     let why = match outcome {
@@ -578,9 +533,9 @@ struct Failure {
     message: String,
 }
 
-/// Pulls the container's image (per its policy, with the pod's pull secrets) and loads
-/// its compiled code.
-async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<(Program, String), Failure> {
+/// Pulls the container's image (per its policy, with the pod's pull secrets) and readies
+/// it for the runtime it needs (Wasm compiled, a container image's layers unpacked).
+async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<(Arc<dyn Prepared>, String), Failure> {
     let image = container.image.clone().unwrap_or_default();
     if image.is_empty() {
         return Err(Failure { reason: "InvalidImageName", message: "the container has no image".into() });
@@ -588,13 +543,9 @@ async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<
     let policy = PullPolicy::of(container.image_pull_policy.as_deref(), &image);
     let auth = pull_auth(node, pod, &image);
     let local = node.images.ensure(&image, policy, &auth).await.map_err(|e| Failure { reason: e.reason, message: e.message })?;
-    let path = node.images.blob_path(&local.wasm_digest);
-    let (runtime, digest) = (node.runtime.clone(), local.wasm_digest.clone());
-    let program = tokio::task::spawn_blocking(move || runtime.load(&digest, &path))
-        .await
-        .map_err(|e| Failure { reason: "CreateContainerError", message: e.to_string() })?
-        .map_err(|e| Failure { reason: "CreateContainerError", message: e.0 })?;
-    Ok((program, format!("{}@{}", local.reference, local.manifest_digest)))
+    let handler = node.runtime_handler(pod).await.map_err(|message| Failure { reason: "CreateContainerConfigError", message })?;
+    let prepared = node.runtimes.prepare(&node.images, &local, handler.as_deref()).await.map_err(|e| Failure { reason: "CreateContainerError", message: e.0 })?;
+    Ok((prepared, format!("{}@{}", local.reference, local.manifest_digest)))
 }
 
 /// Registry credentials from the pod's `imagePullSecrets` for the image's registry.
@@ -611,19 +562,12 @@ fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> RegistryAuth {
     RegistryAuth::Anonymous
 }
 
-/// What the guest gets: argv, environment, mounts, limits, and its log file (returned too,
-/// for the agent's own notes in it).
-fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>) -> Result<(GuestSpec, LogSink), ConfigError> {
+/// What one run of the container gets, whatever runs it: its command and args with
+/// `$(VAR)` expanded, environment, mounts, limits, and its log file.
+fn launch(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>, terminate: watch::Receiver<bool>) -> Result<Launch, ConfigError> {
     let env = crate::env::container_env(container, facts, &node.sources)?;
     let mounts = volumes::mounts(container, volumes)?;
     let expand = |s: &String| crate::env::expand(s, &env);
-    // Wasm has no image entrypoint to fall back on: argv[0] is the command's first
-    // word, or the container's name.
-    let mut argv: Vec<String> = container.command.iter().flatten().map(expand).collect();
-    if argv.is_empty() {
-        argv.push(container.name.clone());
-    }
-    argv.extend(container.args.iter().flatten().map(expand));
     let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
     let memory_limit = limits.and_then(|l| l.get("memory")).map(|q| skiff_core::quantity::parse_units(&q.0)).transpose()
         .map_err(|_| ConfigError("resources.limits.memory is not a quantity".into()))?
@@ -635,14 +579,19 @@ fn guest_spec(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDi
     let path = node.logs.file(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name, run as u32);
     let log = crate::logs::LogSink::create(&path).map_err(|e| ConfigError(format!("creating the log file {}: {e}", path.display())))?;
     node.logs.prune(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name);
-    Ok((GuestSpec { argv, env, mounts, memory_limit, cpu_limit_milli, stdio: Stdio::Log(log.clone()), usage }, log))
-}
-
-/// Aborts a task when dropped: a stopped pod's guests stop with it.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    Ok(Launch {
+        pod: Arc::new(pod.clone()),
+        container: container.clone(),
+        pod_ip: facts.pod_ip.clone(),
+        command: container.command.iter().flatten().map(expand).collect(),
+        args: container.args.iter().flatten().map(expand).collect(),
+        env,
+        mounts,
+        memory_limit,
+        cpu_limit_milli,
+        log,
+        usage,
+        cluster_dns: node.config.cluster_dns.clone(),
+        terminate,
+    })
 }

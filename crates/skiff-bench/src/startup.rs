@@ -187,7 +187,8 @@ async fn wait_running(api: &Api<Pod>, which: impl Fn(&Pod) -> bool, count: usize
 
 /// Instantiates the example and runs it to exit (`exit 0`), straight on a runtime.
 fn instantiate_times(wasm: &[u8], runs: usize, dir: &Path) -> anyhow::Result<Vec<Duration>> {
-    use skiff_agent::runtime::wasm::{GuestSpec, Stdio, WasmConfig, WasmRuntime};
+    use skiff_agent::runtime::wasm::command::{GuestSpec, Stdio};
+    use skiff_agent::runtime::wasm::{WasmConfig, WasmRuntime};
     let runtime = WasmRuntime::new(&WasmConfig { max_instances: 16, max_memory_bytes: 1 << 30, cache_dir: dir.join("bench-cache"), threads: 1 })?;
     let (program, _) = runtime.compile(wasm).map_err(|e| anyhow::anyhow!(e.0))?;
     let log = skiff_agent::logs::LogSink::create(&dir.join("bench.log"))?;

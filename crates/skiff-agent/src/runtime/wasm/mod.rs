@@ -1,38 +1,38 @@
 //! The Wasm runtime: one wasmtime engine per agent (cranelift, the pooling allocator,
-//! epoch interruption), an on-disk cache of compiled code keyed by the Wasm's content
-//! digest and the engine's compatibility hash, and running WASI commands — preview 1
-//! modules (`_start`) and preview 2 components (`wasi:cli/run`) — with a memory cap, a
-//! CPU share and their output in a log file.
+//! epoch interruption) and an on-disk cache of compiled code keyed by the Wasm's content
+//! digest and the engine's compatibility hash. What it runs is split by concern:
+//! [`command`] (WASI commands to their exit), [`serving`] and [`http`] (wasi:http
+//! functions on the pod's ports), [`limits`] (memory cap and CPU share), and
+//! [`container`] (the [`Prepared`](crate::runtime::Prepared) and
+//! [`Exec`](crate::runtime::Exec) the pod worker sees).
 //!
 //! Guests run on their own tokio runtime, so a busy guest never delays the agent's own
 //! work; every guest yields to it at each epoch tick (10 ms), which is also where its CPU
 //! share is enforced.
 
+pub mod command;
+mod container;
+pub mod exec_tar;
+pub mod http;
+mod limits;
+pub mod serving;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Precompiled, ResourceLimiter, Store};
-use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig, Precompiled};
 
-use crate::logs::LogSink;
+use crate::runtime::{StartError, Usage};
+use command::{P1State, P2State};
+use limits::{MAX_TABLE_ELEMENTS, Throttled};
 
 /// How often the engine's epoch ticks: the longest a guest runs before yielding.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-/// Exit code reported for a guest that trapped (as a process killed by SIGABRT).
-const TRAP_EXIT_CODE: i32 = 134;
-/// Exit code reported for a guest stopped for memory (as a process killed by SIGKILL).
-const OOM_EXIT_CODE: i32 = 137;
-/// A guest's table may hold at most this many elements.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// How the engine is sized.
 #[derive(Debug, Clone)]
@@ -56,68 +56,11 @@ pub enum Program {
     Component(Component),
 }
 
-/// What a container run needs from the agent.
-pub struct GuestSpec {
-    /// argv, the first being the program name.
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub mounts: Vec<Mount>,
-    /// `resources.limits.memory`.
-    pub memory_limit: Option<u64>,
-    /// `resources.limits.cpu` in millicores.
-    pub cpu_limit_milli: Option<u64>,
-    pub stdio: Stdio,
-    pub usage: Arc<Usage>,
-}
-
-/// Where a guest's standard streams go.
-pub enum Stdio {
-    /// stdout and stderr to the container's log; stdin empty.
-    Log(LogSink),
-    /// An exec session's streams, taken by the one guest run that uses them.
-    Session(Mutex<Option<SessionStreams>>),
-}
-
-pub struct SessionStreams {
-    pub stdin: Option<wasmtime_wasi::cli::AsyncStdinStream>,
-    pub stdout: wasmtime_wasi::cli::AsyncStdoutStream,
-    pub stderr: wasmtime_wasi::cli::AsyncStdoutStream,
-}
-
-/// A directory the guest sees at `guest_path`.
-#[derive(Debug, Clone)]
-pub struct Mount {
-    pub host_path: PathBuf,
-    pub guest_path: String,
-    pub read_only: bool,
-}
-
-/// How a guest ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Exit {
-    pub code: i32,
-    /// Kubernetes' terminated reason: `Completed`, `Error` or `OOMKilled`.
-    pub reason: &'static str,
-    pub message: Option<String>,
-}
-
-/// CPU time and memory of a running guest, for the stats endpoint.
-#[derive(Debug, Default)]
-pub struct Usage {
-    pub cpu_nanos: AtomicU64,
-    pub memory_bytes: AtomicU64,
-}
-
-/// Why a guest could not be started (the container's `CreateContainerError`).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
-
 pub struct WasmRuntime {
     engine: Engine,
     p1_linker: Arc<wasmtime::Linker<P1State>>,
     p2_linker: Arc<wasmtime::component::Linker<P2State>>,
-    http_linker: Arc<wasmtime::component::Linker<super::http::HttpState>>,
+    http_linker: Arc<wasmtime::component::Linker<http::HttpState>>,
     cache_dir: PathBuf,
     compiled: Mutex<HashMap<String, Program>>,
     /// A turn per digest being loaded: the pods that wait for one image share one compile
@@ -267,15 +210,6 @@ impl WasmRuntime {
         }
     }
 
-    /// Starts a command guest on the guest runtime. The returned handle resolves when it
-    /// exits; aborting the handle stops the guest at its next epoch tick.
-    pub fn spawn(self: &Arc<Self>, program: Program, spec: GuestSpec) -> tokio::task::JoinHandle<Result<Exit, StartError>> {
-        let this = self.clone();
-        let usage = spec.usage.clone();
-        let cpu = spec.cpu_limit_milli;
-        self.spawn_guest(async move { this.run(program, spec).await }, cpu, usage)
-    }
-
     /// Runs guest work on the guest runtime, its CPU time counted (and capped) in `usage`.
     pub(super) fn spawn_guest<F: Future + Send + 'static>(&self, work: F, cpu_limit_milli: Option<u64>, usage: Arc<Usage>) -> tokio::task::JoinHandle<F::Output>
     where
@@ -288,71 +222,14 @@ impl WasmRuntime {
         &self.engine
     }
 
-    pub(super) fn http_linker(&self) -> &wasmtime::component::Linker<super::http::HttpState> {
+    pub(super) fn http_linker(&self) -> &wasmtime::component::Linker<http::HttpState> {
         &self.http_linker
-    }
-
-    async fn run(&self, program: Program, spec: GuestSpec) -> Result<Exit, StartError> {
-        let mut builder = wasi_builder(&spec)?;
-        let limiter = Limiter::new(spec.memory_limit, spec.usage.clone());
-        let result = match program {
-            Program::Module(module) => {
-                let mut store = Store::new(&self.engine, P1State { wasi: builder.build_p1(), limiter });
-                store.limiter(|s| &mut s.limiter);
-                store.epoch_deadline_async_yield_and_update(1);
-                let instance = self.p1_linker.instantiate_async(&mut store, &module).await.map_err(link_error)?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")
-                    .map_err(|_| StartError("the module exports no `_start`: it is not a WASI command".into()))?;
-                let outcome = start.call_async(&mut store, ()).await;
-                exit_of(outcome.map(|_| 0), store.data().limiter.exceeded)
-            }
-            Program::Component(component) => {
-                let mut store = Store::new(&self.engine, P2State { wasi: builder.build(), table: ResourceTable::new(), limiter });
-                store.limiter(|s| &mut s.limiter);
-                store.epoch_deadline_async_yield_and_update(1);
-                let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &self.p2_linker)
-                    .await
-                    .map_err(link_error)?;
-                let outcome = command.wasi_cli_run().call_run(&mut store).await;
-                exit_of(outcome.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.exceeded)
-            }
-        };
-        if let Stdio::Log(log) = &spec.stdio {
-            log.finish();
-        }
-        Ok(result)
     }
 
     /// Compiled programs held in memory.
     pub fn compiled_count(&self) -> usize {
         self.compiled.lock().unwrap().len()
     }
-}
-
-/// The guest's WASI context: argv, environment, stdout and stderr to its log, and its
-/// mounts as preopened directories (nothing else of the host).
-pub(super) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, StartError> {
-    let mut builder = WasiCtxBuilder::new();
-    builder.args(&spec.argv).envs(&spec.env);
-    match &spec.stdio {
-        Stdio::Log(log) => {
-            builder.stdout(log.stdout()).stderr(log.stderr());
-        }
-        Stdio::Session(streams) => {
-            let SessionStreams { stdin, stdout, stderr } =
-                streams.lock().unwrap().take().ok_or_else(|| StartError("an exec session's streams serve one run".into()))?;
-            if let Some(stdin) = stdin {
-                builder.stdin(stdin);
-            }
-            builder.stdout(stdout).stderr(stderr);
-        }
-    }
-    for m in &spec.mounts {
-        let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        builder.preopened_dir(&m.host_path, &m.guest_path, perms)
-            .map_err(|e| StartError(format!("mounting {} at {}: {e}", m.host_path.display(), m.guest_path)))?;
-    }
-    Ok(builder)
 }
 
 fn engine_key(engine: &Engine) -> String {
@@ -366,139 +243,14 @@ pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6..8] == [1, 0]
 }
 
-fn link_error(e: wasmtime::Error) -> StartError {
-    StartError(format!("instantiating: {e:#}"))
-}
-
-/// Turns a guest's outcome into the container's exit.
-fn exit_of(outcome: wasmtime::Result<i32>, out_of_memory: bool) -> Exit {
-    match outcome {
-        Ok(0) => Exit { code: 0, reason: "Completed", message: None },
-        Ok(code) => Exit { code, reason: "Error", message: None },
-        Err(e) => {
-            if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                let code = exit.0;
-                return Exit { code, reason: if code == 0 { "Completed" } else { "Error" }, message: None };
-            }
-            if out_of_memory {
-                return Exit { code: OOM_EXIT_CODE, reason: "OOMKilled", message: Some(format!("{e:#}")) };
-            }
-            let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
-            let message = match trap {
-                Some(t) => format!("the guest trapped: {t}"),
-                None => format!("{e:#}"),
-            };
-            Exit { code: TRAP_EXIT_CODE, reason: "Error", message: Some(message) }
-        }
-    }
-}
-
-struct P1State {
-    wasi: WasiP1Ctx,
-    limiter: Limiter,
-}
-
-struct P2State {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: Limiter,
-}
-
-impl WasiView for P2State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-/// Caps a guest's linear memory at its container's memory limit. Growth past it ends
-/// the guest (reported `OOMKilled`), as the kernel's OOM killer ends a process.
-pub(super) struct Limiter {
-    limit: Option<usize>,
-    /// Bytes of linear memory across the guest's memories.
-    current: usize,
-    exceeded: bool,
-    usage: Arc<Usage>,
-}
-
-impl Limiter {
-    pub(super) fn new(limit: Option<u64>, usage: Arc<Usage>) -> Self {
-        Limiter { limit: limit.map(|l| l as usize), current: 0, exceeded: false, usage }
-    }
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let total = self.current - current.min(self.current) + desired;
-        if let Some(limit) = self.limit
-            && total > limit
-        {
-            self.exceeded = true;
-            wasmtime::bail!("memory limit of {limit} bytes exceeded: the guest asked for {total} bytes");
-        }
-        self.current = total;
-        self.usage.memory_bytes.store(total as u64, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
-    }
-}
-
-/// Runs a guest future, counting the time spent polling it (the guest's CPU time, since
-/// it yields at every epoch tick) and, with a CPU limit, pausing it after each slice so
-/// its share of a core stays at the limit: a guest limited to 200m that ran 10 ms waits
-/// 40 ms before running again.
-struct Throttled<F> {
-    inner: Pin<Box<F>>,
-    cpu_limit_milli: Option<u64>,
-    usage: Arc<Usage>,
-    /// CPU time owed as a pause, accumulated until it is worth a timer.
-    owed: Duration,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<F> Throttled<F> {
-    fn new(inner: F, cpu_limit_milli: Option<u64>, usage: Arc<Usage>) -> Self {
-        let cpu_limit_milli = cpu_limit_milli.filter(|m| *m < 1000).map(|m| m.max(1));
-        Throttled { inner: Box::pin(inner), cpu_limit_milli, usage, owed: Duration::ZERO, pause: None }
-    }
-}
-
-impl<F: Future> Future for Throttled<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        if let Some(pause) = self.pause.as_mut() {
-            if pause.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.pause = None;
-        }
-        let started = Instant::now();
-        let result = self.inner.as_mut().poll(cx);
-        let spent = started.elapsed();
-        self.usage.cpu_nanos.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
-        if result.is_pending()
-            && let Some(milli) = self.cpu_limit_milli
-        {
-            self.owed += spent * (1000 - milli as u32) / milli as u32;
-            if self.owed >= Duration::from_millis(5) {
-                let owed = std::mem::take(&mut self.owed);
-                let mut pause = Box::pin(tokio::time::sleep(owed));
-                // Registers the waker; the guest resumes when the pause is over.
-                if pause.as_mut().poll(cx).is_pending() {
-                    self.pause = Some(pause);
-                }
-            }
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::command::{GuestSpec, OOM_EXIT_CODE, Stdio, TRAP_EXIT_CODE};
     use super::*;
+    use crate::logs::LogSink;
+    use crate::runtime::Exit;
 
     fn runtime(dir: &Path) -> Arc<WasmRuntime> {
         WasmRuntime::new(&WasmConfig { max_instances: 8, max_memory_bytes: 256 << 20, cache_dir: dir.join("cache"), threads: 1 }).unwrap()

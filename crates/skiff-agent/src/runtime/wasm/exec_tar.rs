@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
-use crate::runtime::wasm::{Exit, Mount};
+use crate::runtime::{Exit, Mount};
 
 /// The tar invocations served.
 #[derive(Debug, PartialEq, Eq)]

@@ -13,8 +13,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 use wasmtime::component::Component;
 
-use crate::runtime::http::{Proxy, RequestLimits};
-use crate::runtime::wasm::{GuestSpec, StartError, WasmRuntime};
+use super::http::{Proxy, RequestLimits};
+use super::command::GuestSpec;
+use super::WasmRuntime;
+use crate::runtime::StartError;
 
 /// Requests at once per pod: `skiff.dev/max-concurrency`, else 64 per CPU of the limit
 /// (64 without one).
@@ -147,9 +149,9 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
 }
 
 impl Function {
-    async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<crate::runtime::http::HttpBody> {
+    async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<super::http::HttpBody> {
         let Ok(_permit) = self.permits.acquire().await else {
-            return crate::runtime::http::error(503, "the pod is stopping");
+            return super::http::error(503, "the pod is stopping");
         };
         self.runtime.handle(&self.proxy, request, &self.guest, &self.limits).await
     }

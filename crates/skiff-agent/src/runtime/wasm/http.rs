@@ -18,7 +18,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::wasm::{GuestSpec, Limiter, StartError, WasmRuntime};
+use super::command::GuestSpec;
+use super::limits::Limiter;
+use super::WasmRuntime;
+use crate::runtime::StartError;
 
 /// The export that makes a component an HTTP function.
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
@@ -141,7 +144,7 @@ impl WasmRuntime {
 
     /// Handles one request on a fresh instance, on the guest runtime.
     pub async fn handle(self: &Arc<Self>, proxy: &Proxy, request: hyper::Request<Incoming>, guest: &GuestSpec, limits: &RequestLimits) -> hyper::Response<HttpBody> {
-        let mut builder = match super::wasm::wasi_builder(guest) {
+        let mut builder = match super::command::wasi_builder(guest) {
             Ok(b) => b,
             Err(e) => return error(500, &e.0),
         };

@@ -1,0 +1,461 @@
+//! OCI containers, run with crun or runc (Debian's, found on PATH; crun preferred).
+//!
+//! [`OciRuntime::prepare`] unpacks an image's layers (all at once, off the async threads,
+//! once per digest: [`layers`]); [`Prepared::start`] gives the run its pod's sandbox
+//! ([`sandbox`]), an overlayfs root over the layers, and a runtime spec ([`spec`]), then
+//! `create`s and `start`s it. The agent is the child subreaper of its containers, so a
+//! container's process is its child: it waits on it through a pidfd and gets its exit
+//! status, and reads the memory cgroup's OOM kill count before the container is deleted.
+
+pub mod image_config;
+pub mod layers;
+pub mod sandbox;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::images::{ImageKind, ImageStore, LocalImage};
+use crate::runtime::{Exec, ExecIo, Exit, Launch, Prepared, Running, StartError, Usage};
+use image_config::ImageDefaults;
+use layers::{Compression, LayerStore};
+use sandbox::{SandboxSpec, Sandboxes};
+
+/// The RuntimeClass handlers of OCI containers.
+pub const HANDLERS: &[&str] = &["crun", "runc"];
+/// The cgroup (under every v1 hierarchy) holding the node's container pods.
+const CGROUP_PARENT: &str = "skiff";
+/// How often a running container's CPU and memory are read from its cgroup.
+const STATS_PERIOD: Duration = Duration::from_secs(2);
+
+/// The node's OCI runtime.
+pub struct OciRuntime {
+    binary: &'static str,
+    version: String,
+    /// Where the runtime keeps its state (`--root`), apart from other users of it.
+    state: PathBuf,
+    containers: PathBuf,
+    pub layers: LayerStore,
+    sandboxes: PathBuf,
+    /// The pods' sandboxes, once the node has its pod range on the bridge; else why not.
+    network: std::sync::OnceLock<Result<Sandboxes, String>>,
+    /// Makes each container run's id unique.
+    runs: AtomicU64,
+}
+
+impl OciRuntime {
+    /// The node's OCI runtime under `dir`, or why it has none: crun (after moving the
+    /// `hugetlb` controller to a v1 hierarchy where the host's cgroups are hybrid, which
+    /// crun refuses) else runc; both need root, the CNI plugins and overlayfs.
+    pub fn detect(dir: &Path) -> Result<OciRuntime, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("containers need the agent to run as root".into());
+        }
+        if !Path::new(sandbox::CNI_BIN).join("bridge").exists() {
+            return Err(format!("no CNI plugins in {} (Debian's containernetworking-plugins)", sandbox::CNI_BIN));
+        }
+        let version = |binary: &str| {
+            let out = std::process::Command::new(binary).arg("--version").output().ok().filter(|o| o.status.success())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.lines().next()?.split_whitespace().nth(2).map(|v| v.split('+').next().unwrap_or(v).to_string())
+        };
+        let binary = match (version("crun"), version("runc")) {
+            (Some(v), runc) => match hugetlb_on_v1() {
+                Ok(()) => ("crun", v),
+                Err(why) => match runc {
+                    Some(r) => {
+                        tracing::warn!(%why, "crun cannot run here; using runc");
+                        ("runc", r)
+                    }
+                    None => return Err(format!("crun cannot run here ({why}), and runc is not installed")),
+                },
+            },
+            (None, Some(v)) => ("runc", v),
+            (None, None) => return Err("neither crun nor runc is installed".into()),
+        };
+        let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+        let containers = dir.join("containers");
+        for d in [&containers, &dir.join("state")] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        let runtime = OciRuntime {
+            binary: binary.0,
+            version: binary.1,
+            state: dir.join("state"),
+            containers,
+            layers: LayerStore::open(dir.join("layers")).map_err(|e| e.to_string())?,
+            sandboxes: dir.join("sandboxes"),
+            network: std::sync::OnceLock::new(),
+            runs: AtomicU64::new(0),
+        };
+        runtime.remove_leftovers();
+        Ok(runtime)
+    }
+
+    /// Stops and removes the containers and sandboxes a previous agent left: their pods'
+    /// workers start them again. (Adopting them instead is not built yet.)
+    fn remove_leftovers(&self) {
+        for entry in std::fs::read_dir(&self.containers).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            tracing::info!(container = %id, "removing a container the previous agent left");
+            remove_container(self, &id, &entry.path(), None);
+        }
+        for uid in sandbox::leftovers(&self.sandboxes) {
+            sandbox::tear_down(&self.sandboxes, &uid);
+        }
+    }
+
+    /// Gives container pods the node's pod network: addresses from `range` on the bridge,
+    /// unless the node fell back to loopback addresses (`fallback` says why).
+    pub fn set_network(&self, range: skiff_core::Cidr, fallback: Option<String>) {
+        let network = match fallback {
+            None => Ok(Sandboxes::new(self.sandboxes.clone(), range)),
+            Some(why) => Err(format!("container pods need the {} bridge, which this node could not set up: {why}", crate::network::BRIDGE)),
+        };
+        let _ = self.network.set(network);
+    }
+
+    fn sandboxes(&self) -> Result<&Sandboxes, String> {
+        self.network.get().ok_or_else(|| "the pod network is not set up yet".to_string())?.as_ref().map_err(Clone::clone)
+    }
+
+    /// The runtime's RuntimeClass handler name.
+    pub fn name(&self) -> &'static str {
+        self.binary
+    }
+
+    /// What the Node reports as `nodeInfo.containerRuntimeVersion`.
+    pub fn version(&self) -> String {
+        format!("{}://{}", self.binary, self.version)
+    }
+
+    /// Unpacks the image's layers (each at most once, all at once) and reads its config.
+    pub async fn prepare(self: &Arc<Self>, images: &ImageStore, image: &LocalImage) -> Result<Arc<dyn Prepared>, StartError> {
+        let ImageKind::Container { config_digest, layers } = &image.kind else {
+            return Err(StartError("not a container image".into()));
+        };
+        let config = tokio::fs::read(images.blob_path(config_digest)).await.map_err(|e| StartError(format!("reading the image config: {e}")))?;
+        let defaults = image_config::defaults(&config).map_err(StartError)?;
+        let unpacks = layers.iter().map(|layer| {
+            let (this, digest, blob) = (self.clone(), layer.digest.clone(), images.blob_path(&layer.digest));
+            let compression = Compression::of(&layer.media_type);
+            async move {
+                let compression = compression.ok_or_else(|| format!("layer {digest} cannot be unpacked here"))?;
+                tokio::task::spawn_blocking(move || this.layers.ensure(&digest, compression, &blob)).await.map_err(|e| e.to_string())?
+            }
+        });
+        let dirs = futures::future::try_join_all(unpacks).await.map_err(StartError)?;
+        Ok(Arc::new(OciPrepared { runtime: self.clone(), layers: dirs, defaults }))
+    }
+
+    /// Removes what a pod's containers left: its sandbox and its cgroups.
+    pub fn remove_pod(&self, uid: &str) {
+        if let Ok(sandboxes) = self.sandboxes() {
+            sandboxes.remove(uid);
+        }
+        for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let pod = controller.path().join(CGROUP_PARENT).join(uid);
+            // Empty cgroups are removed with rmdir, children first.
+            for child in std::fs::read_dir(&pod).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(child.path());
+            }
+            let _ = std::fs::remove_dir(&pod);
+        }
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(self.binary);
+        c.arg("--root").arg(&self.state);
+        c
+    }
+
+    fn blocking_command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(self.binary);
+        c.arg("--root").arg(&self.state);
+        c
+    }
+}
+
+/// crun refuses a hybrid cgroup layout where `hugetlb` sits on the v2 mount: moves it to
+/// a v1 hierarchy of its own (see ENVIRONMENT.md).
+fn hugetlb_on_v1() -> Result<(), String> {
+    let v2_controllers = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    let on_v1 = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default().lines().any(|l| l.contains(" cgroup ") && l.contains("hugetlb"));
+    if on_v1 || !v2_controllers.split_whitespace().any(|c| c == "hugetlb") {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/cgroup/hugetlb").map_err(|e| format!("creating /sys/fs/cgroup/hugetlb: {e}"))?;
+    rustix::mount::mount("cgroup", "/sys/fs/cgroup/hugetlb", "cgroup", rustix::mount::MountFlags::empty(), Some(c"hugetlb"))
+        .map_err(|e| format!("mounting the hugetlb cgroup hierarchy: {e}"))
+}
+
+struct OciPrepared {
+    runtime: Arc<OciRuntime>,
+    /// The unpacked layers, bottom first.
+    layers: Vec<PathBuf>,
+    defaults: ImageDefaults,
+}
+
+#[async_trait::async_trait]
+impl Prepared for OciPrepared {
+    fn runtime(&self) -> &'static str {
+        self.runtime.binary
+    }
+
+    async fn start(&self, launch: Launch) -> Result<Running, StartError> {
+        let rt = self.runtime.clone();
+        let pod = launch.pod.clone();
+        let uid = pod.uid().unwrap_or_default();
+        let ip = launch.pod_ip.parse().map_err(|_| StartError(format!("the pod has no usable address ({:?})", launch.pod_ip)))?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let hostname = spec.hostname.clone().unwrap_or_else(|| pod.name_any());
+        let namespace = pod.namespace().unwrap_or_default();
+        let fqdn = match (&spec.subdomain, &launch.cluster_dns) {
+            (Some(sub), Some(dns)) => Some(format!("{hostname}.{sub}.{namespace}.svc.{}", dns.domain)),
+            _ => None,
+        };
+        let host_aliases = spec.host_aliases.iter().flatten().map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default())).collect();
+        let (rt2, uid2, dns) = (rt.clone(), uid.clone(), launch.cluster_dns.clone());
+        let sandbox = tokio::task::spawn_blocking(move || {
+            rt2.sandboxes()?.ensure(&SandboxSpec { uid: &uid2, namespace: &namespace, hostname: &hostname, fqdn, ip, dns: dns.as_ref(), host_aliases })
+        })
+        .await
+        .map_err(|e| StartError(e.to_string()))?
+        .map_err(|e| StartError(format!("setting up the pod's sandbox: {e}")))?;
+
+        let id = format!("{uid}-{}-{}", launch.container.name, rt.runs.fetch_add(1, Ordering::Relaxed));
+        let bundle = rt.containers.join(&id);
+        let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), pidfd: None };
+        let rootfs = bundle.join("rootfs");
+        let layers = self.layers.clone();
+        let mounted = tokio::task::spawn_blocking({
+            let (bundle, rootfs) = (bundle.clone(), rootfs.clone());
+            move || mount_root(&bundle, &rootfs, &layers)
+        })
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+        mounted.map_err(StartError)?;
+        let cgroups_path = format!("/{CGROUP_PARENT}/{uid}/{id}");
+        let config = spec::runtime_spec(&launch, &self.defaults, &rootfs, &sandbox, &cgroups_path).map_err(|e| StartError(e.0))?;
+        tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
+
+        // create: the container's stdout and stderr are the pipes given to create.
+        let mut create = rt.command();
+        create.arg("--log").arg(bundle.join("runtime.log")).args(["create", "--bundle"]).arg(&bundle).arg("--pid-file").arg(bundle.join("pid")).arg(&id);
+        let mut child = create.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| StartError(format!("running {}: {e}", rt.binary)))?;
+        let pumps = [
+            pump(child.stdout.take().expect("piped"), launch.log.stdout()),
+            pump(child.stderr.take().expect("piped"), launch.log.stderr()),
+        ];
+        let status = child.wait().await.map_err(|e| StartError(e.to_string()))?;
+        if !status.success() {
+            let why = tokio::fs::read_to_string(bundle.join("runtime.log")).await.unwrap_or_default();
+            return Err(StartError(runtime_error(&why, rt.binary, "create")));
+        }
+        let pid: i32 = tokio::fs::read_to_string(bundle.join("pid")).await.ok().and_then(|p| p.trim().parse().ok()).ok_or_else(|| StartError("the runtime wrote no pid".into()))?;
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| StartError("the runtime wrote pid 0".into()))
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the container's process: {e}"))))?;
+        guard.pidfd = Some(Arc::new(pidfd));
+        let started = rt.command().args(["start", &id]).output().await.map_err(|e| StartError(e.to_string()))?;
+        if !started.status.success() {
+            return Err(StartError(runtime_error(&String::from_utf8_lossy(&started.stderr), rt.binary, "start")));
+        }
+        let exec = Arc::new(OciExec { runtime: rt.clone(), id: id.clone() });
+        let (usage, mut terminate, log) = (launch.usage.clone(), launch.terminate, launch.log);
+        let exit = async move {
+            let pidfd = guard.pidfd.clone().expect("set above");
+            let exited = wait_exit(pidfd);
+            tokio::pin!(exited);
+            let mut stats = tokio::time::interval(STATS_PERIOD);
+            let mut terminating = false;
+            let status = loop {
+                tokio::select! {
+                    status = &mut exited => break status,
+                    _ = stats.tick() => read_usage(&cgroups_path, &usage),
+                    changed = terminate.changed(), if !terminating => {
+                        terminating = changed.is_err() || *terminate.borrow();
+                        if terminating {
+                            // SIGTERM; the pod worker kills it (drops this) at the grace period's end.
+                            let _ = guard.runtime.command().args(["kill", &guard.id, "TERM"]).output().await;
+                        }
+                    }
+                }
+            };
+            // Output still in the pipes, then the run's end.
+            for p in pumps {
+                let _ = p.await;
+            }
+            log.finish();
+            let oom_killed = memory_cgroup(&cgroups_path).and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
+                .is_some_and(|text| text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")));
+            drop(guard);
+            Ok(exit_of(status, oom_killed))
+        };
+        Ok(Running { exit: Box::pin(exit), exec })
+    }
+}
+
+/// The runtime's own error, as its log has it (crun and runc write JSON or plain lines).
+fn runtime_error(log: &str, binary: &str, step: &str) -> String {
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let message = serde_json::from_str::<serde_json::Value>(last).ok().and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_else(|| last.to_string());
+    format!("{binary} {step}: {message}")
+}
+
+/// Copies a container's output pipe into its log.
+fn pump(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static, mut to: crate::logs::LogStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+        let _ = to.flush().await;
+    })
+}
+
+/// Makes the container's root: an overlay of its image's layers with a writable upper
+/// directory of its own.
+fn mount_root(bundle: &Path, rootfs: &Path, layers: &[PathBuf]) -> Result<(), String> {
+    let (upper, work, empty) = (bundle.join("upper"), bundle.join("work"), bundle.join("empty"));
+    for d in [rootfs, &upper, &work, &empty] {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    // overlayfs lists the top layer first; an image with no layers gets an empty one.
+    let mut lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    if lower.is_empty() {
+        lower.push(empty.display().to_string());
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
+    let options = std::ffi::CString::new(options).map_err(|e| e.to_string())?;
+    rustix::mount::mount("overlay", rootfs, "overlay", rustix::mount::MountFlags::empty(), Some(options.as_c_str()))
+        .map_err(|e| format!("mounting the container's root (overlayfs): {e}"))
+}
+
+/// The container's memory cgroup directory (cgroup v1).
+fn memory_cgroup(cgroups_path: &str) -> Option<PathBuf> {
+    let dir = Path::new("/sys/fs/cgroup/memory").join(cgroups_path.trim_start_matches('/'));
+    dir.is_dir().then_some(dir)
+}
+
+/// Reads the container's CPU time and memory from its cgroups.
+fn read_usage(cgroups_path: &str, usage: &Usage) {
+    let read = |controller: &str, file: &str| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(controller).join(cgroups_path.trim_start_matches('/')).join(file)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    if let Some(cpu) = read("cpuacct", "cpuacct.usage") {
+        usage.cpu_nanos.store(cpu, Ordering::Relaxed);
+    }
+    if let Some(memory) = read("memory", "memory.usage_in_bytes") {
+        usage.memory_bytes.store(memory, Ordering::Relaxed);
+    }
+}
+
+/// Waits for the container's process to exit and reaps it: its exit status, or the
+/// signal that ended it.
+async fn wait_exit(pidfd: Arc<rustix::fd::OwnedFd>) -> Result<i32, i32> {
+    // SAFETY: the registration holds an `Arc` of the descriptor, which so outlives it.
+    if let Ok(readable) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Fd(pidfd.clone()), tokio::io::Interest::READABLE) } {
+        let _ = readable.readable().await;
+    }
+    tokio::task::spawn_blocking(move || reap(&pidfd)).await.unwrap_or(Err(9))
+}
+
+/// Reaps an exited container process: `Ok(code)` or `Err(signal)`.
+fn reap(pidfd: &rustix::fd::OwnedFd) -> Result<i32, i32> {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    match waitid(WaitId::PidFd(rustix::fd::AsFd::as_fd(pidfd)), WaitIdOptions::EXITED) {
+        Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Ok(code),
+            (None, Some(signal)) => Err(signal),
+            _ => Err(9),
+        },
+        // Not our child (the agent is not its subreaper): its status is lost.
+        _ => Err(9),
+    }
+}
+
+/// A pidfd as tokio's `AsyncFd` wants it.
+struct Fd(Arc<rustix::fd::OwnedFd>);
+
+impl std::os::fd::AsRawFd for Fd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// The container's exit as Kubernetes reports it: its code, or 128 + the signal.
+fn exit_of(status: Result<i32, i32>, oom_killed: bool) -> Exit {
+    if oom_killed {
+        return Exit { code: 137, reason: "OOMKilled", message: Some("the container exceeded its memory limit".into()) };
+    }
+    match status {
+        Ok(code) => Exit::of_code(code),
+        Err(signal) => Exit { code: 128 + signal, reason: "Error", message: None },
+    }
+}
+
+/// Stops and removes a container run when dropped, on a thread of its own (a pod worker
+/// may be dropped anywhere): SIGKILL, reap, delete, unmount, remove the bundle.
+struct ContainerGuard {
+    runtime: Arc<OciRuntime>,
+    id: String,
+    bundle: PathBuf,
+    pidfd: Option<Arc<rustix::fd::OwnedFd>>,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let (runtime, id, bundle, pidfd) = (self.runtime.clone(), self.id.clone(), self.bundle.clone(), self.pidfd.take());
+        std::thread::spawn(move || remove_container(&runtime, &id, &bundle, pidfd));
+    }
+}
+
+/// Kills a container, reaps its process, deletes it from the runtime, unmounts its root
+/// and removes its bundle. Blocking.
+fn remove_container(runtime: &OciRuntime, id: &str, bundle: &Path, pidfd: Option<Arc<rustix::fd::OwnedFd>>) {
+    let _ = runtime.blocking_command().args(["kill", id, "KILL"]).output();
+    if let Some(pidfd) = pidfd {
+        let _ = reap(&pidfd);
+    }
+    let _ = runtime.blocking_command().args(["delete", "--force", id]).output();
+    let _ = rustix::mount::unmount(&bundle.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
+    let _ = std::fs::remove_dir_all(bundle);
+}
+
+/// Exec into a container: the runtime's `exec`, with the container's environment.
+struct OciExec {
+    runtime: Arc<OciRuntime>,
+    id: String,
+}
+
+#[async_trait::async_trait]
+impl Exec for OciExec {
+    async fn exec(&self, argv: Vec<String>, io: ExecIo) -> Result<Exit, StartError> {
+        let mut command = self.runtime.command();
+        command.args(["exec", &self.id]).args(&argv).kill_on_drop(true);
+        command.stdin(if io.stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| StartError(format!("running {}: {e}", self.runtime.binary)))?;
+        let mut copies = Vec::new();
+        if let (Some(mut from), Some(mut to)) = (io.stdin, child.stdin.take()) {
+            copies.push(tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            }));
+        }
+        let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+        let (mut stdout, mut stderr) = (io.stdout, io.stderr);
+        let outputs = async {
+            let _ = tokio::join!(tokio::io::copy(&mut out, &mut stdout), tokio::io::copy(&mut err, &mut stderr));
+        };
+        let (status, _) = tokio::join!(child.wait(), outputs);
+        for c in copies {
+            c.abort();
+        }
+        let status = status.map_err(|e| StartError(e.to_string()))?;
+        Ok(match status.code() {
+            Some(code) => Exit::of_code(code),
+            None => Exit { code: 137, reason: "Error", message: Some("the exec'd process was killed".into()) },
+        })
+    }
+}

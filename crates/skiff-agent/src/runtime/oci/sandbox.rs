@@ -1,0 +1,244 @@
+//! A container pod's sandbox (kubelet's pause container, without a process): one network
+//! namespace, set up by the Debian CNI plugins (`bridge` onto `skiff0` with the pod's
+//! address from the node's range through `static` IPAM, and `loopback`), plus one IPC and
+//! one UTS namespace holding the pod's hostname, each kept by a bind mount, and the
+//! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` its containers see. All of a
+//! pod's containers join them.
+//!
+//! The node's pod range is local to it (Wasm pods bind their addresses with no set-up),
+//! so a container pod's address gets a /32 route of its own in the local table, through
+//! the bridge to its veth.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use skiff_core::Cidr;
+
+use crate::network::BRIDGE;
+use crate::pod_dns::ClusterDns;
+
+/// Where the CNI plugins are (Debian's containernetworking-plugins).
+pub const CNI_BIN: &str = "/usr/lib/cni";
+/// Network namespaces live where `ip netns` keeps them, so operators can inspect them.
+const NETNS_DIR: &str = "/var/run/netns";
+
+/// The namespaces and files one pod's containers share.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub netns: PathBuf,
+    pub ipc: PathBuf,
+    pub uts: PathBuf,
+    pub etc_hosts: PathBuf,
+    pub etc_hostname: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+/// The node's container pod sandboxes.
+pub struct Sandboxes {
+    dir: PathBuf,
+    range: Cidr,
+    /// Per pod uid, its sandbox once made; each pod's is made under its own lock, so pods
+    /// starting together are set up together.
+    pods: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Sandbox>>>>>>,
+}
+
+/// What a sandbox is made from.
+pub struct SandboxSpec<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub hostname: &'a str,
+    /// `hostname.subdomain.namespace.svc.domain` when the pod has a subdomain.
+    pub fqdn: Option<String>,
+    pub ip: Ipv4Addr,
+    pub dns: Option<&'a ClusterDns>,
+    pub host_aliases: Vec<(String, Vec<String>)>,
+}
+
+impl Sandboxes {
+    /// Sandboxes under `dir`, addressed from `range` (on the `skiff0` bridge).
+    pub fn new(dir: PathBuf, range: Cidr) -> Sandboxes {
+        Sandboxes { dir, range, pods: Mutex::new(HashMap::new()) }
+    }
+
+    /// The pod's sandbox, made if it has none. Blocking: call it from `spawn_blocking`.
+    pub fn ensure(&self, spec: &SandboxSpec) -> Result<Arc<Sandbox>, String> {
+        let slot = self.pods.lock().unwrap().entry(spec.uid.to_string()).or_default().clone();
+        let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let made = self.create(spec);
+        if made.is_err() {
+            tear_down(&self.dir, spec.uid);
+        }
+        let sandbox = Arc::new(made?);
+        *slot = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, String> {
+        let dir = self.dir.join(spec.uid);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let name = netns_name(spec.uid);
+        let netns = Path::new(NETNS_DIR).join(&name);
+        if !netns.exists() {
+            run("ip", &["netns", "add", &name])?;
+        }
+        let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
+        for file in [&ipc, &uts] {
+            std::fs::File::create(file).map_err(|e| format!("creating {}: {e}", file.display()))?;
+        }
+        // unshare keeps each new namespace by bind-mounting it on its file; the pod's
+        // hostname is set inside the UTS one as it is made.
+        let hostname = spec.hostname.chars().take(64).collect::<String>();
+        run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])?;
+        let gateway = self.range.nth(1);
+        let bridge = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE,
+            "isGateway": false, "ipMasq": false, "hairpinMode": true,
+            "ipam": {"type": "static",
+                     "addresses": [{"address": format!("{}/{}", spec.ip, self.range.prefix), "gateway": gateway.to_string()}],
+                     "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}]},
+        });
+        cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo")?;
+        cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
+        run("ip", &["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
+        let etc = |file: &str, text: String| {
+            let path = dir.join(file);
+            std::fs::write(&path, text).map(|_| path).map_err(|e| format!("writing {file}: {e}"))
+        };
+        Ok(Sandbox {
+            netns,
+            ipc,
+            uts,
+            etc_hosts: etc("hosts", hosts_file(spec))?,
+            etc_hostname: etc("hostname", format!("{hostname}\n"))?,
+            resolv_conf: etc("resolv.conf", resolv_conf(spec))?,
+        })
+    }
+
+    /// Removes the pod's sandbox: its veth and address (CNI DEL), its route, its
+    /// namespaces and files. Safe to call for a pod that has none.
+    pub fn remove(&self, uid: &str) {
+        self.pods.lock().unwrap().remove(uid);
+        tear_down(&self.dir, uid);
+    }
+}
+
+/// The address a sandbox's eth0 has, read back from its namespace.
+fn ip_of(uid: &str) -> Option<Ipv4Addr> {
+    let out = Command::new("ip").args(["-n", &netns_name(uid), "-o", "-4", "addr", "show", "eth0"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.parse().ok()
+}
+
+fn netns_name(uid: &str) -> String {
+    format!("skiff-{uid}")
+}
+
+/// Removes a pod's sandbox (kept under `dir`): its veth and address (CNI DEL), its
+/// route, its namespaces and files. Safe to call for a pod that has none.
+pub fn tear_down(dir: &Path, uid: &str) {
+    {
+        let name = netns_name(uid);
+        let netns = Path::new(NETNS_DIR).join(&name);
+        let ip = ip_of(uid);
+        if netns.exists() {
+            let bridge = serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "ipam": {"type": "static"}});
+            let _ = cni("DEL", "bridge", &bridge, uid, &netns, "eth0");
+            let _ = run("ip", &["netns", "delete", &name]);
+        }
+        if let Some(ip) = ip {
+            let _ = run("ip", &["route", "del", &format!("{ip}/32"), "dev", BRIDGE, "table", "local"]);
+        }
+        let dir = dir.join(uid);
+        for ns in ["ipc", "uts"] {
+            let _ = rustix::mount::unmount(&dir.join(ns), rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Pod uids with a sandbox on the node (left by an agent that stopped).
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()
+}
+
+/// Runs a CNI plugin as the CNI spec says: the command and its arguments in the
+/// environment, the network config on stdin, the result (or error) on stdout.
+fn cni(command: &str, plugin: &str, config: &serde_json::Value, container_id: &str, netns: &Path, ifname: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(Path::new(CNI_BIN).join(plugin))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", CNI_BIN)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running the CNI plugin {plugin} from {CNI_BIN} (Debian's containernetworking-plugins): {e}"))?;
+    child.stdin.take().expect("piped").write_all(config.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let message = reply.get("msg").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
+    Err(format!("CNI {plugin} {command}: {message}"))
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("running {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// `/etc/hosts` as kubelet writes it: localhost, the pod's own address and names, and
+/// the pod's `hostAliases`.
+fn hosts_file(spec: &SandboxSpec) -> String {
+    let mut text = String::from("# Kubernetes-managed hosts file (Skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    match &spec.fqdn {
+        Some(fqdn) => text.push_str(&format!("{}\t{fqdn}\t{}\n", spec.ip, spec.hostname)),
+        None => text.push_str(&format!("{}\t{}\n", spec.ip, spec.hostname)),
+    }
+    for (ip, names) in &spec.host_aliases {
+        text.push_str(&format!("\n# Entries added by HostAliases.\n{ip}\t{}\n", names.join("\t")));
+    }
+    text
+}
+
+/// The pod's resolver: the cluster DNS with Kubernetes' search list, or the host's own
+/// resolv.conf where there is no cluster DNS.
+fn resolv_conf(spec: &SandboxSpec) -> String {
+    match spec.dns {
+        Some(dns) => {
+            let d = &dns.domain;
+            format!("search {ns}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n", dns.server, ns = spec.namespace)
+        }
+        None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_files_say_what_kubelet_would() {
+        let dns = ClusterDns { server: "10.43.0.10".parse().unwrap(), domain: "cluster.local".into() };
+        let spec = SandboxSpec { uid: "u", namespace: "shop", hostname: "web-1", fqdn: None, ip: "10.42.0.7".parse().unwrap(), dns: Some(&dns), host_aliases: vec![("1.2.3.4".into(), vec!["a".into(), "b".into()])] };
+        assert_eq!(resolv_conf(&spec), "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5\n");
+        let hosts = hosts_file(&spec);
+        assert!(hosts.contains("10.42.0.7\tweb-1\n") && hosts.contains("1.2.3.4\ta\tb\n"), "{hosts}");
+    }
+}
