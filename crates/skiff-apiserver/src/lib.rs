@@ -130,6 +130,12 @@ impl ApiServer {
         let wasmtime = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "wasmtime"},
             "handler": "wasmtime", "scheduling": {"nodeSelector": {"skiff.dev/runtime-wasm": "true"}}});
         ignore_exists(self.create_object(classes, None, wasmtime, WriteOptions::default()).await)?;
+        // The OCI runtime classes: a node runs containers with one of them, and says which.
+        for handler in ["crun", "runc"] {
+            let class = json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": handler},
+                "handler": handler, "scheduling": {"nodeSelector": {"skiff.dev/runtime-oci": handler}}});
+            ignore_exists(self.create_object(classes, None, class, WriteOptions::default()).await)?;
+        }
         Ok(())
     }
 }

@@ -27,8 +27,6 @@ use image_config::ImageDefaults;
 use layers::{Compression, LayerStore};
 use sandbox::{SandboxSpec, Sandboxes};
 
-/// The RuntimeClass handlers of OCI containers.
-pub const HANDLERS: &[&str] = &["crun", "runc"];
 /// The cgroup (under every v1 hierarchy) holding the node's container pods.
 const CGROUP_PARENT: &str = "skiff";
 /// How often a running container's CPU and memory are read from its cgroup.

@@ -156,6 +156,9 @@ pub fn runtime_spec(launch: &Launch, image: &ImageDefaults, rootfs: &Path, sandb
             vec!["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         )
     };
+    // As many open files as the node lets the agent have (containers get 1048576 where the
+    // kernel allows it; a smaller host limit cannot be raised from inside).
+    let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(1 << 20).min(1 << 20);
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -165,7 +168,7 @@ pub fn runtime_spec(launch: &Launch, image: &ImageDefaults, rootfs: &Path, sandb
             "env": env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": open_files, "soft": open_files}],
             "noNewPrivileges": sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
             "oomScoreAdj": 0,
         },

@@ -1,0 +1,181 @@
+"""OCI container pods beside Wasm pods, end to end: a real `skiff up` as root runs images
+the tests build (busybox layers) and push to a real docker-registry, with crun (or runc),
+the Debian CNI plugins and overlayfs; the real kubectl drives it."""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+import yaml
+
+import oci_image
+from conftest import Cluster, example_wasm, skiff_binary, wait_for
+from test_agent import container_status, create, pod, wait_phase
+
+
+@pytest.fixture(scope="module")
+def oci_cluster(registry):
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(d, ["--agent-port", "0", "--node-name", "oci-node", "--node-ip", "127.0.0.1"], command="up").start()
+        wait_for(lambda: c.kubectl("get", "node", "oci-node", check=False).returncode == 0, 30, "the node to register")
+        yield c
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def busybox(registry):
+    return oci_image.busybox_image(registry.host)
+
+
+@pytest.fixture
+def ns(oci_cluster):
+    name = f"c-{os.urandom(3).hex()}"
+    oci_cluster.kubectl("create", "namespace", name)
+    return name
+
+
+def container_pod(name, image, command=None, restart="Always", labels=None, **container):
+    c = {"name": "main", "image": image, **container}
+    if command:
+        c["command"] = command
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {"app": name}},
+            "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 2, "containers": [c]}}
+
+
+def get(url, timeout=5):
+    return urllib.request.urlopen(url, timeout=timeout).read().decode()
+
+
+def answers(url):
+    try:
+        return get(url, timeout=2)
+    except OSError:
+        return None
+
+
+def test_node_offers_the_oci_runtime(oci_cluster):
+    node = oci_cluster.json("get", "node", "oci-node")
+    runtime = node["metadata"]["labels"]["skiff.dev/runtime-oci"]
+    assert runtime in ("crun", "runc")
+    assert f"{runtime}://" in node["status"]["nodeInfo"]["containerRuntimeVersion"]
+    assert oci_cluster.json("get", "runtimeclass", runtime)["handler"] == runtime
+
+
+def test_container_serves_at_its_pod_ip_and_through_services(oci_cluster, busybox, ns):
+    web = container_pod("web", busybox, ports=[{"containerPort": 8080}],
+                        readinessProbe={"exec": {"command": ["cat", "/www/index.html"]}, "periodSeconds": 1})
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    create(oci_cluster, ns, web, service)
+    running = wait_for(lambda: container_status(oci_cluster, ns, "web").get("ready") and pod(oci_cluster, ns, "web"), 60, "web to be ready")
+    ip = running["status"]["podIP"]
+    assert get(f"http://{ip}:8080/") == "hello from a container\n"
+    svc = oci_cluster.json("get", "service", "-n", ns, "web")
+    assert wait_for(lambda: answers(f"http://{svc['spec']['clusterIP']}:80/"), 20, "the ClusterIP") == "hello from a container\n"
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    assert wait_for(lambda: answers(f"http://127.0.0.1:{node_port}/"), 20, "the NodePort") == "hello from a container\n"
+    # Inside: its hostname, its /etc files, and what the image's second layer deleted.
+    out = oci_cluster.kubectl("exec", "-n", ns, "web", "--", "sh", "-c", "hostname; cat /etc/resolv.conf; ls /etc").stdout
+    assert out.startswith("web\n"), out
+    assert f"search {ns}.svc.cluster.local svc.cluster.local cluster.local" in out and "options ndots:5" in out, out
+    assert "old.txt" not in out and "passwd" in out, out
+    assert container_status(oci_cluster, ns, "web")["imageID"].startswith(busybox.rsplit(":", 1)[0])
+
+
+def test_two_containers_share_localhost_and_logs_follow(oci_cluster, busybox, ns):
+    p = container_pod("pair", busybox)
+    p["spec"]["containers"].append({"name": "client", "image": busybox, "command": ["sh", "-c",
+        "until wget -qO- http://localhost:8080/; do sleep 0.2; done; for i in 1 2 3; do echo line $i; sleep 0.5; done"]})
+    p["spec"]["restartPolicy"] = "Never"
+    create(oci_cluster, ns, p)
+    wait_for(lambda: pod(oci_cluster, ns, "pair").get("status", {}).get("phase") == "Running", 60, "pair to run")
+    out = oci_cluster.kubectl("logs", "-f", "-n", ns, "pair", "-c", "client").stdout
+    assert out == "hello from a container\nline 1\nline 2\nline 3\n", out
+    client_status = lambda: [c for c in pod(oci_cluster, ns, "pair")["status"]["containerStatuses"] if c["name"] == "client"][0]
+    ended = wait_for(lambda: client_status().get("state", {}).get("terminated"), 30, "the client to end")
+    assert ended["exitCode"] == 0 and ended["reason"] == "Completed"
+
+
+def test_memory_hog_is_oom_killed(oci_cluster, busybox, ns):
+    create(oci_cluster, ns, container_pod("hog", busybox, ["sh", "-c", "a=0123456789; while true; do a=$a$a; done"], restart="Never",
+                                          resources={"limits": {"memory": "16Mi"}}))
+    done = wait_phase(oci_cluster, ns, "hog", ["Failed"])
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 137 and terminated["reason"] == "OOMKilled", terminated
+
+
+def test_exit_codes_and_crash_loop(oci_cluster, busybox, ns):
+    create(oci_cluster, ns, container_pod("three", busybox, ["sh", "-c", "echo bye; exit 3"], restart="OnFailure"))
+    status = wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff" and s)(container_status(oci_cluster, ns, "three")), 40, "CrashLoopBackOff")
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert oci_cluster.kubectl("logs", "-n", ns, "three", "--previous").stdout == "bye\n"
+
+
+def test_deletion_kills_a_pid_1_that_ignores_sigterm(oci_cluster, busybox, ns):
+    create(oci_cluster, ns, container_pod("stubborn", busybox, ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]))
+    uid = wait_phase(oci_cluster, ns, "stubborn", ["Running"])["metadata"]["uid"]
+    oci_cluster.kubectl("delete", "pod", "-n", ns, "stubborn", "--wait=false")
+    # Grace period 2 s, then SIGKILL: gone well before the 30 s default would pass.
+    wait_for(lambda: oci_cluster.kubectl("get", "pod", "-n", ns, "stubborn", check=False).returncode != 0, 20, "the pod to go")
+    assert_nothing_left(oci_cluster, uid)
+
+
+def assert_nothing_left(cluster, uid):
+    """No netns, cgroup, sandbox, container bundle or runtime state of the pod remains."""
+    def left():
+        found = [p for p in [f"/var/run/netns/skiff-{uid}", f"/sys/fs/cgroup/memory/skiff/{uid}", f"/sys/fs/cgroup/pids/skiff/{uid}",
+                             os.path.join(cluster.data_dir, "agent", "oci", "sandboxes", uid)] if os.path.exists(p)]
+        for d in [os.path.join(cluster.data_dir, "agent", "oci", "containers"), os.path.join(cluster.data_dir, "agent", "oci", "state")]:
+            found += [os.path.join(d, e) for e in (os.listdir(d) if os.path.isdir(d) else []) if e.startswith(uid)]
+        return found or None
+    deadline = time.time() + 15
+    while time.time() < deadline and left():
+        time.sleep(0.3)
+    assert not left(), left()
+
+
+def test_one_service_balances_over_wasm_and_container_pods(oci_cluster, busybox, registry, ns):
+    wasm = f"{registry.host}/http-hello:mixed"
+    subprocess.run([skiff_binary(), "push", example_wasm("wasm32-wasip2", "http-hello"), wasm], check=True, capture_output=True, timeout=60)
+    function = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fn", "labels": {"app": "mixed"}},
+                "spec": {"containers": [{"name": "fn", "image": wasm, "ports": [{"containerPort": 8080}]}]}}
+    box = container_pod("box", busybox, labels={"app": "mixed"}, ports=[{"containerPort": 8080}])
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mixed"},
+               "spec": {"selector": {"app": "mixed"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    create(oci_cluster, ns, function, box, service)
+    wait_phase(oci_cluster, ns, "fn", ["Running"])
+    wait_phase(oci_cluster, ns, "box", ["Running"])
+    cluster_ip = oci_cluster.json("get", "service", "-n", ns, "mixed")["spec"]["clusterIP"]
+    seen = set()
+    def both():
+        for _ in range(10):
+            body = answers(f"http://{cluster_ip}/")
+            if body:
+                seen.add("container" if "from a container" in body else "wasm")
+        return len(seen) == 2
+    wait_for(both, 30, "answers from both kinds of endpoint")
+    # The container reaches the function by its Service name, through the cluster DNS.
+    out = oci_cluster.kubectl("exec", "-n", ns, "box", "--", "wget", "-qO-", f"http://mixed.{ns}.svc.cluster.local/", check=False)
+    assert out.returncode == 0 and out.stdout, out.stderr
+
+
+def test_bad_container_input_gets_clear_statuses(oci_cluster, busybox, registry, ns):
+    other_arch = oci_image.push(registry.host, "foreign", "v1", oci_image.config(["sh"], architecture="s390x"), oci_image.busybox_layers())
+    escaping = oci_image.push(registry.host, "escaping", "v1", oci_image.config(["sh"]), [oci_image.layer({"../../evil": b"x"})])
+    create(oci_cluster, ns,
+           container_pod("missing", f"{registry.host}/nothing-here:v1"),
+           container_pod("foreign", other_arch),
+           container_pod("escaping", escaping),
+           container_pod("nocommand", busybox, ["/no/such/binary"]),
+           container_pod("rootless", busybox, securityContext={"runAsNonRoot": True}))
+    waiting = lambda name, reason: wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == reason and s["state"]["waiting"])(container_status(oci_cluster, ns, name)), 40, f"{name} waiting with {reason}")
+    assert "nothing-here" in waiting("missing", "ImagePullBackOff")["message"]
+    assert "linux/s390x" in waiting("foreign", "ImagePullBackOff")["message"]
+    assert "climbs out" in waiting("escaping", "CreateContainerError")["message"]
+    assert "/no/such/binary" in waiting("nocommand", "CreateContainerError")["message"]
+    assert "runAsNonRoot" in waiting("rootless", "CreateContainerError")["message"]
+    assert not os.path.exists("/evil") and not os.path.exists(os.path.join(oci_cluster.data_dir, "evil"))
