@@ -226,6 +226,13 @@ impl Agent {
     }
 }
 
+/// Stops the containers of the agent whose data directory is `data_dir` and removes what
+/// they held (mounts, namespaces, routes); for the agent's owner to call as it stops.
+pub fn stop_containers(data_dir: &std::path::Path) {
+    runtime::oci::STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    runtime::oci::remove_all(&data_dir.join("oci"));
+}
+
 /// Runs the agent until it fails to start; it then runs for good.
 pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     use anyhow::Context;

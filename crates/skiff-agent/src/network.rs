@@ -40,6 +40,10 @@ impl PodNetwork {
     pub fn set_up(pod_cidr: Result<Cidr, String>) -> PodNetwork {
         let routed = pod_cidr.and_then(|cidr| {
             ip(&["link", "add", BRIDGE, "type", "bridge"]).or_else(|e| if e.contains("File exists") { Ok(()) } else { Err(e) })?;
+            // A bridge takes its ports' lowest MAC address, which changes as container pods
+            // come and go, and their cached gateway entries go stale: it gets its own.
+            let [a, b, c, d] = cidr.nth(1).octets();
+            ip(&["link", "set", BRIDGE, "address", &format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")])?;
             ip(&["link", "set", BRIDGE, "up"])?;
             ip(&["addr", "replace", &format!("{}/{}", cidr.nth(1), cidr.prefix), "dev", BRIDGE])?;
             ip(&["route", "replace", "local", &cidr.to_string(), "dev", BRIDGE, "table", "local"])?;

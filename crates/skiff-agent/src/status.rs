@@ -42,6 +42,8 @@ pub struct ContainerState {
     pub image: String,
     /// `reference@digest` once pulled.
     pub image_id: String,
+    /// The runtime running it (its RuntimeClass handler): the scheme of its containerID.
+    pub runtime: &'static str,
     pub restart_count: i32,
     pub state: State,
     pub last: Option<Terminated>,
@@ -57,6 +59,7 @@ impl ContainerState {
             name: name.into(),
             image: image.into(),
             image_id: String::new(),
+            runtime: crate::runtime::WASM_HANDLER,
             restart_count: 0,
             state: State::Waiting { reason: "ContainerCreating".into(), message: None },
             last: None,
@@ -66,7 +69,11 @@ impl ContainerState {
     }
 
     pub fn container_id(&self, uid: &str) -> String {
-        format!("wasm://{uid}/{}/{}", self.name, self.restart_count)
+        self.run_id(uid, self.restart_count)
+    }
+
+    fn run_id(&self, uid: &str, run: i32) -> String {
+        format!("{}://{uid}/{}/{run}", self.runtime, self.name)
     }
 
     pub fn is_running(&self) -> bool {
@@ -100,7 +107,7 @@ impl ContainerState {
         let mut s = json!({
             "name": self.name, "image": self.image, "imageID": self.image_id, "restartCount": self.restart_count,
             "ready": self.is_ready(), "started": started, "state": state,
-            "lastState": self.last.as_ref().map(|t| t.to_json(&format!("wasm://{uid}/{}/{}", self.name, self.restart_count - 1))).unwrap_or(json!({})),
+            "lastState": self.last.as_ref().map(|t| t.to_json(&self.run_id(uid, self.restart_count - 1))).unwrap_or(json!({})),
         });
         if !matches!(self.state, State::Waiting { .. }) || self.restart_count > 0 {
             s["containerID"] = json!(id);
@@ -141,6 +148,11 @@ impl PodState {
             let Some(old) = previous.iter().flatten().find(|s| s.name == c.name) else { return state };
             state.restart_count = old.restart_count;
             state.image_id = old.image_id.clone();
+            state.runtime = match old.container_id.as_deref().and_then(|id| id.split_once("://")).map(|(scheme, _)| scheme) {
+                Some("crun") => "crun",
+                Some("runc") => "runc",
+                _ => crate::runtime::WASM_HANDLER,
+            };
             state.last = old.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(terminated_from);
             match old.state.as_ref() {
                 Some(s) if s.terminated.is_some() => state.state = State::Terminated(terminated_from(s.terminated.as_ref().unwrap())),

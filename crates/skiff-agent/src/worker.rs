@@ -343,7 +343,11 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         let prepared = match prepare(node, &pod, container).await {
             Ok((prepared, image_id)) => {
                 pull_backoff = Duration::from_secs(10);
-                shared.update(|s| slot(s, at).image_id = image_id);
+                shared.update(|s| {
+                    let c = slot(s, at);
+                    c.image_id = image_id;
+                    c.runtime = prepared.runtime();
+                });
                 prepared
             }
             Err(Failure { reason, message }) => {

@@ -215,10 +215,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let config = args.node.config(data_dir, &token, args.service_cidr, registries)?;
         println!("node agent {} starting", config.node_name);
         spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
+        let dir = config.data_dir.clone();
         tokio::select! {
             r = skiff_agent::run(client, config) => r?,
             _ = tokio::signal::ctrl_c() => {}
         }
+        tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&dir)).await?;
         return Ok(());
     };
     let labels = key_values(&args.hollow_labels, "--hollow-label")?;

@@ -114,6 +114,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         pod_ranges: Some(pod_ranges),
     };
     tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options));
+    let mut agent_dir = None;
     if whole_cluster {
         // This node reaches the cluster's registry where the API listens, as any client would.
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
@@ -121,6 +122,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
         crate::agent::spawn_proxy(client("skiff-proxy")?, &args.node, &config, args.service_cidr);
         let client = client("skiff-agent")?;
+        agent_dir = Some(config.data_dir.clone());
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {
                 tracing::error!(error = format!("{e:#}"), "the node agent stopped");
@@ -138,6 +140,9 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     // Open watches would hold a graceful shutdown for their whole timeout; every
     // acknowledged write is already durable, so give requests a moment and go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
+    if let Some(dir) = agent_dir {
+        let _ = tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&dir)).await;
+    }
     println!("{what} stopped");
     Ok(())
 }

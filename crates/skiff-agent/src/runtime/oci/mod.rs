@@ -29,6 +29,9 @@ use sandbox::{SandboxSpec, Sandboxes};
 
 /// The cgroup (under every v1 hierarchy) holding the node's container pods.
 const CGROUP_PARENT: &str = "skiff";
+/// Set as the agent stops: no container starts any more (a pod worker would restart the
+/// ones being stopped).
+pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// How often a running container's CPU and memory are read from its cgroup.
 const STATS_PERIOD: Duration = Duration::from_secs(2);
 
@@ -92,28 +95,22 @@ impl OciRuntime {
             network: std::sync::OnceLock::new(),
             runs: AtomicU64::new(0),
         };
-        runtime.remove_leftovers();
+        // Containers a previous agent left: their pods' workers start them again.
+        remove_all(dir);
+        std::fs::write(dir.join("runtime"), runtime.binary).map_err(|e| e.to_string())?;
         Ok(runtime)
-    }
-
-    /// Stops and removes the containers and sandboxes a previous agent left: their pods'
-    /// workers start them again. (Adopting them instead is not built yet.)
-    fn remove_leftovers(&self) {
-        for entry in std::fs::read_dir(&self.containers).into_iter().flatten().flatten() {
-            let id = entry.file_name().to_string_lossy().to_string();
-            tracing::info!(container = %id, "removing a container the previous agent left");
-            remove_container(self, &id, &entry.path(), None);
-        }
-        for uid in sandbox::leftovers(&self.sandboxes) {
-            sandbox::tear_down(&self.sandboxes, &uid);
-        }
     }
 
     /// Gives container pods the node's pod network: addresses from `range` on the bridge,
     /// unless the node fell back to loopback addresses (`fallback` says why).
     pub fn set_network(&self, range: skiff_core::Cidr, fallback: Option<String>) {
         let network = match fallback {
-            None => Ok(Sandboxes::new(self.sandboxes.clone(), range)),
+            None => {
+                // /32 routes of container pods a stopped agent left would hide addresses
+                // Wasm pods may now get (every sandbox here is gone by now).
+                let _ = std::process::Command::new("ip").args(["route", "flush", "table", "local", "root", &range.to_string(), "type", "unicast", "dev", crate::network::BRIDGE]).output();
+                Ok(Sandboxes::new(self.sandboxes.clone(), range))
+            }
             Some(why) => Err(format!("container pods need the {} bridge, which this node could not set up: {why}", crate::network::BRIDGE)),
         };
         let _ = self.network.set(network);
@@ -172,11 +169,23 @@ impl OciRuntime {
         c.arg("--root").arg(&self.state);
         c
     }
+}
 
-    fn blocking_command(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(self.binary);
-        c.arg("--root").arg(&self.state);
-        c
+/// Stops and removes every container and sandbox of the agent whose OCI directory is
+/// `dir`: at its start (what a previous agent left; adopting them instead is not built
+/// yet) and when it stops, so no container, mount, namespace or route outlives it.
+/// Blocking.
+pub fn remove_all(dir: &Path) {
+    let Ok(binary) = std::fs::read_to_string(dir.join("runtime")) else { return };
+    let state = dir.join("state");
+    for entry in std::fs::read_dir(dir.join("containers")).into_iter().flatten().flatten() {
+        let id = entry.file_name().to_string_lossy().to_string();
+        tracing::info!(container = %id, "removing a container");
+        remove_container(&binary, &state, &id, &entry.path(), None);
+    }
+    let sandboxes = dir.join("sandboxes");
+    for uid in sandbox::leftovers(&sandboxes) {
+        sandbox::tear_down(&sandboxes, &uid);
     }
 }
 
@@ -207,6 +216,9 @@ impl Prepared for OciPrepared {
     }
 
     async fn start(&self, launch: Launch) -> Result<Running, StartError> {
+        if STOPPING.load(Ordering::SeqCst) {
+            return Err(StartError("the node agent is stopping".into()));
+        }
         let rt = self.runtime.clone();
         let pod = launch.pod.clone();
         let uid = pod.uid().unwrap_or_default();
@@ -406,18 +418,23 @@ struct ContainerGuard {
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
         let (runtime, id, bundle, pidfd) = (self.runtime.clone(), self.id.clone(), self.bundle.clone(), self.pidfd.take());
-        std::thread::spawn(move || remove_container(&runtime, &id, &bundle, pidfd));
+        std::thread::spawn(move || remove_container(runtime.binary, &runtime.state, &id, &bundle, pidfd));
     }
 }
 
 /// Kills a container, reaps its process, deletes it from the runtime, unmounts its root
 /// and removes its bundle. Blocking.
-fn remove_container(runtime: &OciRuntime, id: &str, bundle: &Path, pidfd: Option<Arc<rustix::fd::OwnedFd>>) {
-    let _ = runtime.blocking_command().args(["kill", id, "KILL"]).output();
+fn remove_container(binary: &str, state: &Path, id: &str, bundle: &Path, pidfd: Option<Arc<rustix::fd::OwnedFd>>) {
+    let runtime = || {
+        let mut c = std::process::Command::new(binary);
+        c.arg("--root").arg(state);
+        c
+    };
+    let _ = runtime().args(["kill", id, "KILL"]).output();
     if let Some(pidfd) = pidfd {
         let _ = reap(&pidfd);
     }
-    let _ = runtime.blocking_command().args(["delete", "--force", id]).output();
+    let _ = runtime().args(["delete", "--force", id]).output();
     let _ = rustix::mount::unmount(&bundle.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_dir_all(bundle);
 }
