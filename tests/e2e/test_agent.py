@@ -282,7 +282,7 @@ def test_bad_images_and_config_get_clear_statuses(wasm_cluster, images, registry
            pod_manifest("nokey", images["p1"], [], container={"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]}))
     assert "invalid Wasm" in waiting(wasm_cluster, ns, "corrupt", "CreateContainerError")["message"]
     assert "env::missing" in waiting(wasm_cluster, ns, "unlinkable", "CreateContainerError")["message"]
-    assert "not a Wasm artifact" in waiting(wasm_cluster, ns, "container", "ImagePullBackOff")["message"]
+    assert "the image config is not valid" in waiting(wasm_cluster, ns, "container", "ImagePullBackOff")["message"]
     assert 'configmap "absent" not found' in waiting(wasm_cluster, ns, "nomap", "ContainerCreating")["message"]
     assert 'secret "absent" not found' in waiting(wasm_cluster, ns, "nokey", "CreateContainerConfigError")["message"]
     healthy = container_status(wasm_cluster, ns, "healthy")

@@ -18,6 +18,10 @@
 //! (warm and cold), instantiate time and memory per sleeping pod, on a real agent with a
 //! docker-registry on loopback.
 //!
+//! `cargo run --release -p skiff-bench -- containers [--quick]`: OCI container pod create →
+//! Running against the runtime's own `run` and `podman run`; pull + unpack of a
+//! multi-layer image against `skopeo copy` + serial untar; agent memory per container pod.
+//!
 //! `cargo run --release -p skiff-bench -- density [--quick]`: memory per idle wasi:http
 //! function pod, each listening on its own pod IP.
 //!
@@ -61,6 +65,7 @@ use skiff_store::{RedbStore, Store, StoreOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod containers;
 mod density;
 mod encoding;
 mod port_forward;
@@ -165,6 +170,22 @@ enum Bench {
         /// The WASI command to run (default: the wasi-hello example built for wasm32-wasip1).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
+    },
+    /// OCI container pods: start against crun/runc and podman, pull + unpack against
+    /// skopeo + serial untar, agent memory per pod (needs root, crun or runc, busybox-static).
+    Containers {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Pods started one at a time with the image present.
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+        /// Idle pods at the end, for the memory figure.
+        #[arg(long, default_value_t = 50)]
+        idle: usize,
+        /// MiB of files in each of the big image's 4 layers.
+        #[arg(long, default_value_t = 32)]
+        layer_mib: usize,
     },
     /// Memory per idle wasi:http function pod on one node.
     /// Requests/s and latency through a pod's listener vs `wasmtime serve`; scale from zero.
@@ -458,6 +479,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::PortForward { quick, .. } => ("port-forward", *quick),
         Bench::Schedule { quick, .. } => ("schedule", *quick),
         Bench::Startup { quick, .. } => ("startup", *quick),
+        Bench::Containers { quick, .. } => ("containers", *quick),
         Bench::Serve { quick, .. } => ("serve", *quick),
         Bench::Density { quick, .. } => ("density", *quick),
         Bench::Scale { quick, .. } => ("scale", *quick),
@@ -472,6 +494,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::PortForward { quick, mib, rounds, binary } => port_forward::run(quick, mib, rounds, binary).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,
         Bench::Startup { quick, warm, cold, sleeping, wasm } => startup::run(quick, warm, cold, sleeping, wasm).await,
+        Bench::Containers { quick, pods, idle, layer_mib } => containers::run_bench(quick, pods, idle, layer_mib).await,
         Bench::Serve { quick, seconds, connections, cold_pods, wasm, binary, wasmtime } => {
             serve::run(serve::Options { quick, seconds, connections, cold_pods, wasm, binary, wasmtime }).await
         }

@@ -46,7 +46,7 @@ fn sleeping_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
 }
 
 /// Creates the pod and returns the time until a watch saw it Running.
-async fn start_one(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
+pub(crate) async fn start_one(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api.clone(), config).applied_objects().boxed();
@@ -65,7 +65,7 @@ async fn start_one(api: &Api<Pod>, pod: Pod) -> anyhow::Result<Duration> {
     }
 }
 
-fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+pub(crate) fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     (crate::report::percentile(&v, 0.5), crate::report::percentile(&v, 0.99))
 }
@@ -158,7 +158,7 @@ pub async fn run(quick: bool, warm: usize, cold: usize, sleeping: usize, wasm: O
 }
 
 /// Creates the pods, 32 requests at a time.
-async fn create_all(api: &Api<Pod>, pods: impl Iterator<Item = anyhow::Result<Pod>>) -> anyhow::Result<()> {
+pub(crate) async fn create_all(api: &Api<Pod>, pods: impl Iterator<Item = anyhow::Result<Pod>>) -> anyhow::Result<()> {
     futures::stream::iter(pods)
         .map(|pod| {
             let api = api.clone();
@@ -173,7 +173,7 @@ async fn create_all(api: &Api<Pod>, pods: impl Iterator<Item = anyhow::Result<Po
 }
 
 /// Waits until `count` of the pods `which` picks are Running (300 s at most).
-async fn wait_running(api: &Api<Pod>, which: impl Fn(&Pod) -> bool, count: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_running(api: &Api<Pod>, which: impl Fn(&Pod) -> bool, count: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let running = api.list(&Default::default()).await?.items.iter().filter(|p| which(p) && skiff_client::pods::phase(p) == "Running").count();
