@@ -114,6 +114,8 @@ def test_the_readme_tour_runs_as_written(tour):
     assert '"gitVersion"' in out                            # the kubernetes Service on 10.43.0.1:443
     assert re.search(r"^10\.43\.\d+\.\d+$", out, re.M), out  # cluster DNS
     assert "successfully rolled out" in out
+    assert "a Wasm function, which said:\nHello from a Wasm pod!" in out, out   # the mixed example: a container calls a Wasm function
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in out   # the container's resolv.conf
 
 
 def test_registry_refuses_unauthenticated_and_corrupt_pushes(tour):
