@@ -334,6 +334,50 @@ mod tests {
         assert!(unpack(&layer(&[("x", Link, "../../etc/passwd")])[..], dir.path()).unwrap_err().contains("climbs out"));
     }
 
+    proptest::proptest! {
+        /// Whatever a layer's entries are named and wherever its symlinks point, nothing
+        /// is written outside the layer's directory.
+        #[test]
+        fn no_layer_writes_outside_its_root(entries in proptest::collection::vec((
+            proptest::collection::vec(proptest::sample::select(vec!["a", "b", "..", ".", "/", "l", ".wh.a", ".wh..wh..opq"]), 1..5),
+            proptest::sample::select(vec![Regular, Directory, Symlink, Link]),
+            proptest::sample::select(vec!["/", "..", "../..", "a", "/out", "l/..", "a/b"]),
+        ), 1..8)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, outside) = (dir.path().join("root"), dir.path().join("out"));
+            // Absolute link names longer than the old header's 100 bytes would not fit.
+            proptest::prop_assume!(outside.to_str().unwrap().len() < 100);
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::create_dir_all(&outside).unwrap();
+            let mut builder = tar::Builder::new(Vec::new());
+            for (parts, kind, target) in &entries {
+                let name = parts.join("/");
+                if name.is_empty() || name.len() > 90 {
+                    continue;
+                }
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(*kind);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
+                header.set_mode(0o755);
+                header.set_size(if *kind == Regular { 1 } else { 0 });
+                if matches!(kind, Symlink | Link) {
+                    // "/out" stands for the real directory beside the root, by its absolute path.
+                    let target = if *target == "/out" { outside.to_str().unwrap() } else { target };
+                    header.set_link_name_literal(target).unwrap();
+                }
+                header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+                header.set_cksum();
+                builder.append(&header, if *kind == Regular { &b"x"[..] } else { &b""[..] }).unwrap();
+            }
+            let _ = unpack(&builder.into_inner().unwrap()[..], &root);
+            let escaped: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).filter(|n| n != "root" && n != "out").collect();
+            proptest::prop_assert!(escaped.is_empty(), "{escaped:?}");
+            proptest::prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        }
+    }
+
     #[test]
     fn media_types_say_the_compression() {
         assert_eq!(Compression::of("application/vnd.oci.image.layer.v1.tar+gzip"), Some(Compression::Gzip));

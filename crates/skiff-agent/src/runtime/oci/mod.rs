@@ -220,7 +220,34 @@ impl Prepared for OciPrepared {
             return Err(StartError("the node agent is stopping".into()));
         }
         let rt = self.runtime.clone();
-        let pod = launch.pod.clone();
+        let uid = launch.pod.uid().unwrap_or_default();
+        let id = format!("{uid}-{}-{}", launch.container.name, rt.runs.fetch_add(1, Ordering::Relaxed));
+        let bundle = rt.containers.join(&id);
+        let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), pidfd: None };
+        let rootfs = bundle.join("rootfs");
+        // The pod's sandbox and the container's root are made at once.
+        let mount = {
+            let (bundle, rootfs, layers) = (bundle.clone(), rootfs.clone(), self.layers.clone());
+            tokio::task::spawn_blocking(move || mount_root(&bundle, &rootfs, &layers))
+        };
+        let (sandbox, mounted) = tokio::join!(rt.sandbox_for(&launch), mount);
+        let sandbox = sandbox?;
+        mounted.map_err(|e| StartError(e.to_string()))?.map_err(StartError)?;
+        let cgroups_path = format!("/{CGROUP_PARENT}/{uid}/{id}");
+        let config = spec::runtime_spec(&launch, &self.defaults, &rootfs, &sandbox, &cgroups_path).map_err(|e| StartError(e.0))?;
+        tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
+        let (pidfd, pumps) = rt.create_and_start(&id, &bundle, &launch.log).await?;
+        guard.pidfd = Some(pidfd.clone());
+        let exec = Arc::new(OciExec { runtime: rt.clone(), id });
+        let exit = until_exit(guard, pidfd, pumps, cgroups_path, launch.usage, launch.terminate, launch.log);
+        Ok(Running { exit: Box::pin(exit), exec })
+    }
+}
+
+impl OciRuntime {
+    /// The pod's sandbox, made by its first container.
+    async fn sandbox_for(self: &Arc<Self>, launch: &Launch) -> Result<Arc<sandbox::Sandbox>, StartError> {
+        let pod = &launch.pod;
         let uid = pod.uid().unwrap_or_default();
         let ip = launch.pod_ip.parse().map_err(|_| StartError(format!("the pod has no usable address ({:?})", launch.pod_ip)))?;
         let spec = pod.spec.clone().unwrap_or_default();
@@ -231,85 +258,76 @@ impl Prepared for OciPrepared {
             _ => None,
         };
         let host_aliases = spec.host_aliases.iter().flatten().map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default())).collect();
-        let (rt2, uid2, dns) = (rt.clone(), uid.clone(), launch.cluster_dns.clone());
-        let sandbox = tokio::task::spawn_blocking(move || {
-            rt2.sandboxes()?.ensure(&SandboxSpec { uid: &uid2, namespace: &namespace, hostname: &hostname, fqdn, ip, dns: dns.as_ref(), host_aliases })
+        let (this, dns) = (self.clone(), launch.cluster_dns.clone());
+        tokio::task::spawn_blocking(move || {
+            this.sandboxes()?.ensure(&SandboxSpec { uid: &uid, namespace: &namespace, hostname: &hostname, fqdn, ip, dns: dns.as_ref(), host_aliases })
         })
         .await
         .map_err(|e| StartError(e.to_string()))?
-        .map_err(|e| StartError(format!("setting up the pod's sandbox: {e}")))?;
+        .map_err(|e| StartError(format!("setting up the pod's sandbox: {e}")))
+    }
 
-        let id = format!("{uid}-{}-{}", launch.container.name, rt.runs.fetch_add(1, Ordering::Relaxed));
-        let bundle = rt.containers.join(&id);
-        let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), pidfd: None };
-        let rootfs = bundle.join("rootfs");
-        let layers = self.layers.clone();
-        let mounted = tokio::task::spawn_blocking({
-            let (bundle, rootfs) = (bundle.clone(), rootfs.clone());
-            move || mount_root(&bundle, &rootfs, &layers)
-        })
-        .await
-        .map_err(|e| StartError(e.to_string()))?;
-        mounted.map_err(StartError)?;
-        let cgroups_path = format!("/{CGROUP_PARENT}/{uid}/{id}");
-        let config = spec::runtime_spec(&launch, &self.defaults, &rootfs, &sandbox, &cgroups_path).map_err(|e| StartError(e.0))?;
-        tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
-
-        // create: the container's stdout and stderr are the pipes given to create.
-        let mut create = rt.command();
-        create.arg("--log").arg(bundle.join("runtime.log")).args(["create", "--bundle"]).arg(&bundle).arg("--pid-file").arg(bundle.join("pid")).arg(&id);
-        let mut child = create.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| StartError(format!("running {}: {e}", rt.binary)))?;
-        let pumps = [
-            pump(child.stdout.take().expect("piped"), launch.log.stdout()),
-            pump(child.stderr.take().expect("piped"), launch.log.stderr()),
-        ];
+    /// `create` (the container's stdout and stderr are the pipes given to it, copied into
+    /// its log), then `start`: the container's process, and the copies of its output.
+    async fn create_and_start(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<(Arc<rustix::fd::OwnedFd>, [tokio::task::JoinHandle<()>; 2]), StartError> {
+        let mut create = self.command();
+        create.arg("--log").arg(bundle.join("runtime.log")).args(["create", "--bundle"]).arg(bundle).arg("--pid-file").arg(bundle.join("pid")).arg(id);
+        let mut child = create.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| StartError(format!("running {}: {e}", self.binary)))?;
+        let pumps = [pump(child.stdout.take().expect("piped"), log.stdout()), pump(child.stderr.take().expect("piped"), log.stderr())];
         let status = child.wait().await.map_err(|e| StartError(e.to_string()))?;
         if !status.success() {
             let why = tokio::fs::read_to_string(bundle.join("runtime.log")).await.unwrap_or_default();
-            return Err(StartError(runtime_error(&why, rt.binary, "create")));
+            return Err(StartError(runtime_error(&why, self.binary, "create")));
         }
         let pid: i32 = tokio::fs::read_to_string(bundle.join("pid")).await.ok().and_then(|p| p.trim().parse().ok()).ok_or_else(|| StartError("the runtime wrote no pid".into()))?;
         let pidfd = rustix::process::Pid::from_raw(pid)
             .ok_or_else(|| StartError("the runtime wrote pid 0".into()))
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the container's process: {e}"))))?;
-        guard.pidfd = Some(Arc::new(pidfd));
-        let started = rt.command().args(["start", &id]).output().await.map_err(|e| StartError(e.to_string()))?;
+        let started = self.command().args(["start", id]).output().await.map_err(|e| StartError(e.to_string()))?;
         if !started.status.success() {
-            return Err(StartError(runtime_error(&String::from_utf8_lossy(&started.stderr), rt.binary, "start")));
+            return Err(StartError(runtime_error(&String::from_utf8_lossy(&started.stderr), self.binary, "start")));
         }
-        let exec = Arc::new(OciExec { runtime: rt.clone(), id: id.clone() });
-        let (usage, mut terminate, log) = (launch.usage.clone(), launch.terminate, launch.log);
-        let exit = async move {
-            let pidfd = guard.pidfd.clone().expect("set above");
-            let exited = wait_exit(pidfd);
-            tokio::pin!(exited);
-            let mut stats = tokio::time::interval(STATS_PERIOD);
-            let mut terminating = false;
-            let status = loop {
-                tokio::select! {
-                    status = &mut exited => break status,
-                    _ = stats.tick() => read_usage(&cgroups_path, &usage),
-                    changed = terminate.changed(), if !terminating => {
-                        terminating = changed.is_err() || *terminate.borrow();
-                        if terminating {
-                            // SIGTERM; the pod worker kills it (drops this) at the grace period's end.
-                            let _ = guard.runtime.command().args(["kill", &guard.id, "TERM"]).output().await;
-                        }
-                    }
-                }
-            };
-            // Output still in the pipes, then the run's end.
-            for p in pumps {
-                let _ = p.await;
-            }
-            log.finish();
-            let oom_killed = memory_cgroup(&cgroups_path).and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
-                .is_some_and(|text| text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")));
-            drop(guard);
-            Ok(exit_of(status, oom_killed))
-        };
-        Ok(Running { exit: Box::pin(exit), exec })
+        Ok((Arc::new(pidfd), pumps))
     }
+}
+
+/// Until the container's process exits: its CPU and memory read every few seconds, and
+/// SIGTERM when the pod is told to terminate (the worker drops this future, and so kills
+/// the container, at the grace period's end). Then its output is flushed, its OOM kills
+/// read, and it is removed.
+async fn until_exit(
+    guard: ContainerGuard,
+    pidfd: Arc<rustix::fd::OwnedFd>,
+    pumps: [tokio::task::JoinHandle<()>; 2],
+    cgroups_path: String,
+    usage: Arc<Usage>,
+    mut terminate: tokio::sync::watch::Receiver<bool>,
+    log: crate::logs::LogSink,
+) -> Result<Exit, StartError> {
+    let exited = wait_exit(pidfd);
+    tokio::pin!(exited);
+    let mut stats = tokio::time::interval(STATS_PERIOD);
+    let mut terminating = false;
+    let status = loop {
+        tokio::select! {
+            status = &mut exited => break status,
+            _ = stats.tick() => read_usage(&cgroups_path, &usage),
+            changed = terminate.changed(), if !terminating => {
+                terminating = changed.is_err() || *terminate.borrow();
+                if terminating {
+                    let _ = guard.runtime.command().args(["kill", &guard.id, "TERM"]).output().await;
+                }
+            }
+        }
+    };
+    for p in pumps {
+        let _ = p.await;
+    }
+    log.finish();
+    let oom_killed = memory_cgroup(&cgroups_path).and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
+        .is_some_and(|text| text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")));
+    drop(guard);
+    Ok(exit_of(status, oom_killed))
 }
 
 /// The runtime's own error, as its log has it (crun and runc write JSON or plain lines).

@@ -91,10 +91,7 @@ impl Sandboxes {
         for file in [&ipc, &uts] {
             std::fs::File::create(file).map_err(|e| format!("creating {}: {e}", file.display()))?;
         }
-        // unshare keeps each new namespace by bind-mounting it on its file; the pod's
-        // hostname is set inside the UTS one as it is made.
         let hostname = spec.hostname.chars().take(64).collect::<String>();
-        run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])?;
         let gateway = self.range.nth(1);
         let bridge = serde_json::json!({
             "cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE,
@@ -103,9 +100,19 @@ impl Sandboxes {
                      "addresses": [{"address": format!("{}/{}", spec.ip, self.range.prefix), "gateway": gateway.to_string()}],
                      "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}]},
         });
-        cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo")?;
-        cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
-        run("ip", &["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
+        // Each step is a process of its own (a few ms each): the independent ones run at once.
+        std::thread::scope(|s| {
+            // unshare keeps each new namespace by bind-mounting it on its file; the pod's
+            // hostname is set inside the UTS one as it is made.
+            let ipc_uts = s.spawn(|| {
+                run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])
+            });
+            let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo"));
+            cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
+            run("ip", &["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
+            loopback.join().map_err(|_| "the loopback step panicked".to_string())??;
+            ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())?
+        })?;
         let etc = |file: &str, text: String| {
             let path = dir.join(file);
             std::fs::write(&path, text).map(|_| path).map_err(|e| format!("writing {file}: {e}"))
