@@ -9,6 +9,7 @@
 //! or HTTPS) is [`crate::registries`]'s business.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -102,10 +103,60 @@ impl LocalImage {
     }
 }
 
+/// What is done with a container image's layers as their bytes arrive (the OCI runtime
+/// unpacks them), so that work overlaps the download.
+pub trait LayerSink: Send + Sync {
+    /// A layer's blob has begun to arrive; `blob` reads it as it grows.
+    fn layer_arriving(&self, digest: &str, media_type: &str, blob: GrowingBlob);
+}
+
+/// A blob being downloaded, read as it grows: a read at the end waits for more bytes
+/// until the download is over, and then ends, or fails if the download did (a digest
+/// that did not match, a broken connection).
+pub struct GrowingBlob {
+    file: std::fs::File,
+    download: Arc<Download>,
+}
+
+#[derive(Default)]
+struct Download {
+    /// `None` while the blob arrives; then how the download ended.
+    outcome: Mutex<Option<Result<(), String>>>,
+    ended: std::sync::Condvar,
+}
+
+impl Download {
+    fn end(&self, outcome: Result<(), String>) {
+        *self.outcome.lock().unwrap() = Some(outcome);
+        self.ended.notify_all();
+    }
+}
+
+impl Read for GrowingBlob {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.file.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            let outcome = self.download.outcome.lock().unwrap();
+            match &*outcome {
+                // Whole: what was written before the end is read first.
+                Some(Ok(())) => return self.file.read(buf),
+                Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                // The downloader writes in 1 MiB pieces and says only when it ends.
+                None => drop(self.download.ended.wait_timeout(outcome, std::time::Duration::from_millis(2)).unwrap()),
+            }
+        }
+    }
+}
+
 /// The node's image store: `blobs/sha256/<hex>` and one record per reference pulled.
 pub struct ImageStore {
     dir: PathBuf,
     registries: Registries,
+    /// Where container image layers go as they arrive.
+    layer_sink: std::sync::OnceLock<Arc<dyn LayerSink>>,
     /// One pull at a time per reference; concurrent pods wait for it.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -114,7 +165,12 @@ impl ImageStore {
     pub fn open(dir: PathBuf, registries: Registries) -> std::io::Result<ImageStore> {
         std::fs::create_dir_all(dir.join("blobs/sha256"))?;
         std::fs::create_dir_all(dir.join("refs"))?;
-        Ok(ImageStore { dir, registries, pulling: Mutex::new(HashMap::new()) })
+        Ok(ImageStore { dir, registries, layer_sink: Default::default(), pulling: Mutex::new(HashMap::new()) })
+    }
+
+    /// Hands container image layers to `sink` as they arrive.
+    pub fn set_layer_sink(&self, sink: Arc<dyn LayerSink>) {
+        let _ = self.layer_sink.set(sink);
     }
 
     /// Path of a blob (a Wasm layer, a container image's config or layer) by digest.
@@ -171,7 +227,7 @@ impl ImageStore {
         let (client, reference) = (&source.client(), &source.reference);
         let (manifest, manifest_digest) = client.pull_image_manifest(reference, auth).await.map_err(|e| e.to_string())?;
         if let Some(layer) = wasm_layer(&manifest)? {
-            self.fetch_blob(client, reference, &layer).await?;
+            self.fetch_blob(client, reference, &layer, None).await?;
             return Ok((manifest_digest, ImageKind::Wasm { wasm_digest: layer.digest }));
         }
         if ![oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE, oci_client::manifest::IMAGE_DOCKER_CONFIG_MEDIA_TYPE].contains(&manifest.config.media_type.as_str()) {
@@ -184,31 +240,40 @@ impl ImageStore {
         if let Some(layer) = manifest.layers.iter().find(|l| crate::runtime::oci::layers::Compression::of(&l.media_type).is_none()) {
             return Err(format!("layer {} has media type {}, which this node cannot unpack", layer.digest, layer.media_type));
         }
-        self.fetch_blob(client, reference, &manifest.config).await?;
+        self.fetch_blob(client, reference, &manifest.config, None).await?;
         let config = std::fs::read(self.blob_path(&manifest.config.digest)).map_err(|e| e.to_string())?;
         crate::runtime::oci::image_config::check_platform(&config)?;
         // Every layer at once: the registry and the network are the bound, not one stream.
-        let fetches = manifest.layers.iter().map(|layer| self.fetch_blob(client, reference, layer));
+        let fetches = manifest.layers.iter().map(|layer| self.fetch_blob(client, reference, layer, self.layer_sink.get()));
         futures::future::try_join_all(fetches).await?;
         let layers = manifest.layers.iter().map(|l| Layer { digest: l.digest.clone(), media_type: l.media_type.clone() }).collect();
         Ok((manifest_digest, ImageKind::Container { config_digest: manifest.config.digest.clone(), layers }))
     }
 
     /// Fetches a blob into the store unless it is there; oci-client checks the bytes
-    /// against the digest as they arrive, and a blob is in place only once whole.
-    async fn fetch_blob(&self, client: &oci_client::Client, reference: &Reference, blob: &oci_client::manifest::OciDescriptor) -> Result<(), String> {
+    /// against the digest as they arrive, and a blob is in place only once whole. A
+    /// `sink` reads it as it arrives.
+    async fn fetch_blob(&self, client: &oci_client::Client, reference: &Reference, blob: &oci_client::manifest::OciDescriptor, sink: Option<&Arc<dyn LayerSink>>) -> Result<(), String> {
         let path = self.blob_path(&blob.digest);
         if blob.digest.contains('/') || path.exists() {
             return if path.exists() { Ok(()) } else { Err(format!("{} is not a digest", blob.digest)) };
         }
         let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+        let download = Arc::new(Download::default());
         let write = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
+            // Buffered: each write to a tokio file is a trip to the blocking pool.
+            let file = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
+            if let Some(sink) = sink {
+                let reader = std::fs::File::open(&tmp).map_err(|e| e.to_string())?;
+                sink.layer_arriving(&blob.digest, &blob.media_type, GrowingBlob { file: reader, download: download.clone() });
+            }
+            let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
             client.pull_blob(reference, blob, &mut file).await.map_err(|e| format!("fetching {}: {e}", blob.digest))?;
             tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(|e| e.to_string())?;
             tokio::fs::rename(&tmp, &path).await.map_err(|e| e.to_string())
         };
         let result = write.await;
+        download.end(result.clone());
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
@@ -345,6 +410,31 @@ mod tests {
         assert!(matches!(auth_from_docker_config(json, "other.io"), Some(RegistryAuth::Basic(u, p)) if u == "a" && p == "b"));
         assert!(auth_from_docker_config(json, "nowhere.io").is_none());
         assert!(auth_from_docker_config(b"not json", "other.io").is_none());
+    }
+
+    #[test]
+    fn a_growing_blob_reads_what_arrives_and_then_how_the_download_ended() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        for outcome in [Ok(()), Err("digest mismatch".to_string())] {
+            let download = Arc::new(Download::default());
+            let mut blob = GrowingBlob { file: std::fs::File::open(&path).unwrap(), download: download.clone() };
+            let reader = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                blob.read_to_end(&mut all).map(|_| all)
+            });
+            writer.write_all(b"abc").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            writer.write_all(b"def").unwrap();
+            download.end(outcome.clone());
+            match (reader.join().unwrap(), outcome) {
+                (Ok(all), Ok(())) => assert!(all.ends_with(b"abcdef"), "{all:?}"),
+                (Err(e), Err(why)) => assert!(e.to_string().contains(&why)),
+                (got, expected) => panic!("read {got:?}, download {expected:?}"),
+            }
+        }
     }
 
     #[tokio::test]

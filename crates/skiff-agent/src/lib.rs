@@ -246,17 +246,19 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         threads: machine.cpus,
     })
     .context("starting the Wasm runtime")?;
+    let images = images::ImageStore::open(config.data_dir.join("images"), config.registries.clone()).context("opening the image store")?;
     let oci = match runtime::oci::OciRuntime::detect(&config.data_dir.join("oci")) {
         Ok(oci) => {
             tracing::info!(runtime = %oci.version(), "OCI containers run here");
-            Some(Arc::new(oci))
+            let oci = Arc::new(oci);
+            images.set_layer_sink(oci.clone());
+            Some(oci)
         }
         Err(why) => {
             tracing::warn!(%why, "this node runs Wasm pods only");
             None
         }
     };
-    let images = images::ImageStore::open(config.data_dir.join("images"), config.registries.clone()).context("opening the image store")?;
     let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
     let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
     let services = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()));

@@ -73,6 +73,18 @@ impl LayerStore {
     /// Unpacks the layer blob at `blob` unless it is unpacked already; returns its
     /// directory. Blocking: call it from `spawn_blocking`.
     pub fn ensure(&self, digest: &str, compression: Compression, blob: &Path) -> Result<PathBuf, String> {
+        self.unpack_once(digest, compression, || std::fs::File::open(blob).map_err(|e| format!("opening layer {digest}: {e}")))
+    }
+
+    /// Unpacks a layer from its blob as it downloads, unless it is unpacked already. The
+    /// layer is in place only once the blob has been read to its end, where a download
+    /// that failed its digest check makes the read fail. Blocking.
+    pub fn ensure_from(&self, digest: &str, compression: Compression, blob: impl Read) -> Result<PathBuf, String> {
+        let mut blob = Some(blob);
+        self.unpack_once(digest, compression, || blob.take().ok_or_else(|| "the blob was read already".to_string()))
+    }
+
+    fn unpack_once<R: Read>(&self, digest: &str, compression: Compression, open: impl FnOnce() -> Result<R, String>) -> Result<PathBuf, String> {
         let path = self.path(digest);
         if path.is_dir() {
             return Ok(path);
@@ -86,10 +98,15 @@ impl LayerStore {
         let partial = path.with_extension(format!("partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).map_err(|e| format!("creating {}: {e}", partial.display()))?;
-        let result = std::fs::File::open(blob)
-            .map_err(|e| format!("opening layer {digest}: {e}"))
-            .and_then(|file| compression.reader(std::io::BufReader::with_capacity(256 << 10, file)))
-            .and_then(|reader| unpack(reader, &partial).map_err(|e| format!("layer {digest}: {e}")))
+        let result = open()
+            .map(|blob| std::io::BufReader::with_capacity(256 << 10, blob))
+            .and_then(|mut blob| {
+                let reader = compression.reader(&mut blob)?;
+                unpack(reader, &partial).map_err(|e| format!("layer {digest}: {e}"))?;
+                // The tar ends before the blob does (padding, the compressor's trailer):
+                // the rest is read too, so a blob that fails its digest check is never used.
+                std::io::copy(&mut blob, &mut std::io::sink()).map_err(|e| format!("layer {digest}: {e}"))
+            })
             .and_then(|_| std::fs::rename(&partial, &path).map_err(|e| e.to_string()));
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&partial);
@@ -376,6 +393,32 @@ mod tests {
             proptest::prop_assert!(escaped.is_empty(), "{escaped:?}");
             proptest::prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         }
+    }
+
+    /// A whole tar, then the failed digest check the download reports at its end.
+    struct FailsAtTheEnd(std::io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAtTheEnd {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other("digest mismatch")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_layer_unpacked_as_it_downloads_is_kept_only_if_the_blob_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path().join("layers")).unwrap();
+        let bytes = layer(&[("etc/motd", Regular, "hi\n")]);
+        let err = store.ensure_from("sha256:bad", Compression::None, FailsAtTheEnd(std::io::Cursor::new(bytes.clone()))).unwrap_err();
+        assert!(err.contains("digest mismatch"), "{err}");
+        assert!(!store.path("sha256:bad").exists());
+        let good = store.ensure_from("sha256:good", Compression::None, &bytes[..]).unwrap();
+        assert_eq!(std::fs::read_to_string(good.join("etc/motd")).unwrap(), "hi\n");
+        // Once there, it is not unpacked again.
+        assert_eq!(store.ensure("sha256:good", Compression::None, Path::new("/nonexistent")).unwrap(), good);
     }
 
     #[test]

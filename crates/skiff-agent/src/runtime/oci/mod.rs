@@ -3,7 +3,7 @@
 //! [`OciRuntime::prepare`] unpacks an image's layers (all at once, off the async threads,
 //! once per digest: [`layers`]); [`Prepared::start`] gives the run its pod's sandbox
 //! ([`sandbox`]), an overlayfs root over the layers, and a runtime spec ([`spec`]), then
-//! `create`s and `start`s it. The agent is the child subreaper of its containers, so a
+//! runs it detached. The agent is the child subreaper of its containers, so a
 //! container's process is its child: it waits on it through a pidfd and gets its exit
 //! status, and reads the memory cgroup's OOM kill count before the container is deleted.
 
@@ -42,7 +42,7 @@ pub struct OciRuntime {
     /// Where the runtime keeps its state (`--root`), apart from other users of it.
     state: PathBuf,
     containers: PathBuf,
-    pub layers: LayerStore,
+    pub layers: Arc<LayerStore>,
     sandboxes: PathBuf,
     /// The pods' sandboxes, once the node has its pod range on the bridge; else why not.
     network: std::sync::OnceLock<Result<Sandboxes, String>>,
@@ -90,7 +90,7 @@ impl OciRuntime {
             version: binary.1,
             state: dir.join("state"),
             containers,
-            layers: LayerStore::open(dir.join("layers")).map_err(|e| e.to_string())?,
+            layers: Arc::new(LayerStore::open(dir.join("layers")).map_err(|e| e.to_string())?),
             sandboxes: dir.join("sandboxes"),
             network: std::sync::OnceLock::new(),
             runs: AtomicU64::new(0),
@@ -202,6 +202,21 @@ fn hugetlb_on_v1() -> Result<(), String> {
         .map_err(|e| format!("mounting the hugetlb cgroup hierarchy: {e}"))
 }
 
+/// Layers are unpacked as they download: by the time the image is pulled, most of the
+/// unpacking is done (`prepare` waits for the rest, per digest).
+impl crate::images::LayerSink for OciRuntime {
+    fn layer_arriving(&self, digest: &str, media_type: &str, blob: crate::images::GrowingBlob) {
+        let Some(compression) = Compression::of(media_type) else { return };
+        let (layers, digest) = (self.layers.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = layers.ensure_from(&digest, compression, blob) {
+                // prepare unpacks it again from the whole blob, and reports.
+                tracing::debug!(layer = %digest, error = %e, "unpacking a layer as it downloaded");
+            }
+        });
+    }
+}
+
 struct OciPrepared {
     runtime: Arc<OciRuntime>,
     /// The unpacked layers, bottom first.
@@ -225,6 +240,7 @@ impl Prepared for OciPrepared {
         let bundle = rt.containers.join(&id);
         let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), pidfd: None };
         let rootfs = bundle.join("rootfs");
+        let began = std::time::Instant::now();
         // The pod's sandbox and the container's root are made at once.
         let mount = {
             let (bundle, rootfs, layers) = (bundle.clone(), rootfs.clone(), self.layers.clone());
@@ -233,11 +249,13 @@ impl Prepared for OciPrepared {
         let (sandbox, mounted) = tokio::join!(rt.sandbox_for(&launch), mount);
         let sandbox = sandbox?;
         mounted.map_err(|e| StartError(e.to_string()))?.map_err(StartError)?;
+        let prepared_in = began.elapsed();
         let cgroups_path = format!("/{CGROUP_PARENT}/{uid}/{id}");
         let config = spec::runtime_spec(&launch, &self.defaults, &rootfs, &sandbox, &cgroups_path).map_err(|e| StartError(e.0))?;
         tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
         let (pidfd, pumps) = rt.create_and_start(&id, &bundle, &launch.log).await?;
         guard.pidfd = Some(pidfd.clone());
+        tracing::debug!(container = %id, sandbox_and_root = ?prepared_in, total = ?began.elapsed(), "container started");
         let exec = Arc::new(OciExec { runtime: rt.clone(), id });
         let exit = until_exit(guard, pidfd, pumps, cgroups_path, launch.usage, launch.terminate, launch.log);
         Ok(Running { exit: Box::pin(exit), exec })
@@ -267,26 +285,23 @@ impl OciRuntime {
         .map_err(|e| StartError(format!("setting up the pod's sandbox: {e}")))
     }
 
-    /// `create` (the container's stdout and stderr are the pipes given to it, copied into
-    /// its log), then `start`: the container's process, and the copies of its output.
+    /// `run --detach` (`create` and `start` in one process; the container's stdout and
+    /// stderr are the pipes given to it, copied into its log): the container's process,
+    /// and the copies of its output.
     async fn create_and_start(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<(Arc<rustix::fd::OwnedFd>, [tokio::task::JoinHandle<()>; 2]), StartError> {
         let mut create = self.command();
-        create.arg("--log").arg(bundle.join("runtime.log")).args(["create", "--bundle"]).arg(bundle).arg("--pid-file").arg(bundle.join("pid")).arg(id);
+        create.arg("--log").arg(bundle.join("runtime.log")).args(["run", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(bundle.join("pid")).arg(id);
         let mut child = create.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| StartError(format!("running {}: {e}", self.binary)))?;
         let pumps = [pump(child.stdout.take().expect("piped"), log.stdout()), pump(child.stderr.take().expect("piped"), log.stderr())];
         let status = child.wait().await.map_err(|e| StartError(e.to_string()))?;
         if !status.success() {
             let why = tokio::fs::read_to_string(bundle.join("runtime.log")).await.unwrap_or_default();
-            return Err(StartError(runtime_error(&why, self.binary, "create")));
+            return Err(StartError(runtime_error(&why, self.binary, "run")));
         }
         let pid: i32 = tokio::fs::read_to_string(bundle.join("pid")).await.ok().and_then(|p| p.trim().parse().ok()).ok_or_else(|| StartError("the runtime wrote no pid".into()))?;
         let pidfd = rustix::process::Pid::from_raw(pid)
             .ok_or_else(|| StartError("the runtime wrote pid 0".into()))
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the container's process: {e}"))))?;
-        let started = self.command().args(["start", id]).output().await.map_err(|e| StartError(e.to_string()))?;
-        if !started.status.success() {
-            return Err(StartError(runtime_error(&String::from_utf8_lossy(&started.stderr), self.binary, "start")));
-        }
         Ok((Arc::new(pidfd), pumps))
     }
 }
