@@ -177,11 +177,13 @@ def test_bad_container_input_gets_clear_statuses(oci_cluster, busybox, registry,
            container_pod("foreign", other_arch),
            container_pod("escaping", escaping),
            container_pod("nocommand", busybox, ["/no/such/binary"]),
-           container_pod("rootless", busybox, securityContext={"runAsNonRoot": True}))
+           container_pod("rootless", busybox, securityContext={"runAsNonRoot": True}),
+           dict(container_pod("wrongclass", busybox), spec=dict(container_pod("wrongclass", busybox)["spec"], runtimeClassName="wasmtime")))
     waiting = lambda name, reason: wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == reason and s["state"]["waiting"])(container_status(oci_cluster, ns, name)), 40, f"{name} waiting with {reason}")
     assert "nothing-here" in waiting("missing", "ImagePullBackOff")["message"]
     assert "linux/s390x" in waiting("foreign", "ImagePullBackOff")["message"]
     assert "climbs out" in waiting("escaping", "CreateContainerError")["message"]
     assert "/no/such/binary" in waiting("nocommand", "CreateContainerError")["message"]
     assert "runAsNonRoot" in waiting("rootless", "CreateContainerError")["message"]
+    assert 'the RuntimeClass handler "wasmtime" cannot run' in waiting("wrongclass", "CreateContainerError")["message"]
     assert not os.path.exists("/evil") and not os.path.exists(os.path.join(oci_cluster.data_dir, "evil"))

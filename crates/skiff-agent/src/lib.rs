@@ -80,6 +80,8 @@ pub struct Agent {
     pub logs: LogDir,
     pub volumes: VolumeRoots,
     pub sources: ConfigSources,
+    /// The cluster's RuntimeClasses, for pods that name one.
+    runtime_classes: kube::runtime::reflector::Store<k8s_openapi::api::node::v1::RuntimeClass>,
     pub recorder: skiff_client::events::Recorder,
     pub machine: Machine,
     /// Per pod uid: namespace, name and each container's usage.
@@ -210,13 +212,11 @@ impl Agent {
     }
 
     /// The RuntimeClass handler the pod asks for through `runtimeClassName`, if any.
-    pub async fn runtime_handler(&self, pod: &Pod) -> Result<Option<String>, String> {
+    pub fn runtime_handler(&self, pod: &Pod) -> Result<Option<String>, String> {
         let Some(name) = pod.spec.as_ref().and_then(|s| s.runtime_class_name.clone()) else { return Ok(None) };
-        let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.client.clone());
-        match api.get_opt(&name).await {
-            Ok(Some(class)) => Ok(Some(class.handler)),
-            Ok(None) => Err(format!("RuntimeClass {name:?} not found")),
-            Err(e) => Err(format!("reading RuntimeClass {name:?}: {e}")),
+        match self.runtime_classes.get(&kube::runtime::reflector::ObjectRef::new(&name)) {
+            Some(class) => Ok(Some(class.handler.clone())),
+            None => Err(format!("RuntimeClass {name:?} not found")),
         }
     }
 
@@ -266,6 +266,9 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     tokio::spawn(config_maps.run());
     tokio::spawn(secrets.run());
     tokio::spawn(services.run());
+    let runtime_classes = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone()));
+    let runtime_classes_store = runtime_classes.store();
+    tokio::spawn(runtime_classes.run());
     let agent = Arc::new(Agent {
         recorder: skiff_client::events::Recorder::new(client.clone(), "kubelet"),
         client: client.clone(),
@@ -275,6 +278,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         runtimes: runtime::Runtimes { wasm: runtime, oci },
         images,
         sources,
+        runtime_classes: runtime_classes_store,
         machine,
         usage: Mutex::default(),
         running: Mutex::default(),
@@ -297,7 +301,12 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     if routed {
         tokio::spawn(network::route_other_nodes(client.clone(), registration.name.clone()));
     }
-    let _ = tokio::join!(agent.sources.config_maps.wait_until_ready(), agent.sources.secrets.wait_until_ready(), agent.sources.services.wait_until_ready());
+    let _ = tokio::join!(
+        agent.sources.config_maps.wait_until_ready(),
+        agent.sources.secrets.wait_until_ready(),
+        agent.sources.services.wait_until_ready(),
+        agent.runtime_classes.wait_until_ready()
+    );
     tokio::select! {
         _ = keep_alive(agent.clone(), registration, node) => {}
         _ = run_pods(agent) => {}

@@ -547,7 +547,7 @@ async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<
     let policy = PullPolicy::of(container.image_pull_policy.as_deref(), &image);
     let auth = pull_auth(node, pod, &image);
     let local = node.images.ensure(&image, policy, &auth).await.map_err(|e| Failure { reason: e.reason, message: e.message })?;
-    let handler = node.runtime_handler(pod).await.map_err(|message| Failure { reason: "CreateContainerConfigError", message })?;
+    let handler = node.runtime_handler(pod).map_err(|message| Failure { reason: "CreateContainerConfigError", message })?;
     let prepared = node.runtimes.prepare(&node.images, &local, handler.as_deref()).await.map_err(|e| Failure { reason: "CreateContainerError", message: e.0 })?;
     Ok((prepared, format!("{}@{}", local.reference, local.manifest_digest)))
 }
