@@ -1,6 +1,7 @@
 """End-to-end fixtures: a real `skiff up` on a temporary data dir and a free port, driven
 by the real kubectl and the official Python `kubernetes` client."""
 
+import contextlib
 import os
 import socket
 import ssl
@@ -124,6 +125,18 @@ class Cluster:
             return status, _json.loads(text)
         except ValueError:
             return status, text
+
+
+@contextlib.contextmanager
+def one_node_cluster(node_name):
+    """A whole `skiff up` (control plane and one agent) on a fresh data dir."""
+    with tempfile.TemporaryDirectory() as d:
+        c = Cluster(d, ["--agent-port", "0", "--node-name", node_name, "--node-ip", "127.0.0.1"], command="up").start()
+        wait_for(lambda: c.kubectl("get", "node", node_name, check=False).returncode == 0, 30, "the node to register")
+        try:
+            yield c
+        finally:
+            c.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import tarfile
 import urllib.request

@@ -2,29 +2,25 @@
 controllers and agent), a real docker-registry on 127.0.0.1 that `skiff push` publishes
 the wasi-hello example to, and the real kubectl."""
 
-import hashlib
 import ipaddress
 import json
 import os
 import re
 import subprocess
-import tempfile
 import time
 import urllib.request
 
 import pytest
 import yaml
 
-from conftest import Cluster, example_wasm, skiff_binary, wait_for
+import oci_image
+from conftest import Cluster, example_wasm, one_node_cluster, skiff_binary, wait_for
 
 
 @pytest.fixture(scope="module")
 def wasm_cluster(registry):
-    with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--agent-port", "0", "--node-name", "wasm-node", "--node-ip", "127.0.0.1"], command="up").start()
-        wait_for(lambda: c.kubectl("get", "node", "wasm-node", check=False).returncode == 0, 30, "the node to register")
+    with one_node_cluster("wasm-node") as c:
         yield c
-        c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -239,27 +235,6 @@ def test_config_map_volume_follows_updates(wasm_cluster, images, ns):
     assert out.splitlines() == ["/config/greeting: first", "/config/greeting: second"], out
 
 
-def push_raw(registry, repo, tag, layer_bytes, layer_type, config_type):
-    """Pushes an image by plain HTTP, as the distribution API describes."""
-    def blob(data):
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        req = urllib.request.Request(f"http://{registry.host}/v2/{repo}/blobs/uploads/", method="POST", data=b"")
-        location = urllib.request.urlopen(req).headers["Location"]
-        sep = "&" if "?" in location else "?"
-        url = location if location.startswith("http") else f"http://{registry.host}{location}"
-        urllib.request.urlopen(urllib.request.Request(f"{url}{sep}digest={digest}", method="PUT", data=data,
-                                                      headers={"Content-Type": "application/octet-stream"})).read()
-        return {"mediaType": None, "digest": digest, "size": len(data)}
-    config = blob(b"{}")
-    config["mediaType"] = config_type
-    layer = blob(layer_bytes)
-    layer["mediaType"] = layer_type
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": [layer]}
-    urllib.request.urlopen(urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}", method="PUT", data=json.dumps(manifest).encode(),
-                                                  headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})).read()
-    return f"{registry.host}/{repo}:{tag}"
-
-
 def waiting(cluster, ns, name, reason, timeout=40):
     return wait_for(lambda: (lambda s: s.get("state", {}).get("waiting", {}).get("reason") == reason and s["state"]["waiting"])(container_status(cluster, ns, name)), timeout, f"{name} waiting with {reason}")
 
@@ -272,7 +247,7 @@ def test_bad_images_and_config_get_clear_statuses(wasm_cluster, images, registry
     unlinkable = tmp_path / "unlinkable.wasm"
     unlinkable.write_bytes(b"\0asm\x01\0\0\0" + bytes([1, 4, 1, 0x60, 0, 0]) + bytes([2, 15, 1, 3]) + b"env" + bytes([7]) + b"missing" + bytes([0, 0]))
     subprocess.run([skiff_binary(), "push", str(unlinkable), f"{registry.host}/unlinkable:v1"], check=True, capture_output=True)
-    container_image = push_raw(registry, "not-wasm", "v1", b"\x1f\x8b" + os.urandom(32), "application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.config.v1+json")
+    container_image = oci_image.push(registry.host, "not-wasm", "v1", b"{}", [(b"\x1f\x8b" + os.urandom(32), "application/vnd.oci.image.layer.v1.tar+gzip")])
     create(wasm_cluster, ns,
            pod_manifest("healthy", images["p1"], ["sleep", "600"], restart="Always"),
            pod_manifest("corrupt", f"{registry.host}/corrupt:v1", []),

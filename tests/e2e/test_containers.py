@@ -2,31 +2,26 @@
 the tests build (busybox layers) and push to a real docker-registry, with crun (or runc),
 the Debian CNI plugins and overlayfs; the real kubectl drives it."""
 
-import json
 import os
 import subprocess
-import tempfile
 import time
 import urllib.request
 
 import pytest
-import yaml
 
 import oci_image
-from conftest import Cluster, example_wasm, skiff_binary, wait_for
+from conftest import example_wasm, one_node_cluster, skiff_binary, wait_for
 from test_agent import container_status, create, pod, wait_phase
 
 
 @pytest.fixture(scope="module")
 def oci_cluster(registry):
-    with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--agent-port", "0", "--node-name", "oci-node", "--node-ip", "127.0.0.1"], command="up").start()
-        wait_for(lambda: c.kubectl("get", "node", "oci-node", check=False).returncode == 0, 30, "the node to register")
+    with one_node_cluster("oci-node") as c:
         yield c
         c.stop()
         # The agent stops its containers as it stops: nothing of them is left.
-        assert not os.listdir(os.path.join(d, "agent", "oci", "containers"))
-        assert not [n for n in os.listdir("/var/run/netns") if n.startswith("skiff-") and os.path.exists(os.path.join(d, "agent", "oci", "sandboxes", n[6:]))]
+        assert not os.listdir(os.path.join(c.data_dir, "agent", "oci", "containers"))
+        assert not os.listdir(os.path.join(c.data_dir, "agent", "oci", "sandboxes"))
 
 
 @pytest.fixture(scope="module")
