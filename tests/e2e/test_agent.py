@@ -145,7 +145,7 @@ def test_busy_loop_is_held_to_its_cpu_limit(wasm_cluster, images, ns):
 def agent_get(cluster, path, token):
     """A request to the node agent's own HTTPS endpoint (self-signed, so not verified)."""
     import ssl
-    port = cluster.json("get", "node", "wasm-node")["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    port = cluster.json("get", "nodes")["items"][0]["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
     req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req, context=ssl._create_unverified_context(), timeout=10) as r:

@@ -11,7 +11,7 @@ import pytest
 
 import oci_image
 from conftest import example_wasm, one_node_cluster, skiff_binary, wait_for
-from test_agent import container_status, create, pod, wait_phase
+from test_agent import agent_get, container_status, create, pod, wait_phase
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +158,8 @@ def test_one_service_balances_over_wasm_and_container_pods(oci_cluster, busybox,
     wait_for(both, 30, "answers from both kinds of endpoint")
     # The container resolves the Service's name through the cluster DNS (busybox's own
     # resolver: its static wget cannot load glibc's), and reaches it.
-    looked_up = oci_cluster.kubectl("exec", "-n", ns, "box", "--", "nslookup", "mixed", check=False).stdout
-    assert f"mixed.{ns}.svc.cluster.local" in looked_up and cluster_ip in looked_up, looked_up
+    lookup = lambda: oci_cluster.kubectl("exec", "-n", ns, "box", "--", "nslookup", "mixed", check=False).stdout
+    wait_for(lambda: (lambda out: f"Name:\tmixed.{ns}.svc.cluster.local" in out and cluster_ip in out)(lookup()), 20, "the Service's name to resolve")
     out = oci_cluster.kubectl("exec", "-n", ns, "box", "--", "wget", "-qO-", f"http://{cluster_ip}/", check=False)
     assert out.returncode == 0 and out.stdout, out.stderr
 
@@ -182,3 +182,18 @@ def test_bad_container_input_gets_clear_statuses(oci_cluster, busybox, registry,
     assert "runAsNonRoot" in waiting("rootless", "CreateContainerError")["message"]
     assert 'the RuntimeClass handler "wasmtime" cannot run' in waiting("wrongclass", "CreateContainerError")["message"]
     assert not os.path.exists("/evil") and not os.path.exists(os.path.join(oci_cluster.data_dir, "evil"))
+
+
+def test_stats_come_from_the_cgroup_and_attach_follows_output(oci_cluster, busybox, ns):
+    create(oci_cluster, ns, container_pod("busy", busybox, ["sh", "-c", "i=0; while true; do i=$((i+1)); [ $((i % 20000)) = 0 ] && echo tick $i; done"]))
+    wait_phase(oci_cluster, ns, "busy", ["Running"])
+
+    def busy_container():
+        _, summary = agent_get(oci_cluster, "/stats/summary", oci_cluster.token)
+        pods = [p for p in summary["pods"] if p["podRef"] == {"name": "busy", "namespace": ns}]
+        return pods and pods[0]["containers"][0]
+    c = wait_for(lambda: (lambda c: c and c["cpu"]["usageCoreNanoSeconds"] > 100_000_000 and c)(busy_container()), 30, "CPU time to add up")
+    assert c["memory"]["workingSetBytes"] > 0, c
+    # attach follows the running container's output until the client leaves.
+    p = subprocess.run(["timeout", "3", "kubectl", "--kubeconfig", oci_cluster.kubeconfig, "attach", "-n", ns, "busy"], capture_output=True, text=True)
+    assert "tick " in p.stdout, (p.stdout, p.stderr)
