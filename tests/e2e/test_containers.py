@@ -197,3 +197,12 @@ def test_stats_come_from_the_cgroup_and_attach_follows_output(oci_cluster, busyb
     # attach follows the running container's output until the client leaves.
     p = subprocess.run(["timeout", "3", "kubectl", "--kubeconfig", oci_cluster.kubeconfig, "attach", "-n", ns, "busy"], capture_output=True, text=True)
     assert "tick " in p.stdout, (p.stdout, p.stderr)
+
+
+def test_host_port_forwards_to_the_pod_until_it_goes(oci_cluster, busybox, ns):
+    create(oci_cluster, ns, container_pod("hp", busybox, ports=[{"containerPort": 8080, "hostPort": 18089}]))
+    wait_phase(oci_cluster, ns, "hp", ["Running"])
+    assert wait_for(lambda: answers("http://127.0.0.1:18089/"), 20, "the host port") == "hello from a container\n"
+    oci_cluster.kubectl("delete", "pod", "-n", ns, "hp")
+    wait_for(lambda: "18089" not in subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout, 20, "the forwarding rules to go")
+    assert answers("http://127.0.0.1:18089/") is None

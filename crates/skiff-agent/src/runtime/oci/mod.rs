@@ -276,9 +276,19 @@ impl OciRuntime {
             _ => None,
         };
         let host_aliases = spec.host_aliases.iter().flatten().map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default())).collect();
+        let host_ports = spec.containers.iter().chain(spec.init_containers.iter().flatten()).flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let host_port = p.host_port.filter(|h| *h > 0)?;
+                let mut mapping = serde_json::json!({"hostPort": host_port, "containerPort": p.container_port, "protocol": p.protocol.as_deref().unwrap_or("TCP").to_lowercase()});
+                if let Some(ip) = p.host_ip.as_ref().filter(|ip| !ip.is_empty()) {
+                    mapping["hostIP"] = serde_json::json!(ip);
+                }
+                Some(mapping)
+            })
+            .collect();
         let (this, dns) = (self.clone(), launch.cluster_dns.clone());
         tokio::task::spawn_blocking(move || {
-            this.sandboxes()?.ensure(&SandboxSpec { uid: &uid, namespace: &namespace, hostname: &hostname, fqdn, ip, dns: dns.as_ref(), host_aliases })
+            this.sandboxes()?.ensure(&SandboxSpec { uid: &uid, namespace: &namespace, hostname: &hostname, fqdn, ip, dns: dns.as_ref(), host_aliases, host_ports })
         })
         .await
         .map_err(|e| StartError(e.to_string()))?

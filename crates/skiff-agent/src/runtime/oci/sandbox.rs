@@ -1,6 +1,7 @@
 //! A container pod's sandbox (kubelet's pause container, without a process): one network
 //! namespace, set up by the Debian CNI plugins (`bridge` onto `skiff0` with the pod's
-//! address from the node's range through `static` IPAM, and `loopback`), plus one IPC and
+//! address from the node's range through `static` IPAM, `loopback`, and `portmap` for
+//! the containers' `hostPort`s), plus one IPC and
 //! one UTS namespace holding the pod's hostname, each kept by a bind mount, and the
 //! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` its containers see. All of a
 //! pod's containers join them.
@@ -55,6 +56,8 @@ pub struct SandboxSpec<'a> {
     pub ip: Ipv4Addr,
     pub dns: Option<&'a ClusterDns>,
     pub host_aliases: Vec<(String, Vec<String>)>,
+    /// The containers' `hostPort`s, as the CNI `portmap` plugin's `portMappings`.
+    pub host_ports: Vec<serde_json::Value>,
 }
 
 impl Sandboxes {
@@ -108,8 +111,11 @@ impl Sandboxes {
                 run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])
             });
             let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo"));
-            cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
+            let attached = cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
             run("ip", &["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
+            if !spec.host_ports.is_empty() {
+                map_host_ports(&dir, spec, &netns, attached)?;
+            }
             loopback.join().map_err(|_| "the loopback step panicked".to_string())??;
             ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())?
         })?;
@@ -153,6 +159,10 @@ pub fn tear_down(dir: &Path, uid: &str) {
         let name = netns_name(uid);
         let netns = Path::new(NETNS_DIR).join(&name);
         let ip = ip_of(uid);
+        if let Ok(portmap) = std::fs::read(dir.join(uid).join("portmap.json")) {
+            let config: serde_json::Value = serde_json::from_slice(&portmap).unwrap_or_default();
+            let _ = cni("DEL", "portmap", &config, uid, &netns, "eth0");
+        }
         if netns.exists() {
             let bridge = serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "ipam": {"type": "static"}});
             let _ = cni("DEL", "bridge", &bridge, uid, &netns, "eth0");
@@ -174,9 +184,24 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()
 }
 
+/// Forwards the pod's host ports to it with the `portmap` plugin, chained after `bridge`
+/// (whose result it is given), and keeps its config for the DEL. The node's own
+/// addresses forward by DNAT; 127.0.0.1 needs `route_localnet`, which kube-proxy sets too.
+fn map_host_ports(dir: &Path, spec: &SandboxSpec, netns: &Path, attached: String) -> Result<(), String> {
+    let _ = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1");
+    let mut config = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "skiff", "type": "portmap", "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": spec.host_ports},
+    });
+    std::fs::write(dir.join("portmap.json"), config.to_string()).map_err(|e| format!("writing portmap.json: {e}"))?;
+    config["prevResult"] = serde_json::from_str(&attached).map_err(|e| format!("the bridge plugin's result: {e}"))?;
+    cni("ADD", "portmap", &config, spec.uid, netns, "eth0").map(|_| ())
+}
+
 /// Runs a CNI plugin as the CNI spec says: the command and its arguments in the
-/// environment, the network config on stdin, the result (or error) on stdout.
-fn cni(command: &str, plugin: &str, config: &serde_json::Value, container_id: &str, netns: &Path, ifname: &str) -> Result<(), String> {
+/// environment, the network config on stdin, the result (or error) on stdout; returns
+/// the result.
+fn cni(command: &str, plugin: &str, config: &serde_json::Value, container_id: &str, netns: &Path, ifname: &str) -> Result<String, String> {
     use std::io::Write;
     let mut child = Command::new(Path::new(CNI_BIN).join(plugin))
         .env_clear()
@@ -194,7 +219,7 @@ fn cni(command: &str, plugin: &str, config: &serde_json::Value, container_id: &s
     child.stdin.take().expect("piped").write_all(config.to_string().as_bytes()).map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let message = reply.get("msg").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
@@ -243,7 +268,7 @@ mod tests {
     #[test]
     fn etc_files_say_what_kubelet_would() {
         let dns = ClusterDns { server: "10.43.0.10".parse().unwrap(), domain: "cluster.local".into() };
-        let spec = SandboxSpec { uid: "u", namespace: "shop", hostname: "web-1", fqdn: None, ip: "10.42.0.7".parse().unwrap(), dns: Some(&dns), host_aliases: vec![("1.2.3.4".into(), vec!["a".into(), "b".into()])] };
+        let spec = SandboxSpec { uid: "u", namespace: "shop", hostname: "web-1", fqdn: None, ip: "10.42.0.7".parse().unwrap(), dns: Some(&dns), host_aliases: vec![("1.2.3.4".into(), vec!["a".into(), "b".into()])], host_ports: vec![] };
         assert_eq!(resolv_conf(&spec), "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5\n");
         let hosts = hosts_file(&spec);
         assert!(hosts.contains("10.42.0.7\tweb-1\n") && hosts.contains("1.2.3.4\ta\tb\n"), "{hosts}");
