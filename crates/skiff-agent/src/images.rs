@@ -280,6 +280,36 @@ impl ImageStore {
         result
     }
 
+    /// Removes the images no pod of the node uses (`in_use`: references as pods name
+    /// them): their records, and the blobs no remaining image needs. Blobs still being
+    /// written are spared. Returns how many images went, and the layer digests of the
+    /// container images that stay (the layer store keeps those).
+    pub fn remove_unused(&self, in_use: &std::collections::HashSet<String>) -> (usize, std::collections::HashSet<String>) {
+        let in_use: std::collections::HashSet<String> = in_use.iter().filter_map(|i| i.parse::<Reference>().ok()).map(|r| r.whole()).collect();
+        let mut removed = 0;
+        let mut kept = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("refs")).into_iter().flatten().flatten() {
+            let Ok(record) = std::fs::read(entry.path()).map_err(|_| ()).and_then(|b| serde_json::from_slice::<LocalImage>(&b).map_err(|_| ())) else { continue };
+            if in_use.contains(&record.reference) {
+                kept.push(record);
+            } else if std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        let live: std::collections::HashSet<String> = kept.iter().flat_map(|r| r.blobs()).map(|d| d.trim_start_matches("sha256:").to_string()).collect();
+        for entry in std::fs::read_dir(self.dir.join("blobs/sha256")).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.contains('.') && !live.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let layers = kept.iter().filter_map(|r| match &r.kind {
+            ImageKind::Container { layers, .. } => Some(layers.iter().map(|l| l.digest.clone())),
+            ImageKind::Wasm { .. } => None,
+        });
+        (removed, layers.flatten().collect())
+    }
+
     /// Remembers what `local.reference` resolved to, for `IfNotPresent` pulls.
     fn record(&self, local: LocalImage) -> LocalImage {
         let record = serde_json::to_vec(&local).expect("serializable");
@@ -435,6 +465,34 @@ mod tests {
                 (got, expected) => panic!("read {got:?}, download {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn unused_images_go_with_the_blobs_only_they_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().to_path_buf(), Registries::default()).unwrap();
+        let layer = |d: &str| Layer { digest: d.into(), media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into() };
+        let images = [
+            LocalImage { reference: "reg.example/app:v1".into(), manifest_digest: "sha256:m1".into(), kind: ImageKind::Container { config_digest: "sha256:c1".into(), layers: vec![layer("sha256:base"), layer("sha256:app1")] } },
+            LocalImage { reference: "reg.example/app:v2".into(), manifest_digest: "sha256:m2".into(), kind: ImageKind::Container { config_digest: "sha256:c2".into(), layers: vec![layer("sha256:base"), layer("sha256:app2")] } },
+            LocalImage { reference: "reg.example/fn:v1".into(), manifest_digest: "sha256:m3".into(), kind: ImageKind::Wasm { wasm_digest: "sha256:wasm".into() } },
+        ];
+        for image in images {
+            for blob in image.blobs() {
+                std::fs::write(store.blob_path(blob), b"x").unwrap();
+            }
+            store.record(image);
+        }
+        std::fs::write(store.blob_path("sha256:arriving").with_extension("partial-1"), b"x").unwrap();
+        let (removed, layers) = store.remove_unused(&["reg.example/app:v2".to_string()].into());
+        assert_eq!(removed, 2);
+        assert_eq!(layers, ["sha256:base".to_string(), "sha256:app2".to_string()].into());
+        assert!(store.present("reg.example/app:v2").is_some());
+        assert!(store.present("reg.example/app:v1").is_none() && store.present("reg.example/fn:v1").is_none());
+        for (blob, kept) in [("sha256:base", true), ("sha256:app2", true), ("sha256:c2", true), ("sha256:app1", false), ("sha256:c1", false), ("sha256:wasm", false)] {
+            assert_eq!(store.blob_path(blob).exists(), kept, "{blob}");
+        }
+        assert!(store.blob_path("sha256:arriving").with_extension("partial-1").exists());
     }
 
     #[tokio::test]

@@ -220,6 +220,21 @@ impl Agent {
         }
     }
 
+    /// Removes the images (and container layers) no pod of the node uses: kubelet's image
+    /// garbage collection, all unused images at once rather than the least recently used
+    /// first.
+    fn remove_unused_images(&self) {
+        let in_use: HashSet<String> = self.pods.lock().unwrap().values()
+            .flat_map(|(tx, _)| {
+                let spec = tx.borrow().spec.clone().unwrap_or_default();
+                spec.containers.into_iter().chain(spec.init_containers.into_iter().flatten()).filter_map(|c| c.image).collect::<Vec<_>>()
+            })
+            .collect();
+        let (removed, layers) = self.images.remove_unused(&in_use);
+        let layers_removed = self.runtimes.oci.as_ref().map_or(0, |oci| oci.layers.remove_unused(&layers));
+        tracing::info!(images = removed, layers = layers_removed, "disk use is high: removed images no pod uses");
+    }
+
     /// The pod with this namespace and name that the agent runs, if any.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.lock().unwrap().values().map(|(tx, _)| tx.borrow().clone()).find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name)
@@ -360,7 +375,12 @@ fn registration(agent: &Agent, port: u16) -> NodeRegistration {
     }
 }
 
-/// Renews the lease every 10 s; reports the node's status when its pressure changes,
+/// Disk use of the data directory's filesystem at which unused images are removed
+/// (kubelet's `imageGCHighThresholdPercent`).
+const IMAGE_GC_HIGH_PERCENT: u64 = 85;
+
+/// Renews the lease every 10 s (removing unused images when the disk fills up); reports
+/// the node's status when its pressure changes,
 /// when something else marked it not ready, and at least every minute.
 async fn keep_alive(agent: Arc<Agent>, mut registration: NodeRegistration, mut node: k8s_openapi::api::core::v1::Node) {
     let mut last_report = tokio::time::Instant::now();
@@ -370,6 +390,9 @@ async fn keep_alive(agent: Arc<Agent>, mut registration: NodeRegistration, mut n
         }
         tokio::time::sleep(LEASE_RENEW_INTERVAL).await;
         let pressure = Machine::pressure(&agent.config.data_dir);
+        if node::disk_used_percent(&agent.config.data_dir) >= IMAGE_GC_HIGH_PERCENT {
+            agent.remove_unused_images();
+        }
         let current = Api::<k8s_openapi::api::core::v1::Node>::all(agent.client.clone()).get_opt(&registration.name).await;
         let gone = matches!(current, Ok(None));
         let not_ready = matches!(&current, Ok(Some(n)) if skiff_client::nodes::ready_status(n) != Some("True"));

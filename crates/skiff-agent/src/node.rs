@@ -61,6 +61,11 @@ pub struct Machine {
     pub os_image: String,
 }
 
+/// How full the filesystem holding `dir` is, in percent (0 when unknown).
+pub fn disk_used_percent(dir: &std::path::Path) -> u64 {
+    rustix::fs::statvfs(dir).ok().filter(|s| s.f_blocks > 0).map_or(0, |s| 100 - s.f_bavail * 100 / s.f_blocks)
+}
+
 impl Machine {
     /// Reads the machine; `data_dir` is where the node keeps pods' files (its
     /// ephemeral storage).
