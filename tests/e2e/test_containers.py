@@ -206,3 +206,15 @@ def test_host_port_forwards_to_the_pod_until_it_goes(oci_cluster, busybox, ns):
     oci_cluster.kubectl("delete", "pod", "-n", ns, "hp")
     wait_for(lambda: "18089" not in subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout, 20, "the forwarding rules to go")
     assert answers("http://127.0.0.1:18089/") is None
+
+
+def test_runtime_default_seccomp_refuses_new_namespaces(oci_cluster, busybox, ns):
+    confined = container_pod("confined", busybox, ["sh", "-c", "unshare -U true; echo exit=$?"], restart="Never",
+                             securityContext={"seccompProfile": {"type": "RuntimeDefault"}})
+    free = container_pod("free", busybox, ["sh", "-c", "unshare -U true; echo exit=$?"], restart="Never")
+    create(oci_cluster, ns, confined, free)
+    for name in ["confined", "free"]:
+        wait_phase(oci_cluster, ns, name, ["Succeeded"])
+    confined_log = oci_cluster.kubectl("logs", "-n", ns, "confined").stdout
+    assert "Operation not permitted" in confined_log and "exit=1" in confined_log, confined_log
+    assert oci_cluster.kubectl("logs", "-n", ns, "free").stdout == "exit=0\n"

@@ -10,6 +10,7 @@
 pub mod image_config;
 pub mod layers;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 
 use std::path::{Path, PathBuf};

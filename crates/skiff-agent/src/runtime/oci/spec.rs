@@ -2,7 +2,7 @@
 //! the pod: argv, environment, working directory and user; the sandbox's namespaces and
 //! `/etc` files; volume mounts; cgroup limits from `resources`; and the securityContext
 //! (capabilities, privileged, readOnlyRootFilesystem, runAsUser/Group, runAsNonRoot,
-//! allowPrivilegeEscalation). Written as JSON; the tests read it back with oci-spec's
+//! allowPrivilegeEscalation, a `RuntimeDefault` seccomp profile). Written as JSON; the tests read it back with oci-spec's
 //! types.
 
 use std::path::Path;
@@ -120,6 +120,14 @@ pub fn runtime_spec(launch: &Launch, image: &ImageDefaults, rootfs: &Path, sandb
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));
     }
+    let seccomp = match security(&launch.pod, c, |s| s.seccomp_profile.clone(), |s| s.seccomp_profile.clone()) {
+        _ if privileged => None,
+        Some(p) if p.type_ == "RuntimeDefault" => Some(super::seccomp::runtime_default(&caps)),
+        Some(p) if p.type_ == "Localhost" => {
+            return Err(ConfigError(format!("seccomp profile {:?} (Localhost): this node has no local profiles; use RuntimeDefault", p.localhost_profile.unwrap_or_default())));
+        }
+        _ => None,
+    };
     let cwd = c.working_dir.clone().filter(|w| !w.is_empty()).or_else(|| image.working_dir.clone()).unwrap_or_else(|| "/".into());
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
@@ -159,7 +167,7 @@ pub fn runtime_spec(launch: &Launch, image: &ImageDefaults, rootfs: &Path, sandb
     // As many open files as the node lets the agent have (containers get 1048576 where the
     // kernel allows it; a smaller host limit cannot be raised from inside).
     let open_files = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(1 << 20).min(1 << 20);
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -186,5 +194,9 @@ pub fn runtime_spec(launch: &Launch, image: &ImageDefaults, rootfs: &Path, sandb
             "maskedPaths": masked,
             "readonlyPaths": readonly,
         },
-    }))
+    });
+    if let Some(profile) = seccomp {
+        spec["linux"]["seccomp"] = profile;
+    }
+    Ok(spec)
 }
