@@ -380,21 +380,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         let log = launch.log.clone();
         let started = Instant::now();
         let started_at = skiff_client::now();
-        let result = match prepared.start(launch).await {
-            Ok(running) => {
-                let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, ExecTarget { exec: running.exec.clone(), output: log.clone() });
-                node.set_running(&uid, &container.name, run_number, true);
-                shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
-                let result = tokio::select! {
-                    exit = running.exit => exit,
-                    reason = probe(shared, at, container, node.pod_ip(&pod), running.exec.clone()) => Ok(killed_by_probe(node, &pod, container, reason)),
-                };
-                node.set_running(&uid, &container.name, run_number, false);
-                result
-            }
-            Err(start) => Err(start),
-        };
-        let exit = match result {
+        let exit = match run_once(shared, at, container, prepared.as_ref(), launch, run_number, &started_at).await {
             Ok(exit) => exit,
             Err(start) => {
                 // Could not start (bad imports, no _start, a mount failed): kubelet's
@@ -439,6 +425,26 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             c.restart_count += 1;
         });
     }
+}
+
+/// Starts one run of the container and keeps it until it ends, or until a liveness or
+/// startup probe ends it: its exit, or why it could not start. While it runs it is
+/// reachable by exec and attach, and its status says Running.
+async fn run_once(shared: &Arc<Shared>, at: Slot, container: &Container, prepared: &dyn Prepared, launch: Launch, run_number: i32, started_at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Result<Exit, crate::runtime::StartError> {
+    let node = &shared.node;
+    let pod = launch.pod.clone();
+    let uid = pod.uid().unwrap_or_default();
+    let output = launch.log.clone();
+    let running = prepared.start(launch).await?;
+    let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, ExecTarget { exec: running.exec.clone(), output });
+    node.set_running(&uid, &container.name, run_number, true);
+    shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
+    let result = tokio::select! {
+        exit = running.exit => exit,
+        reason = probe(shared, at, container, node.pod_ip(&pod), running.exec.clone()) => Ok(killed_by_probe(node, &pod, container, reason)),
+    };
+    node.set_running(&uid, &container.name, run_number, false);
+    result
 }
 
 /// Runs the container's probes while it runs (see [`crate::probes`]): readiness sets
