@@ -255,8 +255,12 @@ impl ImageStore {
     /// `sink` reads it as it arrives.
     async fn fetch_blob(&self, client: &oci_client::Client, reference: &Reference, blob: &oci_client::manifest::OciDescriptor, sink: Option<&Arc<dyn LayerSink>>) -> Result<(), String> {
         let path = self.blob_path(&blob.digest);
-        if blob.digest.contains('/') || path.exists() {
-            return if path.exists() { Ok(()) } else { Err(format!("{} is not a digest", blob.digest)) };
+        // A manifest names blobs: one naming a path must not pick where a file goes.
+        if blob.digest.contains('/') {
+            return Err(format!("{} is not a digest", blob.digest));
+        }
+        if path.exists() {
+            return Ok(());
         }
         let tmp = path.with_extension(format!("partial-{}", std::process::id()));
         let download = Arc::new(Download::default());

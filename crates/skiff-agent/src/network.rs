@@ -84,19 +84,24 @@ impl PodNetwork {
     }
 }
 
-/// Runs `ip` with `args`; the error is its message.
 /// Makes every address of the Services' range local to this node, so the proxy can bind
 /// each ClusterIP; traffic to them never leaves the node.
 pub fn make_services_local(range: Cidr) -> Result<(), String> {
     ip(&["route", "replace", "local", &range.to_string(), "dev", "lo", "table", "local"])
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("running ip: {e}"))?;
+/// Runs `ip` with `args`; the error is its message.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    run("ip", args)
+}
+
+/// Runs a network tool to its end; the error names the command and carries its message.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(program).args(args).output().map_err(|e| format!("running {program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 

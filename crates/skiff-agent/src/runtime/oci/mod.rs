@@ -109,7 +109,7 @@ impl OciRuntime {
             None => {
                 // /32 routes of container pods a stopped agent left would hide addresses
                 // Wasm pods may now get (every sandbox here is gone by now).
-                let _ = std::process::Command::new("ip").args(["route", "flush", "table", "local", "root", &range.to_string(), "type", "unicast", "dev", crate::network::BRIDGE]).output();
+                let _ = crate::network::ip(&["route", "flush", "table", "local", "root", &range.to_string(), "type", "unicast", "dev", crate::network::BRIDGE]);
                 Ok(Sandboxes::new(self.sandboxes.clone(), range))
             }
             Some(why) => Err(format!("container pods need the {} bridge, which this node could not set up: {why}", crate::network::BRIDGE)),
@@ -166,10 +166,15 @@ impl OciRuntime {
     }
 
     fn command(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(self.binary);
-        c.arg("--root").arg(&self.state);
-        c
+        runtime_command(self.binary, &self.state).into()
     }
+}
+
+/// The runtime's command line, with its state kept apart from other users of it.
+fn runtime_command(binary: &str, state: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(binary);
+    c.arg("--root").arg(state);
+    c
 }
 
 /// Stops and removes every container and sandbox of the agent whose OCI directory is
@@ -469,11 +474,7 @@ impl Drop for ContainerGuard {
 /// Kills a container, reaps its process, deletes it from the runtime, unmounts its root
 /// and removes its bundle. Blocking.
 fn remove_container(binary: &str, state: &Path, id: &str, bundle: &Path, pidfd: Option<Arc<rustix::fd::OwnedFd>>) {
-    let runtime = || {
-        let mut c = std::process::Command::new(binary);
-        c.arg("--root").arg(state);
-        c
-    };
+    let runtime = || runtime_command(binary, state);
     let _ = runtime().args(["kill", id, "KILL"]).output();
     if let Some(pidfd) = pidfd {
         let _ = reap(&pidfd);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use skiff_core::Cidr;
 
-use crate::network::BRIDGE;
+use crate::network::{BRIDGE, ip, run};
 use crate::pod_dns::ClusterDns;
 
 /// Where the CNI plugins are (Debian's containernetworking-plugins).
@@ -88,7 +88,7 @@ impl Sandboxes {
         let name = netns_name(spec.uid);
         let netns = Path::new(NETNS_DIR).join(&name);
         if !netns.exists() {
-            run("ip", &["netns", "add", &name])?;
+            ip(&["netns", "add", &name])?;
         }
         let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
         for file in [&ipc, &uts] {
@@ -112,7 +112,7 @@ impl Sandboxes {
             });
             let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo"));
             let attached = cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
-            run("ip", &["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
+            ip(&["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
             if !spec.host_ports.is_empty() {
                 map_host_ports(&dir, spec, &netns, attached)?;
             }
@@ -155,28 +155,26 @@ fn netns_name(uid: &str) -> String {
 /// Removes a pod's sandbox (kept under `dir`): its veth and address (CNI DEL), its
 /// route, its namespaces and files. Safe to call for a pod that has none.
 pub fn tear_down(dir: &Path, uid: &str) {
-    {
-        let name = netns_name(uid);
-        let netns = Path::new(NETNS_DIR).join(&name);
-        let ip = ip_of(uid);
-        if let Ok(portmap) = std::fs::read(dir.join(uid).join("portmap.json")) {
-            let config: serde_json::Value = serde_json::from_slice(&portmap).unwrap_or_default();
-            let _ = cni("DEL", "portmap", &config, uid, &netns, "eth0");
-        }
-        if netns.exists() {
-            let bridge = serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "ipam": {"type": "static"}});
-            let _ = cni("DEL", "bridge", &bridge, uid, &netns, "eth0");
-            let _ = run("ip", &["netns", "delete", &name]);
-        }
-        if let Some(ip) = ip {
-            let _ = run("ip", &["route", "del", &format!("{ip}/32"), "dev", BRIDGE, "table", "local"]);
-        }
-        let dir = dir.join(uid);
-        for ns in ["ipc", "uts"] {
-            let _ = rustix::mount::unmount(&dir.join(ns), rustix::mount::UnmountFlags::DETACH);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+    let name = netns_name(uid);
+    let netns = Path::new(NETNS_DIR).join(&name);
+    let address = ip_of(uid);
+    if let Ok(portmap) = std::fs::read(dir.join(uid).join("portmap.json")) {
+        let config: serde_json::Value = serde_json::from_slice(&portmap).unwrap_or_default();
+        let _ = cni("DEL", "portmap", &config, uid, &netns, "eth0");
     }
+    if netns.exists() {
+        let bridge = serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "ipam": {"type": "static"}});
+        let _ = cni("DEL", "bridge", &bridge, uid, &netns, "eth0");
+        let _ = ip(&["netns", "delete", &name]);
+    }
+    if let Some(address) = address {
+        let _ = ip(&["route", "del", &format!("{address}/32"), "dev", BRIDGE, "table", "local"]);
+    }
+    let dir = dir.join(uid);
+    for ns in ["ipc", "uts"] {
+        let _ = rustix::mount::unmount(&dir.join(ns), rustix::mount::UnmountFlags::DETACH);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Pod uids with a sandbox on the node (left by an agent that stopped).
@@ -224,15 +222,6 @@ fn cni(command: &str, plugin: &str, config: &serde_json::Value, container_id: &s
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let message = reply.get("msg").and_then(|m| m.as_str()).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_string());
     Err(format!("CNI {plugin} {command}: {message}"))
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("running {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
 }
 
 /// `/etc/hosts` as kubelet writes it: localhost, the pod's own address and names, and
