@@ -66,11 +66,15 @@ class Cluster:
         self.ssl = ctx
         return self
 
-    def stop(self):
+    def stop(self, keep_containers=False):
+        """Stops the process. Container pods outlive their node agent (as kubelet's do);
+        unless kept for the next start to adopt, `skiff killall` stops them."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
         self.log.close()
+        if self.command in ("up", "agent") and not keep_containers:
+            subprocess.run([skiff_binary(), "killall", "--data-dir", self.data_dir], check=False, capture_output=True)
 
     @property
     def url(self):

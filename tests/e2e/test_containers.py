@@ -19,7 +19,7 @@ def oci_cluster(registry):
     with one_node_cluster("oci-node") as c:
         yield c
         c.stop()
-        # The agent stops its containers as it stops: nothing of them is left.
+        # `skiff killall` (in stop) stops the containers the agent left: nothing of them is left.
         assert not os.listdir(os.path.join(c.data_dir, "agent", "oci", "containers"))
         assert not os.listdir(os.path.join(c.data_dir, "agent", "oci", "sandboxes"))
 
@@ -218,3 +218,44 @@ def test_runtime_default_seccomp_refuses_new_namespaces(oci_cluster, busybox, ns
     confined_log = oci_cluster.kubectl("logs", "-n", ns, "confined").stdout
     assert "Operation not permitted" in confined_log and "exit=1" in confined_log, confined_log
     assert oci_cluster.kubectl("logs", "-n", ns, "free").stdout == "exit=0\n"
+
+
+def test_an_agent_restart_keeps_running_containers(oci_cluster, busybox, ns):
+    """Containers outlive their agent: they serve and log while none runs, and the next
+    agent adopts them as they are; one that ended meanwhile gets its real exit status.
+    (Last in the module: it restarts the module's cluster.)"""
+    ticker = container_pod("ticker", busybox, ["sh", "-c",
+        "cat /proc/uptime > /started; httpd -p 8080 -h /www; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"])
+    quitter = container_pod("quitter", busybox, ["sh", "-c", "sleep 4; echo done; exit 3"], restart="Never")
+    create(oci_cluster, ns, ticker, quitter)
+    before = wait_phase(oci_cluster, ns, "ticker", ["Running"])
+    wait_phase(oci_cluster, ns, "quitter", ["Running"])
+    started = oci_cluster.kubectl("exec", "-n", ns, "ticker", "--", "cat", "/started").stdout
+    ip = before["status"]["podIP"]
+    assert wait_for(lambda: answers(f"http://{ip}:8080/"), 20, "ticker to serve") == "hello from a container\n"
+
+    oci_cluster.stop(keep_containers=True)
+    # No agent: the container still serves at its address, and its shim still logs.
+    assert answers(f"http://{ip}:8080/") == "hello from a container\n"
+    time.sleep(5)  # the quitter ends meanwhile
+    oci_cluster.start()
+
+    after = wait_for(lambda: (lambda p: container_status(oci_cluster, ns, "ticker").get("ready") and p)(pod(oci_cluster, ns, "ticker")), 60, "ticker to be ready again")
+    status = after["status"]["containerStatuses"][0]
+    was = before["status"]["containerStatuses"][0]
+    assert (status["restartCount"], status["containerID"], status["state"]["running"]["startedAt"]) == \
+        (0, was["containerID"], was["state"]["running"]["startedAt"]), status
+    assert after["status"]["podIP"] == ip
+    # The same process tree and root: what it wrote at its start is there.
+    assert oci_cluster.kubectl("exec", "-n", ns, "ticker", "--", "cat", "/started").stdout == started
+    assert answers(f"http://{ip}:8080/") == "hello from a container\n"
+    # Its log has no gap: the ticks written while no agent ran are there.
+    ticks = [int(line.split()[1]) for line in oci_cluster.kubectl("logs", "-n", ns, "ticker").stdout.splitlines()]
+    assert ticks == list(range(len(ticks))) and len(ticks) > 25, ticks
+    ended = wait_phase(oci_cluster, ns, "quitter", ["Failed"])["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert ended["exitCode"] == 3, ended
+    assert oci_cluster.kubectl("logs", "-n", ns, "quitter").stdout == "done\n"
+    # Deleting an adopted pod stops it and removes what it held.
+    uid = after["metadata"]["uid"]
+    oci_cluster.kubectl("delete", "pod", "-n", ns, "ticker")
+    assert_nothing_left(oci_cluster, uid)

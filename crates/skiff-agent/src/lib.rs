@@ -195,8 +195,13 @@ impl Agent {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// Removes volumes and logs of pods deleted while the agent was not running.
+    /// Removes volumes, logs and containers of pods deleted while the agent was not
+    /// running.
     fn clean_up_leftovers(&self, live: &HashSet<String>) {
+        if let Some(oci) = self.runtimes.oci.clone() {
+            let live = live.clone();
+            tokio::task::spawn_blocking(move || oci.remove_leftovers(&live));
+        }
         for entry in std::fs::read_dir(&self.volumes.root).into_iter().flatten().flatten() {
             let uid = entry.file_name().to_string_lossy().to_string();
             if !live.contains(&uid) {
@@ -241,8 +246,20 @@ impl Agent {
     }
 }
 
-/// Stops the containers of the agent whose data directory is `data_dir` and removes what
-/// they held (mounts, namespaces, routes); for the agent's owner to call as it stops.
+/// For the agent's owner to call as it stops: container pods keep running (as kubelet's
+/// do when it stops), for the next agent on the same data directory to adopt; no new
+/// one starts. Says how many run on, if any.
+pub fn leave_containers(data_dir: &std::path::Path) {
+    runtime::oci::STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let running = std::fs::read_dir(data_dir.join("oci").join("containers")).map(|d| d.count()).unwrap_or(0);
+    if running > 0 {
+        println!("{running} container(s) keep running for the next agent on {} to adopt; `skiff killall --data-dir {}` stops them", data_dir.display(), data_dir.display());
+    }
+}
+
+/// Stops every container the agent whose data directory is `data_dir` left running and
+/// removes what they held (mounts, namespaces, routes): `skiff killall`, once the agent
+/// has stopped. Blocking.
 pub fn stop_containers(data_dir: &std::path::Path) {
     runtime::oci::STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
     runtime::oci::remove_all(&data_dir.join("oci"));

@@ -30,6 +30,9 @@ struct SinkState {
     followers: Vec<tokio::sync::mpsc::Sender<Output>>,
     /// The run is over: nothing more will be written.
     finished: bool,
+    /// The output is written by another process (a container's shim): followers read
+    /// the file as it grows.
+    written_elsewhere: bool,
 }
 
 /// A piece of a run's output: the stream (0 stdout, 1 stderr) and the bytes.
@@ -40,14 +43,25 @@ pub type Output = (usize, Vec<u8>);
 const FOLLOWER_BACKLOG: usize = 1024;
 
 impl LogSink {
-    /// Creates (truncating) the log file at `path`.
+    /// The log file at `path`, created if missing and otherwise appended to: the run of a
+    /// container adopted after an agent restart goes on in the log it had.
     pub fn create(path: &Path) -> std::io::Result<LogSink> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::File::create(path)?;
-        let state = SinkState { path: path.to_path_buf(), file: None, partial: [Vec::new(), Vec::new()], followers: Vec::new(), finished: false };
+        std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let state = SinkState { path: path.to_path_buf(), file: None, partial: [Vec::new(), Vec::new()], followers: Vec::new(), finished: false, written_elsewhere: false };
         Ok(LogSink { inner: Arc::new(Mutex::new(state)) })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.inner.lock().unwrap().path.clone()
+    }
+
+    /// From now on the run's output is written to the file by another process (the
+    /// agent still writes its notes, and says when the run is over).
+    pub fn set_written_elsewhere(&self) {
+        self.inner.lock().unwrap().written_elsewhere = true;
     }
 
     pub fn stdout(&self) -> LogStream {
@@ -68,7 +82,14 @@ impl LogSink {
     pub fn follow(&self) -> tokio::sync::mpsc::Receiver<Output> {
         let (tx, rx) = tokio::sync::mpsc::channel(FOLLOWER_BACKLOG);
         let mut s = self.inner.lock().unwrap();
-        if !s.finished {
+        if s.finished {
+            return rx;
+        }
+        if s.written_elsewhere {
+            // From what is there now: attach shows output from the request on.
+            let offset = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+            tokio::spawn(tail(self.clone(), s.path.clone(), offset, tx));
+        } else {
             s.followers.push(tx);
         }
         rx
@@ -88,7 +109,7 @@ impl LogSink {
         }
     }
 
-    fn write(&self, stream: usize, mut buf: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write(&self, stream: usize, mut buf: &[u8]) -> std::io::Result<()> {
         let mut s = self.inner.lock().unwrap();
         if !s.followers.is_empty() {
             // A follower that went away is dropped; one that lags misses this piece.
@@ -114,6 +135,43 @@ impl LogSink {
         }
         Ok(())
     }
+}
+
+/// How often a log written by another process is read for a follower.
+const TAIL_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Gives `to` the lines another process appends to the log at `path` past `offset`,
+/// until the run is over (or the follower leaves).
+async fn tail(sink: LogSink, path: PathBuf, mut offset: u64, to: tokio::sync::mpsc::Sender<Output>) {
+    loop {
+        let finished = sink.inner.lock().unwrap().finished;
+        let grown = read_from(&path, offset).unwrap_or_default();
+        // Whole lines only; a line being written is read at the next turn.
+        let whole = grown.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+        offset += whole as u64;
+        for line in grown[..whole].split(|b| *b == b'\n').filter_map(parse_line) {
+            let mut text = line.text.to_vec();
+            if line.whole {
+                text.push(b'\n');
+            }
+            if to.send((line.stream, text)).await.is_err() {
+                return;
+            }
+        }
+        if finished {
+            return;
+        }
+        tokio::time::sleep(TAIL_PERIOD).await;
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 impl SinkState {
@@ -254,6 +312,8 @@ fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Erro
 /// One parsed line of a log file.
 struct Line<'a> {
     time: &'a str,
+    /// 0 stdout, 1 stderr.
+    stream: usize,
     text: &'a [u8],
     whole: bool,
 }
@@ -261,10 +321,10 @@ struct Line<'a> {
 fn parse_line(line: &[u8]) -> Option<Line<'_>> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let time = std::str::from_utf8(parts.next()?).ok()?;
-    let _stream = parts.next()?;
+    let stream = if parts.next()? == b"stderr" { 1 } else { 0 };
     let tag = parts.next()?;
     let text = parts.next().unwrap_or_default();
-    Some(Line { time, text, whole: tag != b"P" })
+    Some(Line { time, stream, text, whole: tag != b"P" })
 }
 
 /// Renders complete lines of a log file's bytes as `kubectl logs` shows them.
@@ -387,5 +447,24 @@ mod tests {
         let mut out = b"abcdef".to_vec();
         assert!(limit(&mut out, &LogOptions { limit_bytes: Some(4), ..Default::default() }, 0));
         assert_eq!(out, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_follower_reads_what_another_process_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let agent = LogSink::create(&path).unwrap();
+        agent.set_written_elsewhere();
+        let mut followed = agent.follow();
+        // The shim's own sink on the same file.
+        let shim = LogSink::create(&path).unwrap();
+        shim.write(0, b"out\npart").unwrap();
+        shim.write(1, b"err\n").unwrap();
+        assert_eq!(followed.recv().await.unwrap(), (0, b"out\n".to_vec()));
+        assert_eq!(followed.recv().await.unwrap(), (1, b"err\n".to_vec()));
+        shim.finish();
+        agent.finish();
+        assert_eq!(followed.recv().await.unwrap(), (0, b"part\n".to_vec()));
+        assert!(followed.recv().await.is_none(), "the run is over");
     }
 }

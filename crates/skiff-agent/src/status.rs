@@ -76,6 +76,20 @@ impl ContainerState {
         format!("{}://{uid}/{}/{run}", self.runtime, self.name)
     }
 
+    /// Records a run reported running before an agent restart, which did not outlive it
+    /// (a Wasm guest runs in the agent's process), as ended.
+    pub fn end_lost_run(&mut self) {
+        let State::Running { started_at } = &self.state else { return };
+        let gone = if self.runtime == crate::runtime::WASM_HANDLER { "the container's Wasm instance ended with it" } else { "the container's run was gone" };
+        self.state = State::Terminated(Terminated {
+            exit_code: 137,
+            reason: "Error".into(),
+            message: Some(format!("the node agent restarted and {gone}")),
+            started_at: Some(started_at.clone()),
+            finished_at: skiff_client::now(),
+        });
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self.state, State::Running { .. })
     }
@@ -137,7 +151,8 @@ pub struct PodState {
 impl PodState {
     /// The state of a pod the agent starts working on. A pod that already has a status
     /// (the agent restarted) keeps its restart counts and finished containers; a
-    /// container it reported running was lost with the agent, and is recorded as ended.
+    /// container it reported running stays running until the worker adopts its run or
+    /// finds it lost with the agent ([`ContainerState::end_lost_run`]).
     /// The pod IP is the one reported before, until the worker assigns it.
     pub fn new(pod: &Pod, host_ip: &str) -> PodState {
         let spec = pod.spec.clone().unwrap_or_default();
@@ -156,15 +171,8 @@ impl PodState {
             state.last = old.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(terminated_from);
             match old.state.as_ref() {
                 Some(s) if s.terminated.is_some() => state.state = State::Terminated(terminated_from(s.terminated.as_ref().unwrap())),
-                Some(s) if s.running.is_some() => {
-                    state.state = State::Terminated(Terminated {
-                        exit_code: 137,
-                        reason: "Error".into(),
-                        message: Some("the node agent restarted and the container's Wasm instance ended with it".into()),
-                        started_at: s.running.as_ref().and_then(|r| r.started_at.clone()),
-                        finished_at: skiff_client::now(),
-                    });
-                }
+                // The worker adopts the run if it outlived the agent, else ends it.
+                Some(s) if s.running.is_some() => state.state = State::Running { started_at: s.running.as_ref().and_then(|r| r.started_at.clone()).unwrap_or_else(skiff_client::now) },
                 _ => {}
             }
             state
@@ -347,8 +355,13 @@ mod tests {
     fn a_restarted_agent_records_lost_containers() {
         let previous = json!({"startTime": "2026-01-01T00:00:00Z", "containerStatuses": [{"name": "a", "image": "x", "imageID": "x@sha256:1", "ready": true, "restartCount": 2, "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]});
         let s = PodState::new(&pod("Always", previous), "");
-        assert_eq!(s.containers[0].restart_count, 2);
-        assert!(matches!(&s.containers[0].state, State::Terminated(t) if t.exit_code == 137 && t.message.as_ref().unwrap().contains("restarted")));
+        let mut c = s.containers[0].clone();
+        assert_eq!(c.restart_count, 2);
+        // Running until the worker finds no run to adopt.
+        assert!(c.is_running());
+        c.end_lost_run();
+        assert!(matches!(&c.state, State::Terminated(t) if t.exit_code == 137 && t.message.as_ref().unwrap().contains("restarted")));
+        assert!(matches!(&c.state, State::Terminated(t) if t.started_at.as_ref().unwrap().0.to_string() == "2026-01-01T00:00:01Z"));
         assert_eq!(s.start_time.0.to_string(), "2026-01-01T00:00:00Z");
     }
 

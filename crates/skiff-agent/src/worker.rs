@@ -318,12 +318,17 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         Slot::Init(_) => s.restart_policy != "Never" && code != 0,
         Slot::App(_) => s.restarts(code),
     };
+    // A run that outlived an agent restart is adopted as it is; one that did not is over.
+    let mut adopted = node.runtimes.adopt(&uid, &container.name);
+    if adopted.is_none() {
+        shared.update(|s| slot(s, at).end_lost_run());
+    }
     // A container that ended before an agent restart: done, or to be restarted.
     let previous = match &slot(&mut shared.state.lock().unwrap(), at).state {
         State::Terminated(t) => Some(Exit { code: t.exit_code, reason: "Error", message: t.message.clone() }),
         _ => None,
     };
-    if let Some(exit) = previous {
+    if let Some(exit) = previous.filter(|_| adopted.is_none()) {
         if !restarts(&shared.state.lock().unwrap(), exit.code) {
             return exit;
         }
@@ -340,31 +345,12 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
     let mut backoffs = run_number(shared, at);
     loop {
         let pod = shared.pod();
-        let prepared = match prepare(node, &pod, container).await {
-            Ok((prepared, image_id)) => {
-                pull_backoff = Duration::from_secs(10);
-                shared.update(|s| {
-                    let c = slot(s, at);
-                    c.image_id = image_id;
-                    c.runtime = prepared.runtime();
-                });
-                prepared
-            }
-            Err(Failure { reason, message }) => {
-                node.recorder.record(&*pod, EventType::Warning, if reason == "ErrImagePull" { "Failed" } else { reason }, format!("container {}: {message}", container.name));
-                shared.update(|s| slot(s, at).state = State::Waiting { reason: reason.into(), message: Some(message.clone()) });
-                if reason == "ErrImagePull" {
-                    // As kubelet: the error first, then the back-off until the next try.
-                    let shown = Duration::from_secs(2);
-                    tokio::time::sleep(shown).await;
-                    shared.update(|s| slot(s, at).state = State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image {:?}: {message}", container.image.as_deref().unwrap_or_default())) });
-                    tokio::time::sleep(pull_backoff.saturating_sub(shown)).await;
-                } else {
-                    tokio::time::sleep(pull_backoff).await;
-                }
-                pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
-                continue;
-            }
+        let (prepared, started_at) = match adopted.take() {
+            Some(run) => run,
+            None => match prepare_or_back_off(shared, at, container, &mut pull_backoff).await {
+                Some(prepared) => (prepared, skiff_client::now()),
+                None => continue,
+            },
         };
         let facts = node.facts(&pod);
         let run_number = run_number(shared, at);
@@ -379,7 +365,6 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         };
         let log = launch.log.clone();
         let started = Instant::now();
-        let started_at = skiff_client::now();
         let exit = match run_once(shared, at, container, prepared.as_ref(), launch, run_number, &started_at).await {
             Ok(exit) => exit,
             Err(start) => {
@@ -424,6 +409,38 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             c.last = Some(ended);
             c.restart_count += 1;
         });
+    }
+}
+
+/// Readies the container's image for its runtime ([`prepare`]); or reports why not, as
+/// kubelet does (`ErrImagePull` then `ImagePullBackOff`, …), and backs off.
+async fn prepare_or_back_off(shared: &Arc<Shared>, at: Slot, container: &Container, pull_backoff: &mut Duration) -> Option<Arc<dyn Prepared>> {
+    let (node, pod) = (&shared.node, shared.pod());
+    match prepare(node, &pod, container).await {
+        Ok((prepared, image_id)) => {
+            *pull_backoff = Duration::from_secs(10);
+            shared.update(|s| {
+                let c = slot(s, at);
+                c.image_id = image_id;
+                c.runtime = prepared.runtime();
+            });
+            Some(prepared)
+        }
+        Err(Failure { reason, message }) => {
+            node.recorder.record(&*pod, EventType::Warning, if reason == "ErrImagePull" { "Failed" } else { reason }, format!("container {}: {message}", container.name));
+            shared.update(|s| slot(s, at).state = State::Waiting { reason: reason.into(), message: Some(message.clone()) });
+            if reason == "ErrImagePull" {
+                // As kubelet: the error first, then the back-off until the next try.
+                let shown = Duration::from_secs(2);
+                tokio::time::sleep(shown).await;
+                shared.update(|s| slot(s, at).state = State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image {:?}: {message}", container.image.as_deref().unwrap_or_default())) });
+                tokio::time::sleep(pull_backoff.saturating_sub(shown)).await;
+            } else {
+                tokio::time::sleep(*pull_backoff).await;
+            }
+            *pull_backoff = (*pull_backoff * 2).min(PULL_BACKOFF_MAX);
+            None
+        }
     }
 }
 

@@ -463,8 +463,14 @@ async fn api_path(clients: usize, creates: usize) -> anyhow::Result<Figures> {
     figures
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The containers bench runs a node agent in this process, whose containers' shims are
+    // this binary.
+    skiff_agent::runtime::oci::shim::run_if_asked();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     // One TLS crypto provider for the process's HTTPS clients (oci-client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

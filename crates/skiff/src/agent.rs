@@ -220,7 +220,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             r = skiff_agent::run(client, config) => r?,
             _ = tokio::signal::ctrl_c() => {}
         }
-        tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&dir)).await?;
+        tokio::task::spawn_blocking(move || skiff_agent::leave_containers(&dir)).await?;
         return Ok(());
     };
     let labels = key_values(&args.hollow_labels, "--hollow-label")?;

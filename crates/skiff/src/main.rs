@@ -107,6 +107,14 @@ enum Command {
         #[command(subcommand)]
         what: RolloutWhat,
     },
+    /// Stop every container pod a stopped node left running (containers outlive their
+    /// agent, as kubelet's do, for the next agent to adopt), with their sandboxes, mounts
+    /// and routes: k3s-killall.sh's role.
+    Killall {
+        /// The data directory given to `skiff up` or `skiff agent` (default: skiff's own).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print skiff's version, and the cluster's if one answers.
     Version {
         #[command(flatten)]
@@ -174,6 +182,16 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/skiff")
 }
 
+/// `skiff killall`: the agent's data directory is the one given, or its `agent`
+/// directory where it is `skiff up`'s.
+async fn killall(data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = data_dir.unwrap_or_else(default_data_dir);
+    let agent_dir = [dir.clone(), dir.join("agent")].into_iter().find(|d| d.join("oci").is_dir())
+        .ok_or_else(|| anyhow::anyhow!("{} is not the data directory of a node that ran containers (it has no oci/ nor agent/oci/)", dir.display()))?;
+    tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&agent_dir)).await?;
+    Ok(())
+}
+
 async fn push(file: &std::path::Path, reference: &str, kubeconfig: Option<PathBuf>, username: Option<String>, password: Option<String>, insecure: bool) -> anyhow::Result<()> {
     use oci_client::secrets::RegistryAuth;
     use skiff_agent::registries::{CLUSTER_REGISTRY, Registries};
@@ -194,6 +212,8 @@ async fn push(file: &std::path::Path, reference: &str, kubeconfig: Option<PathBu
 }
 
 fn main() -> std::process::ExitCode {
+    // A container's shim is this binary too (see skiff_agent's OCI runtime).
+    skiff_agent::runtime::oci::shim::run_if_asked();
     let cli = Cli::parse();
     // The cluster's parts log what they do; client commands say what went wrong in their
     // own error, without the client library's log lines beside it.
@@ -221,6 +241,7 @@ fn main() -> std::process::ExitCode {
             Command::Create { what: CreateWhat::Namespace { name, target } } => client::create_namespace(&target, &name).await,
             Command::Logs { log, target } => logs::logs(&target, &log).await,
             Command::Rollout { what: RolloutWhat::Status { target, timeout, args } } => rollout::status(&args, &target, timeout).await,
+            Command::Killall { data_dir } => killall(data_dir).await,
             Command::Version { target } => version(&target).await,
             Command::Completion { shell } => {
                 clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "skiff", &mut std::io::stdout());

@@ -141,7 +141,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     // acknowledged write is already durable, so give requests a moment and go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
     if let Some(dir) = agent_dir {
-        let _ = tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&dir)).await;
+        let _ = tokio::task::spawn_blocking(move || skiff_agent::leave_containers(&dir)).await;
     }
     println!("{what} stopped");
     Ok(())

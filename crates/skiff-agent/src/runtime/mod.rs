@@ -4,7 +4,9 @@
 //! [`Running`] container: a future of its [`Exit`] and a way to [`Exec`] into it.
 //!
 //! Which runtime a container gets is decided in one place, [`Runtimes::prepare`]: by the
-//! pod's RuntimeClass handler where it names one, else by the image's media types.
+//! pod's RuntimeClass handler where it names one, else by the image's media types. A run
+//! that outlived an agent restart is [adopted](Runtimes::adopt) through the same
+//! interface.
 
 pub mod oci;
 pub mod wasm;
@@ -155,6 +157,13 @@ impl Runtimes {
                 Ok(oci.prepare(images, image).await?)
             }
         }
+    }
+
+    /// The run of the pod's container that a previous agent left running (containers
+    /// outlive the agent; Wasm guests, in its process, do not), to be "started" as it
+    /// is: with when it started.
+    pub fn adopt(&self, uid: &str, container: &str) -> Option<(Arc<dyn Prepared>, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)> {
+        self.oci.as_ref()?.adopt(uid, container)
     }
 }
 

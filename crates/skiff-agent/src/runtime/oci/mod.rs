@@ -3,24 +3,30 @@
 //! [`OciRuntime::prepare`] unpacks an image's layers (all at once, off the async threads,
 //! once per digest: [`layers`]); [`Prepared::start`] gives the run its pod's sandbox
 //! ([`sandbox`]), an overlayfs root over the layers, and a runtime spec ([`spec`]), then
-//! runs it detached. The agent is the child subreaper of its containers, so a
-//! container's process is its child: it waits on it through a pidfd and gets its exit
-//! status, and reads the memory cgroup's OOM kill count before the container is deleted.
+//! has a [`shim`] run it: the shim holds the container's output and status, so containers
+//! outlive the agent. The agent waits for the shim through a pidfd, reads the memory
+//! cgroup's OOM kill count, then deletes the container.
+//!
+//! Containers keep running when the agent stops (as kubelet's do); the next agent on the
+//! same data directory adopts each run whose pod is still bound to it
+//! ([`OciRuntime::adopt`]), and removes the rest. [`remove_all`] stops every one
+//! (`skiff killall`).
 
 pub mod image_config;
 pub mod layers;
 pub mod sandbox;
 pub mod seccomp;
+pub mod shim;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::ResourceExt;
-use tokio::io::AsyncWriteExt;
 
 use crate::images::{ImageKind, ImageStore, LocalImage};
 use crate::runtime::{Exec, ExecIo, Exit, Launch, Prepared, Running, StartError, Usage};
@@ -30,8 +36,8 @@ use sandbox::{SandboxSpec, Sandboxes};
 
 /// The cgroup (under every v1 hierarchy) holding the node's container pods.
 const CGROUP_PARENT: &str = "skiff";
-/// Set as the agent stops: no container starts any more (a pod worker would restart the
-/// ones being stopped).
+/// Set as the agent stops: no container starts any more, and the running ones are left
+/// running.
 pub static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// How often a running container's CPU and memory are read from its cgroup.
 const STATS_PERIOD: Duration = Duration::from_secs(2);
@@ -47,8 +53,10 @@ pub struct OciRuntime {
     sandboxes: PathBuf,
     /// The pods' sandboxes, once the node has its pod range on the bridge; else why not.
     network: std::sync::OnceLock<Result<Sandboxes, String>>,
-    /// Makes each container run's id unique.
+    /// Makes each container run's id unique, across agent restarts too.
     runs: AtomicU64,
+    /// Runs a previous agent left, by pod uid and container name, until adopted or removed.
+    leftovers: Mutex<HashMap<(String, String), Leftover>>,
 }
 
 impl OciRuntime {
@@ -94,24 +102,42 @@ impl OciRuntime {
             layers: Arc::new(LayerStore::open(dir.join("layers")).map_err(|e| e.to_string())?),
             sandboxes: dir.join("sandboxes"),
             network: std::sync::OnceLock::new(),
-            runs: AtomicU64::new(0),
+            runs: AtomicU64::new(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)),
+            leftovers: Mutex::default(),
         };
-        // Containers a previous agent left: their pods' workers start them again.
-        remove_all(dir);
+        runtime.find_leftovers(dir);
         std::fs::write(dir.join("runtime"), runtime.binary).map_err(|e| e.to_string())?;
         Ok(runtime)
+    }
+
+    /// The runs a previous agent left, to adopt; those that cannot be (no record, no shim
+    /// and no status) are removed, as are a second run of one container. Blocking.
+    fn find_leftovers(&self, dir: &Path) {
+        let previous = std::fs::read_to_string(dir.join("runtime")).ok();
+        let mut leftovers = self.leftovers.lock().unwrap();
+        for entry in std::fs::read_dir(&self.containers).into_iter().flatten().flatten() {
+            let bundle = entry.path();
+            // A run of another runtime (crun was replaced by runc) cannot be adopted.
+            let adoptable = if previous.as_deref() == Some(self.binary) { Leftover::find(&bundle) } else { None };
+            let key = adoptable.as_ref().map(|run| (run.record.uid.clone(), run.record.container.clone()));
+            match (adoptable, key) {
+                (Some(run), Some(key)) if !leftovers.contains_key(&key) => {
+                    leftovers.insert(key, run);
+                }
+                _ => {
+                    let id = entry.file_name().to_string_lossy().to_string();
+                    tracing::info!(container = %id, "removing a container a previous agent left");
+                    remove_container(previous.as_deref().unwrap_or(self.binary), &self.state, &id, &bundle, None);
+                }
+            }
+        }
     }
 
     /// Gives container pods the node's pod network: addresses from `range` on the bridge,
     /// unless the node fell back to loopback addresses (`fallback` says why).
     pub fn set_network(&self, range: skiff_core::Cidr, fallback: Option<String>) {
         let network = match fallback {
-            None => {
-                // /32 routes of container pods a stopped agent left would hide addresses
-                // Wasm pods may now get (every sandbox here is gone by now).
-                let _ = crate::network::ip(&["route", "flush", "table", "local", "root", &range.to_string(), "type", "unicast", "dev", crate::network::BRIDGE]);
-                Ok(Sandboxes::new(self.sandboxes.clone(), range))
-            }
+            None => Ok(Sandboxes::new(self.sandboxes.clone(), range)),
             Some(why) => Err(format!("container pods need the {} bridge, which this node could not set up: {why}", crate::network::BRIDGE)),
         };
         let _ = self.network.set(network);
@@ -150,8 +176,17 @@ impl OciRuntime {
         Ok(Arc::new(OciPrepared { runtime: self.clone(), layers: dirs, defaults }))
     }
 
-    /// Removes what a pod's containers left: its sandbox and its cgroups.
+    /// Removes what a pod's containers left: runs a previous agent left and no worker
+    /// adopted, its sandbox and its cgroups. Blocking.
     pub fn remove_pod(&self, uid: &str) {
+        let unadopted: Vec<Leftover> = {
+            let mut leftovers = self.leftovers.lock().unwrap();
+            let keys: Vec<_> = leftovers.keys().filter(|(u, _)| u == uid).cloned().collect();
+            keys.iter().filter_map(|k| leftovers.remove(k)).collect()
+        };
+        for l in unadopted {
+            remove_container(self.binary, &self.state, &l.id, &l.bundle, None);
+        }
         if let Ok(sandboxes) = self.sandboxes() {
             sandboxes.remove(uid);
         }
@@ -178,9 +213,8 @@ fn runtime_command(binary: &str, state: &Path) -> std::process::Command {
 }
 
 /// Stops and removes every container and sandbox of the agent whose OCI directory is
-/// `dir`: at its start (what a previous agent left; adopting them instead is not built
-/// yet) and when it stops, so no container, mount, namespace or route outlives it.
-/// Blocking.
+/// `dir` (`skiff killall`, after the agent has stopped), so no container, mount,
+/// namespace or route is left. Blocking.
 pub fn remove_all(dir: &Path) {
     let Ok(binary) = std::fs::read_to_string(dir.join("runtime")) else { return };
     let state = dir.join("state");
@@ -244,7 +278,7 @@ impl Prepared for OciPrepared {
         let uid = launch.pod.uid().unwrap_or_default();
         let id = format!("{uid}-{}-{}", launch.container.name, rt.runs.fetch_add(1, Ordering::Relaxed));
         let bundle = rt.containers.join(&id);
-        let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), pidfd: None };
+        let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), shim: None };
         let rootfs = bundle.join("rootfs");
         let began = std::time::Instant::now();
         // The pod's sandbox and the container's root are made at once.
@@ -259,12 +293,123 @@ impl Prepared for OciPrepared {
         let cgroups_path = format!("/{CGROUP_PARENT}/{uid}/{id}");
         let config = spec::runtime_spec(&launch, &self.defaults, &rootfs, &sandbox, &cgroups_path).map_err(|e| StartError(e.0))?;
         tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
-        let (pidfd, pumps) = rt.create_and_start(&id, &bundle, &launch.log).await?;
-        guard.pidfd = Some(pidfd.clone());
+        let record = RunRecord { uid, container: launch.container.name.clone(), cgroups_path, started_at: skiff_client::now() };
+        tokio::fs::write(bundle.join(RECORD), serde_json::to_vec(&record).expect("serializable")).await.map_err(|e| StartError(format!("writing {RECORD}: {e}")))?;
+        let shim = rt.start_shim(&id, &bundle, &launch.log).await?;
+        guard.shim = Some(shim.clone());
         tracing::debug!(container = %id, sandbox_and_root = ?prepared_in, total = ?began.elapsed(), "container started");
         let exec = Arc::new(OciExec { runtime: rt.clone(), id });
-        let exit = until_exit(guard, pidfd, pumps, cgroups_path, launch.usage, launch.terminate, launch.log);
+        let exit = until_exit(guard, Some(shim), record.cgroups_path, launch.usage, launch.terminate, launch.log);
         Ok(Running { exit: Box::pin(exit), exec })
+    }
+}
+
+/// What the agent keeps in a run's bundle to adopt it after a restart.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunRecord {
+    uid: String,
+    container: String,
+    cgroups_path: String,
+    started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+const RECORD: &str = "run.json";
+
+/// A container run a previous agent started, found in its bundle: still running under
+/// its shim, or ended while no agent ran (its shim left the status).
+struct Leftover {
+    id: String,
+    bundle: PathBuf,
+    record: RunRecord,
+    /// The shim, while it runs.
+    shim: Option<Arc<rustix::fd::OwnedFd>>,
+}
+
+impl Leftover {
+    /// The run in `bundle`, if it can be adopted: its record is there, and its shim runs
+    /// or has left the exit status.
+    fn find(bundle: &Path) -> Option<Leftover> {
+        let id = bundle.file_name()?.to_string_lossy().to_string();
+        let record: RunRecord = serde_json::from_slice(&std::fs::read(bundle.join(RECORD)).ok()?).ok()?;
+        let shim = std::fs::read_to_string(bundle.join("shim.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
+            // The pid is this run's shim, not a process that reused it.
+            .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == id.as_bytes())))
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+            .map(Arc::new);
+        (shim.is_some() || shim::exit_status(bundle).is_some()).then_some(Leftover { id, bundle: bundle.to_path_buf(), record, shim })
+    }
+}
+
+/// A run adopted after an agent restart: "starting" it takes it over as it is.
+struct Adopted {
+    runtime: Arc<OciRuntime>,
+    leftover: Mutex<Option<Leftover>>,
+}
+
+#[async_trait::async_trait]
+impl Prepared for Adopted {
+    fn runtime(&self) -> &'static str {
+        self.runtime.binary
+    }
+
+    async fn start(&self, launch: Launch) -> Result<Running, StartError> {
+        let Leftover { id, bundle, record, shim } = self.leftover.lock().unwrap().take().ok_or_else(|| StartError("the adopted run was taken over already".into()))?;
+        launch.log.set_written_elsewhere();
+        let guard = ContainerGuard { runtime: self.runtime.clone(), id: id.clone(), bundle, shim: shim.clone() };
+        let exec = Arc::new(OciExec { runtime: self.runtime.clone(), id });
+        let exit = until_exit(guard, shim, record.cgroups_path, launch.usage, launch.terminate, launch.log);
+        Ok(Running { exit: Box::pin(exit), exec })
+    }
+}
+
+impl OciRuntime {
+    /// Takes over the run of the pod's container that a previous agent left, if there is
+    /// one: the worker "starts" it, which adopts it as it is. With when it started.
+    pub fn adopt(self: &Arc<Self>, uid: &str, container: &str) -> Option<(Arc<dyn Prepared>, k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)> {
+        let leftover = self.leftovers.lock().unwrap().remove(&(uid.to_string(), container.to_string()))?;
+        tracing::info!(container = %leftover.id, "adopting a container a previous agent started");
+        let started_at = leftover.record.started_at.clone();
+        Some((Arc::new(Adopted { runtime: self.clone(), leftover: Mutex::new(Some(leftover)) }), started_at))
+    }
+
+    /// Removes what previous agents left of pods that are gone (`live` are the node's
+    /// pods): their container runs and sandboxes. Blocking.
+    pub fn remove_leftovers(&self, live: &std::collections::HashSet<String>) {
+        let mut gone: std::collections::BTreeSet<String> = self.leftovers.lock().unwrap().keys().map(|(uid, _)| uid.clone()).collect();
+        gone.extend(sandbox::leftovers(&self.sandboxes));
+        for uid in gone.iter().filter(|uid| !live.contains(*uid)) {
+            self.remove_pod(uid);
+        }
+    }
+
+    /// Starts the run's shim, which runs the container (see [`shim`]): the shim's pidfd
+    /// once the container has started, or the runtime's error.
+    async fn start_shim(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<Arc<rustix::fd::OwnedFd>, StartError> {
+        let shim_log = std::fs::File::create(bundle.join("shim.log")).map_err(|e| StartError(format!("creating shim.log: {e}")))?;
+        let mut command = shim::command(self.binary, &self.state, bundle, id, &log.path()).map_err(|e| StartError(format!("finding the agent's executable: {e}")))?;
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(shim_log);
+        log.set_written_elsewhere();
+        let (binary, bundle) = (self.binary, bundle.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut child = command.spawn().map_err(|e| StartError(format!("starting the container's shim: {e}")))?;
+            let pid = rustix::process::Pid::from_child(&child);
+            let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the shim's process: {e}")))?;
+            let _ = std::fs::write(bundle.join("shim.pid"), pid.as_raw_nonzero().to_string());
+            let mut said = String::new();
+            let _ = std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut said);
+            if said.starts_with("started ") {
+                return Ok(Arc::new(pidfd));
+            }
+            let _ = child.wait();
+            let why = std::fs::read_to_string(bundle.join("runtime.log")).unwrap_or_default();
+            let why = if why.trim().is_empty() { std::fs::read_to_string(bundle.join("shim.log")).unwrap_or_default() } else { why };
+            Err(StartError(runtime_error(&why, binary, "run")))
+        })
+        .await
+        .map_err(|e| StartError(e.to_string()))?
     }
 }
 
@@ -300,48 +445,31 @@ impl OciRuntime {
         .map_err(|e| StartError(e.to_string()))?
         .map_err(|e| StartError(format!("setting up the pod's sandbox: {e}")))
     }
-
-    /// `run --detach` (`create` and `start` in one process; the container's stdout and
-    /// stderr are the pipes given to it, copied into its log): the container's process,
-    /// and the copies of its output.
-    async fn create_and_start(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<(Arc<rustix::fd::OwnedFd>, [tokio::task::JoinHandle<()>; 2]), StartError> {
-        let mut create = self.command();
-        create.arg("--log").arg(bundle.join("runtime.log")).args(["run", "--detach", "--bundle"]).arg(bundle).arg("--pid-file").arg(bundle.join("pid")).arg(id);
-        let mut child = create.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| StartError(format!("running {}: {e}", self.binary)))?;
-        let pumps = [pump(child.stdout.take().expect("piped"), log.stdout()), pump(child.stderr.take().expect("piped"), log.stderr())];
-        let status = child.wait().await.map_err(|e| StartError(e.to_string()))?;
-        if !status.success() {
-            let why = tokio::fs::read_to_string(bundle.join("runtime.log")).await.unwrap_or_default();
-            return Err(StartError(runtime_error(&why, self.binary, "run")));
-        }
-        let pid: i32 = tokio::fs::read_to_string(bundle.join("pid")).await.ok().and_then(|p| p.trim().parse().ok()).ok_or_else(|| StartError("the runtime wrote no pid".into()))?;
-        let pidfd = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| StartError("the runtime wrote pid 0".into()))
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the container's process: {e}"))))?;
-        Ok((Arc::new(pidfd), pumps))
-    }
 }
 
-/// Until the container's process exits: its CPU and memory read every few seconds, and
-/// SIGTERM when the pod is told to terminate (the worker drops this future, and so kills
-/// the container, at the grace period's end). Then its output is flushed, its OOM kills
-/// read, and it is removed.
+/// Until the container's run ends (its shim exits, leaving the status): its CPU and
+/// memory read every few seconds, and SIGTERM when the pod is told to terminate (the
+/// worker drops this future, and so kills the container, at the grace period's end).
+/// Then its OOM kills are read, and it is removed.
 async fn until_exit(
     guard: ContainerGuard,
-    pidfd: Arc<rustix::fd::OwnedFd>,
-    pumps: [tokio::task::JoinHandle<()>; 2],
+    shim: Option<Arc<rustix::fd::OwnedFd>>,
     cgroups_path: String,
     usage: Arc<Usage>,
     mut terminate: tokio::sync::watch::Receiver<bool>,
     log: crate::logs::LogSink,
 ) -> Result<Exit, StartError> {
-    let exited = wait_exit(pidfd);
+    let exited = async {
+        if let Some(shim) = shim {
+            wait_exit(shim).await;
+        }
+    };
     tokio::pin!(exited);
     let mut stats = tokio::time::interval(STATS_PERIOD);
     let mut terminating = false;
-    let status = loop {
+    loop {
         tokio::select! {
-            status = &mut exited => break status,
+            _ = &mut exited => break,
             _ = stats.tick() => read_usage(&cgroups_path, &usage),
             changed = terminate.changed(), if !terminating => {
                 terminating = changed.is_err() || *terminate.borrow();
@@ -350,13 +478,11 @@ async fn until_exit(
                 }
             }
         }
-    };
-    for p in pumps {
-        let _ = p.await;
     }
     log.finish();
     let oom_killed = memory_cgroup(&cgroups_path).and_then(|d| std::fs::read_to_string(d.join("memory.oom_control")).ok())
         .is_some_and(|text| text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")));
+    let status = shim::exit_status(&guard.bundle);
     drop(guard);
     Ok(exit_of(status, oom_killed))
 }
@@ -366,14 +492,6 @@ fn runtime_error(log: &str, binary: &str, step: &str) -> String {
     let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     let message = serde_json::from_str::<serde_json::Value>(last).ok().and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_else(|| last.to_string());
     format!("{binary} {step}: {message}")
-}
-
-/// Copies a container's output pipe into its log.
-fn pump(mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static, mut to: crate::logs::LogStream) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut from, &mut to).await;
-        let _ = to.flush().await;
-    })
 }
 
 /// Makes the container's root: an overlay of its image's layers with a writable upper
@@ -411,28 +529,20 @@ fn read_usage(cgroups_path: &str, usage: &Usage) {
     }
 }
 
-/// Waits for the container's process to exit and reaps it: its exit status, or the
-/// signal that ended it.
-async fn wait_exit(pidfd: Arc<rustix::fd::OwnedFd>) -> Result<i32, i32> {
+/// Waits for a process (the container's shim) to exit, and reaps it if it is the
+/// agent's child (a shim adopted after a restart is not).
+async fn wait_exit(pidfd: Arc<rustix::fd::OwnedFd>) {
     // SAFETY: the registration holds an `Arc` of the descriptor, which so outlives it.
     if let Ok(readable) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Fd(pidfd.clone()), tokio::io::Interest::READABLE) } {
         let _ = readable.readable().await;
     }
-    tokio::task::spawn_blocking(move || reap(&pidfd)).await.unwrap_or(Err(9))
+    let _ = tokio::task::spawn_blocking(move || reap(&pidfd)).await;
 }
 
-/// Reaps an exited container process: `Ok(code)` or `Err(signal)`.
-fn reap(pidfd: &rustix::fd::OwnedFd) -> Result<i32, i32> {
+/// Reaps an exited child. Blocking.
+fn reap(pidfd: &rustix::fd::OwnedFd) {
     use rustix::process::{WaitId, WaitIdOptions, waitid};
-    match waitid(WaitId::PidFd(rustix::fd::AsFd::as_fd(pidfd)), WaitIdOptions::EXITED) {
-        Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
-            (Some(code), _) => Ok(code),
-            (None, Some(signal)) => Err(signal),
-            _ => Err(9),
-        },
-        // Not our child (the agent is not its subreaper): its status is lost.
-        _ => Err(9),
-    }
+    let _ = waitid(WaitId::PidFd(rustix::fd::AsFd::as_fd(pidfd)), WaitIdOptions::EXITED);
 }
 
 /// A pidfd as tokio's `AsyncFd` wants it.
@@ -445,39 +555,44 @@ impl std::os::fd::AsRawFd for Fd {
 }
 
 /// The container's exit as Kubernetes reports it: its code, or 128 + the signal.
-fn exit_of(status: Result<i32, i32>, oom_killed: bool) -> Exit {
+fn exit_of(status: Option<shim::ExitStatus>, oom_killed: bool) -> Exit {
     if oom_killed {
         return Exit { code: 137, reason: "OOMKilled", message: Some("the container exceeded its memory limit".into()) };
     }
     match status {
-        Ok(code) => Exit::of_code(code),
-        Err(signal) => Exit { code: 128 + signal, reason: "Error", message: None },
+        Some(shim::ExitStatus::Code(code)) => Exit::of_code(code),
+        Some(shim::ExitStatus::Signal(signal)) => Exit { code: 128 + signal, reason: "Error", message: None },
+        None => Exit { code: 137, reason: "Error", message: Some("the container's shim ended without its exit status".into()) },
     }
 }
 
 /// Stops and removes a container run when dropped, on a thread of its own (a pod worker
-/// may be dropped anywhere): SIGKILL, reap, delete, unmount, remove the bundle.
+/// may be dropped anywhere): SIGKILL, reap its shim, delete, unmount, remove the bundle.
+/// Not while the agent stops: the run goes on, for the next agent to adopt.
 struct ContainerGuard {
     runtime: Arc<OciRuntime>,
     id: String,
     bundle: PathBuf,
-    pidfd: Option<Arc<rustix::fd::OwnedFd>>,
+    shim: Option<Arc<rustix::fd::OwnedFd>>,
 }
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let (runtime, id, bundle, pidfd) = (self.runtime.clone(), self.id.clone(), self.bundle.clone(), self.pidfd.take());
-        std::thread::spawn(move || remove_container(runtime.binary, &runtime.state, &id, &bundle, pidfd));
+        if STOPPING.load(Ordering::SeqCst) {
+            return;
+        }
+        let (runtime, id, bundle, shim) = (self.runtime.clone(), self.id.clone(), self.bundle.clone(), self.shim.take());
+        std::thread::spawn(move || remove_container(runtime.binary, &runtime.state, &id, &bundle, shim));
     }
 }
 
-/// Kills a container, reaps its process, deletes it from the runtime, unmounts its root
-/// and removes its bundle. Blocking.
-fn remove_container(binary: &str, state: &Path, id: &str, bundle: &Path, pidfd: Option<Arc<rustix::fd::OwnedFd>>) {
+/// Kills a container, reaps its shim (once the container is gone, the shim goes too),
+/// deletes it from the runtime, unmounts its root and removes its bundle. Blocking.
+fn remove_container(binary: &str, state: &Path, id: &str, bundle: &Path, shim: Option<Arc<rustix::fd::OwnedFd>>) {
     let runtime = || runtime_command(binary, state);
     let _ = runtime().args(["kill", id, "KILL"]).output();
-    if let Some(pidfd) = pidfd {
-        let _ = reap(&pidfd);
+    if let Some(shim) = shim {
+        reap(&shim);
     }
     let _ = runtime().args(["delete", "--force", id]).output();
     let _ = rustix::mount::unmount(&bundle.join("rootfs"), rustix::mount::UnmountFlags::DETACH);

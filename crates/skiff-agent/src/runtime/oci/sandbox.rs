@@ -61,9 +61,23 @@ pub struct SandboxSpec<'a> {
 }
 
 impl Sandboxes {
-    /// Sandboxes under `dir`, addressed from `range` (on the `skiff0` bridge).
+    /// Sandboxes under `dir`, addressed from `range` (on the `skiff0` bridge), with those a
+    /// previous agent left taken over as they are (their pods' containers may still run).
+    /// Blocking.
     pub fn new(dir: PathBuf, range: Cidr) -> Sandboxes {
-        Sandboxes { dir, range, pods: Mutex::new(HashMap::new()) }
+        let mut pods = HashMap::new();
+        let mut addresses = Vec::new();
+        for uid in leftovers(&dir) {
+            match Sandbox::existing(&dir, &uid) {
+                Some(sandbox) => {
+                    addresses.extend(ip_of(&uid));
+                    pods.insert(uid, Arc::new(Mutex::new(Some(Arc::new(sandbox)))));
+                }
+                None => tear_down(&dir, &uid),
+            }
+        }
+        forget_routes_except(range, &addresses);
+        Sandboxes { dir, range, pods: Mutex::new(pods) }
     }
 
     /// The pod's sandbox, made if it has none. Blocking: call it from `spawn_blocking`.
@@ -138,6 +152,34 @@ impl Sandboxes {
     pub fn remove(&self, uid: &str) {
         self.pods.lock().unwrap().remove(uid);
         tear_down(&self.dir, uid);
+    }
+}
+
+impl Sandbox {
+    /// The sandbox a previous agent made for pod `uid` under `dir`, if it is whole.
+    fn existing(dir: &Path, uid: &str) -> Option<Sandbox> {
+        let dir = dir.join(uid);
+        let sandbox = Sandbox {
+            netns: Path::new(NETNS_DIR).join(netns_name(uid)),
+            ipc: dir.join("ipc"),
+            uts: dir.join("uts"),
+            etc_hosts: dir.join("hosts"),
+            etc_hostname: dir.join("hostname"),
+            resolv_conf: dir.join("resolv.conf"),
+        };
+        [&sandbox.netns, &sandbox.ipc, &sandbox.uts, &sandbox.etc_hosts, &sandbox.etc_hostname, &sandbox.resolv_conf].iter().all(|p| p.exists()).then_some(sandbox)
+    }
+}
+
+/// Removes the /32 routes of container pods in `range` but those of `kept`: a stopped
+/// agent's would hide addresses that Wasm pods may now get.
+fn forget_routes_except(range: Cidr, kept: &[Ipv4Addr]) {
+    let Ok(out) = Command::new("ip").args(["-o", "route", "show", "table", "local", "root", &range.to_string(), "type", "unicast", "dev", BRIDGE]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(Ok(address)) = line.split_whitespace().next().map(str::parse::<Ipv4Addr>) else { continue };
+        if !kept.contains(&address) {
+            let _ = ip(&["route", "del", &format!("{address}/32"), "dev", BRIDGE, "table", "local"]);
+        }
     }
 }
 
