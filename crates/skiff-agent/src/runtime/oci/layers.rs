@@ -246,7 +246,7 @@ fn inside(root: &Path, relative: &Path, create: bool) -> Result<PathBuf, String>
     Ok(root.join(resolved.iter().collect::<PathBuf>()))
 }
 
-fn remove_any(path: &Path) {
+pub(super) fn remove_any(path: &Path) {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             let _ = std::fs::remove_dir_all(path);

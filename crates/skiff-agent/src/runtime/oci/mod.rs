@@ -2,7 +2,7 @@
 //!
 //! [`OciRuntime::prepare`] unpacks an image's layers (all at once, off the async threads,
 //! once per digest: [`layers`]); [`Prepared::start`] gives the run its pod's sandbox
-//! ([`sandbox`]), an overlayfs root over the layers, and a runtime spec ([`spec`]), then
+//! ([`sandbox`]), a root over the layers ([`rootfs`]: overlayfs, else a copy), and a runtime spec ([`spec`]), then
 //! has a [`shim`] run it: the shim holds the container's output and status, so containers
 //! outlive the agent. The agent waits for the shim through a pidfd, reads the memory
 //! cgroup's OOM kill count, then deletes the container.
@@ -14,6 +14,7 @@
 
 pub mod image_config;
 pub mod layers;
+mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod shim;
@@ -62,7 +63,7 @@ pub struct OciRuntime {
 impl OciRuntime {
     /// The node's OCI runtime under `dir`, or why it has none: crun (after moving the
     /// `hugetlb` controller to a v1 hierarchy where the host's cgroups are hybrid, which
-    /// crun refuses) else runc; both need root, the CNI plugins and overlayfs.
+    /// crun refuses) else runc; both need root and the CNI plugins.
     pub fn detect(dir: &Path) -> Result<OciRuntime, String> {
         if !rustix::process::geteuid().is_root() {
             return Err("containers need the agent to run as root".into());
@@ -284,7 +285,7 @@ impl Prepared for OciPrepared {
         // The pod's sandbox and the container's root are made at once.
         let mount = {
             let (bundle, rootfs, layers) = (bundle.clone(), rootfs.clone(), self.layers.clone());
-            tokio::task::spawn_blocking(move || mount_root(&bundle, &rootfs, &layers))
+            tokio::task::spawn_blocking(move || rootfs::make(&bundle, &rootfs, &layers))
         };
         let (sandbox, mounted) = tokio::join!(rt.sandbox_for(&launch), mount);
         let sandbox = sandbox?;
@@ -494,24 +495,6 @@ fn runtime_error(log: &str, binary: &str, step: &str) -> String {
     format!("{binary} {step}: {message}")
 }
 
-/// Makes the container's root: an overlay of its image's layers with a writable upper
-/// directory of its own.
-fn mount_root(bundle: &Path, rootfs: &Path, layers: &[PathBuf]) -> Result<(), String> {
-    let (upper, work, empty) = (bundle.join("upper"), bundle.join("work"), bundle.join("empty"));
-    for d in [rootfs, &upper, &work, &empty] {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-    }
-    // overlayfs lists the top layer first; an image with no layers gets an empty one.
-    let mut lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
-    if lower.is_empty() {
-        lower.push(empty.display().to_string());
-    }
-    let options = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), upper.display(), work.display());
-    let options = std::ffi::CString::new(options).map_err(|e| e.to_string())?;
-    rustix::mount::mount("overlay", rootfs, "overlay", rustix::mount::MountFlags::empty(), Some(options.as_c_str()))
-        .map_err(|e| format!("mounting the container's root (overlayfs): {e}"))
-}
-
 /// The container's memory cgroup directory (cgroup v1).
 fn memory_cgroup(cgroups_path: &str) -> Option<PathBuf> {
     let dir = Path::new("/sys/fs/cgroup/memory").join(cgroups_path.trim_start_matches('/'));
@@ -595,8 +578,7 @@ fn remove_container(binary: &str, state: &Path, id: &str, bundle: &Path, shim: O
         reap(&shim);
     }
     let _ = runtime().args(["delete", "--force", id]).output();
-    let _ = rustix::mount::unmount(&bundle.join("rootfs"), rustix::mount::UnmountFlags::DETACH);
-    let _ = std::fs::remove_dir_all(bundle);
+    rootfs::remove(bundle, &bundle.join("rootfs"));
 }
 
 /// Exec into a container: the runtime's `exec`, with the container's environment.
