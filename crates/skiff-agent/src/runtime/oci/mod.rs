@@ -282,7 +282,10 @@ impl Prepared for OciPrepared {
         let mut guard = ContainerGuard { runtime: rt.clone(), id: id.clone(), bundle: bundle.clone(), shim: None };
         let rootfs = bundle.join("rootfs");
         let began = std::time::Instant::now();
-        // The pod's sandbox and the container's root are made at once.
+        std::fs::create_dir_all(&bundle).map_err(|e| StartError(format!("creating {}: {e}", bundle.display())))?;
+        // The shim, the pod's sandbox and the container's root are made at once.
+        launch.log.set_written_elsewhere();
+        let shim = rt.spawn_shim(&id, &bundle, &launch.log)?;
         let mount = {
             let (bundle, rootfs, layers) = (bundle.clone(), rootfs.clone(), self.layers.clone());
             tokio::task::spawn_blocking(move || rootfs::make(&bundle, &rootfs, &layers))
@@ -296,7 +299,7 @@ impl Prepared for OciPrepared {
         tokio::fs::write(bundle.join("config.json"), config.to_string()).await.map_err(|e| StartError(format!("writing config.json: {e}")))?;
         let record = RunRecord { uid, container: launch.container.name.clone(), cgroups_path, started_at: skiff_client::now() };
         tokio::fs::write(bundle.join(RECORD), serde_json::to_vec(&record).expect("serializable")).await.map_err(|e| StartError(format!("writing {RECORD}: {e}")))?;
-        let shim = rt.start_shim(&id, &bundle, &launch.log).await?;
+        let shim = shim.run(rt.binary, &bundle).await?;
         guard.shim = Some(shim.clone());
         tracing::debug!(container = %id, sandbox_and_root = ?prepared_in, total = ?began.elapsed(), "container started");
         let exec = Arc::new(OciExec { runtime: rt.clone(), id });
@@ -385,20 +388,31 @@ impl OciRuntime {
         }
     }
 
-    /// Starts the run's shim, which runs the container (see [`shim`]): the shim's pidfd
-    /// once the container has started, or the runtime's error.
-    async fn start_shim(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<Arc<rustix::fd::OwnedFd>, StartError> {
+    /// Starts the run's shim (see [`shim`]), to wait for the word to run the container.
+    fn spawn_shim(&self, id: &str, bundle: &Path, log: &crate::logs::LogSink) -> Result<ShimStarting, StartError> {
         let shim_log = std::fs::File::create(bundle.join("shim.log")).map_err(|e| StartError(format!("creating shim.log: {e}")))?;
         let mut command = shim::command(self.binary, &self.state, bundle, id, &log.path()).map_err(|e| StartError(format!("finding the agent's executable: {e}")))?;
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(shim_log);
-        log.set_written_elsewhere();
-        let (binary, bundle) = (self.binary, bundle.to_path_buf());
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(shim_log);
+        let child = command.spawn().map_err(|e| StartError(format!("starting the container's shim: {e}")))?;
+        Ok(ShimStarting(Some(child)))
+    }
+}
+
+/// A shim waiting for the word to run its container; dropped unsaid, it exits.
+struct ShimStarting(Option<std::process::Child>);
+
+impl ShimStarting {
+    /// Has the shim run the container: the shim's pidfd once the container has started,
+    /// or the runtime's error.
+    async fn run(mut self, binary: &'static str, bundle: &Path) -> Result<Arc<rustix::fd::OwnedFd>, StartError> {
+        let mut child = self.0.take().expect("run once");
+        let bundle = bundle.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut child = command.spawn().map_err(|e| StartError(format!("starting the container's shim: {e}")))?;
+            use std::io::{BufRead, Write};
             let pid = rustix::process::Pid::from_child(&child);
             let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(|e| StartError(format!("opening the shim's process: {e}")))?;
             let _ = std::fs::write(bundle.join("shim.pid"), pid.as_raw_nonzero().to_string());
+            let _ = child.stdin.take().expect("piped").write_all(b"run\n");
             let mut said = String::new();
             let _ = std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut said);
             if said.starts_with("started ") {
@@ -411,6 +425,15 @@ impl OciRuntime {
         })
         .await
         .map_err(|e| StartError(e.to_string()))?
+    }
+}
+
+impl Drop for ShimStarting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            drop(child.stdin.take());
+            std::thread::spawn(move || child.wait());
+        }
     }
 }
 

@@ -125,11 +125,13 @@ impl Sandboxes {
                 run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])
             });
             let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo"));
+            // The route only names the bridge: it may come before the veth does.
+            let route = s.spawn(|| ip(&["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"]));
             let attached = cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
-            ip(&["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"])?;
             if !spec.host_ports.is_empty() {
                 map_host_ports(&dir, spec, &netns, attached)?;
             }
+            route.join().map_err(|_| "the route step panicked".to_string())??;
             loopback.join().map_err(|_| "the loopback step panicked".to_string())??;
             ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())?
         })?;

@@ -4,7 +4,9 @@
 //!
 //! The agent starts it as `<its own binary> container-shim <runtime> <state> <bundle>
 //! <id> <log>`. The shim leaves the agent's session (a Ctrl-C to the agent's terminal is
-//! not for it), becomes its container's subreaper, runs the runtime's `run --detach`
+//! not for it), becomes its container's subreaper, waits for the word `run` on its stdin
+//! (the agent starts it early, so that its start overlaps the pod sandbox's set-up; it
+//! exits at end of file), runs the runtime's `run --detach`
 //! with pipes as the container's stdout and stderr, and tells the agent on its own stdout
 //! `started <pid>` or `failed` (the runtime's log says why). It then copies the
 //! container's output into the log, in the agent's format, until the container exits,
@@ -66,6 +68,10 @@ fn run(args: &[OsString]) -> Result<(), String> {
     let _ = rustix::process::setsid();
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| format!("becoming a subreaper: {e}"))?;
     let sink = LogSink::create(Path::new(log)).map_err(|e| format!("opening the log: {e}"))?;
+    let mut word = String::new();
+    if std::io::stdin().read_line(&mut word).is_err() || word.trim() != "run" {
+        return Ok(()); // the agent gave up on this run
+    }
     let (out, out_w) = std::io::pipe().map_err(|e| e.to_string())?;
     let (err, err_w) = std::io::pipe().map_err(|e| e.to_string())?;
     // The command (and with it the pipes' write ends) is gone once the runtime has run:
