@@ -246,8 +246,10 @@ def test_an_agent_restart_keeps_running_containers(oci_cluster, busybox, ns):
     assert (status["restartCount"], status["containerID"], status["state"]["running"]["startedAt"]) == \
         (0, was["containerID"], was["state"]["running"]["startedAt"]), status
     assert after["status"]["podIP"] == ip
-    # The same process tree and root: what it wrote at its start is there.
-    assert oci_cluster.kubectl("exec", "-n", ns, "ticker", "--", "cat", "/started").stdout == started
+    # The same process tree and root: what it wrote at its start is there (once the new
+    # agent has adopted it: until then the status is the one the old agent wrote).
+    exec_started = lambda: oci_cluster.kubectl("exec", "-n", ns, "ticker", "--", "cat", "/started", check=False).stdout
+    assert wait_for(exec_started, 30, "exec into the adopted container") == started
     assert answers(f"http://{ip}:8080/") == "hello from a container\n"
     # Its log has no gap: the ticks written while no agent ran are there.
     ticks = [int(line.split()[1]) for line in oci_cluster.kubectl("logs", "-n", ns, "ticker").stdout.splitlines()]

@@ -382,7 +382,7 @@ impl OciRuntime {
     /// pods): their container runs and sandboxes. Blocking.
     pub fn remove_leftovers(&self, live: &std::collections::HashSet<String>) {
         let mut gone: std::collections::BTreeSet<String> = self.leftovers.lock().unwrap().keys().map(|(uid, _)| uid.clone()).collect();
-        gone.extend(sandbox::leftovers(&self.sandboxes));
+        gone.extend(sandbox::pods_with_sandboxes(&self.sandboxes));
         for uid in gone.iter().filter(|uid| !live.contains(*uid)) {
             self.remove_pod(uid);
         }

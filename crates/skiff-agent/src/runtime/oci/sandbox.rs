@@ -1,10 +1,14 @@
 //! A container pod's sandbox (kubelet's pause container, without a process): one network
-//! namespace, set up by the Debian CNI plugins (`bridge` onto `skiff0` with the pod's
-//! address from the node's range through `static` IPAM, `loopback`, and `portmap` for
-//! the containers' `hostPort`s), plus one IPC and
-//! one UTS namespace holding the pod's hostname, each kept by a bind mount, and the
-//! `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` its containers see. All of a
-//! pod's containers join them.
+//! namespace, set up by the Debian CNI plugins (`bridge` onto `skiff0`, `loopback`, and
+//! `portmap` for the containers' `hostPort`s) and given the pod's address by the agent's
+//! own allocator, plus one IPC and one UTS namespace holding the pod's hostname, each
+//! kept by a bind mount, and the `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`
+//! its containers see. All of a pod's containers join them.
+//!
+//! The bridge plugin's run is most of a sandbox's set-up (about 20 ms, as long as the
+//! runtime takes to start a container), and it needs nothing of the pod: a few network
+//! namespaces are made ahead, bridged with no address ([`WARM`]); a pod takes one, which
+//! is renamed for it and given its address.
 //!
 //! The node's pod range is local to it (Wasm pods bind their addresses with no set-up),
 //! so a container pod's address gets a /32 route of its own in the local table, through
@@ -25,6 +29,10 @@ use crate::pod_dns::ClusterDns;
 pub const CNI_BIN: &str = "/usr/lib/cni";
 /// Network namespaces live where `ip netns` keeps them, so operators can inspect them.
 const NETNS_DIR: &str = "/var/run/netns";
+/// How many bridged network namespaces wait, made ahead, for the next pods.
+pub const WARM: usize = 2;
+/// Names the sandboxes of those network namespaces (pods' are named by their uids).
+const WARM_PREFIX: &str = "warm-";
 
 /// The namespaces and files one pod's containers share.
 #[derive(Debug)]
@@ -44,6 +52,8 @@ pub struct Sandboxes {
     /// Per pod uid, its sandbox once made; each pod's is made under its own lock, so pods
     /// starting together are set up together.
     pods: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Sandbox>>>>>>,
+    /// Network namespaces made ahead (see the module's notes), by sandbox name.
+    warm: Arc<Mutex<Vec<String>>>,
 }
 
 /// What a sandbox is made from.
@@ -77,7 +87,50 @@ impl Sandboxes {
             }
         }
         forget_routes_except(range, &addresses);
-        Sandboxes { dir, range, pods: Mutex::new(pods) }
+        let sandboxes = Sandboxes { dir, range, pods: Mutex::new(pods), warm: Arc::default() };
+        for _ in 0..WARM {
+            sandboxes.make_warm();
+        }
+        sandboxes
+    }
+
+    /// Makes one more network namespace ahead, on a thread of its own.
+    fn make_warm(&self) {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // Unique on the host: agents on other data directories make theirs too.
+        let name = format!("{WARM_PREFIX}{}-{}", std::process::id(), MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (dir, warm) = (self.dir.clone(), self.warm.clone());
+        std::thread::spawn(move || match bridged_netns(&dir, &name) {
+            Ok(()) => warm.lock().unwrap().push(name),
+            Err(e) => {
+                tracing::debug!(error = %e, "making a pod network namespace ahead");
+                tear_down(&dir, &name);
+            }
+        });
+    }
+
+    /// The pod's network namespace: one made ahead, renamed for it (and another made
+    /// ahead in its place), else one made now.
+    fn netns_for(&self, uid: &str) -> Result<PathBuf, String> {
+        let netns = Path::new(NETNS_DIR).join(netns_name(uid));
+        if netns.exists() {
+            return Ok(netns);
+        }
+        let taken = self.warm.lock().unwrap().pop();
+        let Some(warm) = taken else {
+            bridged_netns(&self.dir, uid)?;
+            return Ok(netns);
+        };
+        self.make_warm();
+        let from = Path::new(NETNS_DIR).join(netns_name(&warm));
+        std::fs::File::create(&netns).map_err(|e| format!("creating {}: {e}", netns.display()))?;
+        // A second mount of the namespace under the pod's name, then the first one goes
+        // (a mount cannot be moved under /var/run/netns, which `ip netns` makes shared).
+        rustix::mount::mount_bind(&from, &netns).map_err(|e| format!("naming the network namespace for the pod: {e}"))?;
+        let _ = rustix::mount::unmount(&from, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_file(&from);
+        let _ = std::fs::remove_dir_all(self.dir.join(&warm));
+        Ok(netns)
     }
 
     /// The pod's sandbox, made if it has none. Blocking: call it from `spawn_blocking`.
@@ -99,41 +152,35 @@ impl Sandboxes {
     fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, String> {
         let dir = self.dir.join(spec.uid);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let name = netns_name(spec.uid);
-        let netns = Path::new(NETNS_DIR).join(&name);
-        if !netns.exists() {
-            ip(&["netns", "add", &name])?;
-        }
         let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
         for file in [&ipc, &uts] {
             std::fs::File::create(file).map_err(|e| format!("creating {}: {e}", file.display()))?;
         }
         let hostname = spec.hostname.chars().take(64).collect::<String>();
-        let gateway = self.range.nth(1);
-        let bridge = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE,
-            "isGateway": false, "ipMasq": false, "hairpinMode": true,
-            "ipam": {"type": "static",
-                     "addresses": [{"address": format!("{}/{}", spec.ip, self.range.prefix), "gateway": gateway.to_string()}],
-                     "routes": [{"dst": "0.0.0.0/0", "gw": gateway.to_string()}]},
-        });
+        let gateway = self.range.nth(1).to_string();
+        let address = format!("{}/{}", spec.ip, self.range.prefix);
+        let ns = netns_name(spec.uid);
         // Each step is a process of its own (a few ms each): the independent ones run at once.
-        std::thread::scope(|s| {
+        let netns = std::thread::scope(|s| {
             // unshare keeps each new namespace by bind-mounting it on its file; the pod's
             // hostname is set inside the UTS one as it is made.
             let ipc_uts = s.spawn(|| {
                 run("unshare", &[&format!("--ipc={}", ipc.display()), &format!("--uts={}", uts.display()), "sh", "-c", "echo \"$1\" > /proc/sys/kernel/hostname", "sh", &hostname])
             });
-            let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), spec.uid, &netns, "lo"));
-            // The route only names the bridge: it may come before the veth does.
+            // The route only names the bridge: it may come before the pod's veth does.
             let route = s.spawn(|| ip(&["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"]));
-            let attached = cni("ADD", "bridge", &bridge, spec.uid, &netns, "eth0")?;
+            let netns = self.netns_for(spec.uid)?;
+            let gateway_route = s.spawn(|| ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink"]));
+            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
             if !spec.host_ports.is_empty() {
+                // What the bridge plugin would have given portmap, had it assigned the address.
+                let attached = serde_json::json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns}], "ips": [{"address": address, "gateway": gateway, "interface": 0}]});
                 map_host_ports(&dir, spec, &netns, attached)?;
             }
+            gateway_route.join().map_err(|_| "the gateway step panicked".to_string())??;
             route.join().map_err(|_| "the route step panicked".to_string())??;
-            loopback.join().map_err(|_| "the loopback step panicked".to_string())??;
-            ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())?
+            ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())??;
+            Ok::<_, String>(netns)
         })?;
         let etc = |file: &str, text: String| {
             let path = dir.join(file);
@@ -185,6 +232,26 @@ fn forget_routes_except(range: Cidr, kept: &[Ipv4Addr]) {
     }
 }
 
+/// The bridge plugin's network config: the pod's veth onto the bridge, with no address
+/// (the agent gives it).
+fn bridge_config() -> serde_json::Value {
+    serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "isGateway": false, "ipMasq": false, "hairpinMode": true})
+}
+
+/// A network namespace for sandbox `name` (its directory under `dir` made, so that it is
+/// torn down with it), with loopback up and `eth0` on the bridge. Blocking.
+fn bridged_netns(dir: &Path, name: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir.join(name)).map_err(|e| format!("creating {}: {e}", dir.join(name).display()))?;
+    let ns = netns_name(name);
+    ip(&["netns", "add", &ns])?;
+    let netns = Path::new(NETNS_DIR).join(&ns);
+    std::thread::scope(|s| {
+        let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), name, &netns, "lo"));
+        cni("ADD", "bridge", &bridge_config(), name, &netns, "eth0")?;
+        loopback.join().map_err(|_| "the loopback step panicked".to_string())?.map(|_| ())
+    })
+}
+
 /// The address a sandbox's eth0 has, read back from its namespace.
 fn ip_of(uid: &str) -> Option<Ipv4Addr> {
     let out = Command::new("ip").args(["-n", &netns_name(uid), "-o", "-4", "addr", "show", "eth0"]).output().ok()?;
@@ -207,8 +274,7 @@ pub fn tear_down(dir: &Path, uid: &str) {
         let _ = cni("DEL", "portmap", &config, uid, &netns, "eth0");
     }
     if netns.exists() {
-        let bridge = serde_json::json!({"cniVersion": "1.0.0", "name": "skiff", "type": "bridge", "bridge": BRIDGE, "ipam": {"type": "static"}});
-        let _ = cni("DEL", "bridge", &bridge, uid, &netns, "eth0");
+        let _ = cni("DEL", "bridge", &bridge_config(), uid, &netns, "eth0");
         let _ = ip(&["netns", "delete", &name]);
     }
     if let Some(address) = address {
@@ -221,22 +287,28 @@ pub fn tear_down(dir: &Path, uid: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Pod uids with a sandbox on the node (left by an agent that stopped).
+/// The sandboxes on the node left by an agent that stopped: pods' (by uid) and those made
+/// ahead.
 pub fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()
+}
+
+/// The pod uids with a sandbox on the node.
+pub fn pods_with_sandboxes(dir: &Path) -> Vec<String> {
+    leftovers(dir).into_iter().filter(|name| !name.starts_with(WARM_PREFIX)).collect()
 }
 
 /// Forwards the pod's host ports to it with the `portmap` plugin, chained after `bridge`
 /// (whose result it is given), and keeps its config for the DEL. The node's own
 /// addresses forward by DNAT; 127.0.0.1 needs `route_localnet`, which kube-proxy sets too.
-fn map_host_ports(dir: &Path, spec: &SandboxSpec, netns: &Path, attached: String) -> Result<(), String> {
+fn map_host_ports(dir: &Path, spec: &SandboxSpec, netns: &Path, attached: serde_json::Value) -> Result<(), String> {
     let _ = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1");
     let mut config = serde_json::json!({
         "cniVersion": "1.0.0", "name": "skiff", "type": "portmap", "capabilities": {"portMappings": true},
         "runtimeConfig": {"portMappings": spec.host_ports},
     });
     std::fs::write(dir.join("portmap.json"), config.to_string()).map_err(|e| format!("writing portmap.json: {e}"))?;
-    config["prevResult"] = serde_json::from_str(&attached).map_err(|e| format!("the bridge plugin's result: {e}"))?;
+    config["prevResult"] = attached;
     cni("ADD", "portmap", &config, spec.uid, netns, "eth0").map(|_| ())
 }
 
