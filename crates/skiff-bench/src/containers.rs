@@ -214,6 +214,7 @@ pub async fn run_bench(quick: bool, pods: usize, idle: usize, layer_mib: usize) 
     let burst = burst_started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let per_pod = rss_of("self").saturating_sub(idle_rss) / (pods + extra).max(1) as u64;
+    let shims = shim_memory(dir.path());
     agent.abort();
     let agent_dir = dir.path().join("agent");
     tokio::task::spawn_blocking(move || skiff_agent::stop_containers(&agent_dir)).await?;
@@ -242,6 +243,8 @@ pub async fn run_bench(quick: bool, pods: usize, idle: usize, layer_mib: usize) 
         compressed as f64 / 1e6, unpacked as f64 / 1e6, ms(skiff_pull), ms(reference_pull));
     println!("burst: {extra} container pods created at once → all Running: {}", ms(burst));
     println!("agent RSS per idle container pod: {:.1} KiB ({} pods)", per_pod as f64 / 1024.0, pods + extra);
+    println!("container shims: {} running, each {:.0} KiB private (RssAnon), {:.0} KiB RSS with the pages shared with the agent's binary",
+        shims.count, shims.anon_per_shim as f64 / 1024.0, shims.rss_per_shim as f64 / 1024.0);
     drop(registry);
     Ok(vec![
         Row::new(format!("container pod create → Running, p50 / p99 ({pods} pods, image present)"), format!("{} / {}", ms(p50), ms(p99)),
@@ -251,5 +254,28 @@ pub async fn run_bench(quick: bool, pods: usize, idle: usize, layer_mib: usize) 
         Row::new(format!("pull + unpack, 4 layers, {:.0} MB unpacked", unpacked as f64 / 1e6), ms(skiff_pull),
             format!("skopeo copy + serial untar: {} (goal ≥ 2×)", ms(reference_pull)), Some(reference_pull.as_secs_f64() / skiff_pull.as_secs_f64())),
         Row::new("agent RSS per idle container pod", format!("{:.0} KiB", per_pod as f64 / 1024.0), "—", None),
+        Row::new("container shim per container, private memory (RssAnon)", format!("{:.0} KiB", shims.anon_per_shim as f64 / 1024.0),
+            format!("{:.0} KiB RSS counting pages shared with the binary", shims.rss_per_shim as f64 / 1024.0), None),
     ])
+}
+
+/// The memory of the container shims running under `dir` (one process per container run).
+struct ShimMemory {
+    count: usize,
+    anon_per_shim: u64,
+    rss_per_shim: u64,
+}
+
+fn shim_memory(dir: &Path) -> ShimMemory {
+    let dir = dir.display().to_string();
+    let shims: Vec<String> = std::fs::read_dir("/proc").into_iter().flatten().flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.get(1) == Some(&skiff_agent::runtime::oci::shim::SUBCOMMAND.as_bytes()) && args.iter().any(|a| a.starts_with(dir.as_bytes()))
+        }))
+        .collect();
+    let sum = |field: &str| shims.iter().map(|pid| skiff_agent::node::proc_bytes(&format!("/proc/{pid}/status"), field).unwrap_or(0)).sum::<u64>();
+    let count = shims.len();
+    ShimMemory { count, anon_per_shim: sum("RssAnon:") / count.max(1) as u64, rss_per_shim: sum("VmRSS:") / count.max(1) as u64 }
 }

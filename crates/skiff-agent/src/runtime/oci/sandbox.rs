@@ -159,7 +159,6 @@ impl Sandboxes {
         let hostname = spec.hostname.chars().take(64).collect::<String>();
         let gateway = self.range.nth(1).to_string();
         let address = format!("{}/{}", spec.ip, self.range.prefix);
-        let ns = netns_name(spec.uid);
         // Each step is a process of its own (a few ms each): the independent ones run at once.
         let netns = std::thread::scope(|s| {
             // unshare keeps each new namespace by bind-mounting it on its file; the pod's
@@ -170,14 +169,12 @@ impl Sandboxes {
             // The route only names the bridge: it may come before the pod's veth does.
             let route = s.spawn(|| ip(&["route", "replace", &format!("{}/32", spec.ip), "dev", BRIDGE, "table", "local"]));
             let netns = self.netns_for(spec.uid)?;
-            let gateway_route = s.spawn(|| ip(&["-n", &ns, "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink"]));
-            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
+            ip_inside(&netns, &format!("addr add {address} dev eth0\nroute add default via {gateway} dev eth0\n"))?;
             if !spec.host_ports.is_empty() {
                 // What the bridge plugin would have given portmap, had it assigned the address.
                 let attached = serde_json::json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": netns}], "ips": [{"address": address, "gateway": gateway, "interface": 0}]});
                 map_host_ports(&dir, spec, &netns, attached)?;
             }
-            gateway_route.join().map_err(|_| "the gateway step panicked".to_string())??;
             route.join().map_err(|_| "the route step panicked".to_string())??;
             ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())??;
             Ok::<_, String>(netns)
@@ -249,6 +246,27 @@ fn bridged_netns(dir: &Path, name: &str) -> Result<(), String> {
         let loopback = s.spawn(|| cni("ADD", "loopback", &serde_json::json!({"cniVersion": "1.0.0", "name": "skiff-lo", "type": "loopback"}), name, &netns, "lo"));
         cni("ADD", "bridge", &bridge_config(), name, &netns, "eth0")?;
         loopback.join().map_err(|_| "the loopback step panicked".to_string())?.map(|_| ())
+    })
+}
+
+/// Runs `ip -batch` with `commands` inside the network namespace at `netns`: from a
+/// thread that enters it, so that the process starts there. (`ip -n` would also remount
+/// /sys in a mount namespace of its own, which takes longer than the commands.)
+fn ip_inside(netns: &Path, commands: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(netns).map_err(|e| format!("opening {}: {e}", netns.display()))?;
+            rustix::thread::move_into_link_name_space(rustix::fd::AsFd::as_fd(&ns), Some(rustix::thread::LinkNameSpaceType::Network))
+                .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+            let mut child = Command::new("ip").args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
+                .map_err(|e| format!("running ip: {e}"))?;
+            child.stdin.take().expect("piped").write_all(commands.as_bytes()).map_err(|e| e.to_string())?;
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            if out.status.success() { Ok(()) } else { Err(format!("ip -batch ({}): {}", commands.trim().replace('\n', "; "), String::from_utf8_lossy(&out.stderr).trim())) }
+        })
+        .join()
+        .map_err(|_| "the ip step panicked".to_string())?
     })
 }
 
