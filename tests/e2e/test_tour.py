@@ -13,7 +13,6 @@ import signal
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.request
 import hashlib
 
@@ -91,6 +90,8 @@ def tour(registry):
     yield t
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+    # Container pods outlive `skiff up` (as kubelet's do); none may be left for later tests.
+    subprocess.run([skiff_binary(), "killall", "--data-dir", t.data], check=False, capture_output=True)
     log.close()
 
 

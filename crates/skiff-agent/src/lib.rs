@@ -248,9 +248,11 @@ impl Agent {
 
 /// For the agent's owner to call as it stops: container pods keep running (as kubelet's
 /// do when it stops), for the next agent on the same data directory to adopt; no new
-/// one starts. Says how many run on, if any.
+/// one starts, and the network namespaces made ahead go. Says how many run on, if any.
+/// Blocking.
 pub fn leave_containers(data_dir: &std::path::Path) {
     runtime::oci::STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    runtime::oci::sandbox::remove_made_ahead(&data_dir.join("oci").join("sandboxes"));
     let running = std::fs::read_dir(data_dir.join("oci").join("containers")).map(|d| d.count()).unwrap_or(0);
     if running > 0 {
         println!("{running} container(s) keep running for the next agent on {} to adopt; `skiff killall --data-dir {}` stops them", data_dir.display(), data_dir.display());

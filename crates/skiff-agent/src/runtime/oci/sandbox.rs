@@ -300,7 +300,7 @@ pub fn tear_down(dir: &Path, uid: &str) {
     }
     let dir = dir.join(uid);
     for ns in ["ipc", "uts"] {
-        let _ = rustix::mount::unmount(&dir.join(ns), rustix::mount::UnmountFlags::DETACH);
+        let _ = rustix::mount::unmount(dir.join(ns), rustix::mount::UnmountFlags::DETACH);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -309,6 +309,14 @@ pub fn tear_down(dir: &Path, uid: &str) {
 /// ahead.
 pub fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()
+}
+
+/// Tears down the network namespaces made ahead under `dir` (as the agent stops: they
+/// belong to no pod). Blocking.
+pub fn remove_made_ahead(dir: &Path) {
+    for name in leftovers(dir).into_iter().filter(|name| name.starts_with(WARM_PREFIX)) {
+        tear_down(dir, &name);
+    }
 }
 
 /// The pod uids with a sandbox on the node.
