@@ -368,6 +368,16 @@ impl Prepared for Adopted {
     }
 }
 
+/// An adopted run the worker never took over (its container could not be configured
+/// again) is not left running unseen: it is removed, as a started run would be.
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if let Some(l) = self.leftover.lock().unwrap().take() {
+            drop(ContainerGuard { runtime: self.runtime.clone(), id: l.id, bundle: l.bundle, shim: l.shim });
+        }
+    }
+}
+
 impl OciRuntime {
     /// Takes over the run of the pod's container that a previous agent left, if there is
     /// one: the worker "starts" it, which adopts it as it is. With when it started.

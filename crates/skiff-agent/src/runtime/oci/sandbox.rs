@@ -6,9 +6,9 @@
 //! its containers see. All of a pod's containers join them.
 //!
 //! The bridge plugin's run is most of a sandbox's set-up (about 20 ms, as long as the
-//! runtime takes to start a container), and it needs nothing of the pod: a few network
-//! namespaces are made ahead, bridged with no address ([`WARM`]); a pod takes one, which
-//! is renamed for it and given its address.
+//! runtime takes to start a container), and it needs nothing of the pod: once the node
+//! has run a container pod, a few network namespaces wait, made ahead and bridged with no
+//! address ([`WARM`]); a pod takes one, which is renamed for it and given its address.
 //!
 //! The node's pod range is local to it (Wasm pods bind their addresses with no set-up),
 //! so a container pod's address gets a /32 route of its own in the local table, through
@@ -54,6 +54,9 @@ pub struct Sandboxes {
     pods: Mutex<HashMap<String, Arc<Mutex<Option<Arc<Sandbox>>>>>>,
     /// Network namespaces made ahead (see the module's notes), by sandbox name.
     warm: Arc<Mutex<Vec<String>>>,
+    /// The first container pod of the node starts making them: a node that runs only
+    /// Wasm pods has none.
+    warming: std::sync::atomic::AtomicBool,
 }
 
 /// What a sandbox is made from.
@@ -87,11 +90,8 @@ impl Sandboxes {
             }
         }
         forget_routes_except(range, &addresses);
-        let sandboxes = Sandboxes { dir, range, pods: Mutex::new(pods), warm: Arc::default() };
-        for _ in 0..WARM {
-            sandboxes.make_warm();
-        }
-        sandboxes
+        remove_orphaned_warm_netns();
+        Sandboxes { dir, range, pods: Mutex::new(pods), warm: Arc::default(), warming: Default::default() }
     }
 
     /// Makes one more network namespace ahead, on a thread of its own.
@@ -117,11 +117,14 @@ impl Sandboxes {
             return Ok(netns);
         }
         let taken = self.warm.lock().unwrap().pop();
+        let first = !self.warming.swap(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..if first { WARM } else { usize::from(taken.is_some()) } {
+            self.make_warm();
+        }
         let Some(warm) = taken else {
             bridged_netns(&self.dir, uid)?;
             return Ok(netns);
         };
-        self.make_warm();
         let from = Path::new(NETNS_DIR).join(netns_name(&warm));
         std::fs::File::create(&netns).map_err(|e| format!("creating {}: {e}", netns.display()))?;
         // A second mount of the namespace under the pod's name, then the first one goes
@@ -309,6 +312,19 @@ pub fn tear_down(dir: &Path, uid: &str) {
 /// ahead.
 pub fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect()
+}
+
+/// Deletes the network namespaces made ahead by agents that are gone without tearing
+/// them down (killed): their names carry the agent's pid. Deleting one deletes its veth.
+fn remove_orphaned_warm_netns() {
+    let prefix = netns_name(WARM_PREFIX);
+    for entry in std::fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|rest| rest.split('-').next()) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "delete", &name]);
+        }
+    }
 }
 
 /// Tears down the network namespaces made ahead under `dir` (as the agent stops: they
