@@ -220,6 +220,12 @@ def test_runtime_default_seccomp_refuses_new_namespaces(oci_cluster, busybox, ns
     assert oci_cluster.kubectl("logs", "-n", ns, "free").stdout == "exit=0\n"
 
 
+def test_killall_names_a_directory_that_is_no_nodes(tmp_path):
+    p = subprocess.run([skiff_binary(), "killall", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert f"{tmp_path} is not the data directory of a node that ran containers" in p.stderr, p.stderr
+
+
 def test_an_agent_restart_keeps_running_containers(oci_cluster, busybox, ns):
     """Containers outlive their agent: they serve and log while none runs, and the next
     agent adopts them as they are; one that ended meanwhile gets its real exit status.
