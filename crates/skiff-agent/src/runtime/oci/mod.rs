@@ -120,10 +120,9 @@ impl OciRuntime {
             let bundle = entry.path();
             // A run of another runtime (crun was replaced by runc) cannot be adopted.
             let adoptable = if previous.as_deref() == Some(self.binary) { Leftover::find(&bundle) } else { None };
-            let key = adoptable.as_ref().map(|run| (run.record.uid.clone(), run.record.container.clone()));
-            match (adoptable, key) {
-                (Some(run), Some(key)) if !leftovers.contains_key(&key) => {
-                    leftovers.insert(key, run);
+            match adoptable {
+                Some(run) if !leftovers.contains_key(&run.key()) => {
+                    leftovers.insert(run.key(), run);
                 }
                 _ => {
                     let id = entry.file_name().to_string_lossy().to_string();
@@ -343,6 +342,11 @@ impl Leftover {
             .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
             .map(Arc::new);
         (shim.is_some() || shim::exit_status(bundle).is_some()).then_some(Leftover { id, bundle: bundle.to_path_buf(), record, shim })
+    }
+
+    /// Its pod's uid and its container's name.
+    fn key(&self) -> (String, String) {
+        (self.record.uid.clone(), self.record.container.clone())
     }
 }
 
