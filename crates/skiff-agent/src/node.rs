@@ -86,7 +86,8 @@ impl Machine {
     /// the PID space in use.
     pub fn pressure(data_dir: &std::path::Path) -> Pressure {
         let memory = meminfo("MemAvailable:").is_some_and(|a| a < 100 << 20);
-        let disk = rustix::fs::statvfs(data_dir).is_ok_and(|s| s.f_blocks > 0 && s.f_bavail * 10 < s.f_blocks);
+        // Under a tenth of the disk left.
+        let disk = disk_used_percent(data_dir) > 90;
         let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u64::MAX);
         let processes = std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count() as u64).unwrap_or(0);
         Pressure { memory, disk, pid: processes * 10 > pid_max * 9 }

@@ -179,11 +179,7 @@ impl OciRuntime {
     /// Removes what a pod's containers left: runs a previous agent left and no worker
     /// adopted, its sandbox and its cgroups. Blocking.
     pub fn remove_pod(&self, uid: &str) {
-        let unadopted: Vec<Leftover> = {
-            let mut leftovers = self.leftovers.lock().unwrap();
-            let keys: Vec<_> = leftovers.keys().filter(|(u, _)| u == uid).cloned().collect();
-            keys.iter().filter_map(|k| leftovers.remove(k)).collect()
-        };
+        let unadopted: Vec<Leftover> = self.leftovers.lock().unwrap().extract_if(|(u, _), _| u == uid).map(|(_, l)| l).collect();
         for l in unadopted {
             remove_container(self.binary, &self.state, &l.id, &l.bundle, None);
         }

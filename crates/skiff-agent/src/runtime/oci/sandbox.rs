@@ -155,15 +155,16 @@ impl Sandboxes {
     fn create(&self, spec: &SandboxSpec) -> Result<Sandbox, String> {
         let dir = self.dir.join(spec.uid);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let (ipc, uts) = (dir.join("ipc"), dir.join("uts"));
-        for file in [&ipc, &uts] {
+        let sandbox = Sandbox::at(&self.dir, spec.uid);
+        let (ipc, uts) = (&sandbox.ipc, &sandbox.uts);
+        for file in [ipc, uts] {
             std::fs::File::create(file).map_err(|e| format!("creating {}: {e}", file.display()))?;
         }
         let hostname = spec.hostname.chars().take(64).collect::<String>();
         let gateway = self.range.nth(1).to_string();
         let address = format!("{}/{}", spec.ip, self.range.prefix);
         // Each step is a process of its own (a few ms each): the independent ones run at once.
-        let netns = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             // unshare keeps each new namespace by bind-mounting it on its file; the pod's
             // hostname is set inside the UTS one as it is made.
             let ipc_uts = s.spawn(|| {
@@ -179,21 +180,12 @@ impl Sandboxes {
                 map_host_ports(&dir, spec, &netns, attached)?;
             }
             route.join().map_err(|_| "the route step panicked".to_string())??;
-            ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())??;
-            Ok::<_, String>(netns)
+            ipc_uts.join().map_err(|_| "the namespace step panicked".to_string())?
         })?;
-        let etc = |file: &str, text: String| {
-            let path = dir.join(file);
-            std::fs::write(&path, text).map(|_| path).map_err(|e| format!("writing {file}: {e}"))
-        };
-        Ok(Sandbox {
-            netns,
-            ipc,
-            uts,
-            etc_hosts: etc("hosts", hosts_file(spec))?,
-            etc_hostname: etc("hostname", format!("{hostname}\n"))?,
-            resolv_conf: etc("resolv.conf", resolv_conf(spec))?,
-        })
+        for (path, text) in [(&sandbox.etc_hosts, hosts_file(spec)), (&sandbox.etc_hostname, format!("{hostname}\n")), (&sandbox.resolv_conf, resolv_conf(spec))] {
+            std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(sandbox)
     }
 
     /// Removes the pod's sandbox: its veth and address (CNI DEL), its route, its
@@ -205,17 +197,22 @@ impl Sandboxes {
 }
 
 impl Sandbox {
-    /// The sandbox a previous agent made for pod `uid` under `dir`, if it is whole.
-    fn existing(dir: &Path, uid: &str) -> Option<Sandbox> {
+    /// Where the sandbox of pod `uid` under `dir` keeps its namespaces and files.
+    fn at(dir: &Path, uid: &str) -> Sandbox {
         let dir = dir.join(uid);
-        let sandbox = Sandbox {
+        Sandbox {
             netns: Path::new(NETNS_DIR).join(netns_name(uid)),
             ipc: dir.join("ipc"),
             uts: dir.join("uts"),
             etc_hosts: dir.join("hosts"),
             etc_hostname: dir.join("hostname"),
             resolv_conf: dir.join("resolv.conf"),
-        };
+        }
+    }
+
+    /// The sandbox a previous agent made for pod `uid` under `dir`, if it is whole.
+    fn existing(dir: &Path, uid: &str) -> Option<Sandbox> {
+        let sandbox = Sandbox::at(dir, uid);
         [&sandbox.netns, &sandbox.ipc, &sandbox.uts, &sandbox.etc_hosts, &sandbox.etc_hostname, &sandbox.resolv_conf].iter().all(|p| p.exists()).then_some(sandbox)
     }
 }
@@ -287,8 +284,7 @@ fn netns_name(uid: &str) -> String {
 /// Removes a pod's sandbox (kept under `dir`): its veth and address (CNI DEL), its
 /// route, its namespaces and files. Safe to call for a pod that has none.
 pub fn tear_down(dir: &Path, uid: &str) {
-    let name = netns_name(uid);
-    let netns = Path::new(NETNS_DIR).join(&name);
+    let Sandbox { netns, ipc, uts, .. } = Sandbox::at(dir, uid);
     let address = ip_of(uid);
     if let Ok(portmap) = std::fs::read(dir.join(uid).join("portmap.json")) {
         let config: serde_json::Value = serde_json::from_slice(&portmap).unwrap_or_default();
@@ -296,16 +292,15 @@ pub fn tear_down(dir: &Path, uid: &str) {
     }
     if netns.exists() {
         let _ = cni("DEL", "bridge", &bridge_config(), uid, &netns, "eth0");
-        let _ = ip(&["netns", "delete", &name]);
+        let _ = ip(&["netns", "delete", &netns_name(uid)]);
     }
     if let Some(address) = address {
         let _ = ip(&["route", "del", &format!("{address}/32"), "dev", BRIDGE, "table", "local"]);
     }
-    let dir = dir.join(uid);
-    for ns in ["ipc", "uts"] {
-        let _ = rustix::mount::unmount(dir.join(ns), rustix::mount::UnmountFlags::DETACH);
+    for ns in [ipc, uts] {
+        let _ = rustix::mount::unmount(&ns, rustix::mount::UnmountFlags::DETACH);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir.join(uid));
 }
 
 /// The sandboxes on the node left by an agent that stopped: pods' (by uid) and those made
