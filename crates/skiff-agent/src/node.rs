@@ -94,6 +94,26 @@ impl Machine {
     }
 }
 
+/// The machine's CPU time spent busy (every state but idle and iowait) since boot, in
+/// nanoseconds, from the first line of `/proc/stat`: what kubelet reports as the node's
+/// `usageCoreNanoSeconds`, so a rate over two readings is the node's CPU use.
+pub fn cpu_busy_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    busy_nanos(stat.lines().next()?, rustix::param::clock_ticks_per_second())
+}
+
+fn busy_nanos(cpu_line: &str, ticks_per_second: u64) -> Option<u64> {
+    let fields: Vec<u64> = cpu_line.strip_prefix("cpu ")?.split_whitespace().map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    Some(busy * 1_000_000_000 / ticks_per_second.max(1))
+}
+
+/// The machine's memory in use (total less available), as kubelet's node working set.
+pub fn memory_in_use() -> Option<u64> {
+    Some(meminfo("MemTotal:")?.saturating_sub(meminfo("MemAvailable:")?))
+}
+
 fn meminfo(key: &str) -> Option<u64> {
     proc_bytes("/proc/meminfo", key)
 }
@@ -230,5 +250,17 @@ pub async fn renew_lease(client: &Client, node: &Node) -> Result<(), kube::Error
             api.create(&PostParams::default(), &lease).await.map(|_| ())
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn busy_cpu_time_leaves_out_idle_and_iowait() {
+        // user 100, nice 10, system 50, idle 1000, iowait 40, irq 5, softirq 5, steal 0, guest 7.
+        let line = "cpu  100 10 50 1000 40 5 5 0 7 0";
+        assert_eq!(super::busy_nanos(line, 100), Some(170 * 10_000_000));
+        assert_eq!(super::busy_nanos("intr 1 2", 100), None);
+        assert!(super::cpu_busy_nanos().is_some_and(|n| n > 0));
     }
 }

@@ -212,9 +212,14 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
                    "cpu": {"time": now, "usageCoreNanoSeconds": cpu}, "memory": {"time": now, "workingSetBytes": memory}})
         })
         .collect();
+    // The node is the machine, as kubelet reports it; the agent's own process is a system
+    // container of it.
     let rss = crate::node::proc_bytes("/proc/self/status", "VmRSS:").unwrap_or(0);
     let body = json!({
-        "node": {"nodeName": agent.config.node_name, "memory": {"time": now, "workingSetBytes": rss},
+        "node": {"nodeName": agent.config.node_name,
+                 "cpu": {"time": now, "usageCoreNanoSeconds": crate::node::cpu_busy_nanos().unwrap_or(0)},
+                 "memory": {"time": now, "workingSetBytes": crate::node::memory_in_use().unwrap_or(0)},
+                 "systemContainers": [{"name": "skiff-agent", "memory": {"time": now, "workingSetBytes": rss}}],
                  "runtime": {"compiledPrograms": agent.runtimes.wasm.compiled_count()}},
         "pods": pods,
     });

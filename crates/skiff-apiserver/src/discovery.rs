@@ -5,6 +5,33 @@ use skiff_core::resources::{self, RESOURCES, ResourceType};
 
 const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
+/// A group/version the API server answers itself rather than from the store, as an
+/// aggregated API server would in Kubernetes (metrics-server's `metrics.k8s.io`): read
+/// only, listed in discovery beside the stored groups.
+pub struct ServedApi {
+    pub group: &'static str,
+    pub version: &'static str,
+    /// (plural, kind, namespaced).
+    pub resources: &'static [(&'static str, &'static str, bool)],
+}
+
+pub const SERVED_APIS: &[ServedApi] = &[ServedApi {
+    group: crate::metrics_api::GROUP,
+    version: crate::metrics_api::VERSION,
+    resources: crate::metrics_api::RESOURCES,
+}];
+
+const READ_VERBS: [&str; 2] = ["get", "list"];
+
+fn served(group: &str) -> Option<&'static ServedApi> {
+    SERVED_APIS.iter().find(|a| a.group == group)
+}
+
+fn served_group(a: &ServedApi) -> Value {
+    let gv = format!("{}/{}", a.group, a.version);
+    json!({"name": a.group, "versions": [{"groupVersion": gv, "version": a.version}], "preferredVersion": {"groupVersion": gv, "version": a.version}})
+}
+
 pub fn core_versions() -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
 }
@@ -26,12 +53,19 @@ pub fn group_list() -> Value {
             names.push(r.group);
         }
     }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": names.into_iter().map(group).collect::<Vec<_>>()})
+    let mut groups: Vec<Value> = names.into_iter().map(group).collect();
+    groups.extend(SERVED_APIS.iter().map(served_group));
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group(name: &str) -> Option<Value> {
-    resources::preferred_version(name)?;
-    let mut g = group(name);
+    let mut g = match served(name) {
+        Some(a) => served_group(a),
+        None => {
+            resources::preferred_version(name)?;
+            group(name)
+        }
+    };
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Some(g)
@@ -69,6 +103,12 @@ fn entries(r: &ResourceType) -> Vec<Value> {
 
 /// The APIResourceList of one group/version, if served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if let Some(a) = served(group).filter(|a| a.version == version) {
+        let resources: Vec<Value> = a.resources.iter()
+            .map(|(plural, kind, namespaced)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": READ_VERBS}))
+            .collect();
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources}));
+    }
     let served: Vec<&ResourceType> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
     if served.is_empty() {
         return None;
@@ -151,6 +191,15 @@ pub fn aggregated(core: bool, version: &str) -> Value {
         }).collect();
         json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
     }).collect();
+    let mut items = items;
+    if !core {
+        items.extend(SERVED_APIS.iter().map(|a| {
+            let resources: Vec<Value> = a.resources.iter().map(|(plural, kind, namespaced)| json!({"resource": plural,
+                "responseKind": {"group": a.group, "version": a.version, "kind": kind},
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" }, "singularResource": "", "verbs": READ_VERBS})).collect();
+            json!({"metadata": {"name": a.group, "creationTimestamp": null}, "versions": [{"version": a.version, "resources": resources, "freshness": "Current"}]})
+        }));
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
 }
 
@@ -179,6 +228,9 @@ mod tests {
         assert!(pods["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "log"));
         let count: usize = [&core, &apis].iter().flat_map(|d| d["items"].as_array().unwrap()).flat_map(|g| g["versions"].as_array().unwrap())
             .map(|v| v["resources"].as_array().unwrap().len()).sum();
-        assert_eq!(count, RESOURCES.len());
+        let served: usize = SERVED_APIS.iter().map(|a| a.resources.len()).sum();
+        assert_eq!(count, RESOURCES.len() + served);
+        let metrics = apis["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "metrics.k8s.io").unwrap();
+        assert_eq!(metrics["versions"][0]["resources"][1]["responseKind"]["kind"], "PodMetrics");
     }
 }

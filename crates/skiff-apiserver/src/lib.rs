@@ -10,6 +10,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_manager;
+pub mod metrics_api;
 pub mod namespace_lifecycle;
 pub mod objects;
 pub mod openapi;
@@ -78,11 +79,13 @@ pub struct ApiServer {
     /// Service creates and updates allocate addresses one at a time.
     service_lock: tokio::sync::Mutex<()>,
     pub namespaces: namespace_lifecycle::NamespaceLifecycle,
+    /// Node and pod usage for `metrics.k8s.io`, kept by [`metrics_api::collect`].
+    pub metrics: metrics_api::ResourceMetrics,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default() })
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), metrics: Default::default() })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
@@ -148,7 +151,7 @@ fn ignore_exists(r: Result<objects::Written, ApiError>) -> Result<(), ApiError> 
     }
 }
 
-fn json_body(value: &Value) -> Response {
+pub(crate) fn json_body(value: &Value) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(value).unwrap_or_default()).into_response()
 }
 
@@ -264,6 +267,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3", get(|| async { json_bytes(openapi::v3_index()) }))
         .route("/openapi/v3/{*gv}", get(openapi_v3_doc))
         .route("/api/v1/{*rest}", axum::routing::any(rest::handle))
+        .route("/apis/metrics.k8s.io/v1beta1/{*rest}", axum::routing::any(metrics_api::handle))
         .route("/apis/{group}/{version}/{*rest}", axum::routing::any(rest::handle))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))

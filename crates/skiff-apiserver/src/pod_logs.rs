@@ -19,7 +19,7 @@ use crate::request::Target;
 const PARAMS: &[&str] = &["container", "follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes", "pretty", "insecureSkipTLSVerifyBackend"];
 const INTEGERS: &[&str] = &["tailLines", "sinceSeconds", "limitBytes"];
 
-fn agent_client() -> &'static reqwest::Client {
+pub(crate) fn agent_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -80,13 +80,15 @@ pub async fn agent_url(server: &ApiServer, pod: &Value, name: &str) -> ApiResult
         .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
     let nodes = skiff_core::resources::find("", "v1", "nodes").expect("nodes are served");
     let node = server.store.get(&nodes.key(None, node_name)).await.map_err(|e| ApiError::from_store(e, "nodes", node_name))?;
+    node_agent_url(&node).ok_or_else(|| ApiError::bad_request(format!("node {node_name} cannot be reached (no InternalIP address or agent port in its status)")))
+}
+
+/// `https://ADDRESS:PORT` of a node's agent, if its status says where it is.
+pub fn node_agent_url(node: &Value) -> Option<String> {
     let address = node.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
         .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
-        .and_then(|a| a.get("address").and_then(Value::as_str));
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64);
-    let (Some(address), Some(port)) = (address, port) else {
-        return Err(ApiError::bad_request(format!("node {node_name} cannot be reached (no InternalIP address or agent port in its status)")));
-    };
+        .and_then(|a| a.get("address").and_then(Value::as_str))?;
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).filter(|p| *p > 0)?;
     let host = if address.contains(':') { format!("[{address}]") } else { address.to_string() };
-    Ok(format!("https://{host}:{port}"))
+    Some(format!("https://{host}:{port}"))
 }

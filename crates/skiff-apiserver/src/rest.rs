@@ -150,7 +150,7 @@ fn is_apply(headers: &HeaderMap) -> bool {
 
 const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
-fn list_options(params: &Params) -> ApiResult<ListOptions> {
+pub(crate) fn list_options(params: &Params) -> ApiResult<ListOptions> {
     let labels = LabelSelector::parse(params.get("labelSelector").map(String::as_str).unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fields = FieldSelector::parse(params.get("fieldSelector").map(String::as_str).unwrap_or_default())

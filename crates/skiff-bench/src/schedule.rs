@@ -49,10 +49,12 @@ fn pod_spec() -> serde_json::Value {
     json!({"containers": [{"name": "c", "image": "bench:1", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]})
 }
 
-/// Waits until `count` pods are bound; returns when each one was first seen bound.
-async fn watch_bound(client: kube::Client, count: usize) -> HashMap<String, Instant> {
+/// Waits until `count` pods (matching `labels`, if given) are bound; returns when each one
+/// was first seen bound.
+async fn watch_bound(client: kube::Client, count: usize, labels: Option<&str>) -> HashMap<String, Instant> {
     let api: Api<Pod> = Api::namespaced(client, "default");
-    let mut events = watcher(api, watcher::Config::default()).touched_objects().boxed();
+    let config = labels.map_or_else(watcher::Config::default, |l| watcher::Config::default().labels(l));
+    let mut events = watcher(api, config).touched_objects().boxed();
     let mut bound = HashMap::new();
     while bound.len() < count {
         match events.next().await {
@@ -85,7 +87,7 @@ async fn throughput(nodes: usize, pods: usize) -> anyhow::Result<(f64, Duration)
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    let watching = tokio::spawn(watch_bound(c.client.clone(), pods));
+    let watching = tokio::spawn(watch_bound(c.client.clone(), pods, None));
     let start = Instant::now();
     let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone()));
     let bound = watching.await?;
@@ -95,17 +97,25 @@ async fn throughput(nodes: usize, pods: usize) -> anyhow::Result<(f64, Duration)
     Ok((pods as f64 / elapsed.as_secs_f64(), elapsed))
 }
 
+fn replica_set(name: &str, replicas: usize) -> anyhow::Result<ReplicaSet> {
+    Ok(serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+        "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": pod_spec()}}}))?)
+}
+
 async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     let c = cluster(nodes).await?;
     let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone()));
     let controllers = tokio::spawn(skiff_controllers::run(c.client.clone(), skiff_controllers::Options::default()));
-    // Let informers list before the clock starts.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let watching = tokio::spawn(watch_bound(c.client.clone(), replicas));
-    let rs: ReplicaSet = serde_json::from_value(json!({"metadata": {"name": "scale"}, "spec": {"replicas": replicas,
-        "selector": {"matchLabels": {"app": "scale"}}, "template": {"metadata": {"labels": {"app": "scale"}}, "spec": pod_spec()}}}))?;
+    let api = Api::<ReplicaSet>::namespaced(c.client.clone(), "default");
+    // The clock starts once a ReplicaSet of one has its pod bound: the controllers and
+    // the scheduler have listed everything and are at work (a fixed pause would measure
+    // their start-up on a slow machine, or waste time on a fast one).
+    let warm = tokio::spawn(watch_bound(c.client.clone(), 1, Some("app=warm-up")));
+    api.create(&PostParams::default(), &replica_set("warm-up", 1)?).await?;
+    warm.await?;
+    let watching = tokio::spawn(watch_bound(c.client.clone(), replicas, Some("app=scale")));
     let start = Instant::now();
-    Api::<ReplicaSet>::namespaced(c.client.clone(), "default").create(&PostParams::default(), &rs).await?;
+    api.create(&PostParams::default(), &replica_set("scale", replicas)?).await?;
     let bound = watching.await?;
     scheduler.abort();
     controllers.abort();

@@ -141,7 +141,7 @@ enum RolloutWhat {
 }
 
 /// `90`, `90s`, `5m` or `1h`, as kubectl's `--timeout` takes them.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = text.find(|c: char| !c.is_ascii_digit()).map(|i| text.split_at(i)).unwrap_or((text, "s"));
     let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like 90s or 5m"))?;
     let seconds = match unit {

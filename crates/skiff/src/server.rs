@@ -25,6 +25,10 @@ pub struct ServerArgs {
     /// How many recent changes watches can resume from.
     #[arg(long, default_value_t = 100_000)]
     watch_history: u64,
+    /// How often node and pod usage is read from the agents for `kubectl top` and the
+    /// autoscaler (metrics-server's --metric-resolution): `15s`, down to `1s`.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    metric_resolution: std::time::Duration,
     #[command(flatten)]
     controllers: ControllerArgs,
     /// The node `skiff up` runs (ignored by `skiff server`).
@@ -85,7 +89,9 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let mut config = Config::new(token.clone());
     config.service_cidr = args.service_cidr;
     config.max_body_bytes = args.max_request_bytes;
+    anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
+    tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // Pods reach the API through the `kubernetes` Service; a wildcard listener is

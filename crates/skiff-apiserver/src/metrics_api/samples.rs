@@ -1,0 +1,138 @@
+//! The usage the collector last read from every node's agent, as metrics-server keeps
+//! it: CPU as a rate over the last two readings of each cumulative counter (so a node or
+//! pod appears once it has been read twice), memory as last read.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One cumulative CPU counter reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    at: jiff::Timestamp,
+    cpu_nanos: u64,
+}
+
+/// What one node, pod or container used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    last: Reading,
+    /// CPU in nanocores over `window`, once there were two readings.
+    pub nanocores: Option<u64>,
+    pub window: Duration,
+    pub memory_bytes: u64,
+}
+
+impl Usage {
+    /// The usage after a new reading, given the one before (if any).
+    fn next(previous: Option<&Usage>, at: jiff::Timestamp, cpu_nanos: u64, memory_bytes: u64) -> Usage {
+        let last = Reading { at, cpu_nanos };
+        let rate = previous.and_then(|p| {
+            let elapsed = at.duration_since(p.last.at).unsigned_abs();
+            // A counter that went back belongs to a new process: no rate from it.
+            let spent = cpu_nanos.checked_sub(p.last.cpu_nanos)?;
+            (!elapsed.is_zero()).then(|| ((spent as f64 / elapsed.as_secs_f64()) as u64, elapsed))
+        });
+        Usage { last, nanocores: rate.map(|(r, _)| r), window: rate.map_or(Duration::ZERO, |(_, w)| w), memory_bytes }
+    }
+
+    pub fn timestamp(&self) -> jiff::Timestamp {
+        self.last.at
+    }
+}
+
+/// One pod's containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodUsage {
+    pub containers: Vec<(String, Usage)>,
+}
+
+impl PodUsage {
+    /// Usage is reported once every container has a CPU rate.
+    pub fn complete(&self) -> bool {
+        !self.containers.is_empty() && self.containers.iter().all(|(_, u)| u.nanocores.is_some())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Samples {
+    pub nodes: HashMap<String, Usage>,
+    /// By (namespace, name).
+    pub pods: HashMap<(String, String), PodUsage>,
+    /// Which pods each node listed last, so its next summary replaces them.
+    listed: HashMap<String, Vec<(String, String)>>,
+}
+
+impl Samples {
+    /// Takes one node's `/stats/summary`: its pods replace those it listed before.
+    pub fn take_summary(&mut self, node: &str, summary: &Value, at: jiff::Timestamp) {
+        let number = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let n = &summary["node"];
+        let usage = Usage::next(self.nodes.get(node), at, number(n, "/cpu/usageCoreNanoSeconds"), number(n, "/memory/workingSetBytes"));
+        self.nodes.insert(node.to_string(), usage);
+        let mut before: HashMap<(String, String), PodUsage> =
+            self.listed.remove(node).unwrap_or_default().into_iter().filter_map(|k| self.pods.remove(&k).map(|u| (k, u))).collect();
+        let mut listed = Vec::new();
+        for p in summary["pods"].as_array().into_iter().flatten() {
+            let (Some(ns), Some(name)) = (p.pointer("/podRef/namespace").and_then(Value::as_str), p.pointer("/podRef/name").and_then(Value::as_str)) else { continue };
+            let key = (ns.to_string(), name.to_string());
+            let previous = before.remove(&key);
+            let containers = p["containers"].as_array().into_iter().flatten().filter_map(|c| {
+                let cname = c["name"].as_str()?;
+                let last = previous.as_ref().and_then(|b| b.containers.iter().find(|(n, _)| n == cname)).map(|(_, u)| u);
+                Some((cname.to_string(), Usage::next(last, at, number(c, "/cpu/usageCoreNanoSeconds"), number(c, "/memory/workingSetBytes"))))
+            }).collect();
+            self.pods.insert(key.clone(), PodUsage { containers });
+            listed.push(key);
+        }
+        self.listed.insert(node.to_string(), listed);
+    }
+
+    /// Drops what was read from a node that could not be read now, or is gone.
+    pub fn forget_node(&mut self, node: &str) {
+        self.nodes.remove(node);
+        for key in self.listed.remove(node).unwrap_or_default() {
+            self.pods.remove(&key);
+        }
+    }
+
+    /// The nodes read before, for the collector to forget those no longer listed.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn summary(node_cpu: u64, pod_cpu: u64) -> Value {
+        json!({"node": {"cpu": {"usageCoreNanoSeconds": node_cpu}, "memory": {"workingSetBytes": 1000}},
+               "pods": [{"podRef": {"namespace": "d", "name": "p"}, "containers": [{"name": "c", "cpu": {"usageCoreNanoSeconds": pod_cpu}, "memory": {"workingSetBytes": 10}}]}]})
+    }
+
+    #[test]
+    fn cpu_is_a_rate_over_two_readings() {
+        let mut s = Samples::default();
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        s.take_summary("n", &summary(1_000_000_000, 0), t0);
+        assert_eq!(s.nodes["n"].nanocores, None);
+        assert!(!s.pods[&("d".into(), "p".into())].complete());
+        s.take_summary("n", &summary(3_000_000_000, 500_000_000), t0 + jiff::SignedDuration::from_secs(2));
+        assert_eq!(s.nodes["n"].nanocores, Some(1_000_000_000), "one core busy");
+        assert_eq!(s.nodes["n"].window, Duration::from_secs(2));
+        let pod = &s.pods[&("d".into(), "p".into())];
+        assert!(pod.complete());
+        assert_eq!(pod.containers[0].1.nanocores, Some(250_000_000));
+        // A restarted container's counter starts over: no rate until read twice again.
+        s.take_summary("n", &summary(4_000_000_000, 1_000), t0 + jiff::SignedDuration::from_secs(3));
+        assert!(!s.pods[&("d".into(), "p".into())].complete());
+        // A pod the node stops listing is gone; so is all of a node forgotten.
+        s.take_summary("n", &json!({"node": {}, "pods": []}), t0 + jiff::SignedDuration::from_secs(4));
+        assert!(s.pods.is_empty());
+        s.forget_node("n");
+        assert!(s.nodes.is_empty());
+    }
+}
