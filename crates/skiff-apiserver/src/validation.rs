@@ -25,6 +25,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
             job(object.pointer("/spec/jobTemplate/spec"), "spec.jobTemplate.spec", &mut errs);
         }
         "Service" => service(spec, &mut errs),
+        "HorizontalPodAutoscaler" => autoscaler(spec, &mut errs),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in object.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
@@ -203,6 +204,30 @@ fn job(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// Kubernetes' HPA rules; `minReplicas: 0` (scale to zero) needs a metric that can see
+/// demand while no pod runs: Object or External, or Pods (the node proxies count a
+/// function's requests even at zero).
+fn autoscaler(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return errs.push(FieldError::required("spec")) };
+    for field in ["kind", "name"] {
+        if spec.pointer(&format!("/scaleTargetRef/{field}")).and_then(Value::as_str).is_none_or(str::is_empty) {
+            errs.push(FieldError::required(&format!("spec.scaleTargetRef.{field}")));
+        }
+    }
+    let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(0);
+    let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
+    if max < 1 {
+        errs.push(FieldError::invalid("spec.maxReplicas", &max.to_string(), "must be greater than or equal to 1"));
+    }
+    let sees_demand_at_zero = spec.get("metrics").and_then(Value::as_array).into_iter().flatten()
+        .any(|m| matches!(m.get("type").and_then(Value::as_str), Some("Object" | "External" | "Pods")));
+    if min < 0 || (min == 0 && !sees_demand_at_zero) {
+        errs.push(FieldError::invalid("spec.minReplicas", &min.to_string(), "must be greater than or equal to 1 (0 needs an Object, External or Pods metric to scale from zero on)"));
+    } else if min > max && max >= 1 {
+        errs.push(FieldError::invalid("spec.minReplicas", &min.to_string(), "must be less than or equal to maxReplicas"));
+    }
+}
+
 fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required("spec"));
@@ -278,5 +303,17 @@ mod tests {
         let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
             "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         assert_eq!(fields("Deployment", d), ["spec.template.metadata.labels"]);
+    }
+
+    #[test]
+    fn autoscaler_bounds() {
+        let hpa = |spec: Value| json!({"metadata": {"name": "h"}, "spec": spec});
+        let target = json!({"kind": "Deployment", "name": "d"});
+        assert!(fields("HorizontalPodAutoscaler", hpa(json!({"scaleTargetRef": target, "minReplicas": 1, "maxReplicas": 3}))).is_empty());
+        assert_eq!(fields("HorizontalPodAutoscaler", hpa(json!({"scaleTargetRef": target, "minReplicas": 5, "maxReplicas": 3}))), ["spec.minReplicas"]);
+        assert_eq!(fields("HorizontalPodAutoscaler", hpa(json!({"scaleTargetRef": {}, "maxReplicas": 0}))), ["spec.scaleTargetRef.kind", "spec.scaleTargetRef.name", "spec.maxReplicas"]);
+        assert_eq!(fields("HorizontalPodAutoscaler", hpa(json!({"scaleTargetRef": target, "minReplicas": 0, "maxReplicas": 3}))), ["spec.minReplicas"]);
+        let pods_metric = json!([{"type": "Pods", "pods": {"metric": {"name": "requests_per_second"}, "target": {"type": "AverageValue", "averageValue": "10"}}}]);
+        assert!(fields("HorizontalPodAutoscaler", hpa(json!({"scaleTargetRef": target, "minReplicas": 0, "maxReplicas": 3, "metrics": pods_metric}))).is_empty());
     }
 }

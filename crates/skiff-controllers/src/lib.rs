@@ -11,6 +11,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage_collector;
+pub mod hpa;
 pub mod job;
 pub mod load_balancer;
 pub mod namespace;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -141,6 +143,7 @@ pub async fn run(client: Client, options: Options) {
     let slices = informer::<EndpointSlice>(&client);
     let ingresses = informer::<Ingress>(&client);
     let ingress_classes = informer::<IngressClass>(&client);
+    let autoscalers = informer::<HorizontalPodAutoscaler>(&client);
 
     let rs = Controller::for_shared_stream(replica_sets.subscribe(), replica_sets.store())
         .owns_shared_stream(pods.changes())
@@ -257,6 +260,19 @@ pub async fn run(client: Client, options: Options) {
         .reconcile_all_on(futures::stream::select(address_changes(nodes.subscribe(), nodes.store()), ingress_classes.subscribe().map(|_| ())))
         .run(load_balancer::reconcile_ingress, retry, lb_ctx)
         .for_each(|_| async {});
+    let hpa = Controller::for_shared_stream(autoscalers.subscribe(), autoscalers.store())
+        .run(
+            hpa::reconcile,
+            retry,
+            Arc::new(hpa::Ctx {
+                client: client.clone(),
+                pods: pods.store(),
+                replica_sets: replica_sets.store(),
+                recorder: Recorder::new(client.clone(), "horizontal-pod-autoscaler"),
+                state: Default::default(),
+            }),
+        )
+        .for_each(|_| async {});
     let lifecycle = node_lifecycle::run(client.clone(), nodes.store(), pods.store(), options.node_monitor_grace_period);
     let gc = garbage_collector::run(client.clone());
 
@@ -276,6 +292,7 @@ pub async fn run(client: Client, options: Options) {
         slices.run(),
         ingresses.run(),
         ingress_classes.run(),
+        autoscalers.run(),
         rs,
         deploy,
         sts,
@@ -288,6 +305,7 @@ pub async fn run(client: Client, options: Options) {
         ep,
         lb,
         ing,
+        hpa,
         lifecycle,
         gc,
     );
