@@ -132,10 +132,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def one_node_cluster(node_name):
+def one_node_cluster(node_name, extra_args=()):
     """A whole `skiff up` (control plane and one agent) on a fresh data dir."""
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--agent-port", "0", "--node-name", node_name, "--node-ip", "127.0.0.1"], command="up").start()
+        c = Cluster(d, ["--agent-port", "0", "--node-name", node_name, "--node-ip", "127.0.0.1", *extra_args], command="up").start()
         wait_for(lambda: c.kubectl("get", "node", node_name, check=False).returncode == 0, 30, "the node to register")
         try:
             yield c

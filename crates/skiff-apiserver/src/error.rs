@@ -177,6 +177,11 @@ impl FieldError {
         Self { field: field.into(), reason: "FieldValueInvalid", message: format!("Invalid value: {value:?}: {}", why.into()) }
     }
 
+    /// An invalid number, unquoted as Kubernetes prints integers.
+    pub fn invalid_number(field: &str, value: i64, why: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: "FieldValueInvalid", message: format!("Invalid value: {value}: {}", why.into()) }
+    }
+
     pub fn forbidden(field: &str, why: impl Into<String>) -> Self {
         Self { field: field.into(), reason: "FieldValueForbidden", message: format!("Forbidden: {}", why.into()) }
     }

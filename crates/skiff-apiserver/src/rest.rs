@@ -463,7 +463,7 @@ async fn update_scale(server: &ApiServer, target: &Target, kind: Option<PatchTyp
         let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
         if replicas < 0 {
             let name = target.name.clone().unwrap_or_default();
-            return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![crate::error::FieldError::invalid("spec.replicas", &replicas.to_string(), "must be greater than or equal to 0")]));
+            return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![crate::error::FieldError::invalid_number("spec.replicas", replicas, "must be greater than or equal to 0")]));
         }
         let mut new = convert::from_storage(r, old.clone());
         new["spec"]["replicas"] = json!(replicas);

@@ -62,6 +62,33 @@ fn i(o: &Value, pointer: &str) -> i64 {
     o.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
 }
 
+/// One metric as kubectl's HPA printer shows it: `cpu: 40%/50%`, `250m/500m`,
+/// `12/10 (avg)`; `<unknown>` for a current value not read yet.
+fn hpa_target(spec: &Value, status: Option<&Value>) -> String {
+    let kind = s(spec, "/type");
+    let key = match kind {
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        "Pods" => "pods",
+        "Object" => "object",
+        _ => "external",
+    };
+    let target = &spec[key]["target"];
+    let current = status.filter(|c| s(c, "/type") == kind).map(|c| &c[key]["current"]);
+    let shown = |field: &str, suffix: &str| {
+        let want = target.get(field).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from));
+        let have = current.and_then(|c| c.get(field)).map(|v| v.as_str().map_or_else(|| v.to_string(), String::from)).unwrap_or_else(|| "<unknown>".into());
+        want.map(|w| format!("{have}{}/{w}{suffix}", if have == "<unknown>" { "" } else { suffix }))
+    };
+    let value = shown("averageUtilization", "%").or_else(|| shown("averageValue", "")).or_else(|| shown("value", "")).unwrap_or_else(|| "<unknown>".into());
+    let averaged = matches!(kind, "Object" | "External") && target.get("averageValue").is_some();
+    match kind {
+        "Resource" | "ContainerResource" => format!("{}: {value}", s(&spec[key], "/name")),
+        _ if averaged => format!("{value} (avg)"),
+        _ => value,
+    }
+}
+
 fn or_none(v: String) -> String {
     if v.is_empty() { "<none>".into() } else { v }
 }
@@ -267,18 +294,7 @@ fn cells(kind: &str, o: &Value, now: i64) -> Vec<Value> {
         "ServiceAccount" => vec![name, json!(list(o, "/secrets").count()), created],
         "HorizontalPodAutoscaler" => {
             let reference = format!("{}/{}", s(o, "/spec/scaleTargetRef/kind"), s(o, "/spec/scaleTargetRef/name"));
-            let targets: Vec<String> = list(o, "/spec/metrics")
-                .filter(|m| s(m, "/type") == "Resource")
-                .map(|m| {
-                    let want = i(m, "/resource/target/averageUtilization");
-                    let res = s(m, "/resource/name");
-                    let current = list(o, "/status/currentMetrics")
-                        .find(|c| s(c, "/resource/name") == res)
-                        .and_then(|c| c.pointer("/resource/current/averageUtilization").and_then(Value::as_i64))
-                        .map(|v| format!("{v}%")).unwrap_or_else(|| "<unknown>".into());
-                    format!("{res}: {current}/{want}%")
-                })
-                .collect();
+            let targets: Vec<String> = list(o, "/spec/metrics").enumerate().map(|(n, m)| hpa_target(m, list(o, "/status/currentMetrics").nth(n))).collect();
             vec![name, json!(reference), json!(or_none(targets.join(", "))), json!(i(o, "/spec/minReplicas").to_string()),
                 json!(i(o, "/spec/maxReplicas")), json!(i(o, "/status/currentReplicas")), created]
         }
@@ -347,6 +363,17 @@ pub fn table(kind: &str, items: &[Value], list_meta: Value, include: IncludeObje
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn autoscaler_targets_read_like_kubectl() {
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}});
+        let rps = json!({"type": "Pods", "pods": {"metric": {"name": "requests_per_second"}, "target": {"type": "AverageValue", "averageValue": "10"}}});
+        let obj = json!({"type": "Object", "object": {"metric": {"name": "requests_per_second"}, "target": {"type": "AverageValue", "averageValue": "5"}}});
+        assert_eq!(hpa_target(&cpu, Some(&json!({"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 40}}}))), "cpu: 40%/50%");
+        assert_eq!(hpa_target(&cpu, Some(&json!({"type": ""}))), "cpu: <unknown>/50%");
+        assert_eq!(hpa_target(&rps, Some(&json!({"type": "Pods", "pods": {"current": {"averageValue": "12"}}}))), "12/10");
+        assert_eq!(hpa_target(&obj, None), "<unknown>/5 (avg)");
+    }
 
     #[test]
     fn durations_read_like_kubectl() {

@@ -217,14 +217,14 @@ fn autoscaler(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let max = spec.get("maxReplicas").and_then(Value::as_i64).unwrap_or(0);
     let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
     if max < 1 {
-        errs.push(FieldError::invalid("spec.maxReplicas", &max.to_string(), "must be greater than or equal to 1"));
+        errs.push(FieldError::invalid_number("spec.maxReplicas", max, "must be greater than or equal to 1"));
     }
     let sees_demand_at_zero = spec.get("metrics").and_then(Value::as_array).into_iter().flatten()
         .any(|m| matches!(m.get("type").and_then(Value::as_str), Some("Object" | "External" | "Pods")));
     if min < 0 || (min == 0 && !sees_demand_at_zero) {
-        errs.push(FieldError::invalid("spec.minReplicas", &min.to_string(), "must be greater than or equal to 1 (0 needs an Object, External or Pods metric to scale from zero on)"));
+        errs.push(FieldError::invalid_number("spec.minReplicas", min, "must be greater than or equal to 1 (0 needs an Object, External or Pods metric to scale from zero on)"));
     } else if min > max && max >= 1 {
-        errs.push(FieldError::invalid("spec.minReplicas", &min.to_string(), "must be less than or equal to maxReplicas"));
+        errs.push(FieldError::invalid_number("spec.minReplicas", min, "must be less than or equal to maxReplicas"));
     }
 }
 

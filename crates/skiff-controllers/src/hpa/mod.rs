@@ -158,7 +158,9 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     let proposals: Vec<&metrics::Evaluated> = evaluated.iter().filter(|e| e.proposal.is_ok()).collect();
     let failed: Vec<&metrics::Evaluated> = evaluated.iter().filter(|e| e.proposal.is_err()).collect();
     let best = proposals.iter().max_by_key(|e| e.proposal.as_ref().map(|p| p.replicas).unwrap_or(0));
-    let statuses: Vec<MetricStatus> = evaluated.iter().filter_map(|e| e.status.clone()).collect();
+    // One entry per metric, in spec order (an empty one where it could not be read), as
+    // Kubernetes keeps them and kubectl pairs them.
+    let statuses: Vec<MetricStatus> = evaluated.iter().map(|e| e.status.clone().unwrap_or_default()).collect();
     let Some(best) = best.filter(|b| failed.is_empty() || b.proposal.as_ref().is_ok_and(|p| p.replicas >= current)) else {
         // Kubernetes scales on the metrics it has only upward: a scale-down (or nothing)
         // while some metric is missing could be wrong.
