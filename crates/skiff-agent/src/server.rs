@@ -202,9 +202,16 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
         .into_iter()
         .map(|p| {
             let containers: Vec<_> = p.containers.iter().map(|(name, u)| {
-                json!({"name": name, "startTime": now,
+                // `http` is Skiff's own: the requests an HTTP function took, for the
+                // request metrics (custom.metrics.k8s.io) and the autoscaler.
+                let mut c = json!({"name": name, "startTime": now,
                        "cpu": {"time": now, "usageCoreNanoSeconds": u.cpu_nanos.load(Ordering::Relaxed)},
-                       "memory": {"time": now, "workingSetBytes": u.memory_bytes.load(Ordering::Relaxed), "usageBytes": u.memory_bytes.load(Ordering::Relaxed)}})
+                       "memory": {"time": now, "workingSetBytes": u.memory_bytes.load(Ordering::Relaxed), "usageBytes": u.memory_bytes.load(Ordering::Relaxed)}});
+                if u.serves_http.load(Ordering::Relaxed) {
+                    c["http"] = json!({"requests": u.requests.load(Ordering::Relaxed), "inFlight": u.in_flight.load(Ordering::Relaxed),
+                                       "requestNanoSeconds": u.request_nanos.load(Ordering::Relaxed)});
+                }
+                c
             }).collect();
             let cpu: u64 = p.containers.values().map(|u| u.cpu_nanos.load(Ordering::Relaxed)).sum();
             let memory: u64 = p.containers.values().map(|u| u.memory_bytes.load(Ordering::Relaxed)).sum();

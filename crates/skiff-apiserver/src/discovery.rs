@@ -15,11 +15,10 @@ pub struct ServedApi {
     pub resources: &'static [(&'static str, &'static str, bool)],
 }
 
-pub const SERVED_APIS: &[ServedApi] = &[ServedApi {
-    group: crate::metrics_api::GROUP,
-    version: crate::metrics_api::VERSION,
-    resources: crate::metrics_api::RESOURCES,
-}];
+pub const SERVED_APIS: &[ServedApi] = &[
+    ServedApi { group: crate::metrics_api::GROUP, version: crate::metrics_api::VERSION, resources: crate::metrics_api::RESOURCES },
+    ServedApi { group: crate::metrics_api::custom::GROUP, version: crate::metrics_api::custom::VERSION, resources: crate::metrics_api::custom::RESOURCES },
+];
 
 const READ_VERBS: [&str; 2] = ["get", "list"];
 

@@ -268,6 +268,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v3/{*gv}", get(openapi_v3_doc))
         .route("/api/v1/{*rest}", axum::routing::any(rest::handle))
         .route("/apis/metrics.k8s.io/v1beta1/{*rest}", axum::routing::any(metrics_api::handle))
+        .route("/apis/custom.metrics.k8s.io/v1beta2/{*rest}", axum::routing::any(metrics_api::handle_custom))
         .route("/apis/{group}/{version}/{*rest}", axum::routing::any(rest::handle))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))

@@ -3,7 +3,7 @@
 //! last used under `sessionAffinity: ClientIP`. A TCP endpoint that refuses the
 //! connection is skipped for the next one, so an endpoint that just went away costs the
 //! client nothing; with no endpoints at all, the connection is reset, as kube-proxy's
-//! REJECT rule does.
+//! REJECT rule does, unless the activator holds it for a workload scaling from zero.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+use crate::activator::Activator;
 use crate::services::Backends;
 
 /// How long to wait for an endpoint to accept before trying the next.
@@ -27,16 +28,22 @@ pub struct Route {
     backends: RwLock<Arc<Backends>>,
     next: AtomicUsize,
     sticky: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
+    /// Whether there is any endpoint: held connections wait for it.
+    serving: tokio::sync::watch::Sender<bool>,
+    /// Connections held for a scale from zero.
+    held: AtomicUsize,
 }
 
 impl Route {
     pub fn new(backends: Backends) -> Arc<Route> {
-        Arc::new(Route { backends: RwLock::new(Arc::new(backends)), next: AtomicUsize::new(0), sticky: Mutex::default() })
+        let serving = tokio::sync::watch::Sender::new(!backends.endpoints.is_empty());
+        Arc::new(Route { backends: RwLock::new(Arc::new(backends)), next: AtomicUsize::new(0), sticky: Mutex::default(), serving, held: AtomicUsize::new(0) })
     }
 
     /// Takes new endpoints; connections already made stay where they are.
     pub fn update(&self, backends: Backends) {
         if **self.backends.read().unwrap() != backends {
+            self.serving.send_replace(!backends.endpoints.is_empty());
             *self.backends.write().unwrap() = Arc::new(backends);
         }
     }
@@ -110,14 +117,24 @@ pub(crate) async fn dial(endpoint: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Accepts connections on `listener` for as long as the task lives.
-pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>) {
+pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Option<Arc<Activator>>) {
     loop {
         let (client, peer) = accept(&listener).await;
-        let route = route.clone();
+        let (route, activator) = (route.clone(), activator.clone());
         tokio::spawn(async move {
+            let mut client = client;
+            if route.backends().endpoints.is_empty()
+                && let Some(activator) = activator
+                && let Err(refusal) = hold(&route, &activator).await
+            {
+                if let Some(why) = refusal {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut client, service_unavailable(&why).as_bytes()).await;
+                    return;
+                }
+            }
             if let Some((upstream, endpoint)) = connect(&route, peer.ip()).await {
                 route.used(peer.ip(), endpoint);
-                let (mut client, mut upstream) = (client, upstream);
+                let mut upstream = upstream;
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             } else {
                 // Reset, so the client learns at once that nothing serves here.
@@ -125,6 +142,41 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>) {
             }
         });
     }
+}
+
+/// Holds a connection until the Service has an endpoint. `Err(None)`: nothing will come
+/// (no autoscaler scales it from zero); `Err(Some(why))`: held too long, or too many held.
+async fn hold(route: &Route, activator: &Activator) -> Result<(), Option<String>> {
+    let service = route.backends().service.clone();
+    let Some((namespace, name)) = crate::services::service_key(&service) else { return Err(None) };
+    struct Held<'a>(&'a AtomicUsize);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let held = Held(&route.held);
+    if held.0.fetch_add(1, Ordering::Relaxed) >= crate::activator::MAX_HELD {
+        return Err(Some(format!("{service} is scaling from zero and already holds {} connections; try again shortly", crate::activator::MAX_HELD)));
+    }
+    let waiting = Instant::now();
+    if !activator.wake(namespace, name).await {
+        return Err(None);
+    }
+    let mut serving = route.serving.subscribe();
+    match tokio::time::timeout(crate::activator::HOLD_FOR, serving.wait_for(|s| *s)).await {
+        Ok(Ok(_)) => {
+            tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
+            Ok(())
+        }
+        _ => Err(Some(format!("{service} did not get a ready endpoint within {}s of scaling from zero", crate::activator::HOLD_FOR.as_secs()))),
+    }
+}
+
+/// A plain HTTP 503 answer (the held connections are to HTTP functions).
+fn service_unavailable(why: &str) -> String {
+    let body = format!("{why}\n");
+    format!("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 /// A connection to the first candidate endpoint that accepts one.
@@ -235,7 +287,7 @@ mod tests {
         let r = Route::new(Backends { service: "t".into(), endpoints: vec![closed, good], affinity: None });
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = front.local_addr().unwrap();
-        tokio::spawn(serve_tcp(front, r.clone()));
+        tokio::spawn(serve_tcp(front, r.clone(), None));
         for _ in 0..4 {
             let mut c = TcpStream::connect(addr).await.unwrap();
             c.write_all(b"hello").await.unwrap();

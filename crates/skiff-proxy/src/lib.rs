@@ -7,6 +7,7 @@
 //! listener sends to its Service's endpoints as the EndpointSlices list them and follows
 //! them as they change.
 
+pub mod activator;
 pub mod dns;
 pub mod forward;
 pub mod ingress;
@@ -19,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -74,6 +76,7 @@ struct Caches {
 struct Served {
     records: Arc<RwLock<Arc<dns::Records>>>,
     ingress: Arc<ingress::IngressServer>,
+    activator: Arc<activator::Activator>,
 }
 
 /// Runs the node's proxy until the process ends.
@@ -83,6 +86,7 @@ pub async fn run(client: Client, config: ProxyConfig) {
     let ingresses = SharedInformer::<Ingress>::new(Api::all(client.clone()));
     let classes = SharedInformer::<IngressClass>::new(Api::all(client.clone()));
     let secrets = SharedInformer::<Secret>::new(Api::all(client.clone()));
+    let autoscalers = SharedInformer::<HorizontalPodAutoscaler>::new(Api::all(client.clone()));
     let all_changes = futures::stream::select_all([
         services.changes().map(|_| ()).boxed(),
         slices.changes().map(|_| ()).boxed(),
@@ -91,13 +95,14 @@ pub async fn run(client: Client, config: ProxyConfig) {
         secrets.changes().map(|_| ()).boxed(),
     ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
-    let served = Served { records: Arc::default(), ingress: Arc::default() };
+    let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), Recorder::new(client.clone(), "skiff-activator"));
+    let served = Served { records: Arc::default(), ingress: Arc::default(), activator };
     let dns = serve_dns(config.clone(), served.records.clone());
     let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
     let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));
     let https = futures::future::join_all(config.ingress_https.iter().map(|a| serve_ingress(*a, served.ingress.clone(), true, claims.clone())));
     let sync = sync_loop(all_changes, caches, config, served, claim, Recorder::new(client, "skiff-proxy"));
-    tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), sync, dns, http, https);
+    tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), autoscalers.run(), sync, dns, http, https);
 }
 
 /// Serves cluster DNS on the `kube-dns` address, binding again after a failure.
@@ -176,7 +181,7 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
             // Let the ingress close what was just claimed before the Services bind it.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        apply(&mut running, want, &caches.services, &recorder, &mut reported).await;
+        apply(&mut running, want, &caches.services, &recorder, &mut reported, &served.activator).await;
         if !config.ingress_http.is_empty() || !config.ingress_https.is_empty() {
             let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
             let (certs, mut problems) = ingress::Certs::build(&routes, &caches.secrets);
@@ -217,7 +222,7 @@ fn report_ingress_problems(problems: Vec<ingress::Problem>, reported: &mut HashS
 /// Brings the listeners to `want`: updates endpoints in place, binds new frontends and
 /// closes those no longer wanted. A frontend that cannot be bound (the port is taken on
 /// this node) gets a warning event on its Service, once, and is tried again later.
-async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Frontend, Backends>, services: &Store<Service>, recorder: &Recorder, reported: &mut HashSet<Frontend>) {
+async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Frontend, Backends>, services: &Store<Service>, recorder: &Recorder, reported: &mut HashSet<Frontend>, activator: &Arc<activator::Activator>) {
     running.retain(|f, l| {
         let keep = want.contains_key(f);
         if !keep {
@@ -234,7 +239,7 @@ async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Fronte
         }
         let service = backends.service.clone();
         let route = Route::new(backends);
-        match bind(frontend, route.clone()).await {
+        match bind(frontend, route.clone(), activator.clone()).await {
             Ok(task) => {
                 tracing::debug!(frontend = %frontend.addr, %service, "proxy listener open");
                 reported.remove(&frontend);
@@ -251,7 +256,7 @@ async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Fronte
     }
 }
 
-async fn bind(frontend: Frontend, route: Arc<Route>) -> std::io::Result<tokio::task::AbortHandle> {
+async fn bind(frontend: Frontend, route: Arc<Route>, activator: Arc<activator::Activator>) -> std::io::Result<tokio::task::AbortHandle> {
     Ok(match frontend.protocol {
         Protocol::Tcp => {
             let socket = match frontend.addr {
@@ -260,7 +265,7 @@ async fn bind(frontend: Frontend, route: Arc<Route>) -> std::io::Result<tokio::t
             };
             socket.set_reuseaddr(true)?;
             socket.bind(frontend.addr)?;
-            tokio::spawn(forward::serve_tcp(socket.listen(1024)?, route)).abort_handle()
+            tokio::spawn(forward::serve_tcp(socket.listen(1024)?, route, Some(activator))).abort_handle()
         }
         Protocol::Udp => tokio::spawn(forward::serve_udp(tokio::net::UdpSocket::bind(frontend.addr).await?, route)).abort_handle(),
     })
@@ -268,8 +273,7 @@ async fn bind(frontend: Frontend, route: Arc<Route>) -> std::io::Result<tokio::t
 
 /// The Service a `namespace/name:port` label names.
 fn service_of(services: &Store<Service>, label: &str) -> Option<Arc<Service>> {
-    let (ns, rest) = label.split_once('/')?;
-    let name = rest.split(':').next()?;
+    let (ns, name) = services::service_key(label)?;
     services.get(&ObjectRef::new(name).within(ns))
 }
 

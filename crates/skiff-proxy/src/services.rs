@@ -52,6 +52,12 @@ pub struct Backends {
     pub affinity: Option<Duration>,
 }
 
+/// The Service (namespace, name) a `namespace/name:port` label names.
+pub fn service_key(label: &str) -> Option<(&str, &str)> {
+    let (ns, rest) = label.split_once('/')?;
+    Some((ns, rest.split(':').next()?))
+}
+
 /// This node as the proxy sees it.
 pub struct ThisNode<'a> {
     pub name: &'a str,

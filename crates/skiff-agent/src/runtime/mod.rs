@@ -46,11 +46,21 @@ impl Exit {
 #[error("{0}")]
 pub struct StartError(pub String);
 
-/// CPU time and memory of a running container, for the stats endpoint.
+/// CPU time and memory of a running container, and the requests it served (HTTP
+/// functions), for the stats endpoint.
 #[derive(Debug, Default)]
 pub struct Usage {
     pub cpu_nanos: AtomicU64,
     pub memory_bytes: AtomicU64,
+    /// Whether the container serves HTTP requests the node can count (a Wasm HTTP
+    /// function); only then are the request fields reported.
+    pub serves_http: std::sync::atomic::AtomicBool,
+    /// Requests taken, ever.
+    pub requests: AtomicU64,
+    pub in_flight: AtomicU64,
+    /// Time spent on requests that finished: over a period, its growth divided by the
+    /// period is the average concurrency.
+    pub request_nanos: AtomicU64,
 }
 
 /// A directory the container sees at `guest_path`.

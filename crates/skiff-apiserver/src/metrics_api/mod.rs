@@ -1,8 +1,10 @@
 //! `metrics.k8s.io/v1beta1`, which metrics-server serves in Kubernetes as an aggregated
 //! API: NodeMetrics and PodMetrics for `kubectl top` and the autoscaler. Here the API
 //! server serves it itself, from a collector that reads every node agent's
-//! `/stats/summary` each resolution period (15 s by default, as metrics-server).
+//! `/stats/summary` each resolution period (15 s by default, as metrics-server). The same
+//! readings give the request metrics of `custom.metrics.k8s.io` ([`custom`]).
 
+pub mod custom;
 pub mod samples;
 
 use std::collections::HashMap;
@@ -128,6 +130,15 @@ fn pod_metrics(pod: &Value, usage: &PodUsage) -> Option<Value> {
         .collect();
     Some(json!({"kind": "PodMetrics", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": metadata(pod),
         "timestamp": first.timestamp().to_string(), "window": go_duration(first.window), "containers": containers}))
+}
+
+/// `GET /apis/custom.metrics.k8s.io/v1beta2/…`.
+pub async fn handle_custom(State(server): State<Arc<ApiServer>>, method: http::Method, Path(rest): Path<String>, Query(params): Query<HashMap<String, String>>) -> Response {
+    if method != http::Method::GET {
+        return ApiError::method_not_allowed(format!("{method} is not supported on {}; only get and list are", custom::GROUP)).into_response();
+    }
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    custom::answer(&server, &parts, &params).await.map_or_else(|e| e.into_response(), |v| crate::json_body(&v))
 }
 
 /// `GET /apis/metrics.k8s.io/v1beta1/…`: lists (with label and field selectors) and gets

@@ -42,10 +42,47 @@ impl Usage {
     }
 }
 
+/// The requests an HTTP function pod took: counters as last read, and rates over the
+/// last two readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requests {
+    at: jiff::Timestamp,
+    count: u64,
+    nanos: u64,
+    pub per_second: Option<f64>,
+    /// Average requests in flight over the window (time spent on requests per second).
+    pub concurrency: Option<f64>,
+    pub in_flight: u64,
+    pub window: Duration,
+}
+
+impl Requests {
+    fn next(previous: Option<&Requests>, at: jiff::Timestamp, count: u64, nanos: u64, in_flight: u64) -> Requests {
+        let rates = previous.and_then(|p| {
+            let elapsed = at.duration_since(p.at).unsigned_abs().as_secs_f64();
+            let (taken, busy) = (count.checked_sub(p.count)?, nanos.checked_sub(p.nanos)?);
+            (elapsed > 0.0).then(|| (taken as f64 / elapsed, busy as f64 / 1e9 / elapsed, at.duration_since(p.at).unsigned_abs()))
+        });
+        Requests {
+            at,
+            count,
+            nanos,
+            per_second: rates.map(|r| r.0),
+            // Requests still going count as busy now, though their time is added only
+            // when they finish.
+            concurrency: rates.map(|r| r.1.max(in_flight as f64)),
+            in_flight,
+            window: rates.map_or(Duration::ZERO, |r| r.2),
+        }
+    }
+}
+
 /// One pod's containers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodUsage {
     pub containers: Vec<(String, Usage)>,
+    /// For pods that serve HTTP functions.
+    pub requests: Option<Requests>,
 }
 
 impl PodUsage {
@@ -83,7 +120,12 @@ impl Samples {
                 let last = previous.as_ref().and_then(|b| b.containers.iter().find(|(n, _)| n == cname)).map(|(_, u)| u);
                 Some((cname.to_string(), Usage::next(last, at, number(c, "/cpu/usageCoreNanoSeconds"), number(c, "/memory/workingSetBytes"))))
             }).collect();
-            self.pods.insert(key.clone(), PodUsage { containers });
+            let http: Vec<&Value> = p["containers"].as_array().into_iter().flatten().filter_map(|c| c.get("http")).collect();
+            let requests = (!http.is_empty()).then(|| {
+                let sum = |field: &str| http.iter().map(|h| number(h, field)).sum::<u64>();
+                Requests::next(previous.as_ref().and_then(|b| b.requests.as_ref()), at, sum("/requests"), sum("/requestNanoSeconds"), sum("/inFlight"))
+            });
+            self.pods.insert(key.clone(), PodUsage { containers, requests });
             listed.push(key);
         }
         self.listed.insert(node.to_string(), listed);
@@ -134,5 +176,28 @@ mod tests {
         assert!(s.pods.is_empty());
         s.forget_node("n");
         assert!(s.nodes.is_empty());
+    }
+
+    #[test]
+    fn request_rates() {
+        let summary = |requests: u64, nanos: u64, in_flight: u64| json!({"node": {}, "pods": [{"podRef": {"namespace": "d", "name": "f"},
+            "containers": [{"name": "fn", "http": {"requests": requests, "requestNanoSeconds": nanos, "inFlight": in_flight}}]}]});
+        let mut s = Samples::default();
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        s.take_summary("n", &summary(100, 0, 0), t0);
+        s.take_summary("n", &summary(300, 1_000_000_000, 0), t0 + jiff::SignedDuration::from_secs(2));
+        let r = s.pods[&("d".into(), "f".into())].requests.clone().unwrap();
+        assert_eq!((r.per_second, r.concurrency), (Some(100.0), Some(0.5)));
+        // Long requests still running count as busy.
+        s.take_summary("n", &summary(300, 1_000_000_000, 3), t0 + jiff::SignedDuration::from_secs(4));
+        let r = s.pods[&("d".into(), "f".into())].requests.clone().unwrap();
+        assert_eq!((r.per_second, r.concurrency), (Some(0.0), Some(3.0)));
+        // Pods that serve no HTTP have no request figures.
+        s.take_summary("n", &summary_without_http(), t0);
+        assert!(s.pods[&("d".into(), "p".into())].requests.is_none());
+    }
+
+    fn summary_without_http() -> Value {
+        summary(0, 0)
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, MetricSpec, MetricStatus, MetricValueStatus};
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscaler, MetricIdentifier, MetricSpec, MetricStatus, MetricValueStatus, ObjectMetricStatus, PodsMetricStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -16,7 +16,7 @@ use skiff_core::LabelSelector;
 use skiff_core::quantity::{parse_milli, parse_units};
 
 use super::Ctx;
-use super::replicas::{self, PodReading, PodTarget, Proposal};
+use super::replicas::{self, ObjectTarget, PodReading, PodTarget, Proposal};
 
 /// The object an HPA scales, as its scale subresource shows it.
 pub struct Target {
@@ -155,11 +155,13 @@ pub async fn evaluate(ctx: &Ctx, hpa: &HorizontalPodAutoscaler, target: &Target,
                 }
                 resource_metric(spec, &pods, usage.as_ref().expect("read above"), target.replicas, tolerance)
             }
+            "Pods" => pods_metric(ctx, spec, &pods, &ns, target, tolerance).await,
+            "Object" => object_metric(ctx, spec, &pods, &ns, target.replicas, tolerance).await,
             other => Evaluated {
                 description: format!("{other} metric"),
-                proposal: Err(format!("{other} metrics are not served by this cluster yet")),
+                proposal: Err(format!("{other} metrics are not served by this cluster (Resource, ContainerResource, Pods and Object are)")),
                 status: None,
-                failure: "FailedGetExternalMetric",
+                failure: "InvalidMetricSourceType",
             },
         });
     }
@@ -218,6 +220,91 @@ fn resource_metric(spec: &MetricSpec, pods: &[Arc<Pod>], usage: &Usage, current:
             Some(c) => s.container_resource = Some(k8s_openapi::api::autoscaling::v2::ContainerResourceMetricStatus { name: name.clone(), container: c.clone(), current }),
         }
         s
+    });
+    Evaluated { description, proposal, status, failure }
+}
+
+/// A plain number as a quantity in milli-units (1.5 is `1500m`).
+fn milli_quantity(v: f64) -> Quantity {
+    Quantity(format!("{}m", (v * 1000.0).round() as i64))
+}
+
+/// A plain number from a quantity (`1500m` is 1.5).
+fn number(q: &Quantity) -> Option<f64> {
+    parse_milli(&q.0).ok().map(|m| m as f64 / 1000.0)
+}
+
+/// A MetricValueList from `custom.metrics.k8s.io`.
+async fn custom_metric(client: &Client, path: &str) -> Result<Vec<Value>, String> {
+    let url = format!("/apis/custom.metrics.k8s.io/v1beta2/{path}");
+    let request = http::Request::get(url).body(Vec::new()).map_err(|e| e.to_string())?;
+    let list: Value = client.request(request).await.map_err(|e| match e {
+        kube::Error::Api(s) => format!("unable to get the metric from the custom metrics API: {}", s.message),
+        other => format!("unable to get the metric from the custom metrics API: {other}"),
+    })?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn item_value(item: &Value) -> Option<f64> {
+    number(&Quantity(item["value"].as_str()?.to_string()))
+}
+
+async fn pods_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, target: &Target, tolerance: f64) -> Evaluated {
+    let failure = "FailedGetPodsMetric";
+    let Some(source) = spec.pods.as_ref() else {
+        return Evaluated { description: "pods metric".into(), proposal: Err("a Pods metric needs spec.metrics[].pods".into()), status: None, failure };
+    };
+    let name = source.metric.name.clone();
+    let description = format!("pods metric {name}");
+    let Some(want) = source.target.average_value.as_ref().and_then(number).filter(|v| *v > 0.0) else {
+        return Evaluated { description, proposal: Err("a Pods metric's target needs a positive averageValue".into()), status: None, failure };
+    };
+    let items = match custom_metric(&ctx.client, &format!("namespaces/{ns}/pods/*/{name}?labelSelector={}", urlencode(&target.selector))).await {
+        Ok(items) => items,
+        Err(e) => return Evaluated { description, proposal: Err(e), status: None, failure },
+    };
+    let by_pod: HashMap<&str, f64> = items.iter().filter_map(|i| Some((i.pointer("/describedObject/name")?.as_str()?, item_value(i)?))).collect();
+    let readings: Vec<PodReading> = pods.iter().map(|p| PodReading { ready: ready_for("", p), value: by_pod.get(p.name_any().as_str()).copied(), request: None }).collect();
+    let proposal = replicas::for_pods(target.replicas, &readings, PodTarget::AverageValue(want), tolerance);
+    let status = proposal.as_ref().ok().map(|p| MetricStatus {
+        type_: "Pods".into(),
+        pods: Some(PodsMetricStatus { metric: MetricIdentifier { name: name.clone(), selector: None }, current: MetricValueStatus { average_value: Some(milli_quantity(p.current)), ..Default::default() } }),
+        ..Default::default()
+    });
+    Evaluated { description, proposal, status, failure }
+}
+
+async fn object_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, current: i32, tolerance: f64) -> Evaluated {
+    let failure = "FailedGetObjectMetric";
+    let Some(source) = spec.object.as_ref() else {
+        return Evaluated { description: "object metric".into(), proposal: Err("an Object metric needs spec.metrics[].object".into()), status: None, failure };
+    };
+    let (name, described) = (source.metric.name.clone(), &source.described_object);
+    let description = format!("{name} metric of {} {}", described.kind, described.name);
+    let want = match (source.target.type_.as_str(), source.target.value.as_ref().and_then(number), source.target.average_value.as_ref().and_then(number)) {
+        ("Value", Some(v), _) if v > 0.0 => ObjectTarget::Value(v),
+        ("AverageValue", _, Some(v)) if v > 0.0 => ObjectTarget::AverageValue(v),
+        _ => return Evaluated { description, proposal: Err("an Object metric's target needs a positive value (type Value) or averageValue (type AverageValue)".into()), status: None, failure },
+    };
+    let Some(resource) = skiff_core::resources::find_by_kind(described.api_version.as_deref().unwrap_or("v1"), &described.kind) else {
+        return Evaluated { description, proposal: Err(format!("no resource of kind {} in {:?}", described.kind, described.api_version)), status: None, failure };
+    };
+    let plural = if resource.group.is_empty() { resource.plural.to_string() } else { format!("{}.{}", resource.plural, resource.group) };
+    let value = match custom_metric(&ctx.client, &format!("namespaces/{ns}/{plural}/{}/{name}", described.name)).await.map(|items| items.first().and_then(item_value)) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Evaluated { description, proposal: Err("the custom metrics API returned no value".into()), status: None, failure },
+        Err(e) => return Evaluated { description, proposal: Err(e), status: None, failure },
+    };
+    let ready = pods.iter().filter(|p| skiff_client::pods::is_ready(p)).count() as i32;
+    let proposal = Ok(replicas::for_object(current, ready, value, want, tolerance));
+    let current_value = match want {
+        ObjectTarget::Value(_) => MetricValueStatus { value: Some(milli_quantity(value)), ..Default::default() },
+        ObjectTarget::AverageValue(_) => MetricValueStatus { average_value: Some(milli_quantity(value / current.max(1) as f64)), ..Default::default() },
+    };
+    let status = Some(MetricStatus {
+        type_: "Object".into(),
+        object: Some(ObjectMetricStatus { described_object: described.clone(), metric: MetricIdentifier { name, selector: None }, current: current_value }),
+        ..Default::default()
     });
     Evaluated { description, proposal, status, failure }
 }

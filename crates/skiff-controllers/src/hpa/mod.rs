@@ -32,7 +32,9 @@ use behavior::History;
 
 pub const SYNC_PERIOD_ANNOTATION: &str = "skiff.dev/hpa-sync-period";
 pub const DECISION_ANNOTATION: &str = "skiff.dev/hpa-last-decision";
+pub const IDLE_ANNOTATION: &str = "skiff.dev/scale-to-zero-after";
 const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(15);
+const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// Kubernetes' `--horizontal-pod-autoscaler-tolerance`.
 const DEFAULT_TOLERANCE: f64 = 0.1;
 
@@ -50,6 +52,21 @@ pub struct Synced {
     history: History,
     at: Instant,
     generation: Option<i64>,
+    /// When the target last had a request (or woke from zero), for scale to zero.
+    last_busy: Instant,
+    last_replicas: i32,
+}
+
+impl Synced {
+    fn new(history: History, now: Instant) -> Synced {
+        Synced { history, at: now, generation: None, last_busy: now, last_replicas: -1 }
+    }
+}
+
+/// How long a target with `minReplicas: 0` must go without requests before it goes to
+/// zero: `skiff.dev/scale-to-zero-after` (`30s`), default 30 s.
+pub fn idle_window(hpa: &HorizontalPodAutoscaler) -> Duration {
+    hpa.annotations().get(IDLE_ANNOTATION).and_then(|v| v.strip_suffix('s').unwrap_or(v).parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0).map_or(DEFAULT_IDLE, Duration::from_secs_f64)
 }
 
 /// The HPA's sync period: its annotation (`15s`, `1s`, `2.5`), else 15 s.
@@ -122,7 +139,7 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
     write_status(&ctx.client, &hpa, &decision, current_replicas, rescaled).await?;
     {
         let mut state = ctx.state.lock().unwrap();
-        let synced = state.entry(key).or_insert_with(|| Synced { history: History::default(), at: now, generation: None });
+        let synced = state.entry(key).or_insert_with(|| Synced::new(History::default(), now));
         (synced.at, synced.generation) = (now, hpa.metadata.generation);
     }
     Ok(Action::requeue(period))
@@ -161,6 +178,18 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     // One entry per metric, in spec order (an empty one where it could not be read), as
     // Kubernetes keeps them and kubectl pairs them.
     let statuses: Vec<MetricStatus> = evaluated.iter().map(|e| e.status.clone().unwrap_or_default()).collect();
+    let mut min = min;
+    if min == 0 {
+        match to_zero(hpa, ctx, key, current, &evaluated, now) {
+            Some((why, reason)) => {
+                conditions.push(("ScalingActive", true, "ScaledToZero", why.clone()));
+                explanation.push(why);
+                return Decision { desired: 0, reason, explanation, metrics: statuses, conditions };
+            }
+            // Not idle long enough: at least one replica.
+            None => min = 1,
+        }
+    }
     let Some(best) = best.filter(|b| failed.is_empty() || b.proposal.as_ref().is_ok_and(|p| p.replicas >= current)) else {
         // Kubernetes scales on the metrics it has only upward: a scale-down (or nothing)
         // while some metric is missing could be wrong.
@@ -174,7 +203,7 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     let (up, down) = behavior::up_and_down(spec.behavior.as_ref());
     let n = {
         let mut state = ctx.state.lock().unwrap();
-        let synced = state.entry(key.to_string()).or_insert_with(|| Synced { history: History::starting(current, now), at: now, generation: None });
+        let synced = state.entry(key.to_string()).or_insert_with(|| Synced::new(History::starting(current, now), now));
         behavior::normalize(&mut synced.history, &up, &down, current, proposed, min, max, now)
     };
     let (stab_reason, stab_message) = n.stabilization.clone();
@@ -190,6 +219,30 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     explanation.push(format!("{current} → {}", n.replicas));
     let reason = if n.replicas > current { format!("{} above target", best.description) } else { "All metrics below target".to_string() };
     Decision { desired: n.replicas, reason, explanation, metrics: statuses, conditions }
+}
+
+/// Scale to zero: `Some` (why, and the rescale reason) when the target should be at zero:
+/// it is there and nothing asks for more, or no metric has seen a request for the idle
+/// window. A target woken from zero (by the activator) gets a whole window again.
+fn to_zero(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, current: i32, evaluated: &[metrics::Evaluated], now: Instant) -> Option<(String, String)> {
+    let demand = evaluated.iter().any(|e| e.proposal.as_ref().is_ok_and(|p| p.current > 0.0 && p.replicas > 0));
+    let window = idle_window(hpa);
+    let idle_for = {
+        let mut state = ctx.state.lock().unwrap();
+        let s = state.entry(key.to_string()).or_insert_with(|| Synced::new(History::starting(current, now), now));
+        if demand || (current > 0 && s.last_replicas == 0) {
+            s.last_busy = now;
+        }
+        s.last_replicas = current;
+        now.duration_since(s.last_busy)
+    };
+    if current == 0 && !demand {
+        return Some(("no requests: at zero until one comes (the node proxies' activator scales the target up)".into(), String::new()));
+    }
+    (current > 0 && idle_for >= window).then(|| {
+        let why = format!("no requests for {}s (scale to zero after {}s)", idle_for.as_secs(), window.as_secs_f64());
+        (why.clone(), why)
+    })
 }
 
 async fn write_status(client: &Client, hpa: &HorizontalPodAutoscaler, d: &Decision, current_replicas: i32, rescaled: bool) -> Result<(), Error> {

@@ -86,6 +86,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// endpoints), lets every open connection finish the requests it has (keep-alive ones
 /// close after their current request), and returns Ok.
 pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListener>, mut terminate: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+    function.guest.usage.serves_http.store(true, std::sync::atomic::Ordering::Relaxed);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut accepting = tokio::task::JoinSet::new();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(64);
@@ -150,9 +151,18 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
 
 impl Function {
     async fn handle(&self, request: hyper::Request<hyper::body::Incoming>) -> hyper::Response<super::http::HttpBody> {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return super::http::error(503, "the pod is stopping");
+        use std::sync::atomic::Ordering::Relaxed;
+        let usage = &self.guest.usage;
+        // Counted from arrival, so requests waiting for a permit count as demand.
+        usage.requests.fetch_add(1, Relaxed);
+        usage.in_flight.fetch_add(1, Relaxed);
+        let started = std::time::Instant::now();
+        let response = match self.permits.acquire().await {
+            Ok(_permit) => self.runtime.handle(&self.proxy, request, &self.guest, &self.limits).await,
+            Err(_) => super::http::error(503, "the pod is stopping"),
         };
-        self.runtime.handle(&self.proxy, request, &self.guest, &self.limits).await
+        usage.in_flight.fetch_sub(1, Relaxed);
+        usage.request_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        response
     }
 }
