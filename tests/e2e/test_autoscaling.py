@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -126,6 +127,27 @@ def test_an_hpa_on_cpu_scales_up_under_load_and_back_down(scaling_cluster):
     c.kubectl("delete", "-f", "-", input=BUSY)
 
 
+def test_a_request_its_client_abandons_stops_its_guest(scaling_cluster):
+    """A guest spinning for a client that went away must stop (it ran on, unseen, and
+    starved every function on the node), as the usage the node reports shows."""
+    c = scaling_cluster
+    c.kubectl("apply", "-f", "-", input=BUSY.replace('"1"', '"30"'))
+    wait_for(lambda: c.json("get", "deployment", "busy").get("status", {}).get("readyReplicas") == 1, 60, "the function to be ready")
+    ip = c.json("get", "service", "busy")["spec"]["clusterIP"]
+    for _ in range(3):
+        try:
+            urllib.request.urlopen(f"http://{ip}/spin", timeout=0.5).read()
+        except OSError:
+            pass
+    pod = c.json("get", "pods", "-l", "app=busy")["items"][0]["metadata"]["name"]
+
+    def idle():
+        p = c.kubectl("top", "pod", pod, "--no-headers", check=False)
+        return p.returncode == 0 and millicores(p.stdout.split()[1]) < 50
+    wait_for(idle, 20, "the abandoned guests to stop using CPU")
+    c.kubectl("delete", "-f", "-", input=BUSY)
+
+
 def test_bad_autoscalers_say_why_and_scale_nothing(scaling_cluster):
     c = scaling_cluster
 
@@ -162,3 +184,131 @@ def test_bad_autoscalers_say_why_and_scale_nothing(scaling_cluster):
     assert c.json("get", "deployment", "steady")["spec"]["replicas"] == 1
     c.kubectl("delete", "hpa", "missing", "unscalable", "unknown-metric")
     c.kubectl("delete", "deployment", "steady")
+
+
+def function(name, idle="5s", image="registry.skiff.internal/http-hello:v1", target="5", max_replicas=3):
+    """An HTTP function behind a Service, with an HPA on requests per second that may take
+    it to zero."""
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      runtimeClassName: wasmtime
+      containers:
+      - name: fn
+        image: {image}
+        ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {name}
+  annotations: {{skiff.dev/hpa-sync-period: "1s", skiff.dev/scale-to-zero-after: "{idle}"}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: {name}}}
+  minReplicas: 0
+  maxReplicas: {max_replicas}
+  behavior: {{scaleDown: {{stabilizationWindowSeconds: 0}}}}
+  metrics:
+  - type: Pods
+    pods:
+      metric: {{name: requests_per_second}}
+      target: {{type: AverageValue, averageValue: "{target}"}}
+"""
+
+
+def replicas(c, name):
+    return c.json("get", "deployment", name)["spec"].get("replicas", 1)
+
+
+def at_zero(c, name):
+    """No replica wanted and none left (a terminating pod still answers for a moment)."""
+    return replicas(c, name) == 0 and not c.json("get", "pods", "-l", f"app={name}")["items"]
+
+
+def get(url, timeout=35):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def test_a_function_at_zero_answers_its_first_requests(scaling_cluster):
+    c = scaling_cluster
+    c.kubectl("apply", "-f", "-", input=function("cold"))
+    wait_for(lambda: at_zero(c, "cold"), 60, "the idle function to go to zero")
+    hpa = c.json("get", "hpa", "cold")
+    active = next(x for x in hpa["status"]["conditions"] if x["type"] == "ScalingActive")
+    assert active["reason"] == "ScaledToZero", active
+    ip = c.json("get", "service", "cold")["spec"]["clusterIP"]
+    # 200 first requests at once, at zero: every one gets the function's real answer.
+    with concurrent.futures.ThreadPoolExecutor(200) as pool:
+        answers = list(pool.map(lambda _: get(f"http://{ip}/"), range(200)))
+    assert all(a == (200, "Hello from a Wasm pod!\n") for a in answers), {a for a in answers}
+    wait_for(lambda: "Activated" in c.kubectl("get", "events", "--field-selector", "involvedObject.kind=Service,involvedObject.name=cold").stdout, 10, "the activator's event")
+    # Idle again: back to zero.
+    wait_for(lambda: replicas(c, "cold") == 0, 60, "the function to go back to zero")
+    c.kubectl("delete", "-f", "-", input=function("cold"))
+
+
+def test_an_hpa_on_requests_per_second_takes_a_function_from_zero_to_n_and_back(scaling_cluster):
+    c = scaling_cluster
+    c.kubectl("apply", "-f", "-", input=function("rps", target="5"))
+    wait_for(lambda: at_zero(c, "rps"), 60, "the idle function to go to zero")
+    ip = c.json("get", "service", "rps")["spec"]["clusterIP"]
+    stop = threading.Event()
+    loader = threading.Thread(target=load, args=(f"http://{ip}/", stop))
+    loader.start()
+    try:
+        wait_for(lambda: replicas(c, "rps") == 3, 90, "the HPA to scale the function up on requests per second")
+        status, body = c.raw("GET", "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/services/rps/requests_per_second")
+        assert status == 200 and body["items"][0]["describedObject"]["kind"] == "Service", body
+        rps = c.json("get", "hpa", "rps")["status"]["currentMetrics"][0]["pods"]
+        assert rps["metric"]["name"] == "requests_per_second", rps
+    finally:
+        stop.set()
+        loader.join()
+    wait_for(lambda: replicas(c, "rps") == 0, 90, "the function to go back to zero once no requests come")
+    c.kubectl("delete", "-f", "-", input=function("rps"))
+
+
+def test_the_activator_holds_a_bounded_number_of_requests(scaling_cluster):
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    c = scaling_cluster
+    # A function whose image never arrives: its pods never get ready, so every connection waits.
+    never = function("never", image="registry.skiff.internal/missing:v1")
+    c.kubectl("apply", "-f", "-", input=never)
+    wait_for(lambda: replicas(c, "never") == 0, 60, "the function to go to zero")
+    ip = c.json("get", "service", "never")["spec"]["clusterIP"]
+    held = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection((ip, 80), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: never\r\n\r\n")
+            held.append(s)
+        # Let the proxy take every one of them into its hold.
+        time.sleep(2)
+        status, body = None, ""
+        try:
+            status, body = get(f"http://{ip}/", timeout=10)
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read().decode()
+        assert status == 503 and "already holds 1000 connections" in body, (status, body)
+    finally:
+        for s in held:
+            s.close()
+    c.kubectl("delete", "-f", "-", input=never)

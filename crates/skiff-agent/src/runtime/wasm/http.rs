@@ -176,11 +176,14 @@ impl WasmRuntime {
             usage,
         );
         let abort = guest_task.abort_handle();
+        // A client that goes away drops this future: the guest must not run on unseen.
+        let mut abandoned = AbortOnDrop(Some(abort.clone()));
         let deadline = tokio::time::sleep(limits.timeout);
         tokio::pin!(deadline);
         tokio::select! {
             answer = rx => match answer {
                 Ok(Ok(response)) => {
+                    abandoned.0 = None;
                     // The guest may still be streaming the body; it gets the rest of the deadline.
                     let timeout = limits.timeout;
                     tokio::spawn(async move {
@@ -201,6 +204,17 @@ impl WasmRuntime {
                 abort.abort();
                 error(504, &format!("the function did not answer within {} ms", limits.timeout.as_millis()))
             }
+        }
+    }
+}
+
+/// Aborts a guest's task when dropped, unless disarmed (set to `None`).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.abort();
         }
     }
 }
