@@ -46,6 +46,9 @@
 //! `cargo run --release -p skiff-bench -- port-forward [--quick]`: throughput through
 //! `kubectl port-forward` against straight to the pod, on a `skiff up`.
 //!
+//! `cargo run --release -p skiff-bench -- autoscale [--quick]`: first response from zero
+//! replicas through the activator, and a load step to a new replica serving.
+//!
 //! `cargo run --release -p skiff-bench -- tour [--quick]`: from a fresh `skiff up` to the
 //! README tour's first answer (examples/hello.yaml's Service on its ClusterIP).
 
@@ -70,6 +73,7 @@ mod density;
 mod encoding;
 mod port_forward;
 mod etcd;
+mod autoscale;
 mod first_answer;
 mod footprint;
 mod push_pull;
@@ -250,6 +254,24 @@ enum Bench {
         /// The wasi:http component (default: the http-hello example built for wasm32-wasip2).
         #[arg(long)]
         wasm: Option<std::path::PathBuf>,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Scale from zero through the activator, and a load step to a new replica serving.
+    Autoscale {
+        /// A few trials, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Requests from zero, each after the function went back to zero.
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+        /// Load steps from one replica.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Keep-alive clients of the load step.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
         /// The skiff binary (default: the one built beside this bench).
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
@@ -492,6 +514,7 @@ async fn bench() -> anyhow::Result<()> {
         Bench::Footprint { quick, .. } => ("footprint", *quick),
         Bench::Registry { quick, .. } => ("registry", *quick),
         Bench::Tour { quick, .. } => ("tour", *quick),
+        Bench::Autoscale { quick, .. } => ("autoscale", *quick),
     };
     let rows = match cli.bench {
         Bench::Table { .. } => unreachable!("answered above"),
@@ -511,6 +534,7 @@ async fn bench() -> anyhow::Result<()> {
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
         Bench::Registry { quick, images, layer_mib, at_once, binary } => push_pull::run(quick, images, layer_mib, at_once, binary).await,
         Bench::Tour { quick, runs, binary } => first_answer::run(quick, runs, binary).await,
+        Bench::Autoscale { quick, trials, steps, connections, binary } => autoscale::run(quick, trials, steps, connections, binary).await,
     }?;
     anyhow::ensure!(!rows.is_empty(), "the {name} bench produced no figures");
     let run = report::to_json(name, quick, &rows);

@@ -26,7 +26,7 @@ use crate::registry::{Child, example, free_port, skiff_binary, spawn_skiff, star
 use crate::report::percentile;
 
 /// What one load run saw.
-struct Load {
+pub(crate) struct Load {
     requests: usize,
     errors: usize,
     elapsed: Duration,
@@ -40,7 +40,7 @@ impl Load {
 }
 
 /// `connections` keep-alive connections to `addr`, each sending `GET /` for `length`.
-async fn load(addr: SocketAddr, connections: usize, length: Duration) -> Load {
+pub(crate) async fn load(addr: SocketAddr, connections: usize, length: Duration) -> Load {
     let started = Instant::now();
     let until = started + length;
     let per_connection = futures::future::join_all((0..connections).map(|_| async move {
@@ -96,7 +96,7 @@ fn ms(d: Duration) -> String {
 }
 
 /// One request on a fresh connection; its latency if it was answered 200.
-async fn one_request(addr: SocketAddr) -> Option<Duration> {
+pub(crate) async fn one_request(addr: SocketAddr) -> Option<Duration> {
     let sent = Instant::now();
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;

@@ -22,8 +22,10 @@ use skiff_client::events::EventType;
 pub const MAX_HELD: usize = 1000;
 /// How long a connection is held at most.
 pub const HOLD_FOR: Duration = Duration::from_secs(30);
-/// A Service woken this recently is not scaled again (its pods are on their way).
-const WAKE_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// A Service woken this recently is not looked at again (a burst of connections makes
+/// one scale, not one each); held connections wake it again at this pace, in case the
+/// workload was scaled back meanwhile.
+pub const WAKE_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Activator {
     client: Client,

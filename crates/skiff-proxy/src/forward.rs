@@ -160,17 +160,18 @@ async fn hold(route: &Route, activator: &Activator) -> Result<(), Option<String>
         return Err(Some(format!("{service} is scaling from zero and already holds {} connections; try again shortly", crate::activator::MAX_HELD)));
     }
     let waiting = Instant::now();
-    if !activator.wake(namespace, name).await {
-        return Err(None);
-    }
     let mut serving = route.serving.subscribe();
-    match tokio::time::timeout(crate::activator::HOLD_FOR, serving.wait_for(|s| *s)).await {
-        Ok(Ok(_)) => {
-            tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
-            Ok(())
+    while waiting.elapsed() < crate::activator::HOLD_FOR {
+        // Woken again while held: the workload may have been scaled back meanwhile.
+        if !activator.wake(namespace, name).await {
+            return Err(None);
         }
-        _ => Err(Some(format!("{service} did not get a ready endpoint within {}s of scaling from zero", crate::activator::HOLD_FOR.as_secs()))),
+        if let Ok(Ok(_)) = tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, serving.wait_for(|s| *s)).await {
+            tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
+            return Ok(());
+        }
     }
+    Err(Some(format!("{service} did not get a ready endpoint within {}s of scaling from zero", crate::activator::HOLD_FOR.as_secs())))
 }
 
 /// A plain HTTP 503 answer (the held connections are to HTTP functions).

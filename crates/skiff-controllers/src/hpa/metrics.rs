@@ -61,7 +61,7 @@ impl Target {
 
     /// The target's own pods: those its selector matches that it controls, directly or
     /// through a ReplicaSet it controls (a Deployment's).
-    fn own_pods(&self, ctx: &Ctx, namespace: &str) -> Vec<Arc<Pod>> {
+    pub fn own_pods(&self, ctx: &Ctx, namespace: &str) -> Vec<Arc<Pod>> {
         let Ok(selector) = LabelSelector::parse(&self.selector) else { return Vec::new() };
         let owned_sets: Vec<String> = ctx.replica_sets.state().iter()
             .filter(|rs| rs.namespace().as_deref() == Some(namespace) && skiff_client::owners::is_controlled_by(&rs.metadata, &self.uid))

@@ -180,7 +180,7 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     let statuses: Vec<MetricStatus> = evaluated.iter().map(|e| e.status.clone().unwrap_or_default()).collect();
     let mut min = min;
     if min == 0 {
-        match to_zero(hpa, ctx, key, current, &evaluated, now) {
+        match to_zero(hpa, ctx, key, target, &evaluated, now) {
             Some((why, reason)) => {
                 conditions.push(("ScalingActive", true, "ScaledToZero", why.clone()));
                 explanation.push(why);
@@ -224,13 +224,18 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
 /// Scale to zero: `Some` (why, and the rescale reason) when the target should be at zero:
 /// it is there and nothing asks for more, or no metric has seen a request for the idle
 /// window. A target woken from zero (by the activator) gets a whole window again.
-fn to_zero(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, current: i32, evaluated: &[metrics::Evaluated], now: Instant) -> Option<(String, String)> {
+fn to_zero(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &metrics::Target, evaluated: &[metrics::Evaluated], now: Instant) -> Option<(String, String)> {
+    let current = target.replicas;
     let demand = evaluated.iter().any(|e| e.proposal.as_ref().is_ok_and(|p| p.current > 0.0 && p.replicas > 0));
+    // Ready pods that report nothing yet (just woken) are not idle; pods that never get
+    // ready (an image that cannot be pulled) do not hold the target up.
+    let ready = target.own_pods(ctx, &hpa.namespace().unwrap_or_default()).iter().any(|p| skiff_client::pods::is_ready(p));
+    let unknown = ready && evaluated.iter().any(|e| e.proposal.is_err());
     let window = idle_window(hpa);
     let idle_for = {
         let mut state = ctx.state.lock().unwrap();
         let s = state.entry(key.to_string()).or_insert_with(|| Synced::new(History::starting(current, now), now));
-        if demand || (current > 0 && s.last_replicas == 0) {
+        if demand || unknown || (current > 0 && s.last_replicas == 0) {
             s.last_busy = now;
         }
         s.last_replicas = current;
