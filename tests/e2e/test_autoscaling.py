@@ -262,6 +262,23 @@ def test_a_function_at_zero_answers_its_first_requests(scaling_cluster):
     c.kubectl("delete", "-f", "-", input=function("cold"))
 
 
+def test_the_readmes_scale_to_zero_example(scaling_cluster):
+    """`examples/scale-to-zero.yaml` as the README uses it: zero after 10 s idle, then
+    answered from zero by curl."""
+    import os
+    import subprocess
+    from conftest import ROOT
+    c = scaling_cluster
+    example = os.path.join(ROOT, "examples", "scale-to-zero.yaml")
+    c.kubectl("apply", "-f", example)
+    wait_for(lambda: at_zero(c, "hello-fn"), 60, "the example to go to zero")
+    ip = c.json("get", "service", "hello-fn")["spec"]["clusterIP"]
+    p = subprocess.run(["curl", "-fsS", f"http://{ip}/"], capture_output=True, text=True, timeout=40)
+    assert p.returncode == 0 and p.stdout == "Hello from a Wasm pod!\n", p
+    assert "skiff.dev/hpa-last-decision" in c.kubectl("describe", "hpa", "hello-fn").stdout
+    c.kubectl("delete", "-f", example)
+
+
 def test_an_hpa_on_requests_per_second_takes_a_function_from_zero_to_n_and_back(scaling_cluster):
     c = scaling_cluster
     c.kubectl("apply", "-f", "-", input=function("rps", target="5"))

@@ -89,7 +89,7 @@ async fn throughput(nodes: usize, pods: usize) -> anyhow::Result<(f64, Duration)
         .collect::<Result<Vec<_>, _>>()?;
     let watching = tokio::spawn(watch_bound(c.client.clone(), pods, None));
     let start = Instant::now();
-    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone()));
+    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone(), std::future::pending()));
     let bound = watching.await?;
     let elapsed = bound.values().max().map(|t| t.duration_since(start)).unwrap_or_default();
     scheduler.abort();
@@ -104,8 +104,8 @@ fn replica_set(name: &str, replicas: usize) -> anyhow::Result<ReplicaSet> {
 
 async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     let c = cluster(nodes).await?;
-    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone()));
-    let controllers = tokio::spawn(skiff_controllers::run(c.client.clone(), skiff_controllers::Options::default()));
+    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone(), std::future::pending()));
+    let controllers = tokio::spawn(skiff_controllers::run(c.client.clone(), skiff_controllers::Options::default(), std::future::pending()));
     let api = Api::<ReplicaSet>::namespaced(c.client.clone(), "default");
     // The clock starts once a ReplicaSet of one has its pod bound: the controllers and
     // the scheduler have listed everything and are at work (a fixed pause would measure

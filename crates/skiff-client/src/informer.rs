@@ -50,7 +50,7 @@ where
         self.writer.as_reader()
     }
 
-    fn add(&self, deletions: bool) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+    fn add(&self, deletions: bool) -> impl futures::Stream<Item = Arc<K>> + Send + use<K> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.subscribers.lock().unwrap().push(Subscriber { tx, deletions });
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
@@ -58,13 +58,13 @@ where
 
     /// A stream of every object as it changes (after the cache has it), and of every
     /// cached object after each (re)list.
-    pub fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+    pub fn subscribe(&self) -> impl futures::Stream<Item = Arc<K>> + Send + use<K> {
         self.add(false)
     }
 
     /// As `subscribe`, and deleted objects too (a force-deleted pod must still wake its
     /// owner).
-    pub fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+    pub fn changes(&self) -> impl futures::Stream<Item = Arc<K>> + Send + use<K> {
         self.add(true)
     }
 

@@ -2,6 +2,10 @@
 //! honouring `concurrencyPolicy` (Allow, Forbid, Replace), `startingDeadlineSeconds` and
 //! `suspend`; keeps `successfulJobsHistoryLimit`/`failedJobsHistoryLimit` finished Jobs.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +61,15 @@ pub fn latest_due(schedule: &Schedule, since: &Zoned, now: &Zoned) -> (Option<Zo
         }
     }
     (latest, count)
+}
+
+/// The controller: CronJobs, woken by their Jobs.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), jobs: i.jobs.store(), recorder: Recorder::new(client.clone(), "cronjob-controller") };
+    Controller::for_shared_stream(i.cron_jobs.subscribe(), i.cron_jobs.store())
+        .owns_shared_stream(i.jobs.changes())
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -3,6 +3,10 @@
 //! node-name affinity; nodes that come get a pod, pods of nodes that go or stop fitting
 //! are removed; templates roll out node by node within `maxUnavailable`.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +97,24 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
         }
     }
     pod
+}
+
+/// The controller: DaemonSets, woken by their pods, and every one of them when a node
+/// comes, goes or changes.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx {
+        client: client.clone(),
+        pods: i.pods.store(),
+        nodes: i.nodes.store(),
+        revisions: i.revisions.store(),
+        recorder: Recorder::new(client.clone(), "daemonset-controller"),
+        expectations: Expectations::new(),
+    };
+    Controller::for_shared_stream(i.daemon_sets.subscribe(), i.daemon_sets.store())
+        .owns_shared_stream(i.pods.changes())
+        .reconcile_all_on(i.nodes.subscribe().map(|_| ()))
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -5,6 +5,10 @@
 //! is kubectl's job: it writes an old ReplicaSet's template back into the Deployment,
 //! which makes that ReplicaSet the new one again.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,6 +345,15 @@ async fn create_new_rs(ctx: &Ctx, d: &Deployment, template: &PodTemplateSpec, se
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The controller: Deployments, woken by their ReplicaSets.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), replica_sets: i.replica_sets.store(), recorder: Recorder::new(client.clone(), "deployment-controller") };
+    Controller::for_shared_stream(i.deployments.subscribe(), i.deployments.store())
+        .owns_shared_stream(i.replica_sets.changes())
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {

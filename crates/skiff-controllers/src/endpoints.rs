@@ -11,6 +11,11 @@
 //! keeps the Endpoints its user writes; those are mirrored into an EndpointSlice, since
 //! proxies read slices. ExternalName Services have no endpoints.
 
+use std::future::Future;
+use std::time::Duration;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::Informers;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -249,6 +254,31 @@ fn not_found_ok<T>(r: Result<T, kube::Error>) -> Result<Option<T>, Error> {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The controller: Services, woken by the pods they select (and those their slices still
+/// list), and by their own Endpoints and slices (user-written Endpoints are mirrored;
+/// slices changed or deleted by someone else are put back).
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let (selecting, listing) = (i.services.store(), i.slices.store());
+    let ctx = Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), "endpoint-controller"), pods: i.pods.store(), endpoints: i.endpoints.store(), slices: i.slices.store() };
+    Controller::for_shared_stream(i.services.subscribe(), i.services.store())
+        .watches_shared_stream(i.pods.changes(), move |pod| {
+            let mut refs = services_selecting(&selecting, &pod);
+            refs.extend(services_listing(&listing, &pod));
+            refs
+        })
+        .watches_shared_stream(i.endpoints.subscribe(), |e| {
+            let ns = e.metadata.namespace.clone().unwrap_or_default();
+            e.metadata.name.as_deref().map(|n| ObjectRef::new(n).within(&ns))
+        })
+        .watches_shared_stream(i.slices.subscribe(), |s| {
+            let ns = s.metadata.namespace.clone();
+            s.metadata.labels.as_ref().and_then(|l| l.get(skiff_client::SERVICE_NAME_LABEL)).map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
+        })
+        // Conflicts with a newer cache are common; look again soon, as proxies wait.
+        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(1)), Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {

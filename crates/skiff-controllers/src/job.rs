@@ -6,6 +6,10 @@
 //! Counts come from the Job's pods as they are (Kubernetes' tracking without finalizers),
 //! never lower than already reported: a finished pod deleted by hand is not forgotten.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +117,15 @@ fn condition(type_: &str, reason: &str, message: &str) -> JobCondition {
         last_probe_time: Some(skiff_client::now()),
         last_transition_time: Some(skiff_client::now()),
     }
+}
+
+/// The controller: Jobs, woken by their pods.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), pods: i.pods.store(), recorder: Recorder::new(client.clone(), "job-controller"), expectations: Expectations::new() };
+    Controller::for_shared_stream(i.jobs.subscribe(), i.jobs.store())
+        .owns_shared_stream(i.pods.changes())
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {

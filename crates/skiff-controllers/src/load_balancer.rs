@@ -3,6 +3,10 @@
 //! addresses, so their `status.loadBalancer.ingress` lists the addresses of the nodes
 //! that are Ready (ExternalIP where a node has one, else InternalIP).
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
@@ -21,6 +25,34 @@ pub struct Ctx {
     pub client: Client,
     pub nodes: Store<Node>,
     pub classes: Store<IngressClass>,
+}
+
+/// The controllers: Services and Ingresses. Their addresses follow the nodes; node status
+/// changes every few seconds, so only a change in the set of addresses wakes them all.
+pub fn controllers(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Arc::new(Ctx { client: client.clone(), nodes: i.nodes.store(), classes: i.ingress_classes.store() });
+    let services = Controller::for_shared_stream(i.services.subscribe(), i.services.store())
+        .reconcile_all_on(address_changes(i.nodes.subscribe(), i.nodes.store()))
+        .run(reconcile_service, retry, ctx.clone())
+        .for_each(|_| async {});
+    let ingresses = Controller::for_shared_stream(i.ingresses.subscribe(), i.ingresses.store())
+        .reconcile_all_on(futures::stream::select(address_changes(i.nodes.subscribe(), i.nodes.store()), i.ingress_classes.subscribe().map(|_| ())))
+        .run(reconcile_ingress, retry, ctx)
+        .for_each(|_| async {});
+    async move {
+        tokio::join!(services, ingresses);
+    }
+}
+
+/// A tick each time the set of load balancer addresses (Ready nodes' addresses) changes.
+fn address_changes(nodes: impl futures::Stream<Item = Arc<Node>> + Send + 'static, store: Store<Node>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let mut last = None;
+    nodes.filter_map(move |_| {
+        let now = node_addresses(&store.state());
+        let changed = last.as_ref() != Some(&now);
+        last = Some(now);
+        futures::future::ready(changed.then_some(()))
+    })
 }
 
 /// The addresses of Ready nodes, sorted.

@@ -3,6 +3,10 @@
 //! and the API server lets it go. Creating objects in it meanwhile is refused by the API
 //! server.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +24,12 @@ use crate::{Error, dynamic_api};
 pub struct Ctx {
     pub client: Client,
     pub recorder: Recorder,
+}
+
+/// The controller: Namespaces.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), "namespace-controller") };
+    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(reconcile, retry, Arc::new(ctx)).for_each(|_| async {})
 }
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {

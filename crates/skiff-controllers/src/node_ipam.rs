@@ -4,6 +4,10 @@
 //! range for life; the range is free again when the node is deleted. When the cluster
 //! range is used up, the node gets a `CIDRNotAvailable` event and no range.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +58,21 @@ pub fn first_free(ranges: &PodRanges, used: &HashSet<u32>) -> Option<Cidr> {
 
 /// Runs one node at a time (the controller's concurrency is 1), so two nodes never
 /// get the same range.
+/// The controller: Nodes, one at a time (ranges are handed out in order); nothing when
+/// the cluster has no pod range to split.
+pub fn controller(i: &Informers, client: &Client, ranges: Option<PodRanges>) -> impl Future<Output = ()> + Send + use<> {
+    let (events, nodes, client) = (i.nodes.subscribe(), i.nodes.store(), client.clone());
+    async move {
+        let Some(ranges) = ranges else { return };
+        let ctx = Ctx { client: client.clone(), nodes: nodes.clone(), ranges, recorder: Recorder::new(client, "node-ipam-controller"), pending: Default::default() };
+        Controller::for_shared_stream(events, nodes)
+            .with_config(kube::runtime::controller::Config::default().concurrency(1))
+            .run(reconcile, retry, Arc::new(ctx))
+            .for_each(|_| async {})
+            .await
+    }
+}
+
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if pod_cidr(&node).is_some() {
         return Ok(Action::await_change());

@@ -3,6 +3,10 @@
 //! the least useful pods first; reports replicas, ready, available and fully labeled
 //! counts.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +75,15 @@ pub fn status(rs: &ReplicaSet, owned: &[&Pod], now: i64) -> (ReplicaSetStatus, O
         terminating_replicas: None,
     };
     (status, wait)
+}
+
+/// The controller: ReplicaSets, woken by their pods.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), pods: i.pods.store(), recorder: Recorder::new(client.clone(), "replicaset-controller"), expectations: Expectations::new() };
+    Controller::for_shared_stream(i.replica_sets.subscribe(), i.replica_sets.store())
+        .owns_shared_stream(i.pods.changes())
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -1,5 +1,9 @@
 //! ServiceAccounts: every active namespace has a `default` ServiceAccount.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -12,6 +16,11 @@ use crate::Error;
 
 pub struct Ctx {
     pub client: Client,
+}
+
+/// The controller: Namespaces, for their `default` ServiceAccount.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(reconcile, retry, Arc::new(Ctx { client: client.clone() })).for_each(|_| async {})
 }
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {

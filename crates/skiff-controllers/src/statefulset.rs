@@ -4,6 +4,10 @@
 //! removes from the highest ordinal down; Parallel does all at once. RollingUpdate
 //! replaces pods from the highest ordinal down to `partition`, one at a time.
 
+use std::future::Future;
+use futures::StreamExt;
+use kube::runtime::Controller;
+use crate::support::{Informers, retry};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,6 +156,15 @@ async fn ensure_claims(ctx: &Ctx, set: &StatefulSet, i: i32) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+/// The controller: StatefulSets, woken by their pods.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), pods: i.pods.store(), revisions: i.revisions.store(), recorder: Recorder::new(client.clone(), "statefulset-controller") };
+    Controller::for_shared_stream(i.stateful_sets.subscribe(), i.stateful_sets.store())
+        .owns_shared_stream(i.pods.changes())
+        .run(reconcile, retry, Arc::new(ctx))
+        .for_each(|_| async {})
 }
 
 pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -79,8 +79,8 @@ struct Served {
     activator: Arc<activator::Activator>,
 }
 
-/// Runs the node's proxy until the process ends.
-pub async fn run(client: Client, config: ProxyConfig) {
+/// Runs the node's proxy until `shutdown` completes.
+pub async fn run(client: Client, config: ProxyConfig, shutdown: impl std::future::Future<Output = ()> + Send) {
     let services = SharedInformer::<Service>::new(Api::all(client.clone()));
     let slices = SharedInformer::<EndpointSlice>::new(Api::all(client.clone()));
     let ingresses = SharedInformer::<Ingress>::new(Api::all(client.clone()));
@@ -102,7 +102,11 @@ pub async fn run(client: Client, config: ProxyConfig) {
     let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));
     let https = futures::future::join_all(config.ingress_https.iter().map(|a| serve_ingress(*a, served.ingress.clone(), true, claims.clone())));
     let sync = sync_loop(all_changes, caches, config, served, claim, Recorder::new(client, "skiff-proxy"));
-    tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), autoscalers.run(), sync, dns, http, https);
+    let everything = async { tokio::join!(services.run(), slices.run(), ingresses.run(), classes.run(), secrets.run(), autoscalers.run(), sync, dns, http, https) };
+    tokio::select! {
+        _ = everything => {}
+        _ = shutdown => {}
+    }
 }
 
 /// Serves cluster DNS on the `kube-dns` address, binding again after a failure.

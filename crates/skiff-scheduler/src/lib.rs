@@ -320,8 +320,9 @@ async fn report_unschedulable(client: Client, recorder: Recorder, pod: Arc<Pod>,
     }
 }
 
-/// Runs the scheduler until the process ends. Watches restart on their own after errors.
-pub async fn run(client: Client) {
+/// Runs the scheduler until `shutdown` completes. Watches restart on their own after errors.
+pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()> + Send) {
+    tokio::pin!(shutdown);
     let mut pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(skiff_client::without_managed_fields).boxed();
     let mut nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff().boxed();
     let mut classes = watcher(Api::<RuntimeClass>::all(client.clone()), watcher::Config::default()).default_backoff().boxed();
@@ -344,6 +345,7 @@ pub async fn run(client: Client) {
     loop {
         let can_schedule = s.can_schedule();
         tokio::select! {
+            _ = &mut shutdown => return,
             Some(ev) = pods.next() => match ev {
                 Ok(ev) => s.on_pod_event(ev),
                 Err(e) => tracing::debug!(error = %e, "pod watch error"),

@@ -124,7 +124,7 @@ impl NodeArgs {
 
 /// The node's service proxy, beside its agent. Without the service range made local
 /// (no root, no `ip`), ClusterIPs cannot be served; NodePorts still are.
-pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::AgentConfig, service_cidr: skiff_core::Cidr) {
+pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::AgentConfig, service_cidr: skiff_core::Cidr, stop: crate::Stop) -> tokio::task::JoinHandle<()> {
     if let Err(why) = skiff_agent::network::make_services_local(service_cidr) {
         tracing::warn!(%service_cidr, %why, "ClusterIPs cannot be served on this node");
     }
@@ -150,7 +150,7 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
             }
         },
     };
-    tokio::spawn(skiff_proxy::run(client, config));
+    tokio::spawn(skiff_proxy::run(client, config, stop.wait()))
 }
 
 /// The cluster DNS address in a service range.
@@ -214,12 +214,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let registries = crate::registry::with_cluster(args.node.registries(&crate::default_data_dir())?, &kube_config)?;
         let config = args.node.config(data_dir, &token, args.service_cidr, registries)?;
         println!("node agent {} starting", config.node_name);
-        spawn_proxy(client.clone(), &args.node, &config, args.service_cidr);
+        let stop = crate::Stop::new();
+        let proxy = spawn_proxy(client.clone(), &args.node, &config, args.service_cidr, stop.clone());
         let dir = config.data_dir.clone();
         tokio::select! {
             r = skiff_agent::run(client, config) => r?,
-            _ = tokio::signal::ctrl_c() => {}
+            _ = crate::server::shutdown_signal() => {}
         }
+        stop.now();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), proxy).await;
         tokio::task::spawn_blocking(move || skiff_agent::leave_containers(&dir)).await?;
         return Ok(());
     };

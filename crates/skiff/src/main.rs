@@ -140,6 +140,28 @@ enum RolloutWhat {
     },
 }
 
+/// Tells the long-running parts of a process (scheduler, controllers, proxy) to stop.
+#[derive(Clone)]
+pub(crate) struct Stop(tokio::sync::watch::Sender<bool>);
+
+impl Stop {
+    pub(crate) fn new() -> Stop {
+        Stop(tokio::sync::watch::Sender::new(false))
+    }
+
+    pub(crate) fn now(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Completes once `now` has been called.
+    pub(crate) fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
 /// `90`, `90s`, `5m` or `1h`, as kubectl's `--timeout` takes them.
 pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = text.find(|c: char| !c.is_ascii_digit()).map(|i| text.split_at(i)).unwrap_or((text, "s"));

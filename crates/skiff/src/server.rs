@@ -108,25 +108,27 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
     println!("  kubectl get namespaces");
     tracing::info!(%addr, data_dir = %dir.display(), "serving the Kubernetes API");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let registry = crate::registry::start(&dir, &token)?;
     let router = skiff_apiserver::router(api).merge(skiff_registry::router(registry));
     // The scheduler and controllers are API clients like any other, wired straight to the
     // router: no socket, no TLS, same request path.
     let client = |component| skiff_apiserver::in_process_client(router.clone(), &token, component);
-    tokio::spawn(skiff_scheduler::run(client("skiff-scheduler")?));
+    let stop = crate::Stop::new();
+    let scheduler = tokio::spawn(skiff_scheduler::run(client("skiff-scheduler")?, stop.wait()));
     let options = skiff_controllers::Options {
         node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
         pod_ranges: Some(pod_ranges),
     };
-    tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options));
+    let controllers = tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options, stop.wait()));
+    let mut loops = vec![scheduler, controllers];
     let mut agent_dir = None;
     if whole_cluster {
         // This node reaches the cluster's registry where the API listens, as any client would.
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
         let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca], &token);
         let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
-        crate::agent::spawn_proxy(client("skiff-proxy")?, &args.node, &config, args.service_cidr);
+        loops.push(crate::agent::spawn_proxy(client("skiff-proxy")?, &args.node, &config, args.service_cidr, stop.clone()));
         let client = client("skiff-agent")?;
         agent_dir = Some(config.data_dir.clone());
         tokio::spawn(async move {
@@ -142,7 +144,10 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         .await
     });
     shutdown_signal().await;
-    let _ = stop.send(());
+    let _ = stop_serving.send(());
+    // The scheduler, controllers and proxy stop at once; their in-flight requests end with them.
+    stop.now();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), futures::future::join_all(loops)).await;
     // Open watches would hold a graceful shutdown for their whole timeout; every
     // acknowledged write is already durable, so give requests a moment and go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
@@ -153,7 +158,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -28,6 +28,10 @@ use skiff_client::Recorder;
 use skiff_client::events::EventType;
 
 use crate::Error;
+use crate::support::{Informers, retry};
+use futures::StreamExt;
+use kube::runtime::Controller;
+use std::future::Future;
 use behavior::History;
 
 pub const SYNC_PERIOD_ANNOTATION: &str = "skiff.dev/hpa-sync-period";
@@ -87,6 +91,12 @@ struct Decision {
     explanation: Vec<String>,
     metrics: Vec<MetricStatus>,
     conditions: Vec<(&'static str, bool, &'static str, String)>,
+}
+
+/// The controller: HorizontalPodAutoscalers; each one looks again every sync period.
+pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
+    let ctx = Ctx { client: client.clone(), pods: i.pods.store(), replica_sets: i.replica_sets.store(), recorder: Recorder::new(client.clone(), "horizontal-pod-autoscaler"), state: Default::default() };
+    Controller::for_shared_stream(i.autoscalers.subscribe(), i.autoscalers.store()).run(reconcile, retry, Arc::new(ctx)).for_each(|_| async {})
 }
 
 pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action, Error> {
