@@ -107,12 +107,14 @@ async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Du
     let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone(), std::future::pending()));
     let controllers = tokio::spawn(skiff_controllers::run(c.client.clone(), skiff_controllers::Options::default(), std::future::pending()));
     let api = Api::<ReplicaSet>::namespaced(c.client.clone(), "default");
-    // The clock starts once a ReplicaSet of one has its pod bound: the controllers and
-    // the scheduler have listed everything and are at work (a fixed pause would measure
-    // their start-up on a slow machine, or waste time on a fast one).
+    // The clock starts once a ReplicaSet of one has its pod bound (the controllers and the
+    // scheduler have listed everything and are at work; a fixed pause alone would measure
+    // their start-up on a slow machine), and a second more has passed for the start-up
+    // work on 5,000 nodes to settle, as in a cluster that has been up a while.
     let warm = tokio::spawn(watch_bound(c.client.clone(), 1, Some("app=warm-up")));
     api.create(&PostParams::default(), &replica_set("warm-up", 1)?).await?;
     warm.await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let watching = tokio::spawn(watch_bound(c.client.clone(), replicas, Some("app=scale")));
     let start = Instant::now();
     api.create(&PostParams::default(), &replica_set("scale", replicas)?).await?;

@@ -123,18 +123,23 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
         let (route, activator) = (route.clone(), activator.clone());
         tokio::spawn(async move {
             let mut client = client;
-            if route.backends().endpoints.is_empty()
+            let mut upstream = connect(&route, peer.ip()).await;
+            // No endpoint, or none that still answers (the last pod of a workload scaled
+            // to zero just went): the activator may hold the connection.
+            if upstream.is_none()
                 && let Some(activator) = activator
-                && let Err(refusal) = hold(&route, &activator).await
             {
-                if let Some(why) = refusal {
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut client, service_unavailable(&why).as_bytes()).await;
-                    return;
+                match hold(&route, &activator, peer.ip()).await {
+                    Ok(connected) => upstream = Some(connected),
+                    Err(Some(why)) => {
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut client, service_unavailable(&why).as_bytes()).await;
+                        return;
+                    }
+                    Err(None) => {}
                 }
             }
-            if let Some((upstream, endpoint)) = connect(&route, peer.ip()).await {
+            if let Some((mut upstream, endpoint)) = upstream {
                 route.used(peer.ip(), endpoint);
-                let mut upstream = upstream;
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             } else {
                 // Reset, so the client learns at once that nothing serves here.
@@ -144,9 +149,10 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
     }
 }
 
-/// Holds a connection until the Service has an endpoint. `Err(None)`: nothing will come
-/// (no autoscaler scales it from zero); `Err(Some(why))`: held too long, or too many held.
-async fn hold(route: &Route, activator: &Activator) -> Result<(), Option<String>> {
+/// Holds a connection until an endpoint of the Service accepts it. `Err(None)`: nothing
+/// will come (no autoscaler scales the Service's workload from zero); `Err(Some(why))`:
+/// held too long, or too many held.
+async fn hold(route: &Route, activator: &Activator, client: IpAddr) -> Result<(TcpStream, SocketAddr), Option<String>> {
     let service = route.backends().service.clone();
     let Some((namespace, name)) = crate::services::service_key(&service) else { return Err(None) };
     struct Held<'a>(&'a AtomicUsize);
@@ -166,9 +172,15 @@ async fn hold(route: &Route, activator: &Activator) -> Result<(), Option<String>
         if !activator.wake(namespace, name).await {
             return Err(None);
         }
-        if let Ok(Ok(_)) = tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, serving.wait_for(|s| *s)).await {
-            tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
-            return Ok(());
+        // (A bool, so the watch's read guard is gone before the connect.)
+        let has_endpoints = matches!(tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, serving.wait_for(|s| *s)).await, Ok(Ok(_)));
+        if has_endpoints {
+            if let Some(connected) = connect(route, client).await {
+                tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
+                return Ok(connected);
+            }
+            // Endpoints of pods that just went: wait for the list to change.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     Err(Some(format!("{service} did not get a ready endpoint within {}s of scaling from zero", crate::activator::HOLD_FOR.as_secs())))
