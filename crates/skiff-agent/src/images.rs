@@ -20,6 +20,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
 
+/// How long garbage collection spares a downloaded blob no image record names yet.
+const PULL_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
 use crate::registries::{Registries, Source};
 
 /// The CNCF Wasm artifact's config media type.
@@ -301,9 +304,12 @@ impl ImageStore {
             }
         }
         let live: std::collections::HashSet<String> = kept.iter().flat_map(|r| r.blobs()).map(|d| d.trim_start_matches("sha256:").to_string()).collect();
+        // Blobs of a pull in flight belong to no record yet: recent ones are spared (a
+        // pull's blobs vanished between its download and its first container's start).
+        let recent = |e: &std::fs::DirEntry| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PULL_GRACE));
         for entry in std::fs::read_dir(self.dir.join("blobs/sha256")).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if !name.contains('.') && !live.contains(&name) {
+            if !name.contains('.') && !live.contains(&name) && !recent(&entry) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -481,13 +487,17 @@ mod tests {
             LocalImage { reference: "reg.example/app:v2".into(), manifest_digest: "sha256:m2".into(), kind: ImageKind::Container { config_digest: "sha256:c2".into(), layers: vec![layer("sha256:base"), layer("sha256:app2")] } },
             LocalImage { reference: "reg.example/fn:v1".into(), manifest_digest: "sha256:m3".into(), kind: ImageKind::Wasm { wasm_digest: "sha256:wasm".into() } },
         ];
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for image in images {
             for blob in image.blobs() {
                 std::fs::write(store.blob_path(blob), b"x").unwrap();
+                std::fs::File::options().write(true).open(store.blob_path(blob)).unwrap().set_modified(an_hour_ago).unwrap();
             }
             store.record(image);
         }
         std::fs::write(store.blob_path("sha256:arriving").with_extension("partial-1"), b"x").unwrap();
+        // A pull in flight: downloaded, not recorded yet.
+        std::fs::write(store.blob_path("sha256:downloaded"), b"x").unwrap();
         let (removed, layers) = store.remove_unused(&["reg.example/app:v2".to_string()].into());
         assert_eq!(removed, 2);
         assert_eq!(layers, ["sha256:base".to_string(), "sha256:app2".to_string()].into());
@@ -497,6 +507,7 @@ mod tests {
             assert_eq!(store.blob_path(blob).exists(), kept, "{blob}");
         }
         assert!(store.blob_path("sha256:arriving").with_extension("partial-1").exists());
+        assert!(store.blob_path("sha256:downloaded").exists());
     }
 
     #[tokio::test]

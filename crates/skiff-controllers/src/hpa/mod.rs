@@ -46,6 +46,7 @@ pub struct Ctx {
     pub client: Client,
     pub pods: Store<Pod>,
     pub replica_sets: Store<ReplicaSet>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub recorder: Recorder,
     /// Per HPA (namespace/name): its behavior history and when it was last synced.
     pub state: Mutex<HashMap<String, Synced>>,
@@ -95,7 +96,14 @@ struct Decision {
 
 /// The controller: HorizontalPodAutoscalers; each one looks again every sync period.
 pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
-    let ctx = Ctx { client: client.clone(), pods: i.pods.store(), replica_sets: i.replica_sets.store(), recorder: Recorder::new(client.clone(), "horizontal-pod-autoscaler"), state: Default::default() };
+    let ctx = Ctx {
+        client: client.clone(),
+        pods: i.pods.store(),
+        replica_sets: i.replica_sets.store(),
+        autoscalers: i.autoscalers.store(),
+        recorder: Recorder::new(client.clone(), "horizontal-pod-autoscaler"),
+        state: Default::default(),
+    };
     Controller::for_shared_stream(i.autoscalers.subscribe(), i.autoscalers.store()).run(reconcile, retry, Arc::new(ctx)).for_each(|_| async {})
 }
 
@@ -151,6 +159,9 @@ pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Resu
         let mut state = ctx.state.lock().unwrap();
         let synced = state.entry(key).or_insert_with(|| Synced::new(History::default(), now));
         (synced.at, synced.generation) = (now, hpa.metadata.generation);
+        // Deleted HPAs' histories go (a reconcile is never called for them).
+        let live: std::collections::HashSet<String> = ctx.autoscalers.state().iter().map(|h| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any())).collect();
+        state.retain(|k, _| live.contains(k));
     }
     Ok(Action::requeue(period))
 }
