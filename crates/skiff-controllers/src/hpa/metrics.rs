@@ -16,7 +16,7 @@ use skiff_core::LabelSelector;
 use skiff_core::quantity::{parse_milli, parse_units};
 
 use super::Ctx;
-use super::replicas::{self, ObjectTarget, PodReading, PodTarget, Proposal};
+use super::replicas::{self, ObjectTarget, PodReading, PodTarget, Proposal, Tolerance};
 
 /// The object an HPA scales, as its scale subresource shows it.
 pub struct Target {
@@ -141,7 +141,7 @@ fn counted(pod: &Pod) -> bool {
 }
 
 /// Every metric of the HPA, evaluated against the target.
-pub async fn evaluate(ctx: &Ctx, hpa: &HorizontalPodAutoscaler, target: &Target, tolerance: f64) -> Vec<Evaluated> {
+pub async fn evaluate(ctx: &Ctx, hpa: &HorizontalPodAutoscaler, target: &Target, tolerance: Tolerance) -> Vec<Evaluated> {
     let ns = hpa.namespace().unwrap_or_default();
     let pods: Vec<Arc<Pod>> = target.own_pods(ctx, &ns).into_iter().filter(|p| counted(p)).collect();
     let specs = hpa.spec.metrics.clone().unwrap_or_default();
@@ -170,7 +170,7 @@ pub async fn evaluate(ctx: &Ctx, hpa: &HorizontalPodAutoscaler, target: &Target,
 
 type Usage = Result<HashMap<String, HashMap<String, HashMap<String, Quantity>>>, String>;
 
-fn resource_metric(spec: &MetricSpec, pods: &[Arc<Pod>], usage: &Usage, current: i32, tolerance: f64) -> Evaluated {
+fn resource_metric(spec: &MetricSpec, pods: &[Arc<Pod>], usage: &Usage, current: i32, tolerance: Tolerance) -> Evaluated {
     let (name, container, target) = match (&spec.resource, &spec.container_resource) {
         (Some(r), _) => (r.name.clone(), None, r.target.clone()),
         (None, Some(c)) => (c.name.clone(), Some(c.container.clone()), c.target.clone()),
@@ -249,7 +249,7 @@ fn item_value(item: &Value) -> Option<f64> {
     number(&Quantity(item["value"].as_str()?.to_string()))
 }
 
-async fn pods_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, target: &Target, tolerance: f64) -> Evaluated {
+async fn pods_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, target: &Target, tolerance: Tolerance) -> Evaluated {
     let failure = "FailedGetPodsMetric";
     let Some(source) = spec.pods.as_ref() else {
         return Evaluated { description: "pods metric".into(), proposal: Err("a Pods metric needs spec.metrics[].pods".into()), status: None, failure };
@@ -274,7 +274,7 @@ async fn pods_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, 
     Evaluated { description, proposal, status, failure }
 }
 
-async fn object_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, current: i32, tolerance: f64) -> Evaluated {
+async fn object_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, current: i32, tolerance: Tolerance) -> Evaluated {
     let failure = "FailedGetObjectMetric";
     let Some(source) = spec.object.as_ref() else {
         return Evaluated { description: "object metric".into(), proposal: Err("an Object metric needs spec.metrics[].object".into()), status: None, failure };

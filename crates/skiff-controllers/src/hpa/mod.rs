@@ -84,6 +84,15 @@ pub fn sync_period(hpa: &HorizontalPodAutoscaler) -> Result<Duration, String> {
     }
 }
 
+/// The tolerance of each direction: `behavior.scaleUp/scaleDown.tolerance` (a quantity,
+/// `0.05` or `50m`), else Kubernetes' 0.1.
+fn tolerance(behavior: Option<&k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior>) -> replicas::Tolerance {
+    let of = |rules: Option<&k8s_openapi::api::autoscaling::v2::HPAScalingRules>| {
+        rules.and_then(|r| r.tolerance.as_ref()).and_then(|q| skiff_core::quantity::parse_milli(&q.0).ok()).map_or(DEFAULT_TOLERANCE, |m| m.max(0) as f64 / 1000.0)
+    };
+    replicas::Tolerance { up: of(behavior.and_then(|b| b.scale_up.as_ref())), down: of(behavior.and_then(|b| b.scale_down.as_ref())) }
+}
+
 /// What one sync decided, and why.
 struct Decision {
     desired: i32,
@@ -171,18 +180,19 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
     let spec = &hpa.spec;
     let (current, min, max) = (target.replicas, spec.min_replicas.unwrap_or(1), spec.max_replicas);
     let mut conditions = vec![("AbleToScale", true, "SucceededGetScale", "the HPA controller was able to get the target's current scale".to_string())];
-    let fixed = |desired: i32, reason: &str, why: String, mut conditions: Vec<_>, extra| {
+    // No scaling this sync, and the condition that says why.
+    let stay = |desired: i32, why: String, mut conditions: Vec<_>, extra| {
         conditions.push(extra);
-        Decision { desired, reason: reason.to_string(), explanation: vec![why], metrics: Vec::new(), conditions }
+        Decision { desired, reason: String::new(), explanation: vec![why], metrics: Vec::new(), conditions }
     };
     if min > max || max < 1 {
         let why = format!("minReplicas {min} and maxReplicas {max} leave no valid count");
         ctx.recorder.record(hpa, EventType::Warning, "InvalidSpec", why.clone());
-        return fixed(current, "", why.clone(), conditions, ("ScalingActive", false, "InvalidSpec", why));
+        return stay(current, why.clone(), conditions, ("ScalingActive", false, "InvalidSpec", why));
     }
     if current == 0 && min != 0 {
         let why = "scaling is disabled since the replica count of the target is zero".to_string();
-        return fixed(0, "", why.clone(), conditions, ("ScalingActive", false, "ScalingDisabled", why));
+        return stay(0, why.clone(), conditions, ("ScalingActive", false, "ScalingDisabled", why));
     }
     if current > max || current < min {
         let (desired, why) = if current > max { (max, "Current number of replicas above Spec.MaxReplicas") } else { (min, "Current number of replicas below Spec.MinReplicas") };
@@ -190,7 +200,7 @@ async fn decide(hpa: &HorizontalPodAutoscaler, ctx: &Ctx, key: &str, target: &me
         conditions.push(("ScalingLimited", true, if current > max { "TooManyReplicas" } else { "TooFewReplicas" }, why.into()));
         return Decision { desired, reason: why.into(), explanation: vec![why.into()], metrics: Vec::new(), conditions };
     }
-    let tolerance = DEFAULT_TOLERANCE;
+    let tolerance = tolerance(spec.behavior.as_ref());
     let evaluated = metrics::evaluate(ctx, hpa, target, tolerance).await;
     let mut explanation: Vec<String> = evaluated.iter().map(|e| e.explanation()).collect();
     let proposals: Vec<&metrics::Evaluated> = evaluated.iter().filter(|e| e.proposal.is_ok()).collect();

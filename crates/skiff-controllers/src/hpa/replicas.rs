@@ -31,8 +31,26 @@ pub struct Proposal {
     pub why: String,
 }
 
-fn ratio_within(ratio: f64, tolerance: f64) -> bool {
-    (1.0 - ratio).abs() <= tolerance
+/// How far from the target a ratio may be before it moves the count: Kubernetes' 0.1, or
+/// the `tolerance` of `behavior.scaleUp` and `behavior.scaleDown`, one per direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerance {
+    pub up: f64,
+    pub down: f64,
+}
+
+impl Tolerance {
+    pub fn both(t: f64) -> Tolerance {
+        Tolerance { up: t, down: t }
+    }
+
+    fn of(self, ratio: f64) -> f64 {
+        if ratio > 1.0 { self.up } else { self.down }
+    }
+}
+
+fn ratio_within(ratio: f64, tolerance: Tolerance) -> bool {
+    (1.0 - ratio).abs() <= tolerance.of(ratio)
 }
 
 /// The per-pod average (or utilization) over `readings`, and the ratio to the target.
@@ -55,7 +73,7 @@ fn usage_ratio(readings: &[(f64, Option<f64>)], target: PodTarget) -> Result<(f6
 }
 
 /// Replicas for a per-pod metric (Resource, ContainerResource, Pods).
-pub fn for_pods(current_replicas: i32, pods: &[PodReading], target: PodTarget, tolerance: f64) -> Result<Proposal, String> {
+pub fn for_pods(current_replicas: i32, pods: &[PodReading], target: PodTarget, tolerance: Tolerance) -> Result<Proposal, String> {
     if let PodTarget::Utilization(_) = target
         && pods.iter().any(|p| p.value.is_some() && p.request.is_none())
     {
@@ -71,7 +89,7 @@ pub fn for_pods(current_replicas: i32, pods: &[PodReading], target: PodTarget, t
     let scale_up_with_unready = !unready.is_empty() && ratio > 1.0;
     if missing.is_empty() && !scale_up_with_unready {
         if ratio_within(ratio, tolerance) {
-            return Ok(Proposal { replicas: current_replicas, current, why: format!("ratio {ratio:.2} is within the tolerance {tolerance}") });
+            return Ok(Proposal { replicas: current_replicas, current, why: format!("ratio {ratio:.2} is within the tolerance {}", tolerance.of(ratio)) });
         }
         let replicas = (ratio * with_value.len() as f64).ceil() as i32;
         return Ok(Proposal { replicas, current, why: format!("ratio {ratio:.2} over {} pods", with_value.len()) });
@@ -110,19 +128,19 @@ pub enum ObjectTarget {
 
 /// Replicas for an Object metric (one value describing the whole target, such as a
 /// Service's requests per second).
-pub fn for_object(current_replicas: i32, ready_pods: i32, value: f64, target: ObjectTarget, tolerance: f64) -> Proposal {
+pub fn for_object(current_replicas: i32, ready_pods: i32, value: f64, target: ObjectTarget, tolerance: Tolerance) -> Proposal {
     match target {
         ObjectTarget::Value(t) => {
             let ratio = value / t;
             if ratio_within(ratio, tolerance) {
-                return Proposal { replicas: current_replicas, current: value, why: format!("ratio {ratio:.2} is within the tolerance {tolerance}") };
+                return Proposal { replicas: current_replicas, current: value, why: format!("ratio {ratio:.2} is within the tolerance {}", tolerance.of(ratio)) };
             }
             Proposal { replicas: (ratio * ready_pods as f64).ceil() as i32, current: value, why: format!("ratio {ratio:.2} over {ready_pods} ready pods") }
         }
         ObjectTarget::AverageValue(t) => {
             let ratio = value / (t * current_replicas.max(1) as f64);
             if ratio_within(ratio, tolerance) {
-                return Proposal { replicas: current_replicas, current: value / current_replicas.max(1) as f64, why: format!("ratio {ratio:.2} is within the tolerance {tolerance}") };
+                return Proposal { replicas: current_replicas, current: value / current_replicas.max(1) as f64, why: format!("ratio {ratio:.2} is within the tolerance {}", tolerance.of(ratio)) };
             }
             Proposal { replicas: (value / t).ceil() as i32, current: value / current_replicas.max(1) as f64, why: format!("{value} at {t} per pod") }
         }
@@ -141,14 +159,14 @@ mod tests {
     fn proportional_with_tolerance() {
         // 3 pods at 90% of a 50% target: ratio 1.8, ceil(5.4) = 6.
         let pods = vec![pod(Some(90.0), true); 3];
-        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), 0.1).unwrap().replicas, 6);
+        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap().replicas, 6);
         // 54% of 50%: within 10%.
         let pods = vec![pod(Some(54.0), true); 3];
-        let p = for_pods(3, &pods, PodTarget::Utilization(50.0), 0.1).unwrap();
+        let p = for_pods(3, &pods, PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap();
         assert_eq!((p.replicas, p.current), (3, 54.0));
         // Average values: 10 rps each against 4 → ceil(2.5 × 2) = 5.
         let pods = vec![pod(Some(10.0), true); 2];
-        assert_eq!(for_pods(2, &pods, PodTarget::AverageValue(4.0), 0.1).unwrap().replicas, 5);
+        assert_eq!(for_pods(2, &pods, PodTarget::AverageValue(4.0), Tolerance::both(0.1)).unwrap().replicas, 5);
     }
 
     #[test]
@@ -156,28 +174,32 @@ mod tests {
         // Scaling down with one pod missing: it counts at the target, so 2 pods at 10%
         // and one at 50% of a 50% target → ratio 0.47, ceil(1.4) = 2 (not 1).
         let pods = vec![pod(Some(10.0), true), pod(Some(10.0), true), pod(None, true)];
-        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), 0.1).unwrap().replicas, 2);
+        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap().replicas, 2);
         // Scaling up with a not-ready pod: it counts as 0. 2 at 100% and 1 not ready, of a
         // 50% target → ratio 1.33 over 3 pods, ceil(4.0) = 4.
         let pods = vec![pod(Some(100.0), true), pod(Some(100.0), true), pod(None, false)];
-        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), 0.1).unwrap().replicas, 4);
+        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap().replicas, 4);
         // Unready pods that would turn a scale-up into a scale-down: no change.
         let pods = vec![pod(Some(60.0), true), pod(None, false), pod(None, false)];
-        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), 0.1).unwrap().replicas, 3);
+        assert_eq!(for_pods(3, &pods, PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap().replicas, 3);
     }
 
     #[test]
     fn errors_say_why() {
-        assert!(for_pods(2, &[pod(None, true)], PodTarget::Utilization(50.0), 0.1).unwrap_err().contains("no ready pod"));
+        assert!(for_pods(2, &[pod(None, true)], PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap_err().contains("no ready pod"));
         let no_request = PodReading { ready: true, value: Some(1.0), request: None };
-        assert!(for_pods(1, &[no_request], PodTarget::Utilization(50.0), 0.1).unwrap_err().contains("missing request"));
+        assert!(for_pods(1, &[no_request], PodTarget::Utilization(50.0), Tolerance::both(0.1)).unwrap_err().contains("missing request"));
     }
 
     #[test]
     fn object_metrics() {
-        assert_eq!(for_object(2, 2, 300.0, ObjectTarget::Value(100.0), 0.1).replicas, 6);
-        assert_eq!(for_object(2, 2, 105.0, ObjectTarget::Value(100.0), 0.1).replicas, 2);
-        assert_eq!(for_object(2, 2, 300.0, ObjectTarget::AverageValue(50.0), 0.1).replicas, 6);
-        assert_eq!(for_object(0, 0, 300.0, ObjectTarget::AverageValue(50.0), 0.1).replicas, 6);
+        assert_eq!(for_object(2, 2, 300.0, ObjectTarget::Value(100.0), Tolerance::both(0.1)).replicas, 6);
+        assert_eq!(for_object(2, 2, 105.0, ObjectTarget::Value(100.0), Tolerance::both(0.1)).replicas, 2);
+        // A tolerance per direction: 5% up moves it, 5% down does not.
+        let t = Tolerance { up: 0.01, down: 0.1 };
+        assert_eq!(for_object(2, 2, 210.0, ObjectTarget::Value(200.0), t).replicas, 3);
+        assert_eq!(for_object(2, 2, 190.0, ObjectTarget::Value(200.0), t).replicas, 2);
+        assert_eq!(for_object(2, 2, 300.0, ObjectTarget::AverageValue(50.0), Tolerance::both(0.1)).replicas, 6);
+        assert_eq!(for_object(0, 0, 300.0, ObjectTarget::AverageValue(50.0), Tolerance::both(0.1)).replicas, 6);
     }
 }
