@@ -101,7 +101,11 @@ class Cluster:
         log = open(os.path.join(self.data_dir, f"hollow-{prefix}.log"), "ab")
         proc = subprocess.Popen([skiff_binary(), "agent", "--kubeconfig", self.kubeconfig, "--hollow", str(count), "--hollow-prefix", prefix, *extra],
                                 stdout=log, stderr=log)
-        wait_for(lambda: all(self.kubectl("get", "node", f"{prefix}-{i}", check=False).returncode == 0 for i in range(count)), 30, "hollow nodes registered")
+        def ready(name):
+            p = self.kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+            return p.returncode == 0 and p.stdout == "True"
+        # Registered and Ready: a node is created first and reports its status after.
+        wait_for(lambda: all(ready(f"{prefix}-{i}") for i in range(count)), 30, "hollow nodes registered and ready")
         return proc
 
     def json(self, *args):
