@@ -160,8 +160,7 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, method: http::Method, 
     answer.map_or_else(|e| e.into_response(), |v| crate::json_body(&v))
 }
 
-fn metrics_of(server: &ApiServer, plural: &str, object: &Value) -> Option<Value> {
-    let samples = server.metrics.samples.lock().unwrap();
+fn metrics_of(samples: &Samples, plural: &str, object: &Value) -> Option<Value> {
     let name = object.pointer("/metadata/name")?.as_str()?.to_string();
     if plural == "nodes" {
         return node_metrics(object, samples.nodes.get(&name)?);
@@ -175,7 +174,10 @@ async fn list(server: &ApiServer, plural: &str, namespace: Option<&str>, params:
     let mut options = crate::rest::list_options(params)?;
     (options.limit, options.continue_token) = (None, None);
     let objects = server.store.list(&r.list_prefix(namespace), &options).await.map_err(|e| ApiError::from_store(e, plural, ""))?.items;
-    let items: Vec<Value> = objects.iter().filter_map(|o| metrics_of(server, plural, o)).collect();
+    let items: Vec<Value> = {
+        let samples = server.metrics.samples.lock().unwrap();
+        objects.iter().filter_map(|o| metrics_of(&samples, plural, o)).collect()
+    };
     let kind = if plural == "nodes" { "NodeMetricsList" } else { "PodMetricsList" };
     Ok(json!({"kind": kind, "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": items}))
 }
@@ -185,7 +187,8 @@ async fn get(server: &ApiServer, plural: &str, namespace: Option<&str>, name: &s
     let kind = if plural == "nodes" { "nodemetrics" } else { "podmetrics" };
     let not_found = || ApiError::not_found(&format!("{kind}.{GROUP}"), name);
     let object = server.store.get(&r.key(namespace, name)).await.map_err(|_| not_found())?;
-    metrics_of(server, plural, &object).ok_or_else(not_found)
+    let samples = server.metrics.samples.lock().unwrap();
+    metrics_of(&samples, plural, &object).ok_or_else(not_found)
 }
 
 #[cfg(test)]
