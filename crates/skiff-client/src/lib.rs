@@ -19,6 +19,11 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub use expectations::Expectations;
 pub use informer::SharedInformer;
 
+/// The dynamic-client description of a served resource.
+pub fn api_resource(r: &skiff_core::ResourceType) -> kube::api::ApiResource {
+    kube::api::ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() }
+}
+
 /// A typed `metav1.LabelSelector` (as k8s-openapi objects carry it) as a matcher.
 pub fn label_selector(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<skiff_core::LabelSelector, skiff_core::labels::SelectorError> {
     let value = serde_json::to_value(selector).expect("a LabelSelector always serialises");

@@ -105,10 +105,7 @@ pub fn selector_of(selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta:
     skiff_client::label_selector(s).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// The dynamic-client description of a served resource.
-pub fn api_resource(r: &skiff_core::ResourceType) -> kube::api::ApiResource {
-    kube::api::ApiResource { group: r.group.into(), version: r.version.into(), api_version: r.api_version(), kind: r.kind.into(), plural: r.plural.into() }
-}
+pub use skiff_client::api_resource;
 
 /// A dynamic API for objects of `r`: in `namespace` when the kind is namespaced and one is
 /// given, across the cluster otherwise.

@@ -16,3 +16,14 @@ pub use cidr::Cidr;
 pub use fields::FieldSelector;
 pub use labels::LabelSelector;
 pub use resources::{ResourceType, RESOURCES};
+
+/// A query parameter's value, percent-encoded (unreserved characters stay as they are).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+

@@ -55,8 +55,7 @@ impl Activator {
         for hpa in candidates {
             let r = &hpa.spec.scale_target_ref;
             let Some(resource) = skiff_core::resources::find_by_kind(r.api_version.as_deref().unwrap_or_default(), &r.kind).filter(|x| x.has_subresource("scale")) else { continue };
-            let ar = kube::api::ApiResource { group: resource.group.into(), version: resource.version.into(), api_version: resource.api_version(), kind: resource.kind.into(), plural: resource.plural.into() };
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &ar);
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &skiff_client::api_resource(resource));
             let Ok(target) = api.get(&r.name).await else { continue };
             let labels = target.data.pointer("/spec/template/metadata/labels").and_then(|l| l.as_object()).cloned().unwrap_or_default();
             if !selector.iter().all(|(k, v)| labels.get(k).and_then(|l| l.as_str()) == Some(v.as_str())) {

@@ -134,14 +134,7 @@ fn query(selector: Option<&str>, extra: &str) -> String {
     if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use skiff_core::urlencode;
 
 pub async fn get(args: &TargetArgs, kind: &str, name: Option<&str>, output: Option<&str>, selector: Option<&str>, watch: bool) -> anyhow::Result<()> {
     let s = Session::connect(args).await?;

@@ -110,7 +110,7 @@ fn quantity(resource: &str, value: f64) -> Quantity {
 
 /// Usage per pod and container from `metrics.k8s.io`, for pods the selector matches.
 async fn pod_usage(client: &Client, namespace: &str, selector: &str) -> Result<HashMap<String, HashMap<String, HashMap<String, Quantity>>>, String> {
-    let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}", urlencode(selector));
+    let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}", skiff_core::urlencode(selector));
     let request = http::Request::get(url).body(Vec::new()).map_err(|e| e.to_string())?;
     let list: Value = client.request(request).await.map_err(|e| format!("unable to get metrics for resource: unable to fetch metrics from resource metrics API: {e}"))?;
     let mut out = HashMap::new();
@@ -123,10 +123,6 @@ async fn pod_usage(client: &Client, namespace: &str, selector: &str) -> Result<H
         out.insert(pod.to_string(), containers);
     }
     Ok(out)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// Whether the calculator may count this pod's reading: pending pods, and for CPU pods
@@ -259,7 +255,7 @@ async fn pods_metric(ctx: &Ctx, spec: &MetricSpec, pods: &[Arc<Pod>], ns: &str, 
     let Some(want) = source.target.average_value.as_ref().and_then(number).filter(|v| *v > 0.0) else {
         return Evaluated { description, proposal: Err("a Pods metric's target needs a positive averageValue".into()), status: None, failure };
     };
-    let items = match custom_metric(&ctx.client, &format!("namespaces/{ns}/pods/*/{name}?labelSelector={}", urlencode(&target.selector))).await {
+    let items = match custom_metric(&ctx.client, &format!("namespaces/{ns}/pods/*/{name}?labelSelector={}", skiff_core::urlencode(&target.selector))).await {
         Ok(items) => items,
         Err(e) => return Evaluated { description, proposal: Err(e), status: None, failure },
     };
