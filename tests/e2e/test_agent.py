@@ -327,6 +327,38 @@ def test_http_functions_answer_on_their_own_pod_ips(wasm_cluster, images, ns):
     assert all(container_status(wasm_cluster, ns, p["metadata"]["name"])["restartCount"] == 0 for p in pods)
 
 
+def test_instance_reuse_serves_n_requests_per_instance(wasm_cluster, images, ns):
+    """With `skiff.dev/instance-reuse: 3` an instance answers three requests; a trap, a
+    memory overrun or a second of idleness ends it, and the next request gets a new one."""
+    reused = pod_manifest("reused", images["http"], [], restart="Always", limits={"memory": "32Mi"},
+                          container={"ports": [{"containerPort": 8080}]})
+    # One request at a time, so every request goes to the one instance the pool holds.
+    reused["metadata"]["annotations"] = {"skiff.dev/instance-reuse": "3", "skiff.dev/max-concurrency": "1",
+                                         "skiff.dev/request-timeout-seconds": "2"}
+    create(wasm_cluster, ns, reused)
+    fresh = pod_manifest("fresh", images["http"], [], restart="Always", container={"ports": [{"containerPort": 8080}]})
+    create(wasm_cluster, ns, fresh)
+    for name in ("reused", "fresh"):
+        wait_for(lambda name=name: container_status(wasm_cluster, ns, name).get("ready"), 30, f"{name} serving")
+    ip = pod(wasm_cluster, ns, "reused")["status"]["podIP"]
+    count = lambda: http(f"http://{ip}:8080/count")
+    assert [count() for _ in range(7)] == [(200, f"{n}\n") for n in (1, 2, 3, 1, 2, 3, 1)]
+    # A memory overrun ends its instance: the next request is an instance's first.
+    assert count() == (200, "2\n")
+    status, body = http(f"http://{ip}:8080/hog?mib=100")
+    assert status == 500 and "memory limit" in body, body
+    assert count() == (200, "1\n")
+    # So does a request past its deadline.
+    assert http(f"http://{ip}:8080/spin")[0] == 504
+    assert count() == (200, "1\n")
+    # An instance idle for a second is dropped.
+    time.sleep(2.5)
+    assert count() == (200, "1\n")
+    fresh_ip = pod(wasm_cluster, ns, "fresh")["status"]["podIP"]
+    assert [http(f"http://{fresh_ip}:8080/count") for _ in range(3)] == [(200, "1\n")] * 3
+    assert container_status(wasm_cluster, ns, "reused")["restartCount"] == 0
+
+
 def test_listener_survives_bad_clients(wasm_cluster, images, ns):
     """Slowloris connections, garbage and an oversized head cost the other clients nothing."""
     import socket
@@ -369,6 +401,10 @@ def test_http_function_without_a_port_is_a_clear_error(wasm_cluster, images, ns)
     bad["metadata"]["annotations"] = {"skiff.dev/max-concurrency": "lots"}
     create(wasm_cluster, ns, bad)
     assert 'skiff.dev/max-concurrency "lots" is not a positive integer' in waiting(wasm_cluster, ns, "badconcurrency", "CreateContainerError")["message"]
+    bad = pod_manifest("badreuse", images["http"], [], container={"ports": [{"containerPort": 8080}]})
+    bad["metadata"]["annotations"] = {"skiff.dev/instance-reuse": "0"}
+    create(wasm_cluster, ns, bad)
+    assert 'skiff.dev/instance-reuse "0" is not a positive integer' in waiting(wasm_cluster, ns, "badreuse", "CreateContainerError")["message"]
 
 
 def test_push_refuses_a_file_that_is_not_wasm(registry, tmp_path):

@@ -6,7 +6,9 @@
 //! sending `GET /` back to back for a fixed time, every latency recorded.
 //!
 //! The same pod is also measured through its Service's ClusterIP and through the Ingress
-//! (the node's proxy, in user space), against the pod listener in the same run.
+//! (the node's proxy, in user space), against the pod listener in the same run. And with
+//! instance reuse: a pod annotated `skiff.dev/instance-reuse: N` against `wasmtime serve
+//! --max-instance-reuse-count N`, and against the pod without reuse.
 //!
 //! It also measures scale from zero: a pod's creation to its first answer, and the first
 //! request an idle pod serves (an idle function pod holds no instance) against warm ones;
@@ -108,6 +110,23 @@ pub(crate) async fn one_request(addr: SocketAddr) -> Option<Duration> {
     ok.then(|| sent.elapsed())
 }
 
+/// `wasmtime serve` of the component, each instance serving up to `reuse` requests,
+/// warmed up and loaded as the pod is.
+async fn wasmtime_serve(bin: &std::path::Path, wasm: &std::path::Path, reuse: usize, connections: usize, length: Duration) -> anyhow::Result<Load> {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let _serve = Child(
+        std::process::Command::new(bin)
+            .args(["serve", "--addr", &addr.to_string(), "-S", "cli=y", "--max-instance-reuse-count", &reuse.to_string()])
+            .arg(wasm)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    wait_answering(addr, "wasmtime serve").await?;
+    let _ = load(addr, connections, Duration::from_millis(500)).await;
+    Ok(load(addr, connections, length).await)
+}
+
 /// `wasmtime`: the one given, on PATH, or in the cache folder `cargo install
 /// wasmtime-cli --root ~/.cache/wasmtime-cli` fills.
 fn find_wasmtime(given: Option<PathBuf>) -> Option<PathBuf> {
@@ -128,18 +147,26 @@ pub async fn wait_answering(addr: SocketAddr, what: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn function_pod(name: &str, image: &str) -> anyhow::Result<Pod> {
+/// Requests per instance in the reuse rows: `wasmtime serve`'s default for WASIp3.
+const REUSE: usize = 128;
+
+/// A function pod; `reuse` instances serve that many requests each.
+fn function_pod(name: &str, image: &str, reuse: Option<usize>) -> anyhow::Result<Pod> {
+    let annotations = match reuse {
+        Some(n) => json!({"skiff.dev/instance-reuse": n.to_string()}),
+        None => json!({}),
+    };
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
         "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "fn", "image": image, "ports": [{"containerPort": 8080}]}]}
     }))?)
 }
 
 /// Creates a function pod and waits for its first answer: (its address, create → first
 /// answer, the first request's own latency).
-async fn scale_from_zero(api: &Api<Pod>, name: &str, image: &str) -> anyhow::Result<(SocketAddr, Duration, Duration)> {
+async fn scale_from_zero(api: &Api<Pod>, name: &str, image: &str, reuse: Option<usize>) -> anyhow::Result<(SocketAddr, Duration, Duration)> {
     let created = Instant::now();
-    api.create(&PostParams::default(), &function_pod(name, image)?).await?;
+    api.create(&PostParams::default(), &function_pod(name, image, reuse)?).await?;
     let deadline = created + Duration::from_secs(60);
     let ip = loop {
         if let Some(ip) = api.get(name).await?.status.and_then(|s| s.pod_ip) {
@@ -170,7 +197,7 @@ async fn service_for(client: &kube::Client, name: &str) -> anyhow::Result<Socket
 /// A new pod behind a new Service: (its pod IP answering → the ClusterIP answering).
 async fn endpoint_propagation(client: &kube::Client, api: &Api<Pod>, name: &str, image: &str) -> anyhow::Result<Duration> {
     let vip = service_for(client, name).await?;
-    let (_, _, _) = scale_from_zero(api, name, image).await?;
+    let (_, _, _) = scale_from_zero(api, name, image, None).await?;
     let answering = Instant::now();
     let deadline = answering + Duration::from_secs(30);
     while one_request(vip).await.is_none() {
@@ -208,11 +235,12 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
 
     // Scale from zero, pod by pod; the first pod also pulls and compiles (not counted).
-    let (pod_addr, _, _) = scale_from_zero(&api, "fn", &image).await?;
+    let (pod_addr, _, _) = scale_from_zero(&api, "fn", &image, None).await?;
+    let (reuse_addr, _, _) = scale_from_zero(&api, "fn-reuse", &image, Some(REUSE)).await?;
     let mut to_first_answer = Vec::new();
     let mut first_request = Vec::new();
     for i in 0..cold_pods {
-        let (_, ready, first) = scale_from_zero(&api, &format!("cold-{i}"), &image).await?;
+        let (_, ready, first) = scale_from_zero(&api, &format!("cold-{i}"), &image, None).await?;
         to_first_answer.push(ready);
         first_request.push(first);
     }
@@ -240,23 +268,16 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     let cluster_ip = load(vip, o.connections, length).await;
     let _ = load(ingress_addr, o.connections, Duration::from_millis(500)).await;
     let through_ingress = load(ingress_addr, o.connections, length).await;
+    let _ = load(reuse_addr, o.connections, Duration::from_millis(500)).await;
+    let reused = load(reuse_addr, o.connections, length).await;
 
-    let wasmtime = match find_wasmtime(o.wasmtime) {
-        Some(bin) => {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-            let _serve = Child(
-                std::process::Command::new(&bin)
-                    .args(["serve", "--addr", &addr.to_string(), "-S", "cli=y"])
-                    .arg(&wasm_path)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()?,
-            );
-            wait_answering(addr, "wasmtime serve").await?;
-            let _ = load(addr, o.connections, Duration::from_millis(500)).await;
-            Some((bin, load(addr, o.connections, length).await))
-        }
-        None => None,
+    let wasmtime_bin = find_wasmtime(o.wasmtime);
+    let (wasmtime, wasmtime_reused) = match &wasmtime_bin {
+        Some(bin) => (
+            Some((bin.clone(), wasmtime_serve(bin, &wasm_path, 1, o.connections, length).await?)),
+            Some(wasmtime_serve(bin, &wasm_path, REUSE, o.connections, length).await?),
+        ),
+        None => (None, None),
     };
 
     println!("serve: the http-hello component, {} keep-alive connections for {} s each, load from the bench itself (same 2 cores)", o.connections, length.as_secs());
@@ -265,19 +286,22 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
     row("skiff pod listener (pod IP)", &skiff);
     row("through the Service's ClusterIP", &cluster_ip);
     row("through the Ingress", &through_ingress);
-    match &wasmtime {
-        Some((bin, w)) => {
+    row(&format!("skiff pod, instance reuse {REUSE}"), &reused);
+    match (&wasmtime, &wasmtime_reused) {
+        (Some((bin, w)), Some(wr)) => {
             row("wasmtime serve, same component", w);
+            row(&format!("wasmtime serve, reuse {REUSE}"), wr);
             println!("{:<36} {:>9.2}×  (goal ≥ 0.9×; {})", "ratio skiff / wasmtime serve", skiff.rps() / w.rps(), bin.display());
+            println!("{:<36} {:>9.2}×  (goal ≥ 1×)", "ratio with reuse", reused.rps() / wr.rps());
         }
-        None => println!("wasmtime serve: not found (on PATH or in ~/.cache/wasmtime-cli); install it with `cargo install wasmtime-cli --locked --version 48.0.8 --root ~/.cache/wasmtime-cli`"),
+        _ => println!("wasmtime serve: not found (on PATH or in ~/.cache/wasmtime-cli); install it with `cargo install wasmtime-cli --locked --version 48.0.8 --root ~/.cache/wasmtime-cli`"),
     }
     println!("scale from zero over {} pods: create → first answer p50 {} p99 {}; that first request p50 {} p99 {}; warm request p50 {}",
         to_first_answer.len(), ms(percentile(&to_first_answer, 0.5)), ms(percentile(&to_first_answer, 0.99)),
         ms(percentile(&first_request, 0.5)), ms(percentile(&first_request, 0.99)), ms(percentile(&skiff.latencies, 0.5)));
     println!("new pod answering → its ClusterIP answering, over {} pods: p50 {} p99 {}", propagation.len(), ms(percentile(&propagation, 0.5)), ms(percentile(&propagation, 0.99)));
-    anyhow::ensure!(skiff.requests > 0 && cluster_ip.requests > 0 && through_ingress.requests > 0, "the pod answered no request on one of its paths");
-    anyhow::ensure!(wasmtime.as_ref().is_none_or(|(_, w)| w.requests > 0), "wasmtime serve answered no request");
+    anyhow::ensure!(skiff.requests > 0 && cluster_ip.requests > 0 && through_ingress.requests > 0 && reused.requests > 0, "the pod answered no request on one of its paths");
+    anyhow::ensure!(wasmtime.as_ref().is_none_or(|(_, w)| w.requests > 0) && wasmtime_reused.as_ref().is_none_or(|w| w.requests > 0), "wasmtime serve answered no request");
     use crate::report::{Row, thousands};
     let figure = |l: &Load| format!("{} req/s, p50 {} p99 {}", thousands(l.rps()), ms(percentile(&l.latencies, 0.5)), ms(percentile(&l.latencies, 0.99)));
     let (reference, ratio) = match &wasmtime {
@@ -285,8 +309,14 @@ pub async fn run(o: Options) -> anyhow::Result<Vec<crate::report::Row>> {
         None => ("wasmtime serve not found".to_string(), None),
     };
     let direct = format!("pod listener, same run: {} req/s", thousands(skiff.rps()));
+    let (reuse_reference, reuse_ratio) = match &wasmtime_reused {
+        Some(w) => (format!("wasmtime serve --max-instance-reuse-count {REUSE}, same run: {}", figure(w)), Some(reused.rps() / w.rps())),
+        None => ("wasmtime serve not found".to_string(), None),
+    };
     Ok(vec![
         Row::new(format!("http-hello through the pod listener, {} connections", o.connections), figure(&skiff), reference, ratio),
+        Row::new(format!("http-hello with instance reuse {REUSE}, {} connections", o.connections), figure(&reused), reuse_reference, reuse_ratio),
+        Row::new(format!("http-hello, instance reuse {REUSE} against none"), format!("{} req/s", thousands(reused.rps())), direct.clone(), Some(reused.rps() / skiff.rps())),
         Row::new("http-hello through its Service's ClusterIP (userspace proxy)", figure(&cluster_ip), direct.clone(), Some(cluster_ip.rps() / skiff.rps())),
         Row::new("http-hello through the Ingress", figure(&through_ingress), direct, Some(through_ingress.rps() / skiff.rps())),
         Row::new(format!("new pod answering → its ClusterIP answering, p50 / p99 ({} pods)", propagation.len()),

@@ -1,16 +1,25 @@
-//! A wasi:http/proxy component for Skiff pods: each request gets a fresh instance.
+//! A wasi:http/proxy component for Skiff pods: each request gets a fresh instance
+//! (unless the pod opts in to instance reuse).
 //!
 //! - `/` answers "Hello from <POD_NAME>!" (`$POD_NAME` from the pod's environment);
+//! - `/count` answers how many requests this instance has served, this one included
+//!   (always 1 with a fresh instance per request);
 //! - `/echo` returns the request body;
 //! - `/spin` loops forever (the node cuts it off with 504 after its deadline);
 //! - `/hog?mib=N` allocates N MiB (past the memory limit the request fails, alone);
 //! - `/fetch?url=U` makes an outgoing request (allowed only to permitted hosts);
 //! - `/healthz` answers 200, or 500 if the file `/config/unhealthy` exists.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wstd::http::{Body, Client, Error, Request, Response, StatusCode};
+
+/// Requests this instance has served: it lives as long as the instance does.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
+    let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
     let query = request.uri().query().unwrap_or_default().to_string();
     let param = |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_string);
     match request.uri().path() {
@@ -18,6 +27,7 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "a Wasm pod".into());
             Ok(Response::new(format!("Hello from {pod}!\n").into()))
         }
+        "/count" => Ok(Response::new(format!("{served}\n").into())),
         "/echo" => {
             let body = request.into_body().contents().await?.to_vec();
             Ok(Response::new(body.into()))

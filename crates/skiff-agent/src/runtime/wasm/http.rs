@@ -1,9 +1,10 @@
 //! wasi:http function pods: a component that exports `wasi:http/incoming-handler` is
 //! served, not run. Every request gets a fresh instance from a pre-instantiated
-//! `ProxyPre` in the pooling allocator, so an idle pod holds no instance at all. A
+//! `ProxyPre` in the pooling allocator (or, where the pod opts in, one kept from its
+//! previous requests: [`super::reuse`]), so an idle pod holds no instance at all. A
 //! request runs under the container's memory limit and a deadline, and a trap, a memory
-//! overrun or a deadline fails that request alone (500, 500, 504). Outgoing requests go
-//! only to the hosts a pod is allowed.
+//! overrun or a deadline fails that request alone (500, 500, 504) and ends its instance.
+//! Outgoing requests go only to the hosts a pod is allowed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use super::command::GuestSpec;
 use super::limits::Limiter;
+use super::reuse::{Pool, Warm};
 use super::WasmRuntime;
 use crate::runtime::StartError;
 
@@ -28,10 +30,22 @@ const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2";
 
 pub type HttpBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// A component ready to serve requests.
-#[derive(Clone)]
+/// A component ready to serve one pod's requests.
 pub struct Proxy {
     pre: ProxyPre<HttpState>,
+    /// Instances kept between requests, where the pod opts in to reuse.
+    pool: Option<Pool>,
+}
+
+impl Proxy {
+    /// Drops the instances kept idle too long (or all of them: the pod is stopping).
+    pub fn release_idle(&self, all: bool) {
+        match &self.pool {
+            Some(pool) if all => pool.clear(),
+            Some(pool) => pool.prune(),
+            None => {}
+        }
+    }
 }
 
 /// What each request's instance gets.
@@ -135,24 +149,36 @@ pub fn is_proxy(runtime: &WasmRuntime, component: &Component) -> bool {
 }
 
 impl WasmRuntime {
-    /// Pre-instantiates an HTTP function, checking its imports once.
-    pub fn proxy(&self, component: &Component) -> Result<Proxy, StartError> {
+    /// Pre-instantiates an HTTP function, checking its imports once; with
+    /// `reuse: Some(n)` its instances serve up to n requests each.
+    pub fn proxy(&self, component: &Component, reuse: Option<usize>) -> Result<Proxy, StartError> {
         let pre = self.http_linker().instantiate_pre(component).map_err(|e| StartError(format!("instantiating: {e:#}")))?;
         let pre = ProxyPre::new(pre).map_err(|e| StartError(format!("not a wasi:http/proxy component: {e:#}")))?;
-        Ok(Proxy { pre })
+        Ok(Proxy { pre, pool: reuse.map(Pool::new) })
     }
 
-    /// Handles one request on a fresh instance, on the guest runtime.
-    pub async fn handle(self: &Arc<Self>, proxy: &Proxy, request: hyper::Request<Incoming>, guest: &GuestSpec, limits: &RequestLimits) -> hyper::Response<HttpBody> {
-        let mut builder = match super::command::wasi_builder(guest) {
-            Ok(b) => b,
-            Err(e) => return error(500, &e.0),
-        };
+    /// A store for a new instance of the pod's function.
+    fn http_store(&self, guest: &GuestSpec, limits: &RequestLimits) -> Result<Store<HttpState>, StartError> {
+        let mut builder = super::command::wasi_builder(guest)?;
         let limiter = Limiter::new(limits.memory_limit, guest.usage.clone());
         let state = HttpState { wasi: builder.build(), table: ResourceTable::new(), http: WasiHttpCtx::new(), hooks: OutgoingPolicy { allowed: limits.allowed_hosts.clone(), resolver: limits.resolver.clone() }, limiter };
         let mut store = Store::new(self.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+
+    /// Handles one request, on the guest runtime, on a fresh instance or one the pod's
+    /// pool kept. `permit` is held until the guest is done (its body streamed, its
+    /// instance back in the pool), so a pod's concurrency bounds its running guests.
+    pub async fn handle(self: &Arc<Self>, proxy: &Arc<Proxy>, request: hyper::Request<Incoming>, guest: &GuestSpec, limits: &RequestLimits, permit: tokio::sync::OwnedSemaphorePermit) -> hyper::Response<HttpBody> {
+        let (mut store, warm) = match proxy.pool.as_ref().and_then(Pool::take) {
+            Some(Warm { store, proxy, served }) => (store, Some((proxy, served))),
+            None => match self.http_store(guest, limits) {
+                Ok(store) => (store, None),
+                Err(e) => return error(500, &e.0),
+            },
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let incoming = match store.data_mut().http().new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, request) {
             Ok(r) => r,
@@ -162,15 +188,23 @@ impl WasmRuntime {
             Ok(o) => o,
             Err(e) => return error(500, &format!("{e}")),
         };
-        let pre = proxy.pre.clone();
+        let function = proxy.clone();
         let usage = guest.usage.clone();
         let guest_task = self.spawn_guest(
             async move {
-                let proxy = pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiating: {e:#}"))?;
-                let result = proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
+                let _permit = permit;
+                let (instance, served) = match warm {
+                    Some(warm) => warm,
+                    None => (function.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiating: {e:#}"))?, 0),
+                };
+                let result = instance.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
                 // The root cause says what happened (the trap, the limit); the backtrace
-                // above it means nothing to a client.
-                result.map_err(|e| e.root_cause().to_string())
+                // above it means nothing to a client. An instance that failed is dropped.
+                result.map_err(|e| e.root_cause().to_string())?;
+                if let Some(pool) = &function.pool {
+                    pool.put(Warm { store, proxy: instance, served: served + 1 });
+                }
+                Ok::<(), String>(())
             },
             None,
             usage,

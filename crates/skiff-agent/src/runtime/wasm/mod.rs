@@ -15,6 +15,7 @@ mod container;
 pub mod exec_tar;
 pub mod http;
 mod limits;
+pub mod reuse;
 pub mod serving;
 
 use std::collections::HashMap;

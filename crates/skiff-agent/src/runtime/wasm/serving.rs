@@ -1,5 +1,6 @@
 //! The listeners of an HTTP function pod: HTTP/1.1 and HTTP/2 cleartext on the pod's IP at
-//! each TCP `containerPort`, every request handed to a fresh instance of the component.
+//! each TCP `containerPort`, every request handed to a fresh instance of the component
+//! (or a reused one, where the pod opts in: [`super::reuse`]).
 //! A pod serves at most its concurrency limit of requests at once; the rest wait. Clients
 //! that dribble their headers (slowloris) are cut off, and oversized heads refused, so
 //! one bad client costs others nothing.
@@ -36,15 +37,16 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Everything a pod's listeners need.
 pub struct Function {
     runtime: Arc<WasmRuntime>,
-    proxy: Proxy,
+    proxy: Arc<Proxy>,
     guest: GuestSpec,
     limits: RequestLimits,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Prepares a component to serve, or says why it cannot.
 pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, container: &Container, guest: GuestSpec, dns: Option<&crate::pod_dns::ClusterDns>) -> Result<(Arc<Function>, Vec<u16>), StartError> {
-    let proxy = runtime.proxy(component)?;
+    let reuse = super::reuse::max_requests(pod.annotations().get(super::reuse::REUSE_ANNOTATION).map(String::as_str)).map_err(StartError)?;
+    let proxy = Arc::new(runtime.proxy(component, reuse)?);
     let ports: Vec<u16> = container.ports.iter().flatten()
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .filter_map(|p| u16::try_from(p.container_port).ok())
@@ -65,7 +67,7 @@ pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, con
     let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_else(|| CLUSTER_SERVICES.into()).split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
     let resolver = dns.map(|d| Arc::new(crate::pod_dns::PodResolver::new(d, &pod.namespace().unwrap_or_default())));
     let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts), resolver };
-    Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: tokio::sync::Semaphore::new(concurrency) }), ports))
+    Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: Arc::new(tokio::sync::Semaphore::new(concurrency)) }), ports))
 }
 
 /// Binds every port on `ip`; an error names the port.
@@ -117,9 +119,12 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
             let _ = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await;
         });
     };
+    // Instances kept for reuse are dropped once idle (a no-op for a pod without reuse).
+    let mut prune = tokio::time::interval(super::reuse::IDLE_FOR);
     loop {
         tokio::select! {
             Some(stream) = rx.recv() => connect(stream),
+            _ = prune.tick() => function.proxy.release_idle(false),
             Some(done) = accepting.join_next() => {
                 return Err(match done {
                     Ok(Err(e)) => e,
@@ -146,6 +151,7 @@ pub async fn serve(function: Arc<Function>, listeners: Vec<tokio::net::TcpListen
         connect(stream);
     }
     graceful.shutdown().await;
+    function.proxy.release_idle(true);
     Ok(())
 }
 
@@ -157,8 +163,8 @@ impl Function {
         usage.requests.fetch_add(1, Relaxed);
         usage.in_flight.fetch_add(1, Relaxed);
         let started = std::time::Instant::now();
-        let response = match self.permits.acquire().await {
-            Ok(_permit) => self.runtime.handle(&self.proxy, request, &self.guest, &self.limits).await,
+        let response = match self.permits.clone().acquire_owned().await {
+            Ok(permit) => self.runtime.handle(&self.proxy, request, &self.guest, &self.limits, permit).await,
             Err(_) => super::http::error(503, "the pod is stopping"),
         };
         usage.in_flight.fetch_sub(1, Relaxed);
