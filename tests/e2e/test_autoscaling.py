@@ -262,6 +262,38 @@ def test_a_function_at_zero_answers_its_first_requests(scaling_cluster):
     c.kubectl("delete", "-f", "-", input=function("cold"))
 
 
+def test_the_ingress_holds_a_request_for_a_function_at_zero(scaling_cluster):
+    """Through the ingress (`skiff up`'s default port 80), a request for a function at zero
+    waits for it and tells how long in `Skiff-Cold-Start`; the Service's ColdStart event
+    tells the same for the scale."""
+    c = scaling_cluster
+    ingress = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: edge}
+spec:
+  rules:
+  - host: edge.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: edge, port: {number: 80}}}}
+"""
+    c.kubectl("apply", "-f", "-", input=function("edge") + "---" + ingress)
+    wait_for(lambda: at_zero(c, "edge"), 60, "the idle function to go to zero")
+    request = urllib.request.Request("http://127.0.0.1/", headers={"Host": "edge.example"})
+    with urllib.request.urlopen(request, timeout=35) as r:
+        assert (r.status, r.read().decode()) == (200, "Hello from a Wasm pod!\n")
+        waited = r.headers["Skiff-Cold-Start"]
+    assert waited and re.fullmatch(r"\d+\.\dms", waited), waited
+    events = lambda: c.kubectl("get", "events", "--field-selector", "involvedObject.kind=Service,involvedObject.name=edge").stdout
+    wait_for(lambda: "ColdStart" in events(), 10, "the ColdStart event")
+    assert re.search(r"the first connection held while scaling from zero waited \d+ ms", events()), events()
+    # A warm request is not held and says nothing of a cold start.
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200 and "Skiff-Cold-Start" not in r.headers
+    c.kubectl("delete", "-f", "-", input=function("edge") + "---" + ingress)
+
+
 def test_the_readmes_scale_to_zero_example(scaling_cluster):
     """`examples/scale-to-zero.yaml` as the README uses it: zero after 10 s idle, then
     answered from zero by curl."""

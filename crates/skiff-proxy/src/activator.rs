@@ -1,9 +1,12 @@
-//! Scale from zero: a connection to a Service with no endpoint is held, not reset, when an
-//! autoscaler with `minReplicas: 0` scales the workload behind it. The activator sets that
-//! workload's scale subresource to 1 at once, and the held connections go on the moment an
-//! endpoint is ready (the pod's own node sends them straight to it). Holding is bounded per
-//! Service port (1,000 connections, 30 s); past that the answer is an HTTP 503 that says
-//! why, so one cold Service never takes the proxy down for the others.
+//! Scale from zero: a connection (or, at the ingress, a request) to a Service with no
+//! endpoint is held, not refused, when an autoscaler with `minReplicas: 0` scales the
+//! workload behind it. The activator sets that workload's scale subresource to 1 at once,
+//! and the held connections go on the moment an endpoint is ready (the pod's own node
+//! sends them straight to it). Holding is bounded per Service (1,000 held, 30 s); past
+//! that the answer is an HTTP 503 that says why, so one cold Service never takes the proxy
+//! down for the others. How long the first held connection of a scale from zero waited is
+//! told in a `ColdStart` event on the Service (and, at the ingress, in each held
+//! response's `Skiff-Cold-Start` header).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,7 @@ use serde_json::json;
 use skiff_client::Recorder;
 use skiff_client::events::EventType;
 
-/// Connections held per Service port at most.
+/// Connections held per Service at most.
 pub const MAX_HELD: usize = 1000;
 /// How long a connection is held at most.
 pub const HOLD_FOR: Duration = Duration::from_secs(30);
@@ -27,17 +30,112 @@ pub const HOLD_FOR: Duration = Duration::from_secs(30);
 /// workload was scaled back meanwhile.
 pub const WAKE_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
+/// A Service, by namespace and name.
+type ServiceKey = (String, String);
+
 pub struct Activator {
     client: Client,
     services: Store<Service>,
     autoscalers: Store<HorizontalPodAutoscaler>,
     recorder: Recorder,
-    woken: Mutex<HashMap<(String, String), Instant>>,
+    woken: Mutex<HashMap<ServiceKey, Woken>>,
+    /// Connections and requests held, per Service.
+    held: Mutex<HashMap<ServiceKey, usize>>,
+}
+
+/// The last time a Service's workload was looked at.
+struct Woken {
+    at: Instant,
+    /// The activator scaled it from zero, and no held connection has been released since.
+    cold_start_untold: bool,
+}
+
+/// A connection held for a Service at zero. The holder calls [`Holding::wake`], waits up
+/// to [`WAKE_AGAIN_AFTER`] for an endpoint, and again, until one takes the connection
+/// ([`Holding::released`]) or `wake` says to stop.
+pub struct Holding<'a> {
+    activator: &'a Activator,
+    key: ServiceKey,
+    since: Instant,
+}
+
+impl Holding<'_> {
+    /// Wakes the Service's workload (again: it may have been scaled back meanwhile).
+    /// An error ends the hold: nothing will come, or it was held too long.
+    pub async fn wake(&self) -> Result<(), NotHeld> {
+        let (namespace, name) = (&self.key.0, &self.key.1);
+        if self.since.elapsed() >= HOLD_FOR {
+            return Err(NotHeld::Unavailable(format!("{namespace}/{name} did not get a ready endpoint within {}s of scaling from zero", HOLD_FOR.as_secs())));
+        }
+        match self.activator.wake(namespace, name).await {
+            true => Ok(()),
+            false => Err(NotHeld::NothingToWake),
+        }
+    }
+
+    /// An endpoint took the connection: how long it was held.
+    pub fn released(self) -> Duration {
+        let waited = self.since.elapsed();
+        self.activator.tell_cold_start(&self.key, waited);
+        waited
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut held = self.activator.held.lock().unwrap();
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Why a held connection was not released.
+pub enum NotHeld {
+    /// Nothing will come: no autoscaler scales the Service's workload from zero.
+    NothingToWake,
+    /// Held too long, or too many held: the 503's message.
+    Unavailable(String),
+}
+
+impl NotHeld {
+    /// The 503's message, if there is one to give.
+    pub fn into_reason(self) -> Option<String> {
+        match self {
+            NotHeld::NothingToWake => None,
+            NotHeld::Unavailable(why) => Some(why),
+        }
+    }
 }
 
 impl Activator {
     pub fn new(client: Client, services: Store<Service>, autoscalers: Store<HorizontalPodAutoscaler>, recorder: Recorder) -> Arc<Activator> {
-        Arc::new(Activator { client, services, autoscalers, recorder, woken: Mutex::default() })
+        Arc::new(Activator { client, services, autoscalers, recorder, woken: Mutex::default(), held: Mutex::default() })
+    }
+
+    /// Starts holding a connection for Service `namespace/name`: its place in the
+    /// Service's hold queue, until dropped.
+    pub fn hold<'a>(&'a self, namespace: &'a str, name: &'a str) -> Result<Holding<'a>, NotHeld> {
+        let key = (namespace.to_string(), name.to_string());
+        let mut held = self.held.lock().unwrap();
+        let n = held.entry(key.clone()).or_default();
+        if *n >= MAX_HELD {
+            return Err(NotHeld::Unavailable(format!("{namespace}/{name} is scaling from zero and already holds {MAX_HELD} connections; try again shortly")));
+        }
+        *n += 1;
+        Ok(Holding { activator: self, key, since: Instant::now() })
+    }
+
+    /// Tells, once per scale from zero, how long its first held connection waited.
+    fn tell_cold_start(&self, key: &ServiceKey, waited: Duration) {
+        tracing::debug!(service = %format!("{}/{}", key.0, key.1), waited_ms = waited.as_millis() as u64, "held connection released");
+        let first = self.woken.lock().unwrap().get_mut(key).is_some_and(|w| std::mem::take(&mut w.cold_start_untold));
+        if first && let Some(service) = self.services.get(&ObjectRef::new(&key.1).within(&key.0)) {
+            self.recorder.record(service.as_ref(), EventType::Normal, "ColdStart", format!("the first connection held while scaling from zero waited {} ms", waited.as_millis()));
+        }
     }
 
     /// Wakes what serves Service `namespace/name`: true when an autoscaler that may scale
@@ -45,7 +143,7 @@ impl Activator {
     /// come and a connection is worth holding).
     pub async fn wake(&self, namespace: &str, name: &str) -> bool {
         let key = (namespace.to_string(), name.to_string());
-        if self.woken.lock().unwrap().get(&key).is_some_and(|t| t.elapsed() < WAKE_AGAIN_AFTER) {
+        if self.woken.lock().unwrap().get(&key).is_some_and(|w| w.at.elapsed() < WAKE_AGAIN_AFTER) {
             return true;
         }
         let Some(service) = self.services.get(&ObjectRef::new(name).within(namespace)) else { return false };
@@ -61,13 +159,20 @@ impl Activator {
             if !selector.iter().all(|(k, v)| labels.get(k).and_then(|l| l.as_str()) == Some(v.as_str())) {
                 continue;
             }
-            self.woken.lock().unwrap().insert(key.clone(), Instant::now());
+            let mut scaled = false;
             if target.data.pointer("/spec/replicas").and_then(|v| v.as_i64()) == Some(0) {
                 match api.patch_scale(&r.name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await {
-                    Ok(_) => self.recorder.record(service.as_ref(), EventType::Normal, "Activated", format!("a connection is held while {} {} scales from 0 to 1", r.kind, r.name)),
+                    Ok(_) => {
+                        scaled = true;
+                        self.recorder.record(service.as_ref(), EventType::Normal, "Activated", format!("a connection is held while {} {} scales from 0 to 1", r.kind, r.name));
+                    }
                     Err(e) => tracing::warn!(service = %format!("{namespace}/{name}"), error = %e, "cannot scale the Service's workload from zero"),
                 }
             }
+            let mut woken = self.woken.lock().unwrap();
+            let entry = woken.entry(key).or_insert(Woken { at: Instant::now(), cold_start_untold: false });
+            entry.at = Instant::now();
+            entry.cold_start_untold |= scaled;
             return true;
         }
         false

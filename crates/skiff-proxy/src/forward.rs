@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::activator::Activator;
+use crate::activator::{Activator, NotHeld};
 use crate::services::Backends;
 
 /// How long to wait for an endpoint to accept before trying the next.
@@ -30,14 +30,12 @@ pub struct Route {
     sticky: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
     /// Whether there is any endpoint: held connections wait for it.
     serving: tokio::sync::watch::Sender<bool>,
-    /// Connections held for a scale from zero.
-    held: AtomicUsize,
 }
 
 impl Route {
     pub fn new(backends: Backends) -> Arc<Route> {
         let serving = tokio::sync::watch::Sender::new(!backends.endpoints.is_empty());
-        Arc::new(Route { backends: RwLock::new(Arc::new(backends)), next: AtomicUsize::new(0), sticky: Mutex::default(), serving, held: AtomicUsize::new(0) })
+        Arc::new(Route { backends: RwLock::new(Arc::new(backends)), next: AtomicUsize::new(0), sticky: Mutex::default(), serving })
     }
 
     /// Takes new endpoints; connections already made stay where they are.
@@ -155,35 +153,21 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
 async fn hold(route: &Route, activator: &Activator, client: IpAddr) -> Result<(TcpStream, SocketAddr), Option<String>> {
     let service = route.backends().service.clone();
     let Some((namespace, name)) = crate::services::service_key(&service) else { return Err(None) };
-    struct Held<'a>(&'a AtomicUsize);
-    impl Drop for Held<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let held = Held(&route.held);
-    if held.0.fetch_add(1, Ordering::Relaxed) >= crate::activator::MAX_HELD {
-        return Err(Some(format!("{service} is scaling from zero and already holds {} connections; try again shortly", crate::activator::MAX_HELD)));
-    }
-    let waiting = Instant::now();
     let mut serving = route.serving.subscribe();
-    while waiting.elapsed() < crate::activator::HOLD_FOR {
-        // Woken again while held: the workload may have been scaled back meanwhile.
-        if !activator.wake(namespace, name).await {
-            return Err(None);
-        }
+    let holding = activator.hold(namespace, name).map_err(NotHeld::into_reason)?;
+    loop {
+        holding.wake().await.map_err(NotHeld::into_reason)?;
         // (A bool, so the watch's read guard is gone before the connect.)
         let has_endpoints = matches!(tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, serving.wait_for(|s| *s)).await, Ok(Ok(_)));
         if has_endpoints {
             if let Some(connected) = connect(route, client).await {
-                tracing::debug!(%service, waited_ms = waiting.elapsed().as_millis() as u64, "held connection released");
+                holding.released();
                 return Ok(connected);
             }
             // Endpoints of pods that just went: wait for the list to change.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    Err(Some(format!("{service} did not get a ready endpoint within {}s of scaling from zero", crate::activator::HOLD_FOR.as_secs())))
 }
 
 /// A plain HTTP 503 answer (the held connections are to HTTP functions).

@@ -4,7 +4,9 @@
 //! connections it pools per endpoint. An endpoint that refuses the connection, or a pooled
 //! connection that closed before the request went out, is skipped for the next one.
 //! Requests carry `X-Forwarded-For/-Host/-Proto/-Port`; WebSocket (and other) upgrades are
-//! relayed both ways once the endpoint agrees.
+//! relayed both ways once the endpoint agrees. A request for a Service with no endpoint is
+//! held while the activator scales its workload from zero, and its response tells how long
+//! in `Skiff-Cold-Start`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,6 +27,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
+use crate::activator::{Activator, NotHeld};
 use crate::ingress_routes::{Backend, Routes, ServicePortRef, wildcard_of};
 use crate::forward::{self, ATTEMPTS, accept};
 use crate::services::{Protocol, SlicesByService, endpoints_of, slices_of, usable};
@@ -131,10 +134,16 @@ fn certified_key(secret: &Secret) -> Result<CertifiedKey, String> {
 #[derive(Default)]
 pub struct IngressServer {
     table: RwLock<Arc<Table>>,
+    /// Told of every new table, for the requests held for a scale from zero.
+    table_changed: tokio::sync::watch::Sender<()>,
     certs: Arc<RwLock<Arc<Certs>>>,
     next: AtomicUsize,
     pool: Arc<Pool>,
+    activator: Option<Arc<Activator>>,
 }
+
+/// The response header that tells how long a request was held for a scale from zero.
+const COLD_START_HEADER: &str = "skiff-cold-start";
 
 type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 
@@ -182,9 +191,33 @@ impl ResolvesServerCert for SniResolver {
 }
 
 impl IngressServer {
+    /// An ingress whose requests for a Service at zero the activator holds.
+    pub fn new(activator: Arc<Activator>) -> IngressServer {
+        IngressServer { activator: Some(activator), ..Default::default() }
+    }
+
     pub fn update(&self, table: Table, certs: Certs) {
         *self.table.write().unwrap() = Arc::new(table);
         *self.certs.write().unwrap() = Arc::new(certs);
+        self.table_changed.send_replace(());
+    }
+
+    /// Holds a request for a Service with no endpoint until it has one, where the
+    /// activator scales its workload from zero; else the 503's message.
+    async fn hold(&self, backend: &Backend) -> Result<(Vec<SocketAddr>, std::time::Duration), String> {
+        let none = format!("no endpoints for Service {}/{}\n", backend.namespace, backend.service);
+        let Some(activator) = &self.activator else { return Err(none) };
+        let mut changed = self.table_changed.subscribe();
+        let unavailable = |e: NotHeld| e.into_reason().map_or_else(|| none.clone(), |why| format!("{why}\n"));
+        let holding = activator.hold(&backend.namespace, &backend.service).map_err(unavailable)?;
+        loop {
+            holding.wake().await.map_err(unavailable)?;
+            let endpoints = self.table.read().unwrap().targets.get(backend).cloned().unwrap_or_default();
+            if !endpoints.is_empty() {
+                return Ok((endpoints, holding.released()));
+            }
+            let _ = tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, changed.changed()).await;
+        }
     }
 
     /// Serves cleartext HTTP/1.1 and HTTP/2 (prior knowledge) on `listener`.
@@ -235,9 +268,13 @@ impl IngressServer {
         let Some(backend) = table.routes.route(&host, req.uri().path()) else {
             return text(StatusCode::NOT_FOUND, "default backend - 404\n");
         };
-        let endpoints = table.targets.get(backend).cloned().unwrap_or_default();
+        let mut endpoints = table.targets.get(backend).cloned().unwrap_or_default();
+        let mut cold_start = None;
         if endpoints.is_empty() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, &format!("no endpoints for Service {}/{}\n", backend.namespace, backend.service));
+            match self.hold(backend).await {
+                Ok((held, waited)) => (endpoints, cold_start) = (held, Some(waited)),
+                Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, &why),
+            }
         }
         let upgrade = wants_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -265,7 +302,13 @@ impl IngressServer {
                     if !upgrade {
                         self.pool.give_back(endpoint, sender);
                     }
-                    return respond(resp, client_upgrade);
+                    let mut resp = respond(resp, client_upgrade);
+                    if let Some(waited) = cold_start
+                        && let Ok(v) = HeaderValue::from_str(&format!("{:.1}ms", waited.as_secs_f64() * 1000.0))
+                    {
+                        resp.headers_mut().insert(COLD_START_HEADER, v);
+                    }
+                    return resp;
                 }
                 // The request never left (the connection had closed): try the next endpoint.
                 Err(mut e) => match e.take_message() {

@@ -96,7 +96,7 @@ pub async fn run(client: Client, config: ProxyConfig, shutdown: impl std::future
     ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), Recorder::new(client.clone(), "skiff-activator"));
-    let served = Served { records: Arc::default(), ingress: Arc::default(), activator };
+    let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone())), activator };
     let dns = serve_dns(config.clone(), served.records.clone());
     let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
     let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));

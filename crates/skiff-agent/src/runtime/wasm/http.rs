@@ -190,56 +190,55 @@ impl WasmRuntime {
         };
         let function = proxy.clone();
         let usage = guest.usage.clone();
+        let timeout = limits.timeout;
+        // The deadline is kept on the guest's side, covering the answer and the body
+        // streamed after it: one timer, and no task to watch the guest.
         let guest_task = self.spawn_guest(
             async move {
                 let _permit = permit;
-                let (instance, served) = match warm {
-                    Some(warm) => warm,
-                    None => (function.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiating: {e:#}"))?, 0),
+                let run = async {
+                    let (instance, served) = match warm {
+                        Some(warm) => warm,
+                        None => (function.pre.instantiate_async(&mut store).await.map_err(|e| Ended::Failed(format!("instantiating: {e:#}")))?, 0),
+                    };
+                    let result = instance.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
+                    // The root cause says what happened (the trap, the limit); the backtrace
+                    // above it means nothing to a client. An instance that failed is dropped.
+                    result.map_err(|e| Ended::Failed(e.root_cause().to_string()))?;
+                    Ok((instance, served + 1))
                 };
-                let result = instance.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
-                // The root cause says what happened (the trap, the limit); the backtrace
-                // above it means nothing to a client. An instance that failed is dropped.
-                result.map_err(|e| e.root_cause().to_string())?;
+                let (instance, served) = tokio::time::timeout(timeout, run).await.map_err(|_| Ended::Deadline)??;
                 if let Some(pool) = &function.pool {
-                    pool.put(Warm { store, proxy: instance, served: served + 1 });
+                    pool.put(Warm { store, proxy: instance, served });
                 }
-                Ok::<(), String>(())
+                Ok(())
             },
             None,
             usage,
         );
-        let abort = guest_task.abort_handle();
         // A client that goes away drops this future: the guest must not run on unseen.
-        let mut abandoned = AbortOnDrop(Some(abort.clone()));
-        let deadline = tokio::time::sleep(limits.timeout);
-        tokio::pin!(deadline);
-        tokio::select! {
-            answer = rx => match answer {
-                Ok(Ok(response)) => {
-                    abandoned.0 = None;
-                    // The guest may still be streaming the body; it gets the rest of the deadline.
-                    let timeout = limits.timeout;
-                    tokio::spawn(async move {
-                        if tokio::time::timeout(timeout, guest_task).await.is_err() {
-                            abort.abort();
-                        }
-                    });
-                    response.map(|b| b.map_err(|e| std::io::Error::other(format!("{e:?}"))).boxed_unsync())
-                }
-                Ok(Err(code)) => error(500, &format!("the function failed the request: {code:?}")),
-                // The guest ended without answering: a trap, a memory overrun or an error.
-                Err(_) => match guest_task.await {
-                    Ok(Err(e)) => error(500, &format!("the function failed: {e}")),
-                    _ => error(500, "the function ended without a response"),
-                },
-            },
-            _ = &mut deadline => {
-                abort.abort();
-                error(504, &format!("the function did not answer within {} ms", limits.timeout.as_millis()))
+        let mut abandoned = AbortOnDrop(Some(guest_task.abort_handle()));
+        match rx.await {
+            Ok(Ok(response)) => {
+                // The guest may still be streaming the body, within its deadline.
+                abandoned.0 = None;
+                response.map(|b| b.map_err(|e| std::io::Error::other(format!("{e:?}"))).boxed_unsync())
             }
+            Ok(Err(code)) => error(500, &format!("the function failed the request: {code:?}")),
+            // The guest ended without answering: a trap, a memory overrun, an error or the deadline.
+            Err(_) => match guest_task.await {
+                Ok(Err(Ended::Deadline)) => error(504, &format!("the function did not answer within {} ms", timeout.as_millis())),
+                Ok(Err(Ended::Failed(e))) => error(500, &format!("the function failed: {e}")),
+                _ => error(500, "the function ended without a response"),
+            },
         }
     }
+}
+
+/// Why a request's guest ended without finishing.
+enum Ended {
+    Deadline,
+    Failed(String),
 }
 
 /// Aborts a guest's task when dropped, unless disarmed (set to `None`).
