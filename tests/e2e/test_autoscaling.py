@@ -294,6 +294,43 @@ spec:
     c.kubectl("delete", "-f", "-", input=function("edge") + "---" + ingress)
 
 
+def test_the_ingress_counts_requests_to_container_pods_for_the_hpa(scaling_cluster, registry):
+    """A container pod counts no requests itself; the ingress counts those it sends it,
+    and an HPA on requests per second scales the container Deployment on them."""
+    import oci_image
+    c = scaling_cluster
+    image = oci_image.busybox_image(registry.host)
+    web = function("web", target="2", max_replicas=2).replace("      runtimeClassName: wasmtime\n", "") \
+        .replace("registry.skiff.internal/http-hello:v1", image).replace("minReplicas: 0", "minReplicas: 1")
+    ingress = """
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  rules:
+  - host: web.example
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"""
+    c.kubectl("apply", "-f", "-", input=web + "---" + ingress)
+    request = urllib.request.Request("http://127.0.0.1/", headers={"Host": "web.example"})
+    wait_for(lambda: c.json("get", "deployment", "web").get("status", {}).get("readyReplicas") == 1, 60, "the container pod")
+    # The first pod (a new one may not have been read twice yet when it is asked about).
+    pod = c.json("get", "pods", "-l", "app=web")["items"][0]["metadata"]["name"]
+    stop = threading.Event()
+    loader = threading.Thread(target=load, args=(request, stop))
+    loader.start()
+    try:
+        wait_for(lambda: replicas(c, "web") == 2, 90, "the HPA to scale the container Deployment on the ingress's count")
+        status, body = c.raw("GET", f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/{pod}/requests_per_second")
+        assert status == 200 and body["items"][0]["describedObject"]["name"] == pod, body
+    finally:
+        stop.set()
+        loader.join()
+    c.kubectl("delete", "-f", "-", input=web + "---" + ingress)
+
+
 def test_the_readmes_scale_to_zero_example(scaling_cluster):
     """`examples/scale-to-zero.yaml` as the README uses it: zero after 10 s idle, then
     answered from zero by curl."""

@@ -10,6 +10,7 @@ pub mod labels;
 pub mod meta;
 pub mod names;
 pub mod quantity;
+pub mod request_counts;
 pub mod resources;
 
 pub use cidr::Cidr;

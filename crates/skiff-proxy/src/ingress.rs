@@ -4,7 +4,8 @@
 //! connections it pools per endpoint. An endpoint that refuses the connection, or a pooled
 //! connection that closed before the request went out, is skipped for the next one.
 //! Requests carry `X-Forwarded-For/-Host/-Proto/-Port`; WebSocket (and other) upgrades are
-//! relayed both ways once the endpoint agrees. A request for a Service with no endpoint is
+//! relayed both ways once the endpoint agrees. Requests are counted per endpoint, for the
+//! request metrics of pods that do not count their own. A request for a Service with no endpoint is
 //! held while the activator scales its workload from zero, and its response tells how long
 //! in `Skiff-Cold-Start`.
 
@@ -26,6 +27,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
+
+use skiff_core::request_counts::RequestCounts;
 
 use crate::activator::{Activator, NotHeld};
 use crate::ingress_routes::{Backend, Routes, ServicePortRef, wildcard_of};
@@ -140,6 +143,7 @@ pub struct IngressServer {
     next: AtomicUsize,
     pool: Arc<Pool>,
     activator: Option<Arc<Activator>>,
+    counts: Arc<RequestCounts>,
 }
 
 /// The response header that tells how long a request was held for a scale from zero.
@@ -191,9 +195,10 @@ impl ResolvesServerCert for SniResolver {
 }
 
 impl IngressServer {
-    /// An ingress whose requests for a Service at zero the activator holds.
-    pub fn new(activator: Arc<Activator>) -> IngressServer {
-        IngressServer { activator: Some(activator), ..Default::default() }
+    /// An ingress whose requests for a Service at zero the activator holds, counting the
+    /// requests it sends to each endpoint in `counts`.
+    pub fn new(activator: Arc<Activator>, counts: Arc<RequestCounts>) -> IngressServer {
+        IngressServer { activator: Some(activator), counts, ..Default::default() }
     }
 
     pub fn update(&self, table: Table, certs: Certs) {
@@ -297,7 +302,10 @@ impl IngressServer {
                     }
                 },
             };
-            match sender.try_send_request(req).await {
+            let counting = self.counts.start(endpoint.ip());
+            let sent = sender.try_send_request(req).await;
+            drop(counting);
+            match sent {
                 Ok(resp) => {
                     if !upgrade {
                         self.pool.give_back(endpoint, sender);

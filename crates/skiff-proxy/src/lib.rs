@@ -52,6 +52,9 @@ pub struct ProxyConfig {
     /// local addresses too.
     pub ingress_http: Vec<SocketAddr>,
     pub ingress_https: Vec<SocketAddr>,
+    /// Where the ingress counts the requests it sends to each endpoint (the node's agent
+    /// reports them).
+    pub ingress_requests: Arc<skiff_core::request_counts::RequestCounts>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -96,7 +99,7 @@ pub async fn run(client: Client, config: ProxyConfig, shutdown: impl std::future
     ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), Recorder::new(client.clone(), "skiff-activator"));
-    let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone())), activator };
+    let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone(), config.ingress_requests.clone())), activator };
     let dns = serve_dns(config.clone(), served.records.clone());
     let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
     let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));
@@ -298,6 +301,7 @@ mod tests {
             upstream_dns: vec![],
             ingress_http: vec![on(node, 80), on(localhost, 80)],
             ingress_https: vec![on(node, 443), on(localhost, 443)],
+            ingress_requests: Arc::default(),
         };
         let backends = Backends { service: "default/lb:80".into(), endpoints: vec![], affinity: None };
         let want: BTreeMap<Frontend, Backends> = [

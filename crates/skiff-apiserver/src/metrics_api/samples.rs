@@ -3,6 +3,7 @@
 //! pod appears once it has been read twice), memory as last read.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -42,8 +43,8 @@ impl Usage {
     }
 }
 
-/// The requests an HTTP function pod took: counters as last read, and rates over the
-/// last two readings.
+/// The requests an HTTP function pod took (or a node's ingress sent to a pod): counters as
+/// last read, and rates over the last two readings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Requests {
     at: jiff::Timestamp,
@@ -99,6 +100,8 @@ pub struct Samples {
     pub pods: HashMap<(String, String), PodUsage>,
     /// Which pods each node listed last, so its next summary replaces them.
     listed: HashMap<String, Vec<(String, String)>>,
+    /// The requests each node's ingress sent to each pod address, by (node, address).
+    ingress: HashMap<(String, IpAddr), Requests>,
 }
 
 impl Samples {
@@ -129,6 +132,33 @@ impl Samples {
             listed.push(key);
         }
         self.listed.insert(node.to_string(), listed);
+        let mut before: HashMap<IpAddr, Requests> = self.ingress.extract_if(|(n, _), _| n == node).map(|((_, ip), r)| (ip, r)).collect();
+        for e in summary["ingress"].as_array().into_iter().flatten() {
+            let Some(ip) = e["podIP"].as_str().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
+            let requests = Requests::next(before.remove(&ip).as_ref(), at, number(e, "/requests"), number(e, "/requestNanoSeconds"), number(e, "/inFlight"));
+            self.ingress.insert((node.to_string(), ip), requests);
+        }
+    }
+
+    /// A pod's request figures: its own count (HTTP function pods), else what the nodes'
+    /// ingresses sent to its address, summed.
+    pub fn requests_of(&self, namespace: &str, name: &str, ip: Option<IpAddr>) -> Option<Requests> {
+        if let Some(own) = self.pods.get(&(namespace.to_string(), name.to_string())).and_then(|u| u.requests.clone()) {
+            return Some(own);
+        }
+        let ip = ip?;
+        let parts: Vec<&Requests> = self.ingress.iter().filter(|((_, i), _)| *i == ip).map(|(_, r)| r).collect();
+        let sum = |f: fn(&Requests) -> Option<f64>| parts.iter().map(|r| f(r)).sum::<Option<f64>>();
+        let first = parts.first()?;
+        Some(Requests {
+            at: first.at,
+            count: parts.iter().map(|r| r.count).sum(),
+            nanos: parts.iter().map(|r| r.nanos).sum(),
+            per_second: sum(|r| r.per_second),
+            concurrency: sum(|r| r.concurrency),
+            in_flight: parts.iter().map(|r| r.in_flight).sum(),
+            window: parts.iter().map(|r| r.window).max().unwrap_or_default(),
+        })
     }
 
     /// Drops what was read from a node that could not be read now, or is gone.
@@ -137,6 +167,7 @@ impl Samples {
         for key in self.listed.remove(node).unwrap_or_default() {
             self.pods.remove(&key);
         }
+        self.ingress.retain(|(n, _), _| n != node);
     }
 
     /// The nodes read before, for the collector to forget those no longer listed.
@@ -195,6 +226,31 @@ mod tests {
         // Pods that serve no HTTP have no request figures.
         s.take_summary("n", &summary_without_http(), t0);
         assert!(s.pods[&("d".into(), "p".into())].requests.is_none());
+    }
+
+    #[test]
+    fn what_the_ingresses_sent_to_a_pod_is_summed_over_nodes() {
+        let summary = |ip: &str, requests: u64| json!({"node": {}, "pods": [],
+            "ingress": [{"podIP": ip, "requests": requests, "requestNanoSeconds": 0, "inFlight": 1}]});
+        let mut s = Samples::default();
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let later = t0 + jiff::SignedDuration::from_secs(2);
+        let ip: IpAddr = "10.42.0.9".parse().unwrap();
+        for (node, before, after) in [("a", 0, 20), ("b", 100, 140)] {
+            s.take_summary(node, &summary("10.42.0.9", before), t0);
+            s.take_summary(node, &summary("10.42.0.9", after), later);
+        }
+        let r = s.requests_of("d", "web", Some(ip)).unwrap();
+        assert_eq!((r.per_second, r.in_flight), (Some(30.0), 2));
+        // A pod that counts its own requests is taken at its own word.
+        s.take_summary("a", &json!({"node": {}, "pods": [{"podRef": {"namespace": "d", "name": "fn"},
+            "containers": [{"name": "fn", "http": {"requests": 5, "requestNanoSeconds": 0, "inFlight": 0}}]}]}), later);
+        assert_eq!(s.requests_of("d", "fn", Some(ip)).unwrap().in_flight, 0);
+        // Nothing counted for an address, or no address: no figure.
+        assert!(s.requests_of("d", "web", Some("10.42.0.10".parse().unwrap())).is_none());
+        assert!(s.requests_of("d", "web", None).is_none());
+        s.forget_node("b");
+        assert_eq!(s.requests_of("d", "web", Some(ip)), None, "node a's last summary listed no ingress counts");
     }
 
     fn summary_without_http() -> Value {
