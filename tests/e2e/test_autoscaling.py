@@ -230,6 +230,21 @@ spec:
 """
 
 
+def ingress_for(name):
+    """An Ingress that routes host NAME.example to Service NAME, port 80."""
+    return f"""
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {name}}}
+spec:
+  rules:
+  - host: {name}.example
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: {name}, port: {{number: 80}}}}}}}}
+"""
+
+
 def replicas(c, name):
     return c.json("get", "deployment", name)["spec"].get("replicas", 1)
 
@@ -267,17 +282,7 @@ def test_the_ingress_holds_a_request_for_a_function_at_zero(scaling_cluster):
     waits for it and tells how long in `Skiff-Cold-Start`; the Service's ColdStart event
     tells the same for the scale."""
     c = scaling_cluster
-    ingress = """
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: edge}
-spec:
-  rules:
-  - host: edge.example
-    http:
-      paths:
-      - {path: /, pathType: Prefix, backend: {service: {name: edge, port: {number: 80}}}}
-"""
+    ingress = ingress_for("edge")
     c.kubectl("apply", "-f", "-", input=function("edge") + "---" + ingress)
     wait_for(lambda: at_zero(c, "edge"), 60, "the idle function to go to zero")
     request = urllib.request.Request("http://127.0.0.1/", headers={"Host": "edge.example"})
@@ -302,17 +307,7 @@ def test_the_ingress_counts_requests_to_container_pods_for_the_hpa(scaling_clust
     image = oci_image.busybox_image(registry.host)
     web = function("web", target="2", max_replicas=2).replace("      runtimeClassName: wasmtime\n", "") \
         .replace("registry.skiff.internal/http-hello:v1", image).replace("minReplicas: 0", "minReplicas: 1")
-    ingress = """
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: web}
-spec:
-  rules:
-  - host: web.example
-    http:
-      paths:
-      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
-"""
+    ingress = ingress_for("web")
     c.kubectl("apply", "-f", "-", input=web + "---" + ingress)
     request = urllib.request.Request("http://127.0.0.1/", headers={"Host": "web.example"})
     wait_for(lambda: c.json("get", "deployment", "web").get("status", {}).get("readyReplicas") == 1, 60, "the container pod")
