@@ -6,21 +6,25 @@ use skiff_core::resources::{self, RESOURCES, ResourceType};
 const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// A group/version the API server answers itself rather than from the store, as an
-/// aggregated API server would in Kubernetes (metrics-server's `metrics.k8s.io`): read
-/// only, listed in discovery beside the stored groups.
+/// aggregated API server would in Kubernetes (metrics-server's `metrics.k8s.io`), or as
+/// kube-apiserver answers the access reviews (create only, never stored): listed in
+/// discovery beside the stored groups.
 pub struct ServedApi {
     pub group: &'static str,
     pub version: &'static str,
     /// (plural, kind, namespaced).
     pub resources: &'static [(&'static str, &'static str, bool)],
+    pub verbs: &'static [&'static str],
 }
 
 pub const SERVED_APIS: &[ServedApi] = &[
-    ServedApi { group: crate::metrics_api::GROUP, version: crate::metrics_api::VERSION, resources: crate::metrics_api::RESOURCES },
-    ServedApi { group: crate::metrics_api::custom::GROUP, version: crate::metrics_api::custom::VERSION, resources: crate::metrics_api::custom::RESOURCES },
+    ServedApi { group: crate::metrics_api::GROUP, version: crate::metrics_api::VERSION, resources: crate::metrics_api::RESOURCES, verbs: READ_VERBS },
+    ServedApi { group: crate::metrics_api::custom::GROUP, version: crate::metrics_api::custom::VERSION, resources: crate::metrics_api::custom::RESOURCES, verbs: READ_VERBS },
+    ServedApi { group: crate::authz::identity::GROUP, version: crate::authz::identity::VERSION, resources: crate::authz::identity::RESOURCES, verbs: &["create"] },
+    ServedApi { group: crate::authz::reviews::GROUP, version: crate::authz::reviews::VERSION, resources: crate::authz::reviews::RESOURCES, verbs: &["create"] },
 ];
 
-const READ_VERBS: [&str; 2] = ["get", "list"];
+const READ_VERBS: &[&str] = &["get", "list"];
 
 fn served(group: &str) -> Option<&'static ServedApi> {
     SERVED_APIS.iter().find(|a| a.group == group)
@@ -81,19 +85,13 @@ fn entries(r: &ResourceType) -> Vec<Value> {
         "categories": r.categories,
     })];
     for sub in r.subresources {
-        let (kind, verbs, group, version) = match *sub {
-            "scale" => ("Scale", vec!["get", "patch", "update"], Some("autoscaling"), Some("v1")),
-            "binding" => ("Binding", vec!["create"], None, None),
-            "log" => ("Pod", vec!["get"], None, None),
-            "exec" => ("PodExecOptions", vec!["create", "get"], None, None),
-            "portforward" => ("PodPortForwardOptions", vec!["create", "get"], None, None),
-            _ => (r.kind, vec!["get", "patch", "update"], None, None),
-        };
+        let (group, version, kind, verbs) = subresource(r, sub);
         let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced,
             "kind": kind, "verbs": verbs});
-        if let (Some(g), Some(v)) = (group, version) {
-            e["group"] = json!(g);
-            e["version"] = json!(v);
+        // The group and version are given where they differ from the resource's.
+        if (group, version) != (r.group, r.version) {
+            e["group"] = json!(group);
+            e["version"] = json!(version);
         }
         out.push(e);
     }
@@ -104,7 +102,7 @@ fn entries(r: &ResourceType) -> Vec<Value> {
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if let Some(a) = served(group).filter(|a| a.version == version) {
         let resources: Vec<Value> = a.resources.iter()
-            .map(|(plural, kind, namespaced)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": READ_VERBS}))
+            .map(|(plural, kind, namespaced)| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": a.verbs}))
             .collect();
         return Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group}/{version}"), "resources": resources}));
     }
@@ -146,17 +144,23 @@ pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
     None
 }
 
+/// What a subresource answers with: (group, version, kind, verbs).
+fn subresource(r: &ResourceType, sub: &str) -> (&'static str, &'static str, &'static str, &'static [&'static str]) {
+    match sub {
+        "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
+        "binding" => ("", "v1", "Binding", &["create"]),
+        "log" => ("", "v1", "Pod", &["get"]),
+        "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
+        "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
+        _ => (r.group, r.version, r.kind, &["get", "patch", "update"]),
+    }
+}
+
 fn aggregated_resource(r: &ResourceType) -> Value {
     let scope = if r.namespaced { "Namespaced" } else { "Cluster" };
     let subresources: Vec<Value> = r.subresources.iter().map(|sub| {
-        let (group, version, kind, verbs) = match *sub {
-            "scale" => ("autoscaling", "v1", "Scale", vec!["get", "patch", "update"]),
-            "binding" => ("", "v1", "Binding", vec!["create"]),
-            "log" => ("", "v1", "Pod", vec!["get"]),
-            "exec" => ("", "v1", "PodExecOptions", vec!["create", "get"]),
-            "portforward" => ("", "v1", "PodPortForwardOptions", vec!["create", "get"]),
-            _ => (r.group, r.version, r.kind, vec!["get", "patch", "update"]),
-        };
+        let (group, version, kind, verbs) = subresource(r, *sub);
         json!({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind}, "verbs": verbs})
     }).collect();
     let mut out = json!({"resource": r.plural, "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
@@ -195,7 +199,7 @@ pub fn aggregated(core: bool, version: &str) -> Value {
         items.extend(SERVED_APIS.iter().map(|a| {
             let resources: Vec<Value> = a.resources.iter().map(|(plural, kind, namespaced)| json!({"resource": plural,
                 "responseKind": {"group": a.group, "version": a.version, "kind": kind},
-                "scope": if *namespaced { "Namespaced" } else { "Cluster" }, "singularResource": "", "verbs": READ_VERBS})).collect();
+                "scope": if *namespaced { "Namespaced" } else { "Cluster" }, "singularResource": "", "verbs": a.verbs})).collect();
             json!({"metadata": {"name": a.group, "creationTimestamp": null}, "versions": [{"version": a.version, "resources": resources, "freshness": "Current"}]})
         }));
     }

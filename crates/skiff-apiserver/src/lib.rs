@@ -1,9 +1,11 @@
 //! Skiff's API server: the Kubernetes REST API (discovery, CRUD, watch, patch, the status
 //! and scale subresources, Table output, OpenAPI) over a [`skiff_store::Store`].
 //!
-//! Requests pass authentication (a bearer token), then the object pipeline in
+//! Requests pass authentication (a bearer token) and authorization ([`authz`]: RBAC),
+//! then the object pipeline in
 //! [`objects`]: metadata, defaulting, typed decoding, validation, allocation, storage.
 
+pub mod authz;
 pub mod convert;
 pub mod defaults;
 pub mod deletion;
@@ -58,6 +60,8 @@ pub struct Config {
     /// How long a watch without `timeoutSeconds` lasts.
     pub watch_timeout: Duration,
     pub bookmark_interval: Duration,
+    /// What ServiceAccount tokens are signed with (none: no tokens are issued).
+    pub service_account_key: Option<authz::tokens::SigningKey>,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             node_port_range: (30000, 32767),
             watch_timeout: Duration::from_secs(1800),
             bookmark_interval: Duration::from_secs(10),
+            service_account_key: None,
         }
     }
 }
@@ -91,8 +96,9 @@ impl ApiServer {
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
     /// and `kube-node-lease` namespaces, the `kubernetes` Service with Endpoints at
     /// `advertise` (kept current across restarts, as kube-apiserver's endpoint reconciler
-    /// does), and the `kube-dns` Service at the service range's tenth address, which
-    /// every node's proxy answers. Idempotent.
+    /// does), the `kube-dns` Service at the service range's tenth address, which every
+    /// node's proxy answers, the ingress and runtime classes, and the default RBAC roles
+    /// and bindings. Idempotent.
     pub async fn bootstrap(&self, advertise: std::net::SocketAddr) -> Result<(), ApiError> {
         let api_port = advertise.port();
         let namespaces = resources::find("", "v1", "namespaces").expect("namespaces");
@@ -139,11 +145,11 @@ impl ApiServer {
                 "handler": handler, "scheduling": {"nodeSelector": {"skiff.dev/runtime-oci": handler}}});
             ignore_exists(self.create_object(classes, None, class, WriteOptions::default()).await)?;
         }
-        Ok(())
+        authz::bootstrap::ensure(self).await
     }
 }
 
-fn ignore_exists(r: Result<objects::Written, ApiError>) -> Result<(), ApiError> {
+pub(crate) fn ignore_exists(r: Result<objects::Written, ApiError>) -> Result<(), ApiError> {
     match r {
         Ok(_) => Ok(()),
         Err(e) if e.reason == "AlreadyExists" => Ok(()),
@@ -219,14 +225,36 @@ async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
     }
 }
 
-async fn authenticate(State(server): State<Arc<ApiServer>>, request: Request, next: Next) -> Response {
+/// Authentication, impersonation and authorization, before any handler: the request goes
+/// on carrying its user ([`authz::UserInfo`]) when its user may make it.
+async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
-    if public || presented.is_some_and(|t| credentials::same_secret(t.as_bytes(), server.config.token.as_bytes())) {
-        next.run(request).await
-    } else {
-        ApiError::unauthorized().into_response()
+    let user = match presented {
+        Some(t) if credentials::same_secret(t.as_bytes(), server.config.token.as_bytes()) => Some(authz::UserInfo::admin()),
+        Some(t) => authz::tokens::authenticate(&server, &t).await,
+        None => None,
+    };
+    let user = match user {
+        Some(user) => user,
+        None if public => return next.run(request).await,
+        None => return ApiError::unauthorized().into_response(),
+    };
+    // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
+    let attributes = authz::Attributes::of(request.method(), request.uri().path(), request.uri().query());
+    let impersonation = authz::Impersonation::of(request.headers());
+    let decided = async {
+        let user = authz::impersonated(&server, user, impersonation).await?;
+        authz::authorize(&server, &user, &attributes).await?;
+        Ok::<_, ApiError>(user)
+    };
+    match decided.await {
+        Ok(user) => {
+            request.extensions_mut().insert(user);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -263,12 +291,21 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/api/v1", get(|| async { json_body(&discovery::resource_list("", "v1").expect("core")) }))
         .route("/apis/{group}", get(api_group))
         .route("/apis/{group}/{version}", get(group_version))
+        .route("/.well-known/openid-configuration", get(|| async { json_body(&authz::tokens::openid_configuration()) }))
+        .route("/openid/v1/jwks", get(|State(server): State<Arc<ApiServer>>| async move {
+            match &server.config.service_account_key {
+                Some(key) => json_body(&authz::tokens::jwks(key)),
+                None => ApiError::no_route("this server issues no service account tokens").into_response(),
+            }
+        }))
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(|| async { json_bytes(openapi::v3_index()) }))
         .route("/openapi/v3/{*gv}", get(openapi_v3_doc))
         .route("/api/v1/{*rest}", axum::routing::any(rest::handle))
         .route("/apis/metrics.k8s.io/v1beta1/{*rest}", axum::routing::any(metrics_api::handle))
         .route("/apis/custom.metrics.k8s.io/v1beta2/{*rest}", axum::routing::any(metrics_api::handle_custom))
+        .route("/apis/authorization.k8s.io/v1/{*rest}", axum::routing::any(authz::reviews::handle))
+        .route("/apis/authentication.k8s.io/v1/{*rest}", axum::routing::any(authz::identity::handle))
         .route("/apis/{group}/{version}/{*rest}", axum::routing::any(rest::handle))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))

@@ -29,7 +29,7 @@ type Params = HashMap<String, String>;
 
 /// How the client asked to see objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
+pub(crate) enum Output {
     Json,
     Table(IncludeObject),
     Metadata,
@@ -37,7 +37,7 @@ enum Output {
     Protobuf,
 }
 
-fn output(headers: &HeaderMap, params: &Params) -> Output {
+pub(crate) fn output(headers: &HeaderMap, params: &Params) -> Output {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     // The first acceptable media type wins, as the client lists them by preference.
     for media in accept.split(',') {
@@ -65,7 +65,7 @@ fn output(headers: &HeaderMap, params: &Params) -> Output {
 
 /// The response carrying `body`: protobuf when the client asked for it and the kind has a
 /// protobuf form, JSON otherwise (as kube-apiserver answers custom resources).
-fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[String]) -> Response {
+pub(crate) fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[String]) -> Response {
     let encoded = match out {
         Output::Protobuf => protobuf::encode(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok(),
         _ => None,
@@ -98,7 +98,7 @@ fn present_one(r: &ResourceType, object: Value, out: Output) -> Value {
     }
 }
 
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or_default().trim();
     if body.is_empty() {
@@ -166,7 +166,7 @@ pub(crate) fn list_options(params: &Params) -> ApiResult<ListOptions> {
 /// Reads a request body of at most `limit` bytes. A larger one is 413, answered once the
 /// client has finished sending it (up to a bound): a client writing its whole body before
 /// it reads would otherwise see the connection close under it instead of the answer.
-async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
     use futures::StreamExt;
     const DRAIN_FACTOR: usize = 16;
     let mut stream = body.into_data_stream();
@@ -291,6 +291,11 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let body = parse_body(&headers, &body)?;
             let scale = update_scale(&server, &target, kind, &body, write_options(&params, &headers)?).await?;
             Ok(respond(StatusCode::OK, &scale, out, &[]))
+        }
+        (&Method::POST, true, Some("token")) if r.kind == "ServiceAccount" => {
+            let request = parse_body(&headers, &body)?;
+            let answered = crate::authz::tokens::request(&server, target.namespace.as_deref().unwrap_or_default(), target.name.as_deref().unwrap_or_default(), request).await?;
+            Ok(respond(StatusCode::CREATED, &answered, out, &[]))
         }
         (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {
             let binding = parse_body(&headers, &body)?;

@@ -108,7 +108,7 @@ pub static RESOURCES: &[ResourceType] = &[
     res("", "v1", "ConfigMap", "configmaps", "configmap", &["cm"], NS, NONE, NONE),
     res("", "v1", "Secret", "secrets", "secret", NONE, NS, NONE, NONE),
     res("", "v1", "Event", "events", "event", &["ev"], NS, NONE, NONE),
-    res("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", &["sa"], NS, NONE, NONE),
+    res("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", &["sa"], NS, &["token"], NONE),
     res("", "v1", "LimitRange", "limitranges", "limitrange", &["limits"], NS, NONE, NONE),
     res("", "v1", "ResourceQuota", "resourcequotas", "resourcequota", &["quota"], NS, STATUS, NONE),
     res("", "v1", "PersistentVolume", "persistentvolumes", "persistentvolume", &["pv"], CLUSTER, STATUS, NONE),

@@ -89,6 +89,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let mut config = Config::new(token.clone());
     config.service_cidr = args.service_cidr;
     config.max_body_bytes = args.max_request_bytes;
+    let key_path = dir.join("service-account.key");
+    config.service_account_key = Some(skiff_apiserver::authz::tokens::SigningKey::load_or_create(&key_path).map_err(anyhow::Error::msg)?);
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
     tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));

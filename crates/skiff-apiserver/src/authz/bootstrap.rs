@@ -1,0 +1,129 @@
+//! The roles every cluster starts with, as kube-apiserver's bootstrap policy defines them:
+//! `cluster-admin` (bound to `system:masters`); the user-facing `admin`, `edit` and
+//! `view`, aggregated from the `system:aggregate-to-*` roles so that a ClusterRole
+//! labelled for them extends them; `system:basic-user` (the access reviews),
+//! `system:discovery` and `system:public-info-viewer`, bound to every authenticated user,
+//! and `system:service-account-issuer-discovery` (the OIDC documents), bound to every
+//! ServiceAccount.
+//! Created when missing; a role a user changed is left as it is.
+
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::error::ApiError;
+use crate::objects::WriteOptions;
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
+}
+
+fn paths(urls: &[&str], verbs: &[&str]) -> Value {
+    json!({"nonResourceURLs": urls, "verbs": verbs})
+}
+
+fn cluster_role(name: &str, labels: Value, rules: Vec<Value>) -> Value {
+    let mut labels = labels;
+    labels["kubernetes.io/bootstrapping"] = json!("rbac-defaults");
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+           "metadata": {"name": name, "labels": labels, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+           "rules": rules})
+}
+
+/// A ClusterRole whose rules are those of the ClusterRoles labelled `aggregate-to-NAME`.
+fn aggregated(name: &str, labels: Value) -> Value {
+    let mut role = cluster_role(name, labels, vec![]);
+    role["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}]});
+    role
+}
+
+fn aggregate_to(to: &[&str]) -> Value {
+    Value::Object(to.iter().map(|t| (format!("rbac.authorization.k8s.io/aggregate-to-{t}"), json!("true"))).collect())
+}
+
+fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
+    let subjects: Vec<Value> = groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect();
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+           "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
+}
+
+/// The default ClusterRoles.
+pub fn cluster_roles() -> Vec<Value> {
+    let read_workloads = vec![
+        rule(&[""], &["configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods", "replicationcontrollers",
+            "replicationcontrollers/scale", "serviceaccounts", "services", "services/status"], READ),
+        rule(&[""], &["bindings", "events", "limitranges", "namespaces/status", "pods/log", "pods/status", "replicationcontrollers/status",
+            "resourcequotas", "resourcequotas/status"], READ),
+        rule(&[""], &["namespaces"], READ),
+        rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+        rule(&["apps"], &["controllerrevisions", "daemonsets", "daemonsets/status", "deployments", "deployments/scale", "deployments/status",
+            "replicasets", "replicasets/scale", "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status"], READ),
+        rule(&["autoscaling"], &["horizontalpodautoscalers", "horizontalpodautoscalers/status"], READ),
+        rule(&["batch"], &["cronjobs", "cronjobs/status", "jobs", "jobs/status"], READ),
+        rule(&["networking.k8s.io"], &["ingresses", "ingresses/status", "networkpolicies"], READ),
+        rule(&["metrics.k8s.io"], &["pods"], &["get", "list"]),
+    ];
+    let edit = vec![
+        rule(&[""], &["pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "secrets", "services/proxy"], READ),
+        rule(&[""], &["serviceaccounts"], &["impersonate"]),
+        rule(&[""], &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"], WRITE),
+        rule(&[""], &["pods/eviction"], &["create"]),
+        rule(&[""], &["configmaps", "events", "persistentvolumeclaims", "replicationcontrollers", "replicationcontrollers/scale", "secrets",
+            "serviceaccounts", "services", "services/proxy"], WRITE),
+        rule(&[""], &["serviceaccounts/token"], &["create"]),
+        rule(&["apps"], &["daemonsets", "deployments", "deployments/rollback", "deployments/scale", "replicasets", "replicasets/scale",
+            "statefulsets", "statefulsets/scale"], WRITE),
+        rule(&["autoscaling"], &["horizontalpodautoscalers"], WRITE),
+        rule(&["batch"], &["cronjobs", "jobs"], WRITE),
+        rule(&["networking.k8s.io"], &["ingresses", "networkpolicies"], WRITE),
+        rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
+    ];
+    let admin = vec![
+        rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
+        rule(&["rbac.authorization.k8s.io"], &["rolebindings", "roles"], &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]),
+    ];
+    vec![
+        cluster_role("cluster-admin", json!({}), vec![rule(&["*"], &["*"], &["*"]), paths(&["*"], &["*"])]),
+        aggregated("admin", json!({})),
+        aggregated("edit", aggregate_to(&["admin"])),
+        aggregated("view", aggregate_to(&["edit"])),
+        cluster_role("system:aggregate-to-admin", aggregate_to(&["admin"]), admin),
+        cluster_role("system:aggregate-to-edit", aggregate_to(&["edit"]), edit),
+        cluster_role("system:aggregate-to-view", aggregate_to(&["view"]), read_workloads),
+        cluster_role("system:basic-user", json!({}), vec![
+            rule(&["authorization.k8s.io"], &["selfsubjectaccessreviews", "selfsubjectrulesreviews"], &["create"]),
+            rule(&["authentication.k8s.io"], &["selfsubjectreviews"], &["create"]),
+        ]),
+        cluster_role("system:discovery", json!({}), vec![
+            paths(&["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], &["get"]),
+        ]),
+        cluster_role("system:public-info-viewer", json!({}), vec![paths(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
+        cluster_role("system:service-account-issuer-discovery", json!({}), vec![paths(&["/.well-known/openid-configuration", "/openid/v1/jwks"], &["get"])]),
+    ]
+}
+
+/// The default ClusterRoleBindings.
+pub fn cluster_role_bindings() -> Vec<Value> {
+    vec![
+        binding("cluster-admin", "cluster-admin", &[super::MASTERS]),
+        binding("system:basic-user", "system:basic-user", &[super::AUTHENTICATED]),
+        binding("system:discovery", "system:discovery", &[super::AUTHENTICATED]),
+        binding("system:public-info-viewer", "system:public-info-viewer", &[super::AUTHENTICATED, "system:unauthenticated"]),
+        binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
+    ]
+}
+
+/// Creates the default roles and bindings that are missing.
+pub async fn ensure(server: &ApiServer) -> Result<(), ApiError> {
+    let roles = skiff_core::resources::find("rbac.authorization.k8s.io", "v1", "clusterroles").expect("served");
+    let bindings = skiff_core::resources::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").expect("served");
+    for (r, objects) in [(roles, cluster_roles()), (bindings, cluster_role_bindings())] {
+        for object in objects {
+            crate::ignore_exists(server.create_object(r, None, object, WriteOptions::default()).await)?;
+        }
+    }
+    Ok(())
+}

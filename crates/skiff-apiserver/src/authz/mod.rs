@@ -1,0 +1,115 @@
+//! Who a request is and what it may do. Authentication names the user (the admin
+//! credential is `system:admin` in `system:masters`; a ServiceAccount token, [`tokens`],
+//! its account); impersonation headers
+//! (`Impersonate-User`, `Impersonate-Group`, `Impersonate-Uid`) switch to another user
+//! when the caller may `impersonate` it; then RBAC ([`rbac`]) decides, and a refusal is
+//! Kubernetes' 403. The access reviews ([`reviews`]) ask the same question on a client's
+//! behalf (`kubectl auth can-i`), and [`bootstrap`] creates the default roles.
+
+pub mod attributes;
+pub mod bootstrap;
+pub mod identity;
+pub mod rbac;
+pub mod reviews;
+pub mod tokens;
+
+use std::collections::BTreeMap;
+
+pub use attributes::Attributes;
+use http::HeaderMap;
+
+use crate::ApiServer;
+use crate::error::{ApiError, ApiResult};
+
+/// The group whose members may do anything.
+pub const MASTERS: &str = "system:masters";
+/// Every authenticated user's group.
+pub const AUTHENTICATED: &str = "system:authenticated";
+/// The user the admin credential authenticates as.
+pub const ADMIN: &str = "system:admin";
+
+/// An authenticated user, as Kubernetes' `user.Info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    /// The admin credential's user.
+    pub fn admin() -> UserInfo {
+        UserInfo { name: ADMIN.into(), groups: vec![MASTERS.into(), AUTHENTICATED.into()], ..Default::default() }
+    }
+}
+
+/// A ServiceAccount's user name.
+pub fn service_account_user(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// What a request's impersonation headers ask for (`kubectl --as`, `--as-group`,
+/// `--as-uid`); empty for most requests.
+#[derive(Debug, Default)]
+pub struct Impersonation {
+    users: Vec<String>,
+    groups: Vec<String>,
+    uids: Vec<String>,
+}
+
+impl Impersonation {
+    pub fn of(headers: &HeaderMap) -> Impersonation {
+        let values = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect::<Vec<_>>();
+        Impersonation { users: values("impersonate-user"), groups: values("impersonate-group"), uids: values("impersonate-uid") }
+    }
+}
+
+/// The user a request acts as: `user`, or the one its impersonation headers name, if
+/// `user` may impersonate it (and each group and uid it names).
+pub async fn impersonated(server: &ApiServer, user: UserInfo, asked: Impersonation) -> ApiResult<UserInfo> {
+    let Impersonation { users, groups, uids } = asked;
+    let Some(name) = users.first().cloned() else {
+        if !groups.is_empty() || !uids.is_empty() {
+            return Err(ApiError::bad_request("Impersonate-Group and Impersonate-Uid need Impersonate-User"));
+        }
+        return Ok(user);
+    };
+    let mut checks = vec![match name.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')) {
+        Some((ns, sa)) => impersonate("", "serviceaccounts", ns, sa),
+        None => impersonate("", "users", "", &name),
+    }];
+    checks.extend(groups.iter().map(|g| impersonate("", "groups", "", g)));
+    checks.extend(uids.iter().map(|u| impersonate("authentication.k8s.io", "uids", "", u)));
+    for check in &checks {
+        if !rbac::allows(server, &user, check).await? {
+            return Err(ApiError::forbidden(check.forbidden_message(&user.name)));
+        }
+    }
+    let mut as_user = UserInfo { name, uid: uids.first().cloned().unwrap_or_default(), groups, extra: BTreeMap::new() };
+    if let Some(ns) = as_user.name.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split(':').next()) {
+        let ns = ns.to_string();
+        as_user.groups.push("system:serviceaccounts".into());
+        as_user.groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    if !as_user.groups.iter().any(|g| g == AUTHENTICATED) {
+        as_user.groups.push(AUTHENTICATED.into());
+    }
+    Ok(as_user)
+}
+
+fn impersonate(group: &str, resource: &str, namespace: &str, name: &str) -> Attributes {
+    Attributes { verb: "impersonate".into(), resource_request: true, api_group: group.into(), resource: resource.into(), namespace: namespace.into(), name: name.into(), ..Default::default() }
+}
+
+/// Refuses a request its user may not make, with Kubernetes' message.
+pub async fn authorize(server: &ApiServer, user: &UserInfo, a: &Attributes) -> ApiResult<()> {
+    if rbac::allows(server, user, a).await? {
+        return Ok(());
+    }
+    let mut refusal = ApiError::forbidden(a.forbidden_message(&user.name));
+    if a.resource_request {
+        refusal.details = Some(serde_json::json!({"name": a.name, "group": a.api_group, "kind": a.resource}));
+    }
+    Err(refusal)
+}
