@@ -26,6 +26,22 @@ fn at<'a>(object: &'a mut Value, pointer: &str) -> Option<&'a mut Map<String, Va
 /// Applies the defaults of `kind` to an object being created or updated.
 pub fn apply(kind: &str, object: &mut Value) {
     match kind {
+        "Secret" => {
+            // `stringData` is write-only: its keys go into `data`, base64, over any there.
+            if let Some(o) = object.as_object_mut()
+                && let Some(Value::Object(strings)) = o.remove("stringData")
+            {
+                use base64::Engine;
+                let data = child(o, "data");
+                for (key, value) in strings {
+                    let text = value.as_str().map(String::from).unwrap_or_else(|| value.to_string());
+                    data.insert(key, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+                }
+            }
+            if let Some(o) = object.as_object_mut() {
+                default(o, "type", json!("Opaque"));
+            }
+        }
         "Pod" => {
             if let Some(spec) = at(object, "/spec") {
                 pod_spec(spec);
@@ -107,11 +123,6 @@ pub fn apply(kind: &str, object: &mut Value) {
             let name = object.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
             if let Some(meta) = at(object, "/metadata") {
                 child(meta, "labels").insert("kubernetes.io/metadata.name".into(), name);
-            }
-        }
-        "Secret" => {
-            if let Some(o) = object.as_object_mut() {
-                default(o, "type", json!("Opaque"));
             }
         }
         "PersistentVolumeClaim" => {
@@ -242,6 +253,13 @@ fn service_spec(spec: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secrets_string_data_goes_into_data() {
+        let mut s = json!({"data": {"a": "b2xk", "b": "a2VlcA=="}, "stringData": {"a": "new", "c": "plain"}});
+        apply("Secret", &mut s);
+        assert_eq!(s, json!({"type": "Opaque", "data": {"a": "bmV3", "b": "a2VlcA==", "c": "cGxhaW4="}}));
+    }
 
     #[test]
     fn deployment_defaults() {

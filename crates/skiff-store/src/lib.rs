@@ -10,6 +10,7 @@
 //! concurrent writes share one commit (group commit), so throughput grows with concurrency.
 
 mod continue_token;
+pub mod encrypted;
 mod redb_store;
 mod watch;
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 use skiff_core::{FieldSelector, LabelSelector};
 
 pub use redb_store::{RedbStore, StoreOptions};
+pub use encrypted::EncryptedSecrets;
 pub use watch::Watch;
 
 /// What happened to an object at one revision.

@@ -99,6 +99,18 @@ struct Shared {
 pub struct RedbStore {
     shared: Arc<Shared>,
     writes: mpsc::Sender<WriteRequest>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    /// Stops the writer and waits for it, so the file is closed (and may be opened again)
+    /// once the store is gone.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.writes, mpsc::channel().0));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl RedbStore {
@@ -119,11 +131,11 @@ impl RedbStore {
         let shared = Arc::new(Shared { db, revision: AtomicU64::new(revision), events });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("skiff-store-writer".into())
             .spawn(move || writer_loop(writer_shared, rx, options.event_retention))
             .map_err(backend)?;
-        Ok(Self { shared, writes: tx })
+        Ok(Self { shared, writes: tx, writer: Some(writer) })
     }
 
     async fn write(&self, key: &str, mutation: Mutation) -> Result<Value, StoreError> {

@@ -14,12 +14,17 @@ pub(crate) trait EventLog: Send + Sync {
     fn events_after(&self, prefix: &str, after: u64) -> Result<Vec<Arc<Event>>, StoreError>;
 }
 
+/// Turns each event a watch delivers into what its reader sees (a sealed Secret into the
+/// Secret).
+pub type EventMap = Arc<dyn Fn(Arc<Event>) -> Result<Arc<Event>, StoreError> + Send + Sync>;
+
 pub struct Watch {
     prefix: String,
     last: u64,
     backlog: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Arc<Event>>,
     log: Arc<dyn EventLog>,
+    map: Option<EventMap>,
 }
 
 impl Watch {
@@ -31,12 +36,25 @@ impl Watch {
         log: Arc<dyn EventLog>,
     ) -> Result<Self, StoreError> {
         let backlog = log.events_after(prefix, after)?.into();
-        Ok(Self { prefix: prefix.to_string(), last: after, backlog, live, log })
+        Ok(Self { prefix: prefix.to_string(), last: after, backlog, live, log, map: None })
+    }
+
+    /// This watch, its events passed through `map`.
+    pub fn mapped(self, map: EventMap) -> Self {
+        Self { map: Some(map), ..self }
     }
 
     /// The next event, `Err(Expired)` once the watch fell too far behind to continue, or
     /// `None` when the store shut down.
     pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        let event = self.next_stored().await?;
+        Some(match &self.map {
+            Some(map) => event.and_then(|e| map(e)),
+            None => event,
+        })
+    }
+
+    async fn next_stored(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
                 if event.revision > self.last {

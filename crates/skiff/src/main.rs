@@ -115,6 +115,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Manage how Secrets are kept at rest.
+    Secrets {
+        #[command(subcommand)]
+        what: SecretsWhat,
+    },
     /// Print skiff's version, and the cluster's if one answers.
     Version {
         #[command(flatten)]
@@ -123,6 +128,17 @@ enum Command {
     /// Print a shell completion script: `source <(skiff completion bash)`.
     Completion {
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsWhat {
+    /// Make a new encryption key and re-encrypt every Secret with it (the old keys stay,
+    /// to read what a backup holds). Run it with the control plane stopped.
+    RotateKey {
+        /// The data directory given to `skiff up` or `skiff server` (default: skiff's own).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -264,6 +280,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs { log, target } => logs::logs(&target, &log).await,
             Command::Rollout { what: RolloutWhat::Status { target, timeout, args } } => rollout::status(&args, &target, timeout).await,
             Command::Killall { data_dir } => killall(data_dir).await,
+            Command::Secrets { what: SecretsWhat::RotateKey { data_dir } } => server::rotate_secrets_key(&data_dir.unwrap_or_else(default_data_dir)).await,
             Command::Version { target } => version(&target).await,
             Command::Completion { shell } => {
                 clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "skiff", &mut std::io::stdout());

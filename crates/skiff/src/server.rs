@@ -51,6 +51,31 @@ pub struct ControllerArgs {
     node_cidr_mask_size: u8,
 }
 
+/// The file of the keys Secrets are encrypted with at rest.
+const ENCRYPTION_KEYS: &str = "encryption.keys";
+
+/// The store in `dir`, Secrets encrypted with the keys beside it (made at first start).
+fn open_store(dir: &Path, event_retention: u64) -> anyhow::Result<skiff_store::EncryptedSecrets> {
+    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions { event_retention, ..Default::default() })
+        .with_context(|| format!("opening the store in {} (is another skiff running on it?)", dir.display()))?;
+    let keys = skiff_store::encrypted::Keys::load_or_create(&dir.join(ENCRYPTION_KEYS)).map_err(anyhow::Error::msg)?;
+    Ok(skiff_store::EncryptedSecrets::new(Arc::new(store), keys))
+}
+
+/// `skiff secrets rotate-key`: a new sealing key, and every Secret sealed again with it.
+pub async fn rotate_secrets_key(dir: &Path) -> anyhow::Result<()> {
+    let keys = dir.join(ENCRYPTION_KEYS);
+    anyhow::ensure!(keys.exists(), "{} has no {ENCRYPTION_KEYS}: is it a Skiff control plane's data directory?", dir.display());
+    // Opened first: a running control plane holds the store, and nothing is changed then.
+    let retention = StoreOptions::default().event_retention;
+    drop(open_store(dir, retention)?);
+    let id = skiff_store::encrypted::add_sealing_key(&keys).map_err(anyhow::Error::msg)?;
+    let store = open_store(dir, retention)?;
+    let count = skiff_store::encrypted::reseal_all(&store).await?;
+    println!("Secrets are now encrypted with key {id}: {count} re-encrypted (the older keys stay in {} to read backups)", keys.display());
+    Ok(())
+}
+
 /// The admin token: made at first start, kept in the data directory.
 fn admin_token(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("token");
@@ -84,8 +109,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = admin_token(&dir)?;
-    let store = RedbStore::open(&dir.join("state.redb"), StoreOptions { event_retention: args.watch_history.max(1), ..Default::default() })
-        .with_context(|| format!("opening the store in {} (is another skiff running on it?)", dir.display()))?;
+    let store = open_store(&dir, args.watch_history.max(1))?;
     let mut config = Config::new(token.clone());
     config.service_cidr = args.service_cidr;
     config.max_body_bytes = args.max_request_bytes;
