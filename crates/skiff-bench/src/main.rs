@@ -419,7 +419,8 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
             }
         }).await?);
 
-        rows.push(api_path(clients, level_creates).await.context("API bench")?);
+        rows.push(api_path(clients, level_creates, true).await.context("API bench")?);
+        rows.push(api_path(clients, level_creates, false).await.context("API bench without authorization")?);
     }
     println!("api bench: durable ConfigMap creates ({})", report::machine());
     println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
@@ -431,26 +432,32 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
     // clients up (or the highest level measured, when all are below).
     let headline_from = rows.iter().map(|r| r.clients).max().unwrap_or(0).min(64);
     let mut headlines = Vec::new();
-    for level in rows.chunks(3) {
+    for level in rows.chunks(4) {
         let [etcd, paths @ ..] = level else { continue };
         if etcd.clients < headline_from {
             continue;
         }
         let reference = format!("etcd raw put, same run: {}/s", report::thousands(etcd.rate()));
+        let figure = |f: &Figures| format!("{}/s, p99 {:.1} ms", report::thousands(f.rate()), f.percentile(0.99).as_secs_f64() * 1e3);
         for f in paths {
-            headlines.push(report::Row::new(format!("durable creates/s, {} clients, {}", f.clients, f.what),
-                format!("{}/s, p99 {:.1} ms", report::thousands(f.rate()), f.percentile(0.99).as_secs_f64() * 1e3), reference.clone(), Some(f.rate() / etcd.rate())));
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, {}", f.clients, f.what), figure(f), reference.clone(), Some(f.rate() / etcd.rate())));
+        }
+        if let [_, with, without] = paths {
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, with authorization against without", with.clients), figure(with),
+                format!("without, same run: {}/s (goal ≥ 0.9×)", report::thousands(without.rate())), Some(with.rate() / without.rate())));
         }
     }
     Ok(headlines)
 }
 
 /// An API server over a fresh store, on plain HTTP on loopback (token `bench-token`): its
-/// address, its task, and the store's directory (removed when dropped).
-async fn serve_api() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>, tempfile::TempDir)> {
+/// address, its task, and the store's directory (removed when dropped). `authorization`
+/// off skips impersonation and RBAC, to measure what they cost.
+async fn serve_api(authorization: bool) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
-    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
+    let config = skiff_apiserver::Config { authorization, ..skiff_apiserver::Config::new("bench-token".into()) };
+    let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -461,11 +468,12 @@ async fn serve_api() -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinH
 /// ConfigMap creates through a fresh API server's whole HTTP request path, each client on
 /// its own HTTP/1.1 connection, as separate processes would be. (Multiplexing them all on
 /// one HTTP/2 connection, as the etcd reference's gRPC channel does, measured slower.)
-async fn api_path(clients: usize, creates: usize) -> anyhow::Result<Figures> {
-    let (addr, serving, _dir) = serve_api().await?;
+async fn api_path(clients: usize, creates: usize, authorization: bool) -> anyhow::Result<Figures> {
+    let (addr, serving, _dir) = serve_api(authorization).await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     let url = format!("http://{addr}/api/v1/namespaces/default/configmaps");
-    let figures = drive("API server (HTTP, JSON)", clients, creates, move |i| {
+    let what = if authorization { "API server (HTTP, JSON)" } else { "API server (HTTP, JSON), no authorization" };
+    let figures = drive(what, clients, creates, move |i| {
         let client = client.clone();
         let url = url.clone();
         async move {
