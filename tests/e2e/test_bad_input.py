@@ -37,6 +37,12 @@ CASES = [
     ("bad label selector", "GET", "/api/v1/pods?labelSelector=a%20in%20b", None, 400, "selector"),
     ("strict unknown field", "POST", "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "bogus": 1}, 400, "unknown field"),
+    ("bad cron schedule", "POST", "/apis/batch/v1/namespaces/default/cronjobs", {"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "c"}, "spec": {"schedule": "61 * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}, 422, "spec.schedule"),
+    ("unknown cron time zone", "POST", "/apis/batch/v1/namespaces/default/cronjobs", {"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "c"}, "spec": {"schedule": "0 * * * *", "timeZone": "Mars/Olympus_Mons", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}, 422, "unknown time zone Mars/Olympus_Mons"),
     ("bad patch type", "PATCH", "/api/v1/namespaces/default/services/kubernetes", {"a": 1}, 415, "format"),
     ("bad json patch", "PATCH", "/api/v1/namespaces/default/services/kubernetes", [{"op": "remove", "path": "/nope"}], 400, "patch"),
 ]

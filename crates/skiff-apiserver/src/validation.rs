@@ -19,9 +19,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => workload(object, &mut errs),
         "Job" => job(object.get("spec"), "spec", &mut errs),
         "CronJob" => {
-            if object.pointer("/spec/schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
-                errs.push(FieldError::required("spec.schedule"));
-            }
+            cron_job(object, &mut errs);
             job(object.pointer("/spec/jobTemplate/spec"), "spec.jobTemplate.spec", &mut errs);
         }
         "Service" => service(spec, &mut errs),
@@ -267,6 +265,28 @@ fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     }
 }
 
+
+/// A CronJob's schedule parses and its time zone exists, as kube-apiserver checks them at
+/// create (the controller would otherwise find out only when it runs).
+fn cron_job(object: &Value, errs: &mut Vec<FieldError>) {
+    match object.pointer("/spec/schedule").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        None => errs.push(FieldError::required("spec.schedule")),
+        Some(schedule) if schedule.contains("TZ") => {
+            errs.push(FieldError::invalid("spec.schedule", schedule, "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"));
+        }
+        Some(schedule) => {
+            if let Err(e) = skiff_core::cron::Schedule::parse(schedule) {
+                errs.push(FieldError::invalid("spec.schedule", schedule, e.reason));
+            }
+        }
+    }
+    if let Some(zone) = object.pointer("/spec/timeZone").and_then(Value::as_str)
+        && jiff::tz::TimeZone::get(zone).is_err()
+    {
+        errs.push(FieldError::invalid("spec.timeZone", zone, format!("unknown time zone {zone}")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +307,17 @@ mod tests {
 
     fn fields(kind: &str, v: Value) -> Vec<String> {
         validate(kind, &v).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn cron_jobs_schedule_and_time_zone_are_checked_at_create() {
+        let cron = |schedule: &str, zone: Option<&str>| fields("CronJob", json!({"metadata": {"name": "c"}, "spec": {"schedule": schedule, "timeZone": zone,
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}));
+        assert!(cron("*/5 * * * *", Some("Europe/Paris")).is_empty());
+        assert!(cron("@hourly", None).is_empty());
+        assert_eq!(cron("61 * * * *", None), ["spec.schedule"]);
+        assert_eq!(cron("CRON_TZ=UTC 0 * * * *", None), ["spec.schedule"]);
+        assert_eq!(cron("0 * * * *", Some("Mars/Olympus_Mons")), ["spec.timeZone"]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use skiff_client::events::EventType;
 use skiff_client::{Recorder, owners};
 
 use crate::children::ignore_gone;
-use crate::cron::Schedule;
+use skiff_core::cron::Schedule;
 use crate::Error;
 
 pub const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";

@@ -6,7 +6,6 @@
 //! watched and cached once per process however many controllers read pods.
 
 pub mod children;
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

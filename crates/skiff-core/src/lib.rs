@@ -4,6 +4,7 @@
 
 pub mod cidr;
 pub mod credentials;
+pub mod cron;
 pub mod exec;
 pub mod fields;
 pub mod labels;
