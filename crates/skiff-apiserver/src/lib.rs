@@ -236,8 +236,7 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
     let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
     let user = match presented {
-        Some(t) if credentials::same_secret(t.as_bytes(), server.config.token.as_bytes()) => Some(authz::UserInfo::admin()),
-        Some(t) => authz::tokens::authenticate(&server, &t).await,
+        Some(t) => authz::authenticate_bearer(&server, &t, &[authz::tokens::ISSUER]).await,
         None => None,
     };
     let user = match user {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{UserInfo, tokens};
@@ -38,19 +37,12 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: Request) -> R
         let Some((_, kind, _)) = RESOURCES.iter().find(|(p, _, _)| *p == plural) else {
             return Err(ApiError::no_route(format!("the server could not find the requested resource ({})", parts.uri.path())));
         };
-        if parts.method != Method::POST {
-            return Err(ApiError::method_not_allowed(format!("{kind} is only created (POST), never read or stored")));
-        }
-        let bytes = crate::rest::read_body(body, server.config.max_body_bytes).await?;
-        let mut review = crate::rest::parse_body(&parts.headers, &bytes)?;
+        let mut review = super::read_review(&server, &parts, body, kind).await?;
         review["status"] = match *kind {
             "SelfSubjectReview" => json!({"userInfo": user_info(&user)}),
             _ => token_review(&server, review.get("spec").unwrap_or(&Value::Null)).await?,
         };
-        review["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
-        review["kind"] = json!(kind);
-        let out = crate::rest::output(&parts.headers, &Default::default());
-        Ok(crate::rest::respond(StatusCode::CREATED, &review, out, &[]))
+        Ok(super::answer_review(&parts, review, &format!("{GROUP}/{VERSION}"), kind))
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -59,12 +51,7 @@ async fn token_review(server: &ApiServer, spec: &Value) -> ApiResult<Value> {
     let token = spec.get("token").and_then(Value::as_str).unwrap_or_default();
     let asked: Vec<&str> = spec.get("audiences").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
     let audiences = if asked.is_empty() { vec![tokens::ISSUER] } else { asked };
-    let user = if !token.is_empty() && skiff_core::credentials::same_secret(token.as_bytes(), server.config.token.as_bytes()) {
-        Some(UserInfo::admin())
-    } else {
-        tokens::authenticate_for(server, token, &audiences).await
-    };
-    Ok(match user {
+    Ok(match super::authenticate_bearer(server, token, &audiences).await {
         Some(user) => json!({"authenticated": true, "user": user_info(&user), "audiences": audiences}),
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
     })

@@ -38,6 +38,11 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
+    /// Whether the user may do anything (`system:masters`).
+    pub fn is_master(&self) -> bool {
+        self.groups.iter().any(|g| g == MASTERS)
+    }
+
     /// The admin credential's user.
     pub fn admin() -> UserInfo {
         UserInfo { name: ADMIN.into(), groups: vec![MASTERS.into(), AUTHENTICATED.into()], ..Default::default() }
@@ -96,6 +101,33 @@ pub async fn impersonated(server: &ApiServer, user: UserInfo, asked: Impersonati
         as_user.groups.push(AUTHENTICATED.into());
     }
     Ok(as_user)
+}
+
+/// The body of a review (answered, never stored, as kube-apiserver answers them): only
+/// created, with POST.
+pub(crate) async fn read_review(server: &ApiServer, parts: &http::request::Parts, body: axum::body::Body, kind: &str) -> ApiResult<serde_json::Value> {
+    if parts.method != http::Method::POST {
+        return Err(ApiError::method_not_allowed(format!("{kind} is only created (POST), never read or stored")));
+    }
+    let bytes = crate::rest::read_body(body, server.config.max_body_bytes).await?;
+    crate::rest::parse_body(&parts.headers, &bytes)
+}
+
+/// A review with its answer, as `group/version` `kind`: 201, in the client's format.
+pub(crate) fn answer_review(parts: &http::request::Parts, mut review: serde_json::Value, group_version: &str, kind: &str) -> axum::response::Response {
+    review["apiVersion"] = serde_json::json!(group_version);
+    review["kind"] = serde_json::json!(kind);
+    let out = crate::rest::output(&parts.headers, &Default::default());
+    crate::rest::respond(http::StatusCode::CREATED, &review, out, &[])
+}
+
+/// The user a bearer token names: the admin for the admin token, else the ServiceAccount
+/// of a valid token for one of `audiences`.
+pub async fn authenticate_bearer(server: &ApiServer, token: &str, audiences: &[&str]) -> Option<UserInfo> {
+    if !token.is_empty() && skiff_core::credentials::same_secret(token.as_bytes(), server.config.token.as_bytes()) {
+        return Some(UserInfo::admin());
+    }
+    tokens::authenticate_for(server, token, audiences).await
 }
 
 fn impersonate(group: &str, resource: &str, namespace: &str, name: &str) -> Attributes {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Attributes, UserInfo, rbac};
@@ -40,11 +39,7 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: Request) -> R
             },
             _ => return Err(ApiError::no_route(format!("the server could not find the requested resource ({})", parts.uri.path()))),
         };
-        if parts.method != Method::POST {
-            return Err(ApiError::method_not_allowed(format!("{kind} is only created (POST), never read or stored")));
-        }
-        let bytes = crate::rest::read_body(body, server.config.max_body_bytes).await?;
-        let mut review = crate::rest::parse_body(&parts.headers, &bytes)?;
+        let mut review = super::read_review(&server, &parts, body, kind).await?;
         if review.get("kind").and_then(Value::as_str).is_some_and(|k| k != kind) {
             return Err(ApiError::bad_request(format!("the body is a {}, not a {kind}", review["kind"])));
         }
@@ -57,14 +52,11 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: Request) -> R
                 json!({"allowed": rbac::allows(&server, &subject, &attributes).await?})
             }
         };
-        review["apiVersion"] = json!(format!("{GROUP}/{VERSION}"));
-        review["kind"] = json!(kind);
         review["status"] = status;
         if kind == "SelfSubjectRulesReview" || kind == "SelfSubjectAccessReview" {
             review["spec"] = spec;
         }
-        let out = crate::rest::output(&parts.headers, &Default::default());
-        Ok(crate::rest::respond(StatusCode::CREATED, &review, out, &[]))
+        Ok(super::answer_review(&parts, review, &format!("{GROUP}/{VERSION}"), kind))
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }

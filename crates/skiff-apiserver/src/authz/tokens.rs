@@ -151,13 +151,8 @@ pub async fn request(server: &ApiServer, namespace: &str, name: &str, mut reques
     Ok(request)
 }
 
-/// The user a bearer token names, if it is a valid ServiceAccount token for the API
-/// whose account (and pod) still exist.
-pub async fn authenticate(server: &ApiServer, token: &str) -> Option<UserInfo> {
-    authenticate_for(server, token, &[ISSUER]).await
-}
-
-/// The user a ServiceAccount token names, if it is valid for one of `audiences`.
+/// The user a ServiceAccount token names, if it is valid for one of `audiences` and its
+/// account (and pod) still exist.
 pub async fn authenticate_for(server: &ApiServer, token: &str, audiences: &[&str]) -> Option<UserInfo> {
     let key = server.config.service_account_key.as_ref()?;
     let mut validation = Validation::new(Algorithm::ES256);
