@@ -299,31 +299,38 @@ def test_the_ingress_holds_a_request_for_a_function_at_zero(scaling_cluster):
     c.kubectl("delete", "-f", "-", input=function("edge") + "---" + ingress)
 
 
-def test_the_ingress_counts_requests_to_container_pods_for_the_hpa(scaling_cluster, registry):
-    """A container pod counts no requests itself; the ingress counts those it sends it,
-    and an HPA on requests per second scales the container Deployment on them."""
+@pytest.mark.parametrize("path", ["ingress", "cluster-ip"])
+def test_the_proxy_counts_requests_to_container_pods_for_the_hpa(scaling_cluster, registry, path):
+    """A container pod counts no requests itself; the node's ingress and its ClusterIP
+    proxy count those they send it, and an HPA on requests per second scales the container
+    Deployment on them."""
     import oci_image
     c = scaling_cluster
+    name = f"web-{path}"
     image = oci_image.busybox_image(registry.host)
-    web = function("web", target="2", max_replicas=2).replace("      runtimeClassName: wasmtime\n", "") \
+    web = function(name, target="2", max_replicas=2).replace("      runtimeClassName: wasmtime\n", "") \
         .replace("registry.skiff.internal/http-hello:v1", image).replace("minReplicas: 0", "minReplicas: 1")
-    ingress = ingress_for("web")
-    c.kubectl("apply", "-f", "-", input=web + "---" + ingress)
-    request = urllib.request.Request("http://127.0.0.1/", headers={"Host": "web.example"})
-    wait_for(lambda: c.json("get", "deployment", "web").get("status", {}).get("readyReplicas") == 1, 60, "the container pod")
+    extra = ("---" + ingress_for(name)) if path == "ingress" else ""
+    c.kubectl("apply", "-f", "-", input=web + extra)
+    if path == "ingress":
+        request = urllib.request.Request("http://127.0.0.1/", headers={"Host": f"{name}.example"})
+    else:
+        request = f"http://{c.json('get', 'service', name)['spec']['clusterIP']}/"
+    wait_for(lambda: c.json("get", "deployment", name).get("status", {}).get("readyReplicas") == 1, 60, "the container pod")
     # The first pod (a new one may not have been read twice yet when it is asked about).
-    pod = c.json("get", "pods", "-l", "app=web")["items"][0]["metadata"]["name"]
+    pod = c.json("get", "pods", "-l", f"app={name}")["items"][0]["metadata"]["name"]
     stop = threading.Event()
     loader = threading.Thread(target=load, args=(request, stop))
     loader.start()
     try:
-        wait_for(lambda: replicas(c, "web") == 2, 90, "the HPA to scale the container Deployment on the ingress's count")
+        wait_for(lambda: replicas(c, name) == 2, 90, f"the HPA to scale the container Deployment on the {path} count")
         status, body = c.raw("GET", f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/{pod}/requests_per_second")
         assert status == 200 and body["items"][0]["describedObject"]["name"] == pod, body
+        assert float(body["items"][0]["value"].rstrip("m")) > 0, body
     finally:
         stop.set()
         loader.join()
-    c.kubectl("delete", "-f", "-", input=web + "---" + ingress)
+    c.kubectl("delete", "-f", "-", input=web + extra)
 
 
 def test_the_readmes_scale_to_zero_example(scaling_cluster):

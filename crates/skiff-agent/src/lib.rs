@@ -69,9 +69,9 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// The cluster DNS pods resolve names through (none: the host's resolver).
     pub cluster_dns: Option<pod_dns::ClusterDns>,
-    /// The requests the node's ingress sent to each endpoint, reported in the stats
-    /// summary.
-    pub ingress_requests: std::sync::Arc<skiff_core::request_counts::RequestCounts>,
+    /// The HTTP requests the node's proxy and ingress sent to each endpoint, reported in
+    /// the stats summary.
+    pub proxied_requests: std::sync::Arc<skiff_core::request_counts::RequestCounts>,
 }
 
 /// What every pod worker of the node shares.

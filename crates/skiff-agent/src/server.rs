@@ -222,9 +222,9 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
     // The node is the machine, as kubelet reports it; the agent's own process is a system
     // container of it.
     let rss = crate::node::proc_bytes("/proc/self/status", "VmRSS:").unwrap_or(0);
-    // Skiff's own too: what the node's ingress sent to each endpoint, wherever it runs,
-    // for the request metrics of pods that do not count their own.
-    let ingress: Vec<_> = agent.config.ingress_requests.snapshot().into_iter()
+    // Skiff's own too: what the node's proxy and ingress sent to each endpoint, wherever
+    // it runs, for the request metrics of pods that do not count their own.
+    let proxied: Vec<_> = agent.config.proxied_requests.snapshot().into_iter()
         .map(|(ip, c)| json!({"podIP": ip.to_string(), "requests": c.requests, "inFlight": c.in_flight, "requestNanoSeconds": c.nanos}))
         .collect();
     let body = json!({
@@ -234,7 +234,7 @@ async fn stats(State(agent): State<Arc<Agent>>, _: HeaderMap) -> Response {
                  "systemContainers": [{"name": "skiff-agent", "memory": {"time": now, "workingSetBytes": rss}}],
                  "runtime": {"compiledPrograms": agent.runtimes.wasm.compiled_count()}},
         "pods": pods,
-        "ingress": ingress,
+        "proxied": proxied,
     });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -68,7 +68,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         // The in-process node runs no proxy, so pods resolve as the host does (and no
         // ingress counts requests).
         cluster_dns: None,
-        ingress_requests: Default::default(),
+        proxied_requests: Default::default(),
     };
     let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());

@@ -1,8 +1,7 @@
-//! Requests a node's ingress sent to each endpoint, counted as the Wasm serving path
-//! counts its own: taken, in flight, and time spent until the response head. The agent
-//! reports them in its stats summary, so the request metrics cover pods that do not count
-//! their own requests (container pods) for the traffic that reaches them through the
-//! ingress.
+//! Requests a node's proxy and ingress sent to each endpoint, counted as the Wasm
+//! serving path counts its own: taken, in flight, and time spent until the response head.
+//! The agent reports them in its stats summary, so the request metrics cover pods that do
+//! not count their own requests (container pods).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

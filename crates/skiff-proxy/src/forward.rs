@@ -4,6 +4,8 @@
 //! connection is skipped for the next one, so an endpoint that just went away costs the
 //! client nothing; with no endpoints at all, the connection is reset, as kube-proxy's
 //! REJECT rule does, unless the activator holds it for a workload scaling from zero.
+//! The HTTP/1.1 requests a TCP connection carries are counted per endpoint, for the
+//! request metrics of pods that do not count their own (container pods).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,9 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use skiff_core::request_counts::RequestCounts;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::activator::{Activator, NotHeld};
+use crate::request_heads::RequestHeads;
 use crate::services::Backends;
 
 /// How long to wait for an endpoint to accept before trying the next.
@@ -115,10 +120,10 @@ pub(crate) async fn dial(endpoint: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Accepts connections on `listener` for as long as the task lives.
-pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Option<Arc<Activator>>) {
+pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Option<Arc<Activator>>, counts: Arc<RequestCounts>) {
     loop {
         let (client, peer) = accept(&listener).await;
-        let (route, activator) = (route.clone(), activator.clone());
+        let (route, activator, counts) = (route.clone(), activator.clone(), counts.clone());
         tokio::spawn(async move {
             let mut client = client;
             let mut upstream = connect(&route, peer.ip()).await;
@@ -130,15 +135,15 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
                 match hold(&route, &activator, peer.ip()).await {
                     Ok(connected) => upstream = Some(connected),
                     Err(Some(why)) => {
-                        let _ = tokio::io::AsyncWriteExt::write_all(&mut client, service_unavailable(&why).as_bytes()).await;
+                        let _ = client.write_all(service_unavailable(&why).as_bytes()).await;
                         return;
                     }
                     Err(None) => {}
                 }
             }
-            if let Some((mut upstream, endpoint)) = upstream {
+            if let Some((upstream, endpoint)) = upstream {
                 route.used(peer.ip(), endpoint);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let _ = relay_counting(client, upstream, endpoint.ip(), &counts).await;
             } else {
                 // Reset, so the client learns at once that nothing serves here.
                 let _ = client.set_zero_linger();
@@ -146,6 +151,46 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
         });
     }
 }
+
+/// Copies bytes both ways until both sides are done (each side's end passed on to the
+/// other as a half close, as `copy_bidirectional` does) or either fails, counting the
+/// requests the client sends. A request is in flight from its head until the endpoint's
+/// next bytes: the start of its response, as HTTP/1.1 answers in order. (A client that
+/// pipelines has its later requests' time cut short; few do.)
+async fn relay_counting(mut client: TcpStream, mut upstream: TcpStream, endpoint: IpAddr, counts: &RequestCounts) -> std::io::Result<()> {
+    let (mut from_client, mut to_client) = client.split();
+    let (mut from_upstream, mut to_upstream) = upstream.split();
+    let waiting = Mutex::new(std::collections::VecDeque::new());
+    let requests = async {
+        let (mut heads, mut buf) = (RequestHeads::default(), vec![0u8; RELAY_BUFFER]);
+        loop {
+            let n = from_client.read(&mut buf).await?;
+            if n == 0 {
+                return to_upstream.shutdown().await;
+            }
+            if !heads.opaque() {
+                let began = heads.feed(&buf[..n]);
+                waiting.lock().unwrap().extend((0..began).map(|_| counts.start(endpoint)));
+            }
+            to_upstream.write_all(&buf[..n]).await?;
+        }
+    };
+    let responses = async {
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        loop {
+            let n = from_upstream.read(&mut buf).await?;
+            if n == 0 {
+                return to_client.shutdown().await;
+            }
+            drop(waiting.lock().unwrap().pop_front());
+            to_client.write_all(&buf[..n]).await?;
+        }
+    };
+    tokio::try_join!(requests, responses).map(|_| ())
+}
+
+/// Bytes read at a time each way (tokio's `copy` uses 8 KiB).
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Holds a connection until an endpoint of the Service accepts it. `Err(None)`: nothing
 /// will come (no autoscaler scales the Service's workload from zero); `Err(Some(why))`:
@@ -284,7 +329,7 @@ mod tests {
         let r = Route::new(Backends { service: "t".into(), endpoints: vec![closed, good], affinity: None });
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = front.local_addr().unwrap();
-        tokio::spawn(serve_tcp(front, r.clone(), None));
+        tokio::spawn(serve_tcp(front, r.clone(), None, Arc::default()));
         for _ in 0..4 {
             let mut c = TcpStream::connect(addr).await.unwrap();
             c.write_all(b"hello").await.unwrap();
@@ -296,6 +341,42 @@ mod tests {
         let mut c = TcpStream::connect(addr).await.unwrap();
         let mut b = [0u8; 1];
         assert!(!matches!(c.read(&mut b).await, Ok(n) if n > 0));
+    }
+
+    #[tokio::test]
+    async fn http_requests_over_a_connection_are_counted_per_endpoint() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        // An HTTP/1.1 server that answers each request head (and its 2-byte body) with 200.
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = server.accept().await.unwrap();
+            let (read, mut write) = s.into_split();
+            let mut lines = BufReader::new(read);
+            let mut line = String::new();
+            while lines.read_line(&mut line).await.unwrap() > 0 {
+                if line == "\r\n" {
+                    let mut body = [0u8; 2];
+                    lines.read_exact(&mut body).await.unwrap();
+                    write.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                }
+                line.clear();
+            }
+        });
+        let counts: Arc<RequestCounts> = Arc::default();
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        tokio::spawn(serve_tcp(front, Route::new(Backends { service: "t".into(), endpoints: vec![endpoint], affinity: None }), None, counts.clone()));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            // The body looks like a request head; it is not one.
+            c.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nGE").await.unwrap();
+            let mut answer = [0u8; 40];
+            c.read_exact(&mut answer).await.unwrap();
+            assert!(answer.ends_with(b"ok"));
+        }
+        let (ip, counted) = counts.snapshot()[0];
+        assert_eq!((ip, counted.requests, counted.in_flight), (endpoint.ip(), 3, 0));
     }
 
     #[tokio::test]

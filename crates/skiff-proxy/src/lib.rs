@@ -12,6 +12,7 @@ pub mod dns;
 pub mod forward;
 pub mod ingress;
 pub mod ingress_routes;
+mod request_heads;
 pub mod services;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -52,9 +53,9 @@ pub struct ProxyConfig {
     /// local addresses too.
     pub ingress_http: Vec<SocketAddr>,
     pub ingress_https: Vec<SocketAddr>,
-    /// Where the ingress counts the requests it sends to each endpoint (the node's agent
-    /// reports them).
-    pub ingress_requests: Arc<skiff_core::request_counts::RequestCounts>,
+    /// Where the ingress and the TCP forwarding count the HTTP requests they send to each
+    /// endpoint (the node's agent reports them).
+    pub proxied_requests: Arc<skiff_core::request_counts::RequestCounts>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -80,6 +81,7 @@ struct Served {
     records: Arc<RwLock<Arc<dns::Records>>>,
     ingress: Arc<ingress::IngressServer>,
     activator: Arc<activator::Activator>,
+    requests: Arc<skiff_core::request_counts::RequestCounts>,
 }
 
 /// Runs the node's proxy until `shutdown` completes.
@@ -99,7 +101,7 @@ pub async fn run(client: Client, config: ProxyConfig, shutdown: impl std::future
     ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
     let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), Recorder::new(client.clone(), "skiff-activator"));
-    let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone(), config.ingress_requests.clone())), activator };
+    let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone(), config.proxied_requests.clone())), activator, requests: config.proxied_requests.clone() };
     let dns = serve_dns(config.clone(), served.records.clone());
     let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
     let http = futures::future::join_all(config.ingress_http.iter().map(|a| serve_ingress(*a, served.ingress.clone(), false, claims.clone())));
@@ -188,7 +190,7 @@ async fn sync_loop(mut changes: impl futures::Stream<Item = ()> + Unpin, caches:
             // Let the ingress close what was just claimed before the Services bind it.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        apply(&mut running, want, &caches.services, &recorder, &mut reported, &served.activator).await;
+        apply(&mut running, want, &caches.services, &recorder, &mut reported, &served).await;
         if !config.ingress_http.is_empty() || !config.ingress_https.is_empty() {
             let routes = ingress_routes::Routes::build(&caches.ingresses.state(), &caches.classes.state());
             let (certs, mut problems) = ingress::Certs::build(&routes, &caches.secrets);
@@ -229,7 +231,7 @@ fn report_ingress_problems(problems: Vec<ingress::Problem>, reported: &mut HashS
 /// Brings the listeners to `want`: updates endpoints in place, binds new frontends and
 /// closes those no longer wanted. A frontend that cannot be bound (the port is taken on
 /// this node) gets a warning event on its Service, once, and is tried again later.
-async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Frontend, Backends>, services: &Store<Service>, recorder: &Recorder, reported: &mut HashSet<Frontend>, activator: &Arc<activator::Activator>) {
+async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Frontend, Backends>, services: &Store<Service>, recorder: &Recorder, reported: &mut HashSet<Frontend>, served: &Served) {
     running.retain(|f, l| {
         let keep = want.contains_key(f);
         if !keep {
@@ -246,7 +248,7 @@ async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Fronte
         }
         let service = backends.service.clone();
         let route = Route::new(backends);
-        match bind(frontend, route.clone(), activator.clone()).await {
+        match bind(frontend, route.clone(), served).await {
             Ok(task) => {
                 tracing::debug!(frontend = %frontend.addr, %service, "proxy listener open");
                 reported.remove(&frontend);
@@ -263,7 +265,7 @@ async fn apply(running: &mut HashMap<Frontend, Listening>, want: BTreeMap<Fronte
     }
 }
 
-async fn bind(frontend: Frontend, route: Arc<Route>, activator: Arc<activator::Activator>) -> std::io::Result<tokio::task::AbortHandle> {
+async fn bind(frontend: Frontend, route: Arc<Route>, served: &Served) -> std::io::Result<tokio::task::AbortHandle> {
     Ok(match frontend.protocol {
         Protocol::Tcp => {
             let socket = match frontend.addr {
@@ -272,7 +274,7 @@ async fn bind(frontend: Frontend, route: Arc<Route>, activator: Arc<activator::A
             };
             socket.set_reuseaddr(true)?;
             socket.bind(frontend.addr)?;
-            tokio::spawn(forward::serve_tcp(socket.listen(1024)?, route, Some(activator))).abort_handle()
+            tokio::spawn(forward::serve_tcp(socket.listen(1024)?, route, Some(served.activator.clone()), served.requests.clone())).abort_handle()
         }
         Protocol::Udp => tokio::spawn(forward::serve_udp(tokio::net::UdpSocket::bind(frontend.addr).await?, route)).abort_handle(),
     })
@@ -301,7 +303,7 @@ mod tests {
             upstream_dns: vec![],
             ingress_http: vec![on(node, 80), on(localhost, 80)],
             ingress_https: vec![on(node, 443), on(localhost, 443)],
-            ingress_requests: Arc::default(),
+            proxied_requests: Arc::default(),
         };
         let backends = Backends { service: "default/lb:80".into(), endpoints: vec![], affinity: None };
         let want: BTreeMap<Frontend, Backends> = [

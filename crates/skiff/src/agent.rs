@@ -119,7 +119,7 @@ impl NodeArgs {
             labels: key_values(&self.node_labels, "--node-label")?,
             cluster_dns: Some(skiff_agent::pod_dns::ClusterDns { server: cluster_dns(service_cidr), domain: self.cluster_domain.trim_matches('.').to_lowercase() }),
             // Shared with the node's proxy (`spawn_proxy`), whose ingress counts into it.
-            ingress_requests: Default::default(),
+            proxied_requests: Default::default(),
         })
     }
 }
@@ -144,7 +144,7 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
         cluster_domain: args.cluster_domain.trim_matches('.').to_lowercase(),
         ingress_http: on(args.ingress_http_port),
         ingress_https: on(args.ingress_https_port),
-        ingress_requests: node.ingress_requests.clone(),
+        proxied_requests: node.proxied_requests.clone(),
         upstream_dns: match std::fs::read_to_string(&args.resolv_conf) {
             Ok(conf) => skiff_proxy::dns::host_resolvers(&conf, cluster_dns(service_cidr)),
             Err(e) => {

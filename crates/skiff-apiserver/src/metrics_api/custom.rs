@@ -1,6 +1,6 @@
 //! `custom.metrics.k8s.io/v1beta2`, the request metrics the nodes count for HTTP function
-//! pods, and their ingresses for the requests they send to any pod (a Prometheus
-//! adapter's role in Kubernetes): `requests_per_second` and
+//! pods, and their proxies and ingresses for the HTTP requests they send to any pod (a
+//! Prometheus adapter's role in Kubernetes): `requests_per_second` and
 //! `concurrency` (average requests in flight) per pod, and summed over the pods of a
 //! Service or a Deployment for HPA `Object` metrics.
 
@@ -80,7 +80,7 @@ pub async fn answer(server: &ApiServer, parts: &[&str], params: &HashMap<String,
                 .filter_map(|(n, r)| r.as_ref().and_then(|r| Some(item("Pod", "/v1", ns, n, metric, value_of(r, metric)?, r.window))))
                 .collect();
             if *name != "*" && items.is_empty() {
-                return Err(ApiError::not_found(&format!("pods.{GROUP}"), &format!("{name}/{metric}: no {metric} is known for pod {name} (HTTP function pods count their requests, and the ingress counts those it sends to any pod; figures appear once read twice)")));
+                return Err(ApiError::not_found(&format!("pods.{GROUP}"), &format!("{name}/{metric}: no {metric} is known for pod {name} (HTTP function pods count their requests, and the proxy and the ingress count the HTTP/1.1 requests they send to any pod; figures appear once read twice)")));
             }
             Ok(list(items))
         }

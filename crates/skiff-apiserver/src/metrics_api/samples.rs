@@ -43,7 +43,7 @@ impl Usage {
     }
 }
 
-/// The requests an HTTP function pod took (or a node's ingress sent to a pod): counters as
+/// The requests an HTTP function pod took (or a node's proxy and ingress sent to a pod): counters as
 /// last read, and rates over the last two readings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Requests {
@@ -100,8 +100,9 @@ pub struct Samples {
     pub pods: HashMap<(String, String), PodUsage>,
     /// Which pods each node listed last, so its next summary replaces them.
     listed: HashMap<String, Vec<(String, String)>>,
-    /// The requests each node's ingress sent to each pod address, by (node, address).
-    ingress: HashMap<(String, IpAddr), Requests>,
+    /// The requests each node's proxy and ingress sent to each pod address, by (node,
+    /// address).
+    proxied: HashMap<(String, IpAddr), Requests>,
 }
 
 impl Samples {
@@ -132,22 +133,22 @@ impl Samples {
             listed.push(key);
         }
         self.listed.insert(node.to_string(), listed);
-        let mut before: HashMap<IpAddr, Requests> = self.ingress.extract_if(|(n, _), _| n == node).map(|((_, ip), r)| (ip, r)).collect();
-        for e in summary["ingress"].as_array().into_iter().flatten() {
+        let mut before: HashMap<IpAddr, Requests> = self.proxied.extract_if(|(n, _), _| n == node).map(|((_, ip), r)| (ip, r)).collect();
+        for e in summary["proxied"].as_array().into_iter().flatten() {
             let Some(ip) = e["podIP"].as_str().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
             let requests = Requests::next(before.remove(&ip).as_ref(), at, number(e, "/requests"), number(e, "/requestNanoSeconds"), number(e, "/inFlight"));
-            self.ingress.insert((node.to_string(), ip), requests);
+            self.proxied.insert((node.to_string(), ip), requests);
         }
     }
 
     /// A pod's request figures: its own count (HTTP function pods), else what the nodes'
-    /// ingresses sent to its address, summed.
+    /// proxies and ingresses sent to its address, summed.
     pub fn requests_of(&self, namespace: &str, name: &str, ip: Option<IpAddr>) -> Option<Requests> {
         if let Some(own) = self.pods.get(&(namespace.to_string(), name.to_string())).and_then(|u| u.requests.clone()) {
             return Some(own);
         }
         let ip = ip?;
-        let parts: Vec<&Requests> = self.ingress.iter().filter(|((_, i), _)| *i == ip).map(|(_, r)| r).collect();
+        let parts: Vec<&Requests> = self.proxied.iter().filter(|((_, i), _)| *i == ip).map(|(_, r)| r).collect();
         let sum = |f: fn(&Requests) -> Option<f64>| parts.iter().map(|r| f(r)).sum::<Option<f64>>();
         let first = parts.first()?;
         Some(Requests {
@@ -167,7 +168,7 @@ impl Samples {
         for key in self.listed.remove(node).unwrap_or_default() {
             self.pods.remove(&key);
         }
-        self.ingress.retain(|(n, _), _| n != node);
+        self.proxied.retain(|(n, _), _| n != node);
     }
 
     /// The nodes read before, for the collector to forget those no longer listed.
@@ -229,9 +230,9 @@ mod tests {
     }
 
     #[test]
-    fn what_the_ingresses_sent_to_a_pod_is_summed_over_nodes() {
+    fn what_the_proxies_sent_to_a_pod_is_summed_over_nodes() {
         let summary = |ip: &str, requests: u64| json!({"node": {}, "pods": [],
-            "ingress": [{"podIP": ip, "requests": requests, "requestNanoSeconds": 0, "inFlight": 1}]});
+            "proxied": [{"podIP": ip, "requests": requests, "requestNanoSeconds": 0, "inFlight": 1}]});
         let mut s = Samples::default();
         let t0 = jiff::Timestamp::from_second(1_000).unwrap();
         let later = t0 + jiff::SignedDuration::from_secs(2);
@@ -250,7 +251,7 @@ mod tests {
         assert!(s.requests_of("d", "web", Some("10.42.0.10".parse().unwrap())).is_none());
         assert!(s.requests_of("d", "web", None).is_none());
         s.forget_node("b");
-        assert_eq!(s.requests_of("d", "web", Some(ip)), None, "node a's last summary listed no ingress counts");
+        assert_eq!(s.requests_of("d", "web", Some(ip)), None, "node a's last summary listed no proxied counts");
     }
 
     fn summary_without_http() -> Value {
