@@ -15,9 +15,17 @@ pub struct ConfigSources {
     pub secrets: Store<Secret>,
     /// For the `*_SERVICE_HOST`/`*_SERVICE_PORT` variables.
     pub services: Store<Service>,
+    /// How many ConfigMap and Secret changes the watches have seen: volumes whose pod and
+    /// tokens are unchanged need no rewrite while it stays the same.
+    pub changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ConfigSources {
+    /// The count of ConfigMap and Secret changes seen so far.
+    pub fn changes_seen(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn config_map(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<ConfigMap>> {
         self.config_maps.get(&ObjectRef::new(name).within(namespace))
     }
@@ -272,7 +280,7 @@ mod tests {
         w.apply_watcher_event(&Event::Apply(cm));
         let (secrets, _) = store::<Secret>();
         let (services, _) = store::<Service>();
-        ConfigSources { config_maps: cms, secrets, services }
+        ConfigSources { config_maps: cms, secrets, services, changes: Default::default() }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod node;
 pub mod probes;
 pub mod runtime;
 pub mod server;
+pub mod service_account_tokens;
 pub mod spdy;
 pub mod status;
 pub mod volumes;
@@ -83,6 +84,8 @@ pub struct Agent {
     pub logs: LogDir,
     pub volumes: VolumeRoots,
     pub sources: ConfigSources,
+    /// The ServiceAccount tokens of the pods' projected volumes.
+    pub tokens: service_account_tokens::ServiceAccountTokens,
     /// The cluster's RuntimeClasses, for pods that name one.
     runtime_classes: kube::runtime::reflector::Store<k8s_openapi::api::node::v1::RuntimeClass>,
     pub recorder: skiff_client::events::Recorder,
@@ -194,6 +197,7 @@ impl Agent {
         }
         self.network().release(uid);
         self.volumes.clean_up(uid);
+        self.tokens.forget(uid);
         let dir = self.logs.pod_dir(&pod.namespace().unwrap_or_default(), &pod.name_any(), uid);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -299,7 +303,14 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
     let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
     let services = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()));
-    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store(), services: services.store() };
+    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store(), services: services.store(), changes: Default::default() };
+    let counter = sources.changes.clone();
+    let mut changes = futures::stream::select(config_maps.changes().map(|_| ()), secrets.changes().map(|_| ()));
+    tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     tokio::spawn(config_maps.run());
     tokio::spawn(secrets.run());
     tokio::spawn(services.run());
@@ -315,6 +326,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         runtimes: runtime::Runtimes { wasm: runtime, oci },
         images,
         sources,
+        tokens: service_account_tokens::ServiceAccountTokens::new(client.clone()),
         runtime_classes: runtime_classes_store,
         machine,
         usage: Mutex::default(),

@@ -1,7 +1,9 @@
 //! Pod volumes as directories on the node, which Wasm guests see as WASI preopens at each
 //! `volumeMount.mountPath`: emptyDir (tmpfs for `medium: Memory`), configMap, secret,
-//! downwardAPI and projected (files kept up to date as their sources change), hostPath,
-//! and persistentVolumeClaims bound to local or hostPath PersistentVolumes.
+//! downwardAPI and projected (files kept up to date as their sources change; ServiceAccount
+//! tokens renewed), hostPath, and persistentVolumeClaims bound to local or hostPath
+//! PersistentVolumes. Secret and projected volumes live in memory (tmpfs), as kubelet
+//! keeps them, so no credential is written to the node's disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -12,6 +14,7 @@ use kube::{Client, ResourceExt};
 
 use crate::env::{ConfigError, ConfigSources, PodFacts};
 use crate::runtime::Mount;
+use crate::service_account_tokens::ServiceAccountTokens;
 
 /// A pod's volume on the node.
 #[derive(Debug, Clone)]
@@ -50,9 +53,10 @@ impl VolumeRoots {
 
 /// Makes every volume of the pod ready. An error names the volume, as kubelet's
 /// `FailedMount` events do.
-pub async fn prepare(client: &Client, roots: &VolumeRoots, facts: &PodFacts<'_>, sources: &ConfigSources) -> Result<HashMap<String, VolumeDir>, ConfigError> {
+pub async fn prepare(client: &Client, roots: &VolumeRoots, facts: &PodFacts<'_>, sources: &ConfigSources, tokens: &ServiceAccountTokens) -> Result<HashMap<String, VolumeDir>, ConfigError> {
     let pod = facts.pod;
     let uid = pod.uid().unwrap_or_default();
+    tokens.renew(pod).await?;
     let mut out = HashMap::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
         let failed = |why: String| ConfigError(format!("MountVolume.SetUp failed for volume {:?} : {why}", v.name));
@@ -68,10 +72,11 @@ pub async fn prepare(client: &Client, roots: &VolumeRoots, facts: &PodFacts<'_>,
             let path = claimed_path(client, &ns, &claim.claim_name).await.map_err(failed)?;
             VolumeDir { path, read_only: claim.read_only == Some(true) }
         } else if is_projected(v) {
-            std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
-            let files = projected_files(v, facts, sources).map_err(|e| failed(e.0))?;
-            write_files(&dir, &files).map_err(|e| failed(e.to_string()))?;
-            VolumeDir { path: dir, read_only: true }
+            let path = if v.secret.is_some() || v.projected.is_some() { roots.memory_root.join(&uid).join(&v.name) } else { dir };
+            std::fs::create_dir_all(&path).map_err(|e| failed(e.to_string()))?;
+            let files = projected_files(v, facts, sources, tokens).map_err(|e| failed(e.0))?;
+            write_files(&path, &files).map_err(|e| failed(e.to_string()))?;
+            VolumeDir { path, read_only: true }
         } else {
             return Err(failed("this volume type is not supported on Skiff nodes".into()));
         };
@@ -82,9 +87,9 @@ pub async fn prepare(client: &Client, roots: &VolumeRoots, facts: &PodFacts<'_>,
 
 /// Rewrites the files of configMap, secret, downwardAPI and projected volumes whose
 /// sources changed. Errors (a source deleted meanwhile) leave the old files, as kubelet does.
-pub fn refresh(volumes: &HashMap<String, VolumeDir>, facts: &PodFacts, sources: &ConfigSources) {
+pub fn refresh(volumes: &HashMap<String, VolumeDir>, facts: &PodFacts, sources: &ConfigSources, tokens: &ServiceAccountTokens) {
     for v in facts.pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten().filter(|v| is_projected(v)) {
-        let (Some(dir), Ok(files)) = (volumes.get(&v.name), projected_files(v, facts, sources)) else { continue };
+        let (Some(dir), Ok(files)) = (volumes.get(&v.name), projected_files(v, facts, sources, tokens)) else { continue };
         if let Err(e) = write_files(&dir.path, &files) {
             tracing::warn!(volume = %v.name, error = %e, "refreshing volume");
         }
@@ -167,7 +172,7 @@ fn relative(path: &str) -> Result<PathBuf, String> {
 }
 
 /// The files a configMap, secret, downwardAPI or projected volume holds.
-fn projected_files(v: &Volume, facts: &PodFacts, sources: &ConfigSources) -> Result<BTreeMap<PathBuf, Vec<u8>>, ConfigError> {
+fn projected_files(v: &Volume, facts: &PodFacts, sources: &ConfigSources, tokens: &ServiceAccountTokens) -> Result<BTreeMap<PathBuf, Vec<u8>>, ConfigError> {
     let ns = facts.pod.namespace().unwrap_or_default();
     let mut files = BTreeMap::new();
     if let Some(c) = &v.config_map {
@@ -190,8 +195,12 @@ fn projected_files(v: &Volume, facts: &PodFacts, sources: &ConfigSources) -> Res
         if let Some(d) = &source.downward_api {
             downward_files(d.items.iter().flatten(), facts, &mut files)?;
         }
-        if source.service_account_token.is_some() || source.cluster_trust_bundle.is_some() || source.pod_certificate.is_some() {
-            return Err(ConfigError("projected serviceAccountToken, clusterTrustBundle and podCertificate sources are not supported on Skiff nodes yet".into()));
+        if let Some(t) = &source.service_account_token {
+            let token = tokens.token(facts.pod, t).ok_or_else(|| ConfigError("the ServiceAccount token has not been issued yet".into()))?;
+            files.insert(relative(&t.path).map_err(ConfigError)?, token.into_bytes());
+        }
+        if source.cluster_trust_bundle.is_some() || source.pod_certificate.is_some() {
+            return Err(ConfigError("projected clusterTrustBundle and podCertificate sources are not supported on Skiff nodes yet".into()));
         }
     }
     Ok(files)

@@ -258,7 +258,7 @@ async fn run_pod(shared: Arc<Shared>) {
     shared.update(|s| s.pod_ip = ip);
     let volumes = loop {
         let facts = node.facts(&pod);
-        match volumes::prepare(&node.client, &node.volumes, &facts, &node.sources).await {
+        match volumes::prepare(&node.client, &node.volumes, &facts, &node.sources, &node.tokens).await {
             Ok(v) => break Arc::new(v),
             Err(e) => {
                 node.recorder.record(&*pod, EventType::Warning, "FailedMount", e.0.clone());
@@ -271,10 +271,21 @@ async fn run_pod(shared: Arc<Shared>) {
     let refresher = volumes::has_projected(&pod).then(|| {
         let (shared, volumes) = (shared.clone(), volumes.clone());
         AbortOnDrop(tokio::spawn(async move {
+            let node = &shared.node;
+            // What the files were last written from; nothing to rewrite while it holds.
+            let mut written = None;
             loop {
                 tokio::time::sleep(VOLUME_REFRESH).await;
                 let pod = shared.pod();
-                volumes::refresh(&volumes, &shared.node.facts(&pod), &shared.node.sources);
+                let renewed = node.tokens.renew(&pod).await.unwrap_or_else(|e| {
+                    tracing::warn!(pod = %pod.name_any(), error = %e.0, "renewing a ServiceAccount token");
+                    false
+                });
+                let now = Some((node.sources.changes_seen(), pod.resource_version()));
+                if renewed || now != written {
+                    volumes::refresh(&volumes, &node.facts(&pod), &node.sources, &node.tokens);
+                    written = now;
+                }
             }
         }))
     });

@@ -23,6 +23,7 @@ pub mod pod_streams;
 pub mod protobuf;
 pub mod request;
 pub mod rest;
+pub mod service_accounts;
 pub mod services;
 pub mod strategy;
 pub mod table;

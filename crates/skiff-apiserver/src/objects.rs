@@ -61,7 +61,7 @@ pub fn now() -> String {
 
 const NAME_SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
-fn generated_name(prefix: &str) -> String {
+pub(crate) fn generated_name(prefix: &str) -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     let suffix: String = bytes[..5].iter().map(|b| NAME_SUFFIX_ALPHABET[*b as usize % NAME_SUFFIX_ALPHABET.len()] as char).collect();
     format!("{prefix}{suffix}")
@@ -216,6 +216,9 @@ impl ApiServer {
         }
         if let Some(ns) = namespace.filter(|_| r.namespaced) {
             self.namespaces.check(&*self.store, ns).await?;
+            if r.group.is_empty() && r.kind == "Pod" {
+                crate::service_accounts::admit_pod(self, ns, &mut object).await?;
+            }
         }
         let name = meta::name(&object).unwrap_or_default().to_string();
         let key = r.key(namespace, &name);

@@ -48,13 +48,17 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     use kube::api::Api;
     const TOKEN: &str = "bench-token";
     let store: std::sync::Arc<dyn skiff_store::Store> = std::sync::Arc::new(skiff_store::RedbStore::open(&dir.join("db"), Default::default())?);
-    let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new(TOKEN.into()));
+    // Pods get ServiceAccount tokens and the cluster CA, as under `skiff up`.
+    let mut config = skiff_apiserver::Config::new(TOKEN.into());
+    config.service_account_key = Some(skiff_apiserver::authz::tokens::SigningKey::load_or_create(&dir.join("service-account.key")).map_err(anyhow::Error::msg)?);
+    let certs = skiff_apiserver::tls::load_or_create(dir, &["127.0.0.1".into()])?;
+    let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN, "skiff-bench")?;
     tokio::spawn(skiff_scheduler::run(client.clone(), std::future::pending()));
     // The controllers give the node its pod range: a /16, room for the biggest density run.
     let ranges = skiff_controllers::node_ipam::PodRanges::new("10.240.0.0/12".parse().map_err(anyhow::Error::msg)?, 16).map_err(anyhow::Error::msg)?;
-    tokio::spawn(skiff_controllers::run(client.clone(), skiff_controllers::Options { pod_ranges: Some(ranges), ..Default::default() }, std::future::pending()));
+    tokio::spawn(skiff_controllers::run(client.clone(), skiff_controllers::Options { pod_ranges: Some(ranges), root_ca: Some(certs.ca_pem), ..Default::default() }, std::future::pending()));
     let config = skiff_agent::AgentConfig {
         node_name: "bench-node".into(),
         node_ip: "127.0.0.1".into(),

@@ -34,6 +34,7 @@ where
 {
     writer: Writer<K>,
     api: Api<K>,
+    config: watcher::Config,
     subscribers: Arc<Mutex<Vec<Subscriber<K>>>>,
 }
 
@@ -42,7 +43,12 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     pub fn new(api: Api<K>) -> Self {
-        Self { writer: Writer::new(()), api, subscribers: Default::default() }
+        Self::with_config(api, watcher::Config::default())
+    }
+
+    /// An informer of the objects `config` selects (by label or field).
+    pub fn with_config(api: Api<K>, config: watcher::Config) -> Self {
+        Self { writer: Writer::new(()), api, config, subscribers: Default::default() }
     }
 
     /// A read handle on the cache.
@@ -72,9 +78,9 @@ where
     /// on errors, re-listing when the server says the resume point expired.
     pub async fn run(self) {
         tracing::debug!(kind = %K::kind(&()), "informer starting");
-        let Self { mut writer, api, subscribers } = self;
+        let Self { mut writer, api, config, subscribers } = self;
         let reader = writer.as_reader();
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().modify(crate::without_managed_fields).boxed();
+        let mut events = watcher(api, config).default_backoff().modify(crate::without_managed_fields).boxed();
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,

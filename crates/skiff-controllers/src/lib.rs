@@ -19,6 +19,7 @@ pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
 pub mod revisions;
+pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod support;
@@ -37,11 +38,14 @@ pub struct Options {
     pub node_monitor_grace_period: Duration,
     /// The pod range split among nodes (none: nodes get no `podCIDR`).
     pub pod_ranges: Option<node_ipam::PodRanges>,
+    /// The API server's CA certificate (PEM), published in every namespace (none: not
+    /// published).
+    pub root_ca: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { node_monitor_grace_period: Duration::from_secs(40), pod_ranges: None }
+        Options { node_monitor_grace_period: Duration::from_secs(40), pod_ranges: None, root_ca: None }
     }
 }
 
@@ -58,6 +62,7 @@ pub async fn run(client: Client, options: Options, shutdown: impl Future<Output 
         cronjob::controller(&i, &client),
         namespace::controller(&i, &client),
         serviceaccount::controller(&i, &client),
+        root_ca_publisher::controller(&i, &client, options.root_ca.clone()),
         node_ipam::controller(&i, &client, options.pod_ranges.clone()),
         endpoints::controller(&i, &client),
         load_balancer::controllers(&i, &client),
@@ -66,8 +71,8 @@ pub async fn run(client: Client, options: Options, shutdown: impl Future<Output 
         garbage_collector::run(client.clone()),
     );
     let controllers = async move {
-        let (rs, deploy, sts, ds, job, cron, ns, sa, ipam, ep, lb, hpa, lifecycle, gc) = parts;
-        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ipam, ep, lb, hpa, lifecycle, gc)
+        let (rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, lifecycle, gc) = parts;
+        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, lifecycle, gc)
     };
     tokio::select! {
         _ = futures::future::join(controllers, i.run()) => {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
@@ -37,6 +37,8 @@ pub struct Informers {
     pub ingresses: SharedInformer<Ingress>,
     pub ingress_classes: SharedInformer<IngressClass>,
     pub autoscalers: SharedInformer<HorizontalPodAutoscaler>,
+    /// The `kube-root-ca.crt` ConfigMaps only (no controller reads others).
+    pub root_ca_maps: SharedInformer<ConfigMap>,
 }
 
 fn informer<K>(client: &Client) -> SharedInformer<K>
@@ -65,6 +67,7 @@ impl Informers {
             ingresses: informer(client),
             ingress_classes: informer(client),
             autoscalers: informer(client),
+            root_ca_maps: SharedInformer::with_config(Api::all(client.clone()), kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", crate::root_ca_publisher::NAME))),
         }
     }
 
@@ -87,6 +90,7 @@ impl Informers {
             self.ingresses.run(),
             self.ingress_classes.run(),
             self.autoscalers.run(),
+            self.root_ca_maps.run(),
         );
     }
 }

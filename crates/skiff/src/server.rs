@@ -145,6 +145,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let options = skiff_controllers::Options {
         node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
         pod_ranges: Some(pod_ranges),
+        root_ca: Some(certs.ca_pem.clone()),
     };
     let controllers = tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options, stop.wait()));
     let mut loops = vec![scheduler, controllers];

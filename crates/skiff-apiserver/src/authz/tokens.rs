@@ -182,7 +182,8 @@ pub async fn authenticate_for(server: &ApiServer, token: &str, audiences: &[&str
     })
 }
 
-async fn get(server: &ApiServer, plural: &str, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+/// A core object from the store, or none.
+pub(crate) async fn get(server: &ApiServer, plural: &str, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
     let r = skiff_core::resources::find("", "v1", plural).expect("core kinds are served");
     match server.store.get(&r.key(Some(namespace), name)).await {
         Ok(object) => Ok(Some(object)),
