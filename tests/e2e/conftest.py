@@ -185,9 +185,17 @@ def api(cluster):
 
 @pytest.fixture
 def namespace(cluster, api):
-    """A fresh namespace per test."""
+    """A fresh namespace per test, once the controllers have set it up (its `default`
+    ServiceAccount and `kube-root-ca.crt`), as Kubernetes' e2e framework waits for them:
+    a watch started before would see them arrive."""
     name = f"t-{os.urandom(4).hex()}"
-    client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    def set_up():
+        accounts = [a.metadata.name for a in core.list_namespaced_service_account(name).items]
+        maps = [m.metadata.name for m in core.list_namespaced_config_map(name).items]
+        return "default" in accounts and "kube-root-ca.crt" in maps
+    wait_for(set_up, 30, f"namespace {name} to be set up")
     return name
 
 

@@ -148,8 +148,9 @@ def test_protobuf_list_and_watch_match_json(cluster, namespace, schema):
     created = datetime.datetime.fromisoformat(j["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     assert int(p["metadata"]["creationTimestamp"]["seconds"]) == int(created.timestamp())
 
-    # A watch from the start: length-prefixed WatchEvents holding enveloped objects.
-    status, ctype, stream = request(cluster, "GET", f"/api/v1/namespaces/{namespace}/configmaps?watch=1&timeoutSeconds=1")
+    # A watch from the start (of c1: the namespace also has kube-root-ca.crt):
+    # length-prefixed WatchEvents holding enveloped objects.
+    status, ctype, stream = request(cluster, "GET", f"/api/v1/namespaces/{namespace}/configmaps?watch=1&timeoutSeconds=1&fieldSelector=metadata.name%3Dc1")
     assert status == 200 and ctype == PROTOBUF + ";stream=watch"
     events = []
     while stream:

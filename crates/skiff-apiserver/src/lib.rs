@@ -107,9 +107,14 @@ impl ApiServer {
     pub async fn bootstrap(&self, advertise: std::net::SocketAddr) -> Result<(), ApiError> {
         let api_port = advertise.port();
         let namespaces = resources::find("", "v1", "namespaces").expect("namespaces");
+        let accounts = resources::find("", "v1", "serviceaccounts").expect("serviceaccounts");
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
             ignore_exists(self.create_object(namespaces, None, object, WriteOptions::default()).await)?;
+            // Their `default` ServiceAccounts, as the controllers would make them, so a
+            // server whose controllers have not started (or run elsewhere) takes pods here.
+            let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+            ignore_exists(self.create_object(accounts, Some(ns), account, WriteOptions::default()).await)?;
         }
         let services = resources::find("", "v1", "services").expect("services");
         let kubernetes = json!({"apiVersion": "v1", "kind": "Service",

@@ -98,9 +98,13 @@ pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) ->
     // Lists of `list_size` pods, in a namespace of their own.
     let url = format!("http://{addr}/api/v1/namespaces/listed/pods");
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "listed"}});
-    let req = http::Request::post(format!("http://{addr}/api/v1/namespaces")).header("Authorization", "Bearer bench-token")
-        .header("Content-Type", "application/json").body(Full::new(Bytes::from(serde_json::to_vec(&ns)?)))?;
-    client.request(req).await?.into_body().collect().await?;
+    // The namespace, and its `default` ServiceAccount (no controllers run here to make it).
+    let account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+    for (path, object) in [("namespaces", &ns), ("namespaces/listed/serviceaccounts", &account)] {
+        let req = http::Request::post(format!("http://{addr}/api/v1/{path}")).header("Authorization", "Bearer bench-token")
+            .header("Content-Type", "application/json").body(Full::new(Bytes::from(serde_json::to_vec(object)?)))?;
+        client.request(req).await?.into_body().collect().await?;
+    }
     {
         let (client, url) = (client.clone(), url.clone());
         drive("fill", 16, list_size, move |i| {
