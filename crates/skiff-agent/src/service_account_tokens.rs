@@ -21,6 +21,9 @@ const DEFAULT_SECONDS: i64 = 3600;
 const RENEW_AFTER: f64 = 0.8;
 /// ... or after a day, whichever is sooner.
 const RENEW_AT_MOST_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// Token requests in flight at once. A burst of pod starts would otherwise open a
+/// connection to the API server per pod, and the pool keeps them (and their TLS buffers).
+const CONCURRENT_REQUESTS: usize = 16;
 
 /// One token a pod's volumes hold: by pod, audience and lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,11 +48,12 @@ struct Issued {
 pub struct ServiceAccountTokens {
     client: Client,
     issued: Mutex<HashMap<Wanted, Issued>>,
+    requests: tokio::sync::Semaphore,
 }
 
 impl ServiceAccountTokens {
     pub fn new(client: Client) -> Self {
-        ServiceAccountTokens { client, issued: Mutex::default() }
+        ServiceAccountTokens { client, issued: Mutex::default(), requests: tokio::sync::Semaphore::new(CONCURRENT_REQUESTS) }
     }
 
     /// Requests each token the pod's volumes need that it does not have or that is due
@@ -61,7 +65,9 @@ impl ServiceAccountTokens {
             let wanted = Wanted::of(pod, source);
             let due = self.issued.lock().unwrap().get(&wanted).is_none_or(|i| Instant::now() >= i.renew_at);
             if due {
-                let issued = self.request(pod, &wanted).await?;
+                // Boxed: an API call's future is kilobytes, and would otherwise be part of
+                // every pod worker's and volume refresher's state for the pod's whole life.
+                let issued = Box::pin(self.request(pod, &wanted)).await?;
                 self.issued.lock().unwrap().insert(wanted, issued);
                 renewed = true;
             }
@@ -91,6 +97,7 @@ impl ServiceAccountTokens {
             }),
             ..Default::default()
         };
+        let _permit = self.requests.acquire().await.expect("the semaphore is never closed");
         let asked = Instant::now();
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let answer = api.create_token_request(&account, &PostParams::default(), &request).await
@@ -111,3 +118,4 @@ fn sources(pod: &Pod) -> impl Iterator<Item = &ServiceAccountTokenProjection> {
         .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
         .filter_map(|s| s.service_account_token.as_ref())
 }
+

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::ResourceExt;
 use oci_client::secrets::RegistryAuth;
@@ -289,7 +289,11 @@ async fn run_pod(shared: Arc<Shared>) {
             }
         }))
     });
-    let spec = pod.spec.clone().unwrap_or_default();
+    // The containers alone, not the whole spec or this version of the pod: a pod object
+    // (its volumes most: a k8s-openapi Volume is 3 KiB before any content) held for the
+    // pod's life by every worker is a large part of an idle pod's cost.
+    let spec = pod.spec.as_ref().map(|s| PodSpec { init_containers: s.init_containers.clone(), containers: s.containers.clone(), ..Default::default() }).unwrap_or_default();
+    drop(pod);
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         if shared.state.lock().unwrap().init[i].succeeded() {
             continue; // done before an agent restart
