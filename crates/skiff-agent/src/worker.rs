@@ -17,7 +17,7 @@ use skiff_client::events::EventType;
 use tokio::sync::{Notify, watch};
 
 use crate::Agent;
-use crate::env::{ConfigError, PodFacts};
+use crate::env::ConfigError;
 use crate::images::PullPolicy;
 use crate::exec::ExecTarget;
 use crate::runtime::AbortOnDrop;
@@ -367,9 +367,8 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 None => continue,
             },
         };
-        let facts = node.facts(&pod);
         let run_number = run_number(shared, at);
-        let launch = match launch(node, &facts, volumes, container, run_number, usage.clone(), shared.terminate.subscribe()) {
+        let launch = match launch(node, &pod, volumes, container, run_number, usage.clone(), shared.terminate.subscribe()) {
             Ok(launch) => launch,
             Err(e) => {
                 node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", e.0));
@@ -378,6 +377,9 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 continue;
             }
         };
+        // This version of the pod is not kept while the container runs (the worker's
+        // channel has the latest): each version is a whole pod object.
+        drop(pod);
         let log = launch.log.clone();
         let started = Instant::now();
         let exit = match run_once(shared, at, container, prepared.as_ref(), launch, run_number, &started_at).await {
@@ -386,7 +388,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
                 // Could not start (bad imports, no _start, a mount failed): kubelet's
                 // CreateContainerError, retried with back-off.
                 log.note(&format!("container could not start: {}", start.0));
-                node.recorder.record(&*pod, EventType::Warning, "Failed", format!("Error: {}", start.0));
+                node.recorder.record(&*shared.pod(), EventType::Warning, "Failed", format!("Error: {}", start.0));
                 shared.update(|s| slot(s, at).state = State::Waiting { reason: "CreateContainerError".into(), message: Some(start.0.clone()) });
                 tokio::time::sleep(pull_backoff).await;
                 pull_backoff = (pull_backoff * 2).min(PULL_BACKOFF_MAX);
@@ -403,7 +405,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
             return exit;
         }
         if exit.reason == "OOMKilled" {
-            node.recorder.record(&*pod, EventType::Warning, "OOMKilled", format!("container {} exceeded its memory limit", container.name));
+            node.recorder.record(&*shared.pod(), EventType::Warning, "OOMKilled", format!("container {} exceeded its memory limit", container.name));
         }
         if !restarts(&shared.state.lock().unwrap(), exit.code) {
             return exit;
@@ -414,6 +416,7 @@ async fn run_container(shared: &Arc<Shared>, volumes: &HashMap<String, VolumeDir
         let wait = crash_backoff(backoffs);
         backoffs += 1;
         if !wait.is_zero() {
+            let pod = shared.pod();
             let message = format!("back-off {}s restarting failed container={} pod={}_{}({uid})", wait.as_secs(), container.name, pod.name_any(), pod.namespace().unwrap_or_default());
             node.recorder.record(&*pod, EventType::Warning, "BackOff", format!("Back-off restarting failed container {} in pod {}", container.name, pod.name_any()));
             shared.update(|s| slot(s, at).state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message) });
@@ -464,16 +467,16 @@ async fn prepare_or_back_off(shared: &Arc<Shared>, at: Slot, container: &Contain
 /// reachable by exec and attach, and its status says Running.
 async fn run_once(shared: &Arc<Shared>, at: Slot, container: &Container, prepared: &dyn Prepared, launch: Launch, run_number: i32, started_at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Result<Exit, crate::runtime::StartError> {
     let node = &shared.node;
-    let pod = launch.pod.clone();
-    let uid = pod.uid().unwrap_or_default();
+    let (uid, namespace, name) = (launch.pod.uid().unwrap_or_default(), launch.pod.namespace().unwrap_or_default(), launch.pod.name_any());
+    let pod_ip = node.pod_ip(&launch.pod);
     let output = launch.log.clone();
     let running = prepared.start(launch).await?;
-    let _exec = node.exec.register(&pod.namespace().unwrap_or_default(), &pod.name_any(), &container.name, ExecTarget { exec: running.exec.clone(), output });
+    let _exec = node.exec.register(&namespace, &name, &container.name, ExecTarget { exec: running.exec.clone(), output });
     node.set_running(&uid, &container.name, run_number, true);
     shared.update(|s| slot(s, at).state = State::Running { started_at: started_at.clone() });
     let result = tokio::select! {
         exit = running.exit => exit,
-        reason = probe(shared, at, container, node.pod_ip(&pod), running.exec.clone()) => Ok(killed_by_probe(node, &pod, container, reason)),
+        reason = probe(shared, at, container, pod_ip, running.exec.clone()) => Ok(killed_by_probe(node, &shared.pod(), container, reason)),
     };
     node.set_running(&uid, &container.name, run_number, false);
     result
@@ -606,8 +609,9 @@ fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> RegistryAuth {
 
 /// What one run of the container gets, whatever runs it: its command and args with
 /// `$(VAR)` expanded, environment, mounts, limits, and its log file.
-fn launch(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>, terminate: watch::Receiver<bool>) -> Result<Launch, ConfigError> {
-    let env = crate::env::container_env(container, facts, &node.sources)?;
+fn launch(node: &Agent, pod: &Arc<Pod>, volumes: &HashMap<String, VolumeDir>, container: &Container, run: i32, usage: Arc<Usage>, terminate: watch::Receiver<bool>) -> Result<Launch, ConfigError> {
+    let facts = node.facts(pod);
+    let env = crate::env::container_env(container, &facts, &node.sources)?;
     let mounts = volumes::mounts(container, volumes)?;
     let expand = |s: &String| crate::env::expand(s, &env);
     let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
@@ -617,12 +621,11 @@ fn launch(node: &Agent, facts: &PodFacts, volumes: &HashMap<String, VolumeDir>, 
     let cpu_limit_milli = limits.and_then(|l| l.get("cpu")).map(|q| skiff_core::quantity::parse_milli(&q.0)).transpose()
         .map_err(|_| ConfigError("resources.limits.cpu is not a quantity".into()))?
         .map(|m| m.max(1) as u64);
-    let pod = facts.pod;
     let path = node.logs.file(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name, run as u32);
     let log = crate::logs::LogSink::create(&path).map_err(|e| ConfigError(format!("creating the log file {}: {e}", path.display())))?;
     node.logs.prune(&pod.namespace().unwrap_or_default(), &pod.name_any(), &pod.uid().unwrap_or_default(), &container.name);
     Ok(Launch {
-        pod: Arc::new(pod.clone()),
+        pod: pod.clone(),
         container: container.clone(),
         pod_ip: facts.pod_ip.clone(),
         command: container.command.iter().flatten().map(expand).collect(),
