@@ -21,8 +21,9 @@ const DEFAULT_SECONDS: i64 = 3600;
 const RENEW_AFTER: f64 = 0.8;
 /// ... or after a day, whichever is sooner.
 const RENEW_AT_MOST_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// Token requests in flight at once. A burst of pod starts would otherwise open a
-/// connection to the API server per pod, and the pool keeps them (and their TLS buffers).
+/// Token requests in flight at once: a burst of pod starts asks for its tokens at a pace
+/// the API server can take beside the burst's other writes, as kubelet's client limits
+/// its request rate.
 const CONCURRENT_REQUESTS: usize = 16;
 
 /// One token a pod's volumes hold: by pod, audience and lifetime.
