@@ -209,7 +209,10 @@ impl Agent {
             let live = live.clone();
             tokio::task::spawn_blocking(move || oci.remove_leftovers(&live));
         }
-        for entry in std::fs::read_dir(&self.volumes.root).into_iter().flatten().flatten() {
+        // Both roots: a pod whose volumes are all in memory (its credentials alone) has
+        // nothing in the other.
+        let roots = [&self.volumes.root, &self.volumes.memory_root];
+        for entry in roots.into_iter().flat_map(std::fs::read_dir).flatten().flatten() {
             let uid = entry.file_name().to_string_lossy().to_string();
             if !live.contains(&uid) {
                 self.volumes.clean_up(&uid);
