@@ -5,6 +5,7 @@
 //! then the object pipeline in
 //! [`objects`]: metadata, defaulting, typed decoding, validation, allocation, storage.
 
+pub mod audit;
 pub mod authz;
 pub mod convert;
 pub mod defaults;
@@ -66,6 +67,8 @@ pub struct Config {
     /// Impersonation and RBAC on every request. Always on in `skiff up` and `skiff
     /// server` (no flag turns it off); the API bench turns it off to measure its cost.
     pub authorization: bool,
+    /// Where requests are logged, and by which policy (none: not logged).
+    pub audit: Option<Arc<audit::Auditor>>,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Config {
             bookmark_interval: Duration::from_secs(10),
             service_account_key: None,
             authorization: true,
+            audit: None,
         }
     }
 }
@@ -236,39 +240,81 @@ async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
 }
 
 /// Authentication, impersonation and authorization, before any handler: the request goes
-/// on carrying its user ([`authz::UserInfo`]) when its user may make it.
+/// on carrying its user ([`authz::UserInfo`]) when its user may make it. The audit log
+/// ([`audit`]) records it here, where who asked and what was decided are known.
 async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request, next: Next) -> Response {
+    let arrival = server.config.audit.is_some().then(|| audit::Arrival::of(&request));
     let path = request.uri().path();
     let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
+    // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
+    let attributes = authz::Attributes::of(request.method(), path, request.uri().query());
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
     let user = match presented {
         Some(t) => authz::authenticate_bearer(&server, &t, &[authz::tokens::ISSUER]).await,
         None => None,
     };
+    let mut entry = match (&server.config.audit, arrival) {
+        (Some(auditor), Some(arrival)) => auditor.begin(arrival, user.as_ref(), &attributes),
+        _ => None,
+    };
     let user = match user {
         Some(user) => user,
         None if public => return next.run(request).await,
-        None => return ApiError::unauthorized().into_response(),
-    };
-    if !server.config.authorization {
-        request.extensions_mut().insert(user);
-        return next.run(request).await;
-    }
-    // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
-    let attributes = authz::Attributes::of(request.method(), request.uri().path(), request.uri().query());
-    let impersonation = authz::Impersonation::of(request.headers());
-    let decided = async {
-        let user = authz::impersonated(&server, user, impersonation).await?;
-        authz::authorize(&server, &user, &attributes).await?;
-        Ok::<_, ApiError>(user)
-    };
-    match decided.await {
-        Ok(user) => {
-            request.extensions_mut().insert(user);
-            next.run(request).await
+        None => {
+            let refusal = ApiError::unauthorized();
+            if let Some(entry) = entry {
+                entry.refused(&refusal);
+            }
+            return refusal.into_response();
         }
-        Err(e) => e.into_response(),
+    };
+    if server.config.authorization {
+        let impersonation = authz::Impersonation::of(request.headers());
+        let decided = async {
+            let acting = authz::impersonated(&server, user.clone(), impersonation).await?;
+            let allowed = authz::authorize(&server, &acting, &attributes).await;
+            Ok::<_, ApiError>((acting, allowed))
+        };
+        match decided.await {
+            Ok((acting, allowed)) => {
+                if let Some(entry) = &mut entry {
+                    if acting != user {
+                        entry.impersonating(&acting);
+                    }
+                    entry.authorized(allowed.is_ok());
+                }
+                if let Err(refusal) = allowed {
+                    if let Some(entry) = entry {
+                        entry.refused(&refusal);
+                    }
+                    return refusal.into_response();
+                }
+                request.extensions_mut().insert(acting);
+            }
+            Err(refusal) => {
+                if let Some(entry) = entry {
+                    entry.refused(&refusal);
+                }
+                return refusal.into_response();
+            }
+        }
+    } else {
+        request.extensions_mut().insert(user);
     }
+    let Some(mut entry) = entry else { return next.run(request).await };
+    if entry.level() >= audit::Level::Request {
+        let (parts, body) = request.into_parts();
+        let bytes = match rest::read_body(body, server.config.max_body_bytes).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                entry.refused(&e);
+                return e.into_response();
+            }
+        };
+        entry.request_body(&parts.headers, &bytes);
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    entry.respond(next.run(request).await).await
 }
 
 async fn not_found(uri: http::Uri) -> Response {

@@ -97,7 +97,7 @@ pub async fn serve(listener: TcpListener, router: Router, certs: &ServingCerts, 
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(certs)?));
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -109,7 +109,12 @@ pub async fn serve(listener: TcpListener, router: Router, certs: &ServingCerts, 
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // The client's address, for the audit log.
+        let service = tower::ServiceExt::map_request(router.clone(), move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
         tokio::spawn(async move {
             let Ok(stream) = acceptor.accept(tcp).await else { return };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

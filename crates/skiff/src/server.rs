@@ -30,10 +30,49 @@ pub struct ServerArgs {
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     metric_resolution: std::time::Duration,
     #[command(flatten)]
+    audit: AuditArgs,
+    #[command(flatten)]
     controllers: ControllerArgs,
     /// The node `skiff up` runs (ignored by `skiff server`).
     #[command(flatten)]
     node: crate::agent::NodeArgs,
+}
+
+/// The audit log: on by default, with a policy that logs every write and every read of
+/// a credential, never a body.
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// The file audit events are appended to, as JSON lines (default: audit.log in the
+    /// data directory).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// An audit.k8s.io/v1 Policy (YAML or JSON) to log by instead of the built-in one.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Rotate the audit log past this many megabytes.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept.
+    #[arg(long, default_value_t = 5)]
+    audit_log_maxbackup: usize,
+}
+
+impl AuditArgs {
+    fn auditor(&self, dir: &Path) -> anyhow::Result<skiff_apiserver::audit::Auditor> {
+        use skiff_apiserver::audit::{AuditFile, Auditor, Policy, Rotation};
+        let policy = match &self.audit_policy_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading --audit-policy-file {}", path.display()))?;
+                Policy::parse(&text).map_err(|e| anyhow::anyhow!("--audit-policy-file {}: {e}", path.display()))?
+            }
+            None => Policy::default_policy(),
+        };
+        let path = self.audit_log_path.clone().unwrap_or_else(|| dir.join("audit.log"));
+        anyhow::ensure!(self.audit_log_maxsize > 0, "--audit-log-maxsize must be at least 1 (megabyte)");
+        let rotation = Rotation { max_bytes: self.audit_log_maxsize * 1024 * 1024, max_backups: self.audit_log_maxbackup };
+        let file = AuditFile::open(&path, rotation).with_context(|| format!("opening the audit log {}", path.display()))?;
+        Ok(Auditor::new(policy, file))
+    }
 }
 
 #[derive(clap::Args)]
@@ -115,6 +154,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_request_bytes;
     let key_path = dir.join("service-account.key");
     config.service_account_key = Some(skiff_apiserver::authz::tokens::SigningKey::load_or_create(&key_path).map_err(anyhow::Error::msg)?);
+    config.audit = Some(Arc::new(args.audit.auditor(&dir)?));
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
     tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));
