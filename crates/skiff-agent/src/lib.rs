@@ -73,6 +73,8 @@ pub struct AgentConfig {
     /// The HTTP requests the node's proxy and ingress sent to each endpoint, reported in
     /// the stats summary.
     pub proxied_requests: std::sync::Arc<skiff_core::request_counts::RequestCounts>,
+    /// The pods here that are ready, told to the node's proxy as they become so.
+    pub ready_pods: std::sync::Arc<skiff_client::local_pods::LocalReadyPods>,
 }
 
 /// What every pod worker of the node shares.

@@ -244,6 +244,16 @@ impl PodState {
         }
     }
 
+    /// Every container ready, and the pod not finished: its `Ready` condition.
+    pub fn is_ready(&self) -> bool {
+        self.containers.iter().all(|c| c.is_ready()) && !self.is_terminal()
+    }
+
+    /// Where the pod serves, while it is ready.
+    pub fn serving_at(&self) -> Option<std::net::IpAddr> {
+        self.is_ready().then(|| self.pod_ip.parse().ok()).flatten()
+    }
+
     /// The pod's `status` as a JSON merge patch body.
     pub fn to_status(&mut self) -> Value {
         let phase = self.phase();
@@ -251,7 +261,7 @@ impl PodState {
         let unready: Vec<String> = self.containers.iter().filter(|c| !c.is_ready()).map(|c| c.name.clone()).collect();
         let unready_msg = Some(format!("containers with unready status: [{}]", unready.join(" ")));
         let incomplete: Vec<String> = self.init.iter().filter(|c| !c.succeeded()).map(|c| c.name.clone()).collect();
-        let ready = unready.is_empty() && !terminal;
+        let ready = self.is_ready();
         let conditions = vec![
             self.condition("PodReadyToStartContainers", self.sandbox_ready && !terminal, None, None),
             self.condition("Initialized", incomplete.is_empty(), Some("ContainersNotInitialized"), Some(format!("containers with incomplete status: [{}]", incomplete.join(" ")))),

@@ -70,6 +70,7 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
         terminate: watch::Sender::new(false),
     });
     let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
+    let _unready_when_gone = UnreadyWhenGone(node.clone(), uid.clone());
     shared.changed.notify_one();
     let terminal_at_start = shared.state.lock().unwrap().is_terminal() || skiff_client::pods::is_terminal(&first);
     if !terminal_at_start {
@@ -116,6 +117,15 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(e) => tracing::warn!(pod = %pod.name_any(), error = %e, "finishing the pod's deletion"),
+    }
+}
+
+/// Takes the pod out of the node's ready pods when its worker ends (or is aborted).
+struct UnreadyWhenGone(Arc<Agent>, String);
+
+impl Drop for UnreadyWhenGone {
+    fn drop(&mut self) {
+        self.0.config.ready_pods.set(&self.1, None);
     }
 }
 
@@ -201,9 +211,17 @@ async fn write_status(shared: Arc<Shared>) {
     let pod = shared.pod();
     let api: Api<Pod> = Api::namespaced(shared.node.client.clone(), &pod.namespace().unwrap_or_default());
     let name = pod.name_any();
+    let uid = pod.uid().unwrap_or_default();
     loop {
         shared.changed.notified().await;
-        let status = shared.state.lock().unwrap().to_status();
+        let (status, serving_at) = {
+            let mut state = shared.state.lock().unwrap();
+            (state.to_status(), state.serving_at())
+        };
+        // The node's proxy hears first: a connection it holds for this pod's Service
+        // need not wait for this write and the EndpointSlice after it.
+        let serving = serving_at.filter(|_| shared.pod.borrow().metadata.deletion_timestamp.is_none());
+        shared.node.config.ready_pods.set(&uid, serving.map(|ip| (shared.pod(), ip)));
         let mut delay = Duration::from_millis(100);
         loop {
             match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status}))).await {

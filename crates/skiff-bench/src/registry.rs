@@ -73,6 +73,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         // ingress counts requests).
         cluster_dns: None,
         proxied_requests: Default::default(),
+        ready_pods: Default::default(),
     };
     let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());

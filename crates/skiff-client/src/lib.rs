@@ -8,6 +8,7 @@ pub mod events;
 pub mod expectations;
 pub mod informer;
 pub mod ingress;
+pub mod local_pods;
 pub mod nodes;
 pub mod owners;
 pub mod pods;

@@ -90,6 +90,19 @@ pub fn deletion_rank(pod: &Pod) -> impl Ord {
     (scheduled, running, ready.is_some(), ready_at, std::cmp::Reverse(restarts), created)
 }
 
+/// The pod's port a service port sends to: a number as given, a name looked up among
+/// the pod's container ports (with the same protocol). None when the pod lacks it.
+pub fn resolve_target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<i32> {
+    match &port.target_port {
+        None => Some(port.port),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(*n),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            pod.spec.as_ref()?.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol).map(|p| p.container_port)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,13 +13,13 @@
 
 use std::future::Future;
 use std::time::Duration;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::runtime::Controller;
 use crate::support::Informers;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -75,19 +75,6 @@ pub struct Desired {
     pub slices: BTreeMap<String, SliceContent>,
 }
 
-/// The pod's port a service port sends to: a number as given, a name looked up among
-/// the pod's container ports (with the same protocol). None when the pod lacks it.
-pub fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
-    match &port.target_port {
-        None => Some(port.port),
-        Some(IntOrString::Int(n)) => Some(*n),
-        Some(IntOrString::String(name)) => {
-            let protocol = port.protocol.as_deref().unwrap_or("TCP");
-            pod.spec.as_ref()?.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol).map(|p| p.container_port)
-        }
-    }
-}
-
 /// The pod as an endpoint, or None when it cannot be one (no IP yet, or finished).
 pub fn pod_endpoint(svc: &Service, pod: &Pod) -> Option<PodEndpoint> {
     let ip = pod.status.as_ref()?.pod_ip.clone().filter(|ip| !ip.is_empty())?;
@@ -124,7 +111,7 @@ pub fn desired<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> De
         let Some(ep) = pod_endpoint(svc, pod) else { continue };
         let ports = service_ports
             .iter()
-            .filter_map(|p| resolve_target_port(p, pod).map(|n| (p.name.clone(), n, p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.app_protocol.clone())))
+            .filter_map(|p| pods::resolve_target_port(p, pod).map(|n| (p.name.clone(), n, p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.app_protocol.clone())))
             .collect();
         groups.entry(ports).or_default().push(ep);
     }
@@ -179,7 +166,7 @@ pub fn unresolved_ports<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Po
     }
     svc.spec.iter().flat_map(|s| s.ports.iter().flatten())
         .filter(|port| matches!(port.target_port, Some(IntOrString::String(_))))
-        .filter(|port| candidates.iter().all(|pod| resolve_target_port(port, pod).is_none()))
+        .filter(|port| candidates.iter().all(|pod| pods::resolve_target_port(port, pod).is_none()))
         .filter_map(|port| match &port.target_port {
             Some(IntOrString::String(name)) => Some(name.clone()),
             _ => None,
@@ -288,25 +275,22 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let external_name = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName");
-    let (slices, managed_by) = match selector(&svc) {
-        Some(sel) => {
-            let matching: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && sel.matches_map(p.metadata.labels.as_ref())).collect();
-            let want = desired(&svc, matching.iter().map(Arc::as_ref));
-            let changed = write_endpoints(&ctx, &svc, want.subsets).await?;
-            let unresolved = unresolved_ports(&svc, matching.iter().map(Arc::as_ref));
-            if changed && !unresolved.is_empty() {
-                ctx.recorder.record(svc.as_ref(), EventType::Warning, "TargetPortNotFound",
-                    format!("no selected pod declares the named port {} (spec.ports[].targetPort): those ports have no endpoints", unresolved.join(", ")));
-            }
-            (want.slices, MANAGED_BY)
-        }
-        None if external_name => (BTreeMap::new(), MIRRORED_BY),
-        None => {
-            let manual = ctx.endpoints.get(&ObjectRef::new(&name).within(&ns));
-            (manual.map(|e| mirrored(&svc, &e)).unwrap_or_default(), MIRRORED_BY)
-        }
+    let Some(sel) = selector(&svc) else {
+        // No selector: the slices mirror the Endpoints someone wrote (none for ExternalName).
+        let manual = if external_name { None } else { ctx.endpoints.get(&ObjectRef::new(&name).within(&ns)) };
+        write_slices(&ctx, &svc, manual.map(|e| mirrored(&svc, &e)).unwrap_or_default(), MIRRORED_BY).await?;
+        return Ok(Action::await_change());
     };
-    write_slices(&ctx, &svc, slices, managed_by).await?;
+    let matching: Vec<Arc<Pod>> = ctx.pods.state().into_iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && sel.matches_map(p.metadata.labels.as_ref())).collect();
+    let want = desired(&svc, matching.iter().map(Arc::as_ref));
+    // The two views are independent objects: written together, so the slices the
+    // proxies follow never wait for the Endpoints.
+    let (changed, ()) = futures::try_join!(write_endpoints(&ctx, &svc, want.subsets), write_slices(&ctx, &svc, want.slices, MANAGED_BY))?;
+    let unresolved = unresolved_ports(&svc, matching.iter().map(Arc::as_ref));
+    if changed && !unresolved.is_empty() {
+        ctx.recorder.record(svc.as_ref(), EventType::Warning, "TargetPortNotFound",
+            format!("no selected pod declares the named port {} (spec.ports[].targetPort): those ports have no endpoints", unresolved.join(", ")));
+    }
     Ok(Action::await_change())
 }
 
@@ -357,6 +341,9 @@ async fn write_slices(ctx: &Ctx, svc: &Service, want: BTreeMap<String, SliceCont
     if headless {
         labels.insert("service.kubernetes.io/headless".into(), String::new());
     }
+    // Every create, replace and delete at once: a Service coming out of zero swaps its
+    // empty slice for one with endpoints, and neither write waits for the other.
+    let mut writes = Vec::new();
     for (slice_name, (ports, endpoints)) in &want {
         let current = existing.iter().find(|s| s.name_any() == *slice_name);
         if let Some(s) = current
@@ -379,16 +366,20 @@ async fn write_slices(ctx: &Ctx, svc: &Service, want: BTreeMap<String, SliceCont
             endpoints: Some(endpoints.clone()),
             ports: Some(ports.clone()),
         };
-        match current {
-            Some(_) => not_found_ok(api.replace(slice_name, &PostParams::default(), &object).await)?,
-            None => not_found_ok(api.create(&PostParams::default(), &object).await)?,
-        };
+        let api = api.clone();
+        writes.push(async move {
+            match current {
+                Some(_) => not_found_ok(api.replace(&object.name_any(), &PostParams::default(), &object).await).map(drop),
+                None => not_found_ok(api.create(&PostParams::default(), &object).await).map(drop),
+            }
+        }.boxed());
     }
     let keep: HashSet<&String> = want.keys().collect();
     for stale in existing.iter().filter(|s| !keep.contains(&s.name_any())) {
-        not_found_ok(api.delete(&stale.name_any(), &DeleteParams::default()).await)?;
+        let (api, name) = (api.clone(), stale.name_any());
+        writes.push(async move { not_found_ok(api.delete(&name, &DeleteParams::default()).await).map(drop) }.boxed());
     }
-    Ok(())
+    futures::future::try_join_all(writes).await.map(drop)
 }
 
 #[cfg(test)]

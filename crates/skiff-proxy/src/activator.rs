@@ -1,8 +1,9 @@
 //! Scale from zero: a connection (or, at the ingress, a request) to a Service with no
 //! endpoint is held, not refused, when an autoscaler with `minReplicas: 0` scales the
 //! workload behind it. The activator sets that workload's scale subresource to 1 at once,
-//! and the held connections go on the moment an endpoint is ready (the pod's own node
-//! sends them straight to it). Holding is bounded per Service (1,000 held, 30 s); past
+//! and the held connections go on the moment an endpoint is ready; a pod on this node is
+//! taken the moment the agent finds it ready, before its status reaches the API and the
+//! EndpointSlices. Holding is bounded per Service (1,000 held, 30 s); past
 //! that the answer is an HTTP 503 that says why, so one cold Service never takes the proxy
 //! down for the others. How long the first held connection of a scale from zero waited is
 //! told in a `ColdStart` event on the Service (and, at the ingress, in each held
@@ -13,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use skiff_client::Recorder;
+use skiff_client::local_pods::LocalReadyPods;
 use skiff_client::events::EventType;
 
 /// Connections held per Service at most.
@@ -37,6 +39,9 @@ pub struct Activator {
     client: Client,
     services: Store<Service>,
     autoscalers: Store<HorizontalPodAutoscaler>,
+    /// This node's ready pods, as its agent tells them: a held connection goes to one
+    /// the moment it is ready, before the API and the EndpointSlices have heard.
+    ready_pods: Arc<LocalReadyPods>,
     recorder: Recorder,
     woken: Mutex<HashMap<ServiceKey, Woken>>,
     /// Connections and requests held, per Service.
@@ -71,6 +76,20 @@ impl Holding<'_> {
             true => Ok(()),
             false => Err(NotHeld::NothingToWake),
         }
+    }
+
+    /// Where this node's ready pods serve the Service's port that `is_port` picks.
+    pub fn local_endpoints(&self, is_port: impl Fn(&ServicePort) -> bool) -> Vec<std::net::SocketAddr> {
+        let (namespace, name) = (&self.key.0, &self.key.1);
+        match self.activator.services.get(&ObjectRef::new(name).within(namespace)) {
+            Some(service) => self.activator.ready_pods.endpoints(&service, is_port),
+            None => Vec::new(),
+        }
+    }
+
+    /// Changes to this node's ready pods.
+    pub fn local_changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.activator.ready_pods.changes()
     }
 
     /// An endpoint took the connection: how long it was held.
@@ -112,8 +131,8 @@ impl NotHeld {
 }
 
 impl Activator {
-    pub fn new(client: Client, services: Store<Service>, autoscalers: Store<HorizontalPodAutoscaler>, recorder: Recorder) -> Arc<Activator> {
-        Arc::new(Activator { client, services, autoscalers, recorder, woken: Mutex::default(), held: Mutex::default() })
+    pub fn new(client: Client, services: Store<Service>, autoscalers: Store<HorizontalPodAutoscaler>, ready_pods: Arc<LocalReadyPods>, recorder: Recorder) -> Arc<Activator> {
+        Arc::new(Activator { client, services, autoscalers, ready_pods, recorder, woken: Mutex::default(), held: Mutex::default() })
     }
 
     /// Starts holding a connection for Service `namespace/name`: its place in the

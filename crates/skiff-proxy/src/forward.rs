@@ -198,19 +198,42 @@ const RELAY_BUFFER: usize = 16 * 1024;
 async fn hold(route: &Route, activator: &Activator, client: IpAddr) -> Result<(TcpStream, SocketAddr), Option<String>> {
     let service = route.backends().service.clone();
     let Some((namespace, name)) = crate::services::service_key(&service) else { return Err(None) };
+    let port = service.rsplit_once(':').map(|(_, port)| port).unwrap_or_default();
     let mut serving = route.serving.subscribe();
     let holding = activator.hold(namespace, name).map_err(NotHeld::into_reason)?;
+    let mut local_pods = holding.local_changes();
     loop {
         holding.wake().await.map_err(NotHeld::into_reason)?;
-        // (A bool, so the watch's read guard is gone before the connect.)
-        let has_endpoints = matches!(tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, serving.wait_for(|s| *s)).await, Ok(Ok(_)));
-        if has_endpoints {
-            if let Some(connected) = connect(route, client).await {
-                holding.released();
-                return Ok(connected);
+        let wake_again = tokio::time::Instant::now() + crate::activator::WAKE_AGAIN_AFTER;
+        loop {
+            for endpoint in holding.local_endpoints(|p| crate::services::port_name(p) == port) {
+                if let Ok(stream) = dial(endpoint).await {
+                    holding.released();
+                    return Ok((stream, endpoint));
+                }
             }
-            // Endpoints of pods that just went: wait for the list to change.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            enum Woke {
+                Endpoints,
+                LocalPod,
+                WakeAgain,
+            }
+            let woke = tokio::select! {
+                Ok(_) = serving.wait_for(|s| *s) => Woke::Endpoints,
+                Ok(()) = local_pods.changed() => Woke::LocalPod,
+                _ = tokio::time::sleep_until(wake_again) => Woke::WakeAgain,
+            };
+            match woke {
+                Woke::WakeAgain => break,
+                Woke::LocalPod => continue,
+                Woke::Endpoints => {
+                    if let Some(connected) = connect(route, client).await {
+                        holding.released();
+                        return Ok(connected);
+                    }
+                    // Endpoints of pods that just went: wait for the list to change.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use skiff_core::request_counts::RequestCounts;
 
 use crate::activator::{Activator, NotHeld};
-use crate::ingress_routes::{Backend, Routes, ServicePortRef, wildcard_of};
+use crate::ingress_routes::{Backend, Routes, wildcard_of};
 use crate::forward::{self, ATTEMPTS, accept};
 use crate::services::{Protocol, SlicesByService, endpoints_of, slices_of, usable};
 
@@ -63,10 +63,7 @@ impl Table {
                 continue;
             };
             let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
-            let port = ports.iter().find(|p| match &b.port {
-                ServicePortRef::Number(n) => p.port == *n,
-                ServicePortRef::Name(name) => p.name.as_ref() == Some(name),
-            });
+            let port = ports.iter().find(|p| b.port.is(p));
             let Some(port) = port else {
                 problems.push((ingress.clone(), "ServicePortNotFound", format!("the Service {:?} has no port {:?}", b.service, b.port)));
                 continue;
@@ -215,13 +212,25 @@ impl IngressServer {
         let mut changed = self.table_changed.subscribe();
         let unavailable = |e: NotHeld| e.into_reason().map_or_else(|| none.clone(), |why| format!("{why}\n"));
         let holding = activator.hold(&backend.namespace, &backend.service).map_err(unavailable)?;
+        let mut local_pods = holding.local_changes();
         loop {
             holding.wake().await.map_err(unavailable)?;
-            let endpoints = self.table.read().unwrap().targets.get(backend).cloned().unwrap_or_default();
-            if !endpoints.is_empty() {
-                return Ok((endpoints, holding.released()));
+            let wake_again = tokio::time::Instant::now() + crate::activator::WAKE_AGAIN_AFTER;
+            loop {
+                // A pod of this node is taken as soon as its agent finds it ready.
+                let mut endpoints = holding.local_endpoints(|p| backend.port.is(p));
+                if endpoints.is_empty() {
+                    endpoints = self.table.read().unwrap().targets.get(backend).cloned().unwrap_or_default();
+                }
+                if !endpoints.is_empty() {
+                    return Ok((endpoints, holding.released()));
+                }
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = local_pods.changed() => {}
+                    _ = tokio::time::sleep_until(wake_again) => break,
+                }
             }
-            let _ = tokio::time::timeout(crate::activator::WAKE_AGAIN_AFTER, changed.changed()).await;
         }
     }
 

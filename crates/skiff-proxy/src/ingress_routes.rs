@@ -29,6 +29,16 @@ pub enum ServicePortRef {
     Name(String),
 }
 
+impl ServicePortRef {
+    /// Whether `port` is the Service port this refers to.
+    pub fn is(&self, port: &k8s_openapi::api::core::v1::ServicePort) -> bool {
+        match self {
+            ServicePortRef::Number(n) => port.port == *n,
+            ServicePortRef::Name(name) => port.name.as_ref() == Some(name),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PathKind {
     Exact,

@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     /// Where the ingress and the TCP forwarding count the HTTP requests they send to each
     /// endpoint (the node's agent reports them).
     pub proxied_requests: Arc<skiff_core::request_counts::RequestCounts>,
+    /// The pods of this node that are ready, as its agent tells them (held connections
+    /// go straight to one).
+    pub ready_pods: Arc<skiff_client::local_pods::LocalReadyPods>,
 }
 
 /// How often frontends that could not be bound are tried again.
@@ -100,7 +103,7 @@ pub async fn run(client: Client, config: ProxyConfig, shutdown: impl std::future
         secrets.changes().map(|_| ()).boxed(),
     ]);
     let caches = Caches { services: services.store(), slices: slices.store(), ingresses: ingresses.store(), classes: classes.store(), secrets: secrets.store() };
-    let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), Recorder::new(client.clone(), "skiff-activator"));
+    let activator = activator::Activator::new(client.clone(), services.store(), autoscalers.store(), config.ready_pods.clone(), Recorder::new(client.clone(), "skiff-activator"));
     let served = Served { records: Arc::default(), ingress: Arc::new(ingress::IngressServer::new(activator.clone(), config.proxied_requests.clone())), activator, requests: config.proxied_requests.clone() };
     let dns = serve_dns(config.clone(), served.records.clone());
     let (claim, claims) = tokio::sync::watch::channel(HashSet::new());
@@ -304,6 +307,7 @@ mod tests {
             ingress_http: vec![on(node, 80), on(localhost, 80)],
             ingress_https: vec![on(node, 443), on(localhost, 443)],
             proxied_requests: Arc::default(),
+            ready_pods: Arc::default(),
         };
         let backends = Backends { service: "default/lb:80".into(), endpoints: vec![], affinity: None };
         let want: BTreeMap<Frontend, Backends> = [

@@ -182,7 +182,8 @@ pub fn frontends(services: &[Arc<Service>], by_service: &SlicesByService, node: 
     out
 }
 
-fn port_name(port: &ServicePort) -> String {
+/// A Service port as routes are labelled with it: its name, or its number when unnamed.
+pub(crate) fn port_name(port: &ServicePort) -> String {
     port.name.clone().unwrap_or_else(|| port.port.to_string())
 }
 

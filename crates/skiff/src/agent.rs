@@ -120,6 +120,7 @@ impl NodeArgs {
             cluster_dns: Some(skiff_agent::pod_dns::ClusterDns { server: cluster_dns(service_cidr), domain: self.cluster_domain.trim_matches('.').to_lowercase() }),
             // Shared with the node's proxy (`spawn_proxy`), whose ingress counts into it.
             proxied_requests: Default::default(),
+            ready_pods: Default::default(),
         })
     }
 }
@@ -145,6 +146,7 @@ pub fn spawn_proxy(client: kube::Client, args: &NodeArgs, node: &skiff_agent::Ag
         ingress_http: on(args.ingress_http_port),
         ingress_https: on(args.ingress_https_port),
         proxied_requests: node.proxied_requests.clone(),
+        ready_pods: node.ready_pods.clone(),
         upstream_dns: match std::fs::read_to_string(&args.resolv_conf) {
             Ok(conf) => skiff_proxy::dns::host_resolvers(&conf, cluster_dns(service_cidr)),
             Err(e) => {

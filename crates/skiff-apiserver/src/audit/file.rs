@@ -1,14 +1,16 @@
 //! Where audit events go: JSON lines appended to a file by a thread of its own, so a
 //! request never waits on the disk (kube-apiserver's batch mode). The file is rotated
 //! past a size, its backups named by time as kube-apiserver names them
-//! (`audit-2026-12-02T13-05-07.123.log`), the oldest beyond a count removed. When the
+//! (`audit-2026-12-02T13-05-07.123.log`), the oldest beyond a count removed. Lines are
+//! written out within [`FLUSH_EVERY`]. When the
 //! writer falls behind by a whole buffer, events are dropped and counted, not queued
 //! without bound.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
 
 /// Events waiting for the writer at most.
 const BUFFER: usize = 10_000;
@@ -59,33 +61,54 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
 }
 
+/// Lines wait this long at most before they are written out: one write per interval
+/// rather than per request, as each write to the file is also work for the filesystem's
+/// journal, which the store's fsyncs then wait on.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
 fn write_lines(lines: Receiver<Vec<u8>>, path: PathBuf, file: std::fs::File, rotation: Rotation) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
-    // Blocks for the first line, then takes whatever else is waiting before one flush.
-    while let Ok(first) = lines.recv() {
-        let mut next = Some(first);
-        while let Some(mut line) = next.take() {
-            line.push(b'\n');
-            if size > 0 && size + line.len() as u64 > rotation.max_bytes {
-                let _ = out.flush();
-                match rotate(&path, &rotation) {
-                    Ok(file) => {
-                        out = std::io::BufWriter::with_capacity(64 * 1024, file);
-                        size = 0;
-                    }
-                    Err(e) => tracing::warn!(error = %e, path = %path.display(), "rotating the audit log"),
+    let mut unflushed_since: Option<Instant> = None;
+    loop {
+        let next = match unflushed_since {
+            None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => lines.recv_timeout(FLUSH_EVERY.saturating_sub(since.elapsed())),
+        };
+        let mut line = match next {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut out, &path);
+                unflushed_since = None;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut out, &path);
+                return;
+            }
+        };
+        line.push(b'\n');
+        if size > 0 && size + line.len() as u64 > rotation.max_bytes {
+            flush(&mut out, &path);
+            match rotate(&path, &rotation) {
+                Ok(file) => {
+                    out = std::io::BufWriter::with_capacity(64 * 1024, file);
+                    size = 0;
                 }
+                Err(e) => tracing::warn!(error = %e, path = %path.display(), "rotating the audit log"),
             }
-            if let Err(e) = out.write_all(&line) {
-                tracing::warn!(error = %e, path = %path.display(), "writing the audit log");
-            }
-            size += line.len() as u64;
-            next = lines.try_recv().ok();
         }
-        if let Err(e) = out.flush() {
+        if let Err(e) = out.write_all(&line) {
             tracing::warn!(error = %e, path = %path.display(), "writing the audit log");
         }
+        size += line.len() as u64;
+        unflushed_since.get_or_insert_with(Instant::now);
+    }
+}
+
+fn flush(out: &mut std::io::BufWriter<std::fs::File>, path: &Path) {
+    if let Err(e) = out.flush() {
+        tracing::warn!(error = %e, path = %path.display(), "writing the audit log");
     }
 }
 
