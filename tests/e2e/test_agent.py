@@ -69,6 +69,12 @@ def ns(wasm_cluster):
     return name
 
 
+def allow_host_paths(cluster, ns):
+    """hostPath volumes are beyond the baseline Pod Security level every namespace is held
+    to by default: the namespace says it is privileged."""
+    cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=privileged")
+
+
 def test_node_registers_with_machine_capacity(wasm_cluster):
     node = wasm_cluster.json("get", "node", "wasm-node")
     labels = node["metadata"]["labels"]
@@ -190,6 +196,7 @@ def test_guest_sees_only_its_mounts(wasm_cluster, images, ns, tmp_path):
     host_dir = tmp_path / "shared"
     host_dir.mkdir()
     (host_dir / "note.txt").write_text("from the host")
+    allow_host_paths(wasm_cluster, ns)
     create(wasm_cluster, ns, pod_manifest(
         "jail", images["p1"], ["cat", "/etc/passwd", "ls", "/", "cat", "/data/note.txt", "write", "/data/new.txt", "x", "write", "/ro/x", "text", "ls", "/scratch"],
         container={"volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "data", "mountPath": "/ro", "readOnly": True}, {"name": "scratch", "mountPath": "/scratch"}]},
@@ -423,6 +430,7 @@ def probed_function(name, image, host_dir, probe_kind):
 
 
 def test_readiness_probe_drives_ready(wasm_cluster, images, ns, tmp_path):
+    allow_host_paths(wasm_cluster, ns)
     create(wasm_cluster, ns, probed_function("ready", images["http"], tmp_path, "readinessProbe"))
     wait_for(lambda: container_status(wasm_cluster, ns, "ready").get("ready"), 30, "ready")
     (tmp_path / "unhealthy").write_text("")
@@ -436,6 +444,7 @@ def test_readiness_probe_drives_ready(wasm_cluster, images, ns, tmp_path):
 
 
 def test_liveness_probe_restarts_the_container(wasm_cluster, images, ns, tmp_path):
+    allow_host_paths(wasm_cluster, ns)
     create(wasm_cluster, ns, probed_function("alive", images["http"], tmp_path, "livenessProbe"))
     wait_for(lambda: container_status(wasm_cluster, ns, "alive").get("ready"), 30, "running")
     (tmp_path / "unhealthy").write_text("")

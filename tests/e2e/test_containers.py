@@ -200,6 +200,8 @@ def test_stats_come_from_the_cgroup_and_attach_follows_output(oci_cluster, busyb
 
 
 def test_host_port_forwards_to_the_pod_until_it_goes(oci_cluster, busybox, ns):
+    # hostPort is beyond the default baseline Pod Security level.
+    oci_cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=privileged")
     create(oci_cluster, ns, container_pod("hp", busybox, ports=[{"containerPort": 8080, "hostPort": 18089}]))
     wait_phase(oci_cluster, ns, "hp", ["Running"])
     assert wait_for(lambda: answers("http://127.0.0.1:18089/"), 20, "the host port") == "hello from a container\n"

@@ -19,6 +19,7 @@ pub mod objects;
 pub mod openapi;
 pub mod openapi_protobuf;
 pub mod patch;
+pub mod pod_security;
 pub mod pod_logs;
 pub mod pod_streams;
 pub mod protobuf;
@@ -69,6 +70,8 @@ pub struct Config {
     pub authorization: bool,
     /// Where requests are logged, and by which policy (none: not logged).
     pub audit: Option<Arc<audit::Auditor>>,
+    /// The PodSecurity levels of namespaces without labels.
+    pub pod_security: pod_security::Defaults,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             service_account_key: None,
             authorization: true,
             audit: None,
+            pod_security: pod_security::Defaults::default(),
         }
     }
 }

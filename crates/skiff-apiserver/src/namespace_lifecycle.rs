@@ -12,9 +12,9 @@
 //! store shared by several servers (etcd) would need a watch feeding these records too.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use skiff_core::{meta, resources};
 use skiff_store::{Store, StoreError, object_revision};
 
@@ -22,53 +22,83 @@ use crate::error::{ApiError, ApiResult};
 
 #[derive(Default)]
 pub struct NamespaceLifecycle {
-    /// Per namespace: whether it takes new objects, as of which store revision.
-    known: RwLock<HashMap<String, (bool, u64)>>,
+    /// Per namespace: what this server last learned of it.
+    known: RwLock<HashMap<String, Known>>,
 }
 
+#[derive(Clone)]
+struct Known {
+    /// Whether it takes new objects.
+    open: bool,
+    /// As of which store revision.
+    revision: u64,
+    /// Its labels, for PodSecurity admission.
+    labels: Labels,
+}
+
+/// A namespace's labels.
+pub type Labels = Arc<Map<String, Value>>;
+
 impl NamespaceLifecycle {
-    /// Records that `name` does or does not take new objects as of `revision`, unless a
-    /// later revision is already recorded (a slower reader must not undo a deletion).
-    pub fn record(&self, name: &str, open: bool, revision: u64) {
+    /// Records what `namespace` (its stored object) says, unless a later revision is
+    /// already recorded (a slower reader must not undo a deletion). `closed`: it takes no
+    /// new objects whatever the object says (it was just deleted).
+    fn record(&self, namespace: &Value, closed: bool) {
+        let (Some(name), Some(revision)) = (meta::name(namespace), object_revision(namespace)) else { return };
+        let labels = Arc::new(namespace.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default());
+        let entry = Known { open: !closed && !meta::is_terminating(namespace), revision, labels };
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         match known.get_mut(name) {
-            Some(entry) if entry.1 >= revision => {}
-            Some(entry) => *entry = (open, revision),
+            Some(old) if old.revision >= revision => {}
+            Some(old) => *old = entry,
             None => {
-                known.insert(name.to_string(), (open, revision));
+                known.insert(name.to_string(), entry);
             }
         }
     }
 
-    /// Ok when objects may be created in namespace `ns`; 404 when it does not exist, 403
-    /// when it is terminating.
-    pub async fn check(&self, store: &dyn Store, ns: &str) -> ApiResult<()> {
-        let remembered_open = self.known.read().unwrap_or_else(|e| e.into_inner()).get(ns).is_some_and(|(open, _)| *open);
-        if remembered_open {
-            return Ok(());
+    /// The namespace's labels when objects may be created in `ns`; 404 when it does not
+    /// exist, 403 when it is terminating.
+    pub async fn check(&self, store: &dyn Store, ns: &str) -> ApiResult<Labels> {
+        let known = self.learn(store, ns).await?;
+        if known.open {
+            Ok(known.labels)
+        } else {
+            Err(ApiError::forbidden(format!("unable to create new content in namespace {ns} because it is being terminated")))
+        }
+    }
+
+    /// The labels of namespace `ns`, open or terminating (for admission of updates).
+    pub async fn labels(&self, store: &dyn Store, ns: &str) -> ApiResult<Labels> {
+        Ok(self.learn(store, ns).await?.labels)
+    }
+
+    /// An open namespace from memory; anything else read again.
+    async fn learn(&self, store: &dyn Store, ns: &str) -> ApiResult<Known> {
+        if let Some(known) = self.known.read().unwrap_or_else(|e| e.into_inner()).get(ns).filter(|k| k.open) {
+            return Ok(known.clone());
         }
         let key = resources::find("", "v1", "namespaces").expect("namespaces").key(None, ns);
         match store.get(&key).await {
             Ok(n) => {
-                let open = !meta::is_terminating(&n);
-                self.record(ns, open, object_revision(&n).unwrap_or(0));
-                if open {
-                    Ok(())
-                } else {
-                    Err(ApiError::forbidden(format!("unable to create new content in namespace {ns} because it is being terminated")))
-                }
+                self.record(&n, false);
+                let labels = Arc::new(n.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default());
+                Ok(Known { open: !meta::is_terminating(&n), revision: object_revision(&n).unwrap_or(0), labels })
             }
             Err(StoreError::NotFound(_)) => Err(ApiError::not_found("namespaces", ns)),
             Err(e) => Err(ApiError::from_store(e, "namespaces", ns)),
         }
     }
 
-    /// Records a namespace this server just marked for deletion or removed (`object` is
-    /// what the store returned: its state at that revision).
+    /// Records a namespace this server just created or updated (`object` is what the
+    /// store returned: its state at that revision), so label changes count at once.
+    pub fn written(&self, object: &Value) {
+        self.record(object, false);
+    }
+
+    /// Records a namespace this server just marked for deletion or removed.
     pub fn closed(&self, object: &Value) {
-        if let (Some(name), Some(revision)) = (meta::name(object), object_revision(object)) {
-            self.record(name, false, revision);
-        }
+        self.record(object, true);
     }
 }
 
@@ -96,7 +126,7 @@ mod tests {
         terminating["metadata"]["deletionTimestamp"] = json!("2026-11-22T00:00:00Z");
         let terminating = store.update(KEY, terminating, None).await.unwrap();
         lifecycle.closed(&terminating);
-        lifecycle.record("team", true, object_revision(&created).unwrap());
+        lifecycle.written(&created);
         assert_eq!(lifecycle.check(&store, "team").await.unwrap_err().code, 403);
 
         // Gone, then created again: read again, and open.
@@ -105,5 +135,10 @@ mod tests {
         assert_eq!(lifecycle.check(&store, "team").await.unwrap_err().code, 404);
         store.create(KEY, json!({"metadata": {"name": "team"}})).await.unwrap();
         lifecycle.check(&store, "team").await.expect("a re-created namespace takes objects");
+
+        // Labels written through this server count at once.
+        let labelled = store.update(KEY, json!({"metadata": {"name": "team", "labels": {"tier": "gold"}}}), None).await.unwrap();
+        lifecycle.written(&labelled);
+        assert_eq!(lifecycle.check(&store, "team").await.unwrap().get("tier"), Some(&json!("gold")));
     }
 }

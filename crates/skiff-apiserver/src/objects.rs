@@ -2,14 +2,14 @@
 //! bootstrap: metadata, the kind's strategy, defaulting, typed decoding, validation, field
 //! ownership, allocation, storage. Deletion and binding: `deletion`.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use skiff_core::{ResourceType, meta, resources};
 use skiff_store::{ListOptions, StoreError, object_revision};
 
 use crate::error::{ApiError, ApiResult};
 use crate::request::qualified;
 use crate::field_manager::{self, Owner};
-use crate::{ApiServer, convert, defaults, services, strategy, typed, validation};
+use crate::{ApiServer, convert, defaults, pod_security, services, strategy, typed, validation};
 
 /// How to treat fields the type does not know (`?fieldValidation=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +49,12 @@ impl Default for WriteOptions {
 /// again after losing a race to another write.
 pub const CONFLICT_RETRIES: usize = 8;
 
-/// The result of a write: the object and any warnings for the `Warning` header.
+/// The result of a write: the object, any warnings for the `Warning` header, and what
+/// admission adds to the request's audit event.
 pub struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
+    pub audit: Vec<(&'static str, String)>,
 }
 
 pub fn now() -> String {
@@ -214,16 +216,20 @@ impl ApiServer {
         if let Owner::Update(manager) = &opts.owner {
             field_manager::record_update(None, &mut object, manager, None, r.has_subresource("status"), &now());
         }
+        let name = meta::name(&object).unwrap_or_default().to_string();
+        let mut audit = Vec::new();
         if let Some(ns) = namespace.filter(|_| r.namespaced) {
-            self.namespaces.check(&*self.store, ns).await?;
+            let labels = self.namespaces.check(&*self.store, ns).await?;
             if r.group.is_empty() && r.kind == "Pod" {
                 crate::service_accounts::admit_pod(self, ns, &mut object).await?;
             }
+            let verdict = self.pod_security(r, &labels, &name, &object)?;
+            warnings.extend(verdict.warnings);
+            audit = verdict.audit;
         }
-        let name = meta::name(&object).unwrap_or_default().to_string();
         let key = r.key(namespace, &name);
         if opts.dry_run {
-            return Ok(Written { object: convert::from_storage(r, object), warnings });
+            return Ok(Written { object: convert::from_storage(r, object), warnings, audit });
         }
         let stored = if strategy::of(r.kind).allocates_addresses() {
             let _serial = self.service_lock.lock().await;
@@ -245,7 +251,21 @@ impl ApiServer {
             attempt
         };
         let stored = stored.map_err(store_err(r, &name))?;
-        Ok(Written { object: convert::from_storage(r, stored), warnings })
+        if r.kind == "Namespace" {
+            self.namespaces.written(&stored);
+        }
+        Ok(Written { object: convert::from_storage(r, stored), warnings, audit })
+    }
+
+    /// PodSecurity admission of a pod, or of a workload's pod template, in a namespace
+    /// with `labels`: refused when a pod violates the enforced level, else the warnings
+    /// and audit annotations.
+    fn pod_security(&self, r: &ResourceType, labels: &Map<String, Value>, name: &str, object: &Value) -> ApiResult<pod_security::Verdict> {
+        let policy = pod_security::NamespacePolicy::from_labels(Some(labels), self.config.pod_security);
+        if r.group.is_empty() && r.kind == "Pod" {
+            return pod_security::admit_pod(&policy, name, object);
+        }
+        Ok(pod_security::template_of(r.kind, object).map(|t| pod_security::admit_template(&policy, t)).unwrap_or_default())
     }
 
     /// Replaces `old` (stored form) with `new` (as received at `r`), for the object itself
@@ -335,6 +355,16 @@ impl ApiServer {
         let mut warnings = Vec::new();
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
+        // PodSecurity looks again when what runs changes (a pod's spec, a template).
+        let mut audit = Vec::new();
+        if let Some(ns) = namespace.as_deref().filter(|_| subresource.is_none() && old.get("spec") != object.get("spec"))
+            && (r.kind == "Pod" || pod_security::template_of(r.kind, &object).is_some())
+        {
+            let labels = self.namespaces.labels(&*self.store, ns).await?;
+            let verdict = self.pod_security(r, &labels, &name, &object)?;
+            warnings.extend(verdict.warnings);
+            audit = verdict.audit;
+        }
         match (&opts.owner, applied_fields) {
             (Owner::Update(manager), _) => field_manager::record_update(Some(old), &mut object, manager, subresource, r.has_subresource("status"), &now()),
             (Owner::Applied, Some(fields)) => {
@@ -344,18 +374,18 @@ impl ApiServer {
         }
         let key = r.key(namespace.as_deref(), &name);
         if opts.dry_run {
-            return Ok(Written { object: convert::from_storage(r, object), warnings });
+            return Ok(Written { object: convert::from_storage(r, object), warnings, audit });
         }
         // A write that changes nothing is not a change: same resourceVersion, no event.
         let mut unchanged = old.clone();
         meta::metadata_mut(&mut unchanged).remove("resourceVersion");
         if unchanged == object && expected.is_none_or(|e| Some(e) == object_revision(old)) {
-            return Ok(Written { object: convert::from_storage(r, old.clone()), warnings });
+            return Ok(Written { object: convert::from_storage(r, old.clone()), warnings, audit });
         }
         // The last finalizer gone from a terminating object completes its deletion.
         if meta::is_terminating(&object) && strategy::of(r.kind).finalizers(&object).is_empty() {
             let deleted = self.store.delete(&key, Some(expected.unwrap_or_else(|| object_revision(old).unwrap_or(0)))).await.map_err(store_err(r, &name))?;
-            return Ok(Written { object: convert::from_storage(r, deleted), warnings });
+            return Ok(Written { object: convert::from_storage(r, deleted), warnings, audit });
         }
         let stored = if strategy::of(r.kind).allocates_addresses() {
             let _serial = self.service_lock.lock().await;
@@ -365,7 +395,10 @@ impl ApiServer {
             self.store.update(&key, object, expected).await
         };
         let stored = stored.map_err(store_err(r, &name))?;
-        Ok(Written { object: convert::from_storage(r, stored), warnings })
+        if r.kind == "Namespace" {
+            self.namespaces.written(&stored);
+        }
+        Ok(Written { object: convert::from_storage(r, stored), warnings, audit })
     }
 }
 

@@ -65,6 +65,16 @@ pub(crate) fn output(headers: &HeaderMap, params: &Params) -> Output {
 
 /// The response carrying `body`: protobuf when the client asked for it and the kind has a
 /// protobuf form, JSON otherwise (as kube-apiserver answers custom resources).
+/// A write's answer: the object, its warnings, and (for the audit log) what admission
+/// noted.
+fn respond_written(code: StatusCode, r: &ResourceType, written: Written, out: Output) -> Response {
+    let mut response = respond(code, &present_one(r, written.object, out), out, &written.warnings);
+    if !written.audit.is_empty() {
+        response.extensions_mut().insert(crate::audit::Annotations(written.audit));
+    }
+    response
+}
+
 pub(crate) fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[String]) -> Response {
     let encoded = match out {
         Output::Protobuf => protobuf::encode(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok(),
@@ -75,7 +85,8 @@ pub(crate) fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[S
         None => (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(body).unwrap_or_default()).into_response(),
     };
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // A quoted-string, escaped as kube-apiserver escapes it (kubectl unescapes it).
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = http::HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }
@@ -241,8 +252,8 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
-            let Written { object, warnings } = server.create_object(r, target.namespace.as_deref(), object, write_options(&params, &headers)?).await?;
-            Ok(respond(StatusCode::CREATED, &present_one(r, object, out), out, &warnings))
+            let written = server.create_object(r, target.namespace.as_deref(), object, write_options(&params, &headers)?).await?;
+            Ok(respond_written(StatusCode::CREATED, r, written, out))
         }
         (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &headers, &body, out).await,
         (&Method::GET, true, None | Some("status")) => {
@@ -259,8 +270,8 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let new = parse_body(&headers, &body)?;
             let old = get(&server, &target).await?;
             let sub = if sub == Some("finalize") { None } else { sub };
-            let Written { object, warnings } = server.update_object(r, &old, new, sub, write_options(&params, &headers)?).await?;
-            Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
+            let written = server.update_object(r, &old, new, sub, write_options(&params, &headers)?).await?;
+            Ok(respond_written(StatusCode::OK, r, written, out))
         }
         (&Method::PATCH, true, sub @ (None | Some("status"))) => {
             check_subresource(r, sub)?;
@@ -275,16 +286,16 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
                     ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![crate::error::FieldError::required("fieldManager")])
                 })?;
                 let config = parse_body(&headers, &body)?;
-                let (code, Written { object, warnings }) = apply_object(&server, &target, &config, sub, manager, force, opts).await?;
-                return Ok(respond(code, &present_one(r, object, out), out, &warnings));
+                let (code, written) = apply_object(&server, &target, &config, sub, manager, force, opts).await?;
+                return Ok(respond_written(code, r, written, out));
             }
             if force {
                 return Err(ApiError::bad_request("force is only allowed with server-side apply (application/apply-patch+yaml)"));
             }
             let kind = patch_type(&headers)?;
             let patch_body = parse_body(&headers, &body)?;
-            let Written { object, warnings } = patch_object(&server, &target, kind, &patch_body, sub, opts).await?;
-            Ok(respond(StatusCode::OK, &present_one(r, object, out), out, &warnings))
+            let written = patch_object(&server, &target, kind, &patch_body, sub, opts).await?;
+            Ok(respond_written(StatusCode::OK, r, written, out))
         }
         (&Method::PUT | &Method::PATCH, true, Some("scale")) if r.has_subresource("scale") => {
             let kind = if method == Method::PATCH { Some(patch_type(&headers)?) } else { None };

@@ -23,6 +23,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
             job(object.pointer("/spec/jobTemplate/spec"), "spec.jobTemplate.spec", &mut errs);
         }
         "Service" => service(spec, &mut errs),
+        "Namespace" => errs.extend(crate::pod_security::validate_labels(object.pointer("/metadata/labels").and_then(Value::as_object))),
         "HorizontalPodAutoscaler" => autoscaler(spec, &mut errs),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {

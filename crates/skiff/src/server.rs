@@ -32,6 +32,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     audit: AuditArgs,
     #[command(flatten)]
+    pod_security: PodSecurityArgs,
+    #[command(flatten)]
     controllers: ControllerArgs,
     /// The node `skiff up` runs (ignored by `skiff server`).
     #[command(flatten)]
@@ -73,6 +75,24 @@ impl AuditArgs {
         let file = AuditFile::open(&path, rotation).with_context(|| format!("opening the audit log {}", path.display()))?;
         Ok(Auditor::new(policy, file))
     }
+}
+
+/// PodSecurity levels for namespaces without `pod-security.kubernetes.io/<mode>` labels.
+#[derive(clap::Args)]
+pub struct PodSecurityArgs {
+    /// Pods that violate this level are refused: privileged, baseline or restricted.
+    #[arg(long, default_value = "baseline", value_parser = parse_pod_security_level)]
+    pod_security_enforce: skiff_apiserver::pod_security::Level,
+    /// Violations of this level are noted in the audit log.
+    #[arg(long, default_value = "restricted", value_parser = parse_pod_security_level)]
+    pod_security_audit: skiff_apiserver::pod_security::Level,
+    /// Violations of this level are answered with warnings (kubectl prints them).
+    #[arg(long, default_value = "baseline", value_parser = parse_pod_security_level)]
+    pod_security_warn: skiff_apiserver::pod_security::Level,
+}
+
+fn parse_pod_security_level(text: &str) -> Result<skiff_apiserver::pod_security::Level, String> {
+    skiff_apiserver::pod_security::Level::parse(text).ok_or_else(|| format!("{text:?} is not a Pod Security level: privileged, baseline or restricted"))
 }
 
 #[derive(clap::Args)]
@@ -155,6 +175,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let key_path = dir.join("service-account.key");
     config.service_account_key = Some(skiff_apiserver::authz::tokens::SigningKey::load_or_create(&key_path).map_err(anyhow::Error::msg)?);
     config.audit = Some(Arc::new(args.audit.auditor(&dir)?));
+    let ps = &args.pod_security;
+    config.pod_security = skiff_apiserver::pod_security::Defaults { enforce: ps.pod_security_enforce, audit: ps.pod_security_audit, warn: ps.pod_security_warn };
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
     tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));

@@ -40,6 +40,11 @@ impl Auditor {
     }
 }
 
+/// Annotations a handler adds to its request's audit event (PodSecurity's audit mode),
+/// carried in the response's extensions.
+#[derive(Clone)]
+pub struct Annotations(pub Vec<(&'static str, String)>);
+
 /// Subresources whose requests last as long as their stream (as kube-apiserver's
 /// long-running check names them).
 const LONG_RUNNING: [&str; 5] = ["log", "exec", "attach", "portforward", "proxy"];
@@ -245,6 +250,9 @@ impl Entry {
     /// `ResponseStarted` now and `ResponseComplete` when its stream ends.
     pub async fn respond(mut self, response: Response) -> Response {
         let code = response.status().as_u16();
+        if let Some(Annotations(added)) = response.extensions().get::<Annotations>() {
+            self.event.annotations.extend(added.iter().cloned());
+        }
         let long_running = self.event.verb == "watch" || self.event.object_ref.as_ref().is_some_and(|o| LONG_RUNNING.contains(&o.subresource.as_str()));
         self.event.response_status = Some(serde_json::json!({"metadata": {}, "code": code}));
         if long_running {

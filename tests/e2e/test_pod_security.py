@@ -1,0 +1,92 @@
+"""PodSecurity admission with real kubectl and the Python client: every namespace is held to
+the baseline Pod Security Standard unless its `pod-security.kubernetes.io/<mode>` labels say
+otherwise; `enforce` refuses, `warn` prints kubectl's warnings (for workloads' templates
+too), `audit` notes violations in the audit log."""
+
+import json
+import os
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from conftest import wait_for
+
+
+def pod(name, spec_extra=None, container_extra=None):
+    container = {"name": "app", "image": "registry.skiff.internal/http-hello:v1", **(container_extra or {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [container], **(spec_extra or {})}}
+
+
+HARDENED = {"securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}}}
+
+
+def apply(cluster, namespace, manifest, check=True):
+    return cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest), check=check)
+
+
+def label(cluster, namespace, *labels):
+    cluster.kubectl("label", "--overwrite", "namespace", namespace, *labels)
+
+
+def test_baseline_is_enforced_by_default(cluster, namespace):
+    p = apply(cluster, namespace, pod("host", {"hostNetwork": True}), check=False)
+    assert p.returncode != 0
+    assert 'pods "host" is forbidden: violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)' in p.stderr, p.stderr
+    p = apply(cluster, namespace, pod("root", container_extra={"securityContext": {"privileged": True, "capabilities": {"add": ["NET_ADMIN"]}}}), check=False)
+    assert 'privileged (container "app" must not set securityContext.privileged=true)' in p.stderr, p.stderr
+    assert 'non-default capabilities (container "app" must not include "NET_ADMIN" in securityContext.capabilities.add)' in p.stderr, p.stderr
+    # An ordinary pod passes without a word.
+    p = apply(cluster, namespace, pod("plain"))
+    assert "Warning" not in p.stderr, p.stderr
+    # The same refusal through the Python client is a 403 Status.
+    with pytest.raises(ApiException) as refused:
+        client.CoreV1Api(cluster.api()).create_namespaced_pod(namespace, pod("host2", {"hostPID": True}))
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["reason"] == "Forbidden"
+
+
+def test_workload_templates_are_warned_of_not_refused(cluster, namespace):
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "mounts"},
+                  "spec": {"selector": {"matchLabels": {"app": "m"}}, "template": {"metadata": {"labels": {"app": "m"}},
+                           "spec": {"containers": [{"name": "app", "image": "x"}], "volumes": [{"name": "h", "hostPath": {"path": "/etc"}}]}}}}
+    p = apply(cluster, namespace, deployment)
+    assert 'Warning: would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")' in p.stderr, p.stderr
+    assert cluster.json("-n", namespace, "get", "deployment", "mounts")["metadata"]["name"] == "mounts"
+
+
+def test_namespace_labels_choose_each_mode(cluster, namespace):
+    label(cluster, namespace, "pod-security.kubernetes.io/enforce=restricted")
+    p = apply(cluster, namespace, pod("plain"), check=False)
+    assert p.returncode != 0
+    assert 'violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "app" must set securityContext.allowPrivilegeEscalation=false)' in p.stderr, p.stderr
+    assert 'runAsNonRoot != true (pod or container "app" must set securityContext.runAsNonRoot=true)' in p.stderr, p.stderr
+    apply(cluster, namespace, pod("hardened", container_extra=HARDENED))
+    # Privileged enforced, restricted warned of: created, with kubectl's warning.
+    label(cluster, namespace, "pod-security.kubernetes.io/enforce=privileged", "pod-security.kubernetes.io/warn=restricted",
+          "pod-security.kubernetes.io/warn-version=v1.32")
+    p = apply(cluster, namespace, pod("host", {"hostNetwork": True}))
+    assert 'Warning: would violate PodSecurity "restricted:v1.32": host namespaces (hostNetwork=true)' in p.stderr, p.stderr
+
+
+def test_bad_labels_are_refused(cluster, namespace):
+    p = cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=strict", check=False)
+    assert p.returncode != 0
+    assert "pod-security.kubernetes.io/enforce" in p.stderr and "must be one of privileged, baseline, restricted" in p.stderr, p.stderr
+
+
+def test_audit_mode_notes_violations_in_the_audit_log(cluster, namespace):
+    apply(cluster, namespace, pod("audited"))
+
+    def annotated():
+        with open(os.path.join(cluster.data_dir, "audit.log")) as f:
+            for line in f.read().split("\n")[:-1]:
+                e = json.loads(line)
+                ref = e.get("objectRef", {})
+                if e["verb"] == "create" and ref.get("namespace") == namespace and ref.get("name") == "audited":
+                    return e["annotations"].get("pod-security.kubernetes.io/audit-violations")
+        return None
+
+    note = wait_for(annotated, 10, "the pod's audit event")
+    assert note.startswith('would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false'), note
