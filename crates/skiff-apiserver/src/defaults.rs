@@ -42,6 +42,13 @@ pub fn apply(kind: &str, object: &mut Value) {
                 default(o, "type", json!("Opaque"));
             }
         }
+        "LimitRange" => {
+            for item in object.pointer_mut("/spec/limits").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(item) = item.as_object_mut() {
+                    crate::limit_ranger::default_item(item);
+                }
+            }
+        }
         "Pod" => {
             if let Some(spec) = at(object, "/spec") {
                 pod_spec(spec);
@@ -189,6 +196,15 @@ fn container(c: &mut Map<String, Value>) {
     default(c, "terminationMessagePath", json!("/dev/termination-log"));
     default(c, "terminationMessagePolicy", json!("File"));
     default(c, "resources", json!({}));
+    // A limit with no request asks for what it limits.
+    if let Some(resources) = c.get_mut("resources").and_then(Value::as_object_mut)
+        && let Some(limits) = resources.get("limits").and_then(Value::as_object).cloned()
+    {
+        let requests = child(resources, "requests");
+        for (k, v) in limits {
+            requests.entry(k).or_insert(v);
+        }
+    }
     let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
     let policy = if image_tag(image).is_none_or(|t| t == "latest") { "Always" } else { "IfNotPresent" };
     default(c, "imagePullPolicy", json!(policy));

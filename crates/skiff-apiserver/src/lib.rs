@@ -13,6 +13,7 @@ pub mod deletion;
 pub mod discovery;
 pub mod error;
 pub mod field_manager;
+pub mod limit_ranger;
 pub mod metrics_api;
 pub mod namespace_lifecycle;
 pub mod objects;

@@ -222,6 +222,7 @@ impl ApiServer {
             let labels = self.namespaces.check(&*self.store, ns).await?;
             if r.group.is_empty() && r.kind == "Pod" {
                 crate::service_accounts::admit_pod(self, ns, &mut object).await?;
+                crate::limit_ranger::admit_pod(self, ns, &name, &mut object).await?;
             }
             let verdict = self.pod_security(r, &labels, &name, &object)?;
             warnings.extend(verdict.warnings);

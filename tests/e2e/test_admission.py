@@ -1,7 +1,9 @@
-"""PodSecurity admission with real kubectl and the Python client: every namespace is held to
-the baseline Pod Security Standard unless its `pod-security.kubernetes.io/<mode>` labels say
-otherwise; `enforce` refuses, `warn` prints kubectl's warnings (for workloads' templates
-too), `audit` notes violations in the audit log."""
+"""Admission with real kubectl and the Python client.
+
+PodSecurity: every namespace is held to the baseline Pod Security Standard unless its
+`pod-security.kubernetes.io/<mode>` labels say otherwise; `enforce` refuses, `warn` prints
+kubectl's warnings (for workloads' templates too), `audit` notes violations in the audit
+log. LimitRanger: a namespace's LimitRanges fill in and bound its pods' resources."""
 
 import json
 import os
@@ -90,3 +92,27 @@ def test_audit_mode_notes_violations_in_the_audit_log(cluster, namespace):
 
     note = wait_for(annotated, 10, "the pod's audit event")
     assert note.startswith('would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false'), note
+
+
+LIMITS = {"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "limits"},
+          "spec": {"limits": [{"type": "Container", "default": {"cpu": "500m", "memory": "128Mi"}, "defaultRequest": {"cpu": "100m"},
+                               "max": {"cpu": "1"}, "min": {"memory": "16Mi"}}]}}
+
+
+def test_limit_ranges_fill_in_and_bound_resources(cluster, namespace):
+    apply(cluster, namespace, LIMITS)
+    # Stored with Kubernetes' defaults: the default request of memory is its default limit.
+    stored = cluster.json("-n", namespace, "get", "limitrange", "limits")["spec"]["limits"][0]
+    assert stored["defaultRequest"] == {"cpu": "100m", "memory": "128Mi"}, stored
+    apply(cluster, namespace, pod("defaulted"))
+    created = cluster.json("-n", namespace, "get", "pod", "defaulted")
+    assert created["spec"]["containers"][0]["resources"] == {"limits": {"cpu": "500m", "memory": "128Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}
+    assert created["metadata"]["annotations"]["kubernetes.io/limit-ranger"] == \
+        "LimitRanger plugin set: cpu, memory request for container app; cpu, memory limit for container app"
+    # A limit alone asks for what it limits (no default request over it).
+    apply(cluster, namespace, pod("limited", container_extra={"resources": {"limits": {"cpu": "800m"}}}))
+    limited = cluster.json("-n", namespace, "get", "pod", "limited")["spec"]["containers"][0]["resources"]
+    assert limited["requests"]["cpu"] == "800m" and limited["limits"]["cpu"] == "800m", limited
+    p = apply(cluster, namespace, pod("greedy", container_extra={"resources": {"limits": {"cpu": "2"}, "requests": {"memory": "8Mi"}}}), check=False)
+    assert p.returncode != 0
+    assert 'pods "greedy" is forbidden: [minimum memory usage per Container is 16Mi, but request is 8Mi, maximum cpu usage per Container is 1, but limit is 2]' in p.stderr, p.stderr
