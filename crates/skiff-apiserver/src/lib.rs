@@ -265,61 +265,43 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
     let user = match user {
         Some(user) => user,
         None if public => return next.run(request).await,
-        None => {
-            let refusal = ApiError::unauthorized();
-            if let Some(entry) = entry {
-                entry.refused(&refusal);
-            }
-            return refusal.into_response();
-        }
+        None => return refuse(entry, ApiError::unauthorized()),
     };
-    if server.config.authorization {
-        let impersonation = authz::Impersonation::of(request.headers());
-        let decided = async {
-            let acting = authz::impersonated(&server, user.clone(), impersonation).await?;
-            let allowed = authz::authorize(&server, &acting, &attributes).await;
-            Ok::<_, ApiError>((acting, allowed))
-        };
-        match decided.await {
-            Ok((acting, allowed)) => {
-                if let Some(entry) = &mut entry {
-                    if acting != user {
-                        entry.impersonating(&acting);
-                    }
-                    entry.authorized(allowed.is_ok());
-                }
-                if let Err(refusal) = allowed {
-                    if let Some(entry) = entry {
-                        entry.refused(&refusal);
-                    }
-                    return refusal.into_response();
-                }
-                request.extensions_mut().insert(acting);
-            }
-            Err(refusal) => {
-                if let Some(entry) = entry {
-                    entry.refused(&refusal);
-                }
-                return refusal.into_response();
-            }
-        }
-    } else {
-        request.extensions_mut().insert(user);
-    }
+    let decided = match server.config.authorization {
+        true => authorize(&server, user, &attributes, authz::Impersonation::of(request.headers()), entry.as_mut()).await,
+        false => Ok(user),
+    };
+    match decided {
+        Ok(acting) => request.extensions_mut().insert(acting),
+        Err(refusal) => return refuse(entry, refusal),
+    };
     let Some(mut entry) = entry else { return next.run(request).await };
-    if entry.level() >= audit::Level::Request {
-        let (parts, body) = request.into_parts();
-        let bytes = match rest::read_body(body, server.config.max_body_bytes).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                entry.refused(&e);
-                return e.into_response();
-            }
-        };
-        entry.request_body(&parts.headers, &bytes);
-        request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match entry.keep_request_body(request, server.config.max_body_bytes).await {
+        Ok(request) => entry.respond(next.run(request).await).await,
+        Err(e) => refuse(Some(entry), e),
     }
-    entry.respond(next.run(request).await).await
+}
+
+/// The user the request acts as (`user`, or whom it impersonates) when that user may make
+/// it; the audit entry notes the decision.
+async fn authorize(server: &ApiServer, user: authz::UserInfo, a: &authz::Attributes, asked: authz::Impersonation, entry: Option<&mut audit::Entry>) -> Result<authz::UserInfo, ApiError> {
+    let acting = authz::impersonated(server, user.clone(), asked).await?;
+    let allowed = authz::authorize(server, &acting, a).await;
+    if let Some(entry) = entry {
+        if acting != user {
+            entry.impersonating(&acting);
+        }
+        entry.authorized(allowed.is_ok());
+    }
+    allowed.map(|()| acting)
+}
+
+/// A request refused before any handler: the error is the answer, and the audit log's.
+fn refuse(entry: Option<audit::Entry>, refusal: ApiError) -> Response {
+    if let Some(entry) = entry {
+        entry.refused(&refusal);
+    }
+    refusal.into_response()
 }
 
 async fn not_found(uri: http::Uri) -> Response {

@@ -68,10 +68,9 @@ pub(crate) fn output(headers: &HeaderMap, params: &Params) -> Output {
 /// A write's answer: the object, its warnings, and (for the audit log) what admission
 /// noted.
 fn respond_written(code: StatusCode, r: &ResourceType, written: Written, out: Output) -> Response {
+    let name = meta::name(&written.object).map(str::to_string);
     let mut response = respond(code, &present_one(r, written.object, out), out, &written.warnings);
-    if !written.audit.is_empty() {
-        response.extensions_mut().insert(crate::audit::Annotations(written.audit));
-    }
+    response.extensions_mut().insert(crate::audit::Noted { name, annotations: written.audit });
     response
 }
 

@@ -67,7 +67,7 @@ fn codec_alone(size: usize, rounds: usize) -> anyhow::Result<Vec<(&'static str, 
 
 pub async fn run(quick: bool, creates: usize, list_size: usize, lists: usize) -> anyhow::Result<Vec<report::Row>> {
     let (creates, list_size, lists) = if quick { (200, 100, 5) } else { (creates, list_size, lists) };
-    let (addr, serving, _dir) = crate::serve_api(true).await?;
+    let (addr, serving, _dir) = crate::serve_api(crate::ApiMode::AS_SERVED).await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build_http();
 
     let mut creates_rows = Vec::new();

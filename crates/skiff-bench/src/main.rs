@@ -419,8 +419,9 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
             }
         }).await?);
 
-        rows.push(api_path(clients, level_creates, true).await.context("API bench")?);
-        rows.push(api_path(clients, level_creates, false).await.context("API bench without authorization")?);
+        rows.push(api_path(clients, level_creates, ApiMode::AS_SERVED).await.context("API bench")?);
+        rows.push(api_path(clients, level_creates, ApiMode { authorization: false, ..ApiMode::AS_SERVED }).await.context("API bench without authorization")?);
+        rows.push(api_path(clients, level_creates, ApiMode { audit: false, ..ApiMode::AS_SERVED }).await.context("API bench without the audit log")?);
     }
     println!("api bench: durable ConfigMap creates ({})", report::machine());
     println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
@@ -432,7 +433,7 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
     // clients up (or the highest level measured, when all are below).
     let headline_from = rows.iter().map(|r| r.clients).max().unwrap_or(0).min(64);
     let mut headlines = Vec::new();
-    for level in rows.chunks(4) {
+    for level in rows.chunks(5) {
         let [etcd, paths @ ..] = level else { continue };
         if etcd.clients < headline_from {
             continue;
@@ -442,21 +443,53 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
         for f in paths {
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, {}", f.clients, f.what), figure(f), reference.clone(), Some(f.rate() / etcd.rate())));
         }
-        if let [_, with, without] = paths {
+        if let [_, with, no_authorization, no_audit] = paths {
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, with authorization against without", with.clients), figure(with),
-                format!("without, same run: {}/s (goal ≥ 0.9×)", report::thousands(without.rate())), Some(with.rate() / without.rate())));
+                format!("without, same run: {}/s (goal ≥ 0.9×)", report::thousands(no_authorization.rate())), Some(with.rate() / no_authorization.rate())));
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, with the audit log against without", with.clients), figure(with),
+                format!("without, same run: {}/s (goal ≥ 0.9×)", report::thousands(no_audit.rate())), Some(with.rate() / no_audit.rate())));
         }
     }
     Ok(headlines)
 }
 
+/// What of the API server's request path runs: all of it as `skiff up` serves it, or
+/// without a part, to measure what it costs.
+#[derive(Clone, Copy)]
+struct ApiMode {
+    /// Impersonation and RBAC.
+    authorization: bool,
+    /// The audit log, with the default policy (every create logged).
+    audit: bool,
+}
+
+impl ApiMode {
+    const AS_SERVED: ApiMode = ApiMode { authorization: true, audit: true };
+
+    fn name(self) -> &'static str {
+        match (self.authorization, self.audit) {
+            (true, true) => "API server (HTTP, JSON)",
+            (false, _) => "API server (HTTP, JSON), no authorization",
+            (true, false) => "API server (HTTP, JSON), no audit log",
+        }
+    }
+}
+
 /// An API server over a fresh store, on plain HTTP on loopback (token `bench-token`): its
-/// address, its task, and the store's directory (removed when dropped). `authorization`
-/// off skips impersonation and RBAC, to measure what they cost.
-async fn serve_api(authorization: bool) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>, tempfile::TempDir)> {
+/// address, its task, and the store's directory (removed when dropped; it holds the
+/// audit log too).
+async fn serve_api(mode: ApiMode) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
-    let config = skiff_apiserver::Config { authorization, ..skiff_apiserver::Config::new("bench-token".into()) };
+    let audit = match mode.audit {
+        true => {
+            use skiff_apiserver::audit::{AuditFile, Auditor, Policy, Rotation};
+            let file = AuditFile::open(&dir.path().join("audit.log"), Rotation { max_bytes: 100 << 20, max_backups: 5 })?;
+            Some(Arc::new(Auditor::new(Policy::default_policy(), file)))
+        }
+        false => None,
+    };
+    let config = skiff_apiserver::Config { authorization: mode.authorization, audit, ..skiff_apiserver::Config::new("bench-token".into()) };
     let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -468,12 +501,11 @@ async fn serve_api(authorization: bool) -> anyhow::Result<(std::net::SocketAddr,
 /// ConfigMap creates through a fresh API server's whole HTTP request path, each client on
 /// its own HTTP/1.1 connection, as separate processes would be. (Multiplexing them all on
 /// one HTTP/2 connection, as the etcd reference's gRPC channel does, measured slower.)
-async fn api_path(clients: usize, creates: usize, authorization: bool) -> anyhow::Result<Figures> {
-    let (addr, serving, _dir) = serve_api(authorization).await?;
+async fn api_path(clients: usize, creates: usize, mode: ApiMode) -> anyhow::Result<Figures> {
+    let (addr, serving, _dir) = serve_api(mode).await?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
     let url = format!("http://{addr}/api/v1/namespaces/default/configmaps");
-    let what = if authorization { "API server (HTTP, JSON)" } else { "API server (HTTP, JSON), no authorization" };
-    let figures = drive(what, clients, creates, move |i| {
+    let figures = drive(mode.name(), clients, creates, move |i| {
         let client = client.clone();
         let url = url.clone();
         async move {

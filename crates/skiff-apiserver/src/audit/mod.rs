@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -40,10 +39,14 @@ impl Auditor {
     }
 }
 
-/// Annotations a handler adds to its request's audit event (PodSecurity's audit mode),
-/// carried in the response's extensions.
-#[derive(Clone)]
-pub struct Annotations(pub Vec<(&'static str, String)>);
+/// What a handler tells its request's audit event, in the response's extensions: the
+/// name of the object it wrote (a create's path names none), and admission's annotations
+/// (PodSecurity's audit mode).
+#[derive(Clone, Default)]
+pub struct Noted {
+    pub name: Option<String>,
+    pub annotations: Vec<(&'static str, String)>,
+}
 
 /// Subresources whose requests last as long as their stream (as kube-apiserver's
 /// long-running check names them).
@@ -122,9 +125,9 @@ struct ObjectRef {
     subresource: String,
 }
 
-/// Kubernetes' MicroTime: RFC 3339 with microseconds.
+/// Kubernetes' MicroTime: RFC 3339 with microseconds, in UTC.
 fn micro_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    format!("{t:.6}")
 }
 
 /// What of a request is known when it arrives, before anything is decided.
@@ -184,7 +187,7 @@ impl Auditor {
             request_received_timestamp: received,
             annotations: BTreeMap::new(),
         };
-        let entry = Entry { auditor: self.clone(), decision, event };
+        let mut entry = Entry { auditor: self.clone(), decision, event };
         entry.write(Stage::RequestReceived);
         Some(entry)
     }
@@ -203,17 +206,13 @@ fn api_version(path: &str) -> String {
 }
 
 impl Entry {
-    pub fn level(&self) -> Level {
-        self.decision.level
-    }
-
-    fn write(&self, stage: Stage) {
+    fn write(&mut self, stage: Stage) {
         if self.decision.omit_stages.contains(&stage) {
             return;
         }
-        // (Only the stage and its time change between a request's events.)
-        let event = Event { stage, stage_timestamp: micro_time(jiff::Timestamp::now()), ..self.event.clone() };
-        match serde_json::to_vec(&event) {
+        self.event.stage = stage;
+        self.event.stage_timestamp = micro_time(jiff::Timestamp::now());
+        match serde_json::to_vec(&self.event) {
             Ok(line) => self.auditor.file.write(line),
             Err(e) => tracing::warn!(error = %e, "encoding an audit event"),
         }
@@ -229,11 +228,18 @@ impl Entry {
         self.event.annotations.insert("authorization.k8s.io/decision", if allowed { "allow" } else { "forbid" }.into());
     }
 
-    /// Keeps the request's body, at `Request` level and above.
-    pub fn request_body(&mut self, headers: &http::HeaderMap, body: &Bytes) {
-        if self.decision.level >= Level::Request && !body.is_empty() {
-            self.event.request_object = crate::rest::parse_body(headers, body).ok().map(|o| self.trimmed(o));
+    /// At `Request` level and above, reads the request's body (up to `limit` bytes) to
+    /// keep it, and gives back the request with it.
+    pub async fn keep_request_body(&mut self, request: axum::extract::Request, limit: usize) -> Result<axum::extract::Request, crate::error::ApiError> {
+        if self.decision.level < Level::Request {
+            return Ok(request);
         }
+        let (parts, body) = request.into_parts();
+        let bytes = crate::rest::read_body(body, limit).await?;
+        if !bytes.is_empty() {
+            self.event.request_object = crate::rest::parse_body(&parts.headers, &bytes).ok().map(|o| self.trimmed(o));
+        }
+        Ok(axum::extract::Request::from_parts(parts, Body::from(bytes)))
     }
 
     fn trimmed(&self, mut object: Value) -> Value {
@@ -250,8 +256,13 @@ impl Entry {
     /// `ResponseStarted` now and `ResponseComplete` when its stream ends.
     pub async fn respond(mut self, response: Response) -> Response {
         let code = response.status().as_u16();
-        if let Some(Annotations(added)) = response.extensions().get::<Annotations>() {
-            self.event.annotations.extend(added.iter().cloned());
+        if let Some(noted) = response.extensions().get::<Noted>() {
+            self.event.annotations.extend(noted.annotations.iter().cloned());
+            if let (Some(name), Some(o)) = (&noted.name, self.event.object_ref.as_mut())
+                && o.name.is_empty()
+            {
+                o.name = name.clone();
+            }
         }
         let long_running = self.event.verb == "watch" || self.event.object_ref.as_ref().is_some_and(|o| LONG_RUNNING.contains(&o.subresource.as_str()));
         self.event.response_status = Some(serde_json::json!({"metadata": {}, "code": code}));
@@ -265,10 +276,8 @@ impl Entry {
             }));
             return Response::from_parts(parts, body);
         }
-        // A body is read only when kept, for a failure's Status (small; it says why), or
-        // for the name a create gave its object (the path does not name it).
-        let creating = self.event.verb == "create" && self.event.object_ref.as_ref().is_some_and(|o| o.name.is_empty());
-        if code < 400 && self.decision.level < Level::RequestResponse && !creating {
+        // A body is read only when kept, or for a failure's Status (small; it says why).
+        if code < 400 && self.decision.level < Level::RequestResponse {
             self.write(Stage::ResponseComplete);
             return response;
         }
@@ -285,12 +294,6 @@ impl Entry {
                 }
             }
             self.event.response_status = Some(s);
-        }
-        if creating
-            && code < 400
-            && let (Some(name), Some(o)) = (object.as_ref().and_then(|o| o.pointer("/metadata/name")).and_then(Value::as_str), self.event.object_ref.as_mut())
-        {
-            o.name = name.to_string();
         }
         if self.decision.level >= Level::RequestResponse {
             self.event.response_object = object.map(|o| self.trimmed(o));
@@ -312,8 +315,25 @@ struct Completion(Option<Entry>);
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(entry) = self.0.take() {
+        if let Some(mut entry) = self.0.take() {
             entry.write(Stage::ResponseComplete);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_kubernetes_micro_times() {
+        let t: jiff::Timestamp = "2026-12-02T13:33:04.9195267Z".parse().unwrap();
+        assert_eq!(super::micro_time(t), "2026-12-02T13:33:04.919526Z");
+        assert_eq!(super::micro_time("2026-12-02T13:33:04Z".parse().unwrap()), "2026-12-02T13:33:04.000000Z");
+    }
+
+    #[test]
+    fn api_versions_are_read_from_the_path() {
+        assert_eq!(super::api_version("/api/v1/namespaces/a/pods"), "v1");
+        assert_eq!(super::api_version("/apis/apps/v1/deployments"), "v1");
+        assert_eq!(super::api_version("/healthz"), "");
     }
 }
