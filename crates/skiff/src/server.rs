@@ -174,7 +174,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_request_bytes;
     let key_path = dir.join("service-account.key");
     config.service_account_key = Some(skiff_apiserver::authz::tokens::SigningKey::load_or_create(&key_path).map_err(anyhow::Error::msg)?);
-    config.audit = Some(Arc::new(args.audit.auditor(&dir)?));
+    let auditor = Arc::new(args.audit.auditor(&dir)?);
+    config.audit = Some(auditor.clone());
     let ps = &args.pod_security;
     config.pod_security = skiff_apiserver::pod_security::Defaults { enforce: ps.pod_security_enforce, audit: ps.pod_security_audit, warn: ps.pod_security_warn };
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
@@ -240,6 +241,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     // Open watches would hold a graceful shutdown for their whole timeout; every
     // acknowledged write is already durable, so give requests a moment and go.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), serving).await;
+    auditor.close();
     if let Some(dir) = agent_dir {
         let _ = tokio::task::spawn_blocking(move || skiff_agent::leave_containers(&dir)).await;
     }

@@ -37,6 +37,11 @@ impl Auditor {
     pub fn new(policy: Policy, file: AuditFile) -> Auditor {
         Auditor { policy, file }
     }
+
+    /// Writes out what is queued, at a clean stop; later events are not written.
+    pub fn close(&self) {
+        self.file.close();
+    }
 }
 
 /// What a handler tells its request's audit event, in the response's extensions: the
