@@ -220,8 +220,9 @@ async fn write_status(shared: Arc<Shared>) {
         };
         // The node's proxy hears first: a connection it holds for this pod's Service
         // need not wait for this write and the EndpointSlice after it.
-        let serving = serving_at.filter(|_| shared.pod.borrow().metadata.deletion_timestamp.is_none());
-        shared.node.config.ready_pods.set(&uid, serving.map(|ip| (shared.pod(), ip)));
+        let pod = shared.pod();
+        let serving = serving_at.filter(|_| pod.metadata.deletion_timestamp.is_none());
+        shared.node.config.ready_pods.set(&uid, serving.map(|ip| (pod.as_ref(), ip)));
         let mut delay = Duration::from_millis(100);
         loop {
             match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status}))).await {

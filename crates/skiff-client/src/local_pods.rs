@@ -3,26 +3,44 @@
 //! node's proxy sends connections held for a Service at zero straight to such a pod
 //! (scale from zero), skipping two writes and two watches on the first request's path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use kube::ResourceExt;
 
 #[derive(Debug, Default)]
 pub struct LocalReadyPods {
-    /// By pod uid: the pod and its address.
-    ready: Mutex<HashMap<String, (Arc<Pod>, IpAddr)>>,
+    /// By pod uid.
+    ready: Mutex<HashMap<String, ReadyPod>>,
     changed: tokio::sync::watch::Sender<()>,
+}
+
+/// What of a ready pod tells which Services it serves, and where: not the pod itself,
+/// which would be one more copy of every running pod.
+#[derive(Debug)]
+struct ReadyPod {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    /// Its containers' declared ports: name, number, protocol.
+    ports: Vec<(Option<String>, i32, Option<String>)>,
+    address: IpAddr,
 }
 
 impl LocalReadyPods {
     /// The pod `uid` is ready at `address`, or (None) is not ready, or gone.
-    pub fn set(&self, uid: &str, ready: Option<(Arc<Pod>, IpAddr)>) {
+    pub fn set(&self, uid: &str, ready: Option<(&Pod, IpAddr)>) {
         let mut all = self.ready.lock().unwrap();
         let changed = match ready {
-            Some(entry) => all.insert(uid.to_string(), entry).is_none(),
+            Some(_) if all.contains_key(uid) => false,
+            Some((pod, address)) => {
+                let ports = pod.spec.iter().flat_map(|s| s.containers.iter().flat_map(|c| c.ports.iter().flatten()));
+                let ports = ports.map(|p| (p.name.clone(), p.container_port, p.protocol.clone())).collect();
+                let entry = ReadyPod { namespace: pod.namespace().unwrap_or_default(), labels: pod.labels().clone(), ports, address };
+                all.insert(uid.to_string(), entry);
+                true
+            }
             None => all.remove(uid).is_some(),
         };
         drop(all);
@@ -42,12 +60,14 @@ impl LocalReadyPods {
         let Some(spec) = service.spec.as_ref() else { return Vec::new() };
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { return Vec::new() };
         let Some(port) = spec.ports.iter().flatten().find(|p| is_port(p)) else { return Vec::new() };
-        let namespace = service.namespace();
+        let namespace = service.namespace().unwrap_or_default();
         let all = self.ready.lock().unwrap();
         all.values()
-            .filter(|(pod, _)| pod.namespace() == namespace && pod.metadata.deletion_timestamp.is_none())
-            .filter(|(pod, _)| selector.iter().all(|(k, v)| pod.labels().get(k) == Some(v)))
-            .filter_map(|(pod, ip)| crate::pods::resolve_target_port(port, pod).map(|p| SocketAddr::new(*ip, p as u16)))
+            .filter(|pod| pod.namespace == namespace && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            .filter_map(|pod| {
+                let declared = pod.ports.iter().map(|(name, number, protocol)| (name.as_deref(), *number, protocol.as_deref()));
+                crate::pods::resolve_target_port_in(port, declared).map(|p| SocketAddr::new(pod.address, p as u16))
+            })
             .collect()
     }
 }
@@ -57,9 +77,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pod(ns: &str, labels: serde_json::Value) -> Arc<Pod> {
-        Arc::new(serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns, "labels": labels},
-            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}})).unwrap())
+    fn pod(ns: &str, labels: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "namespace": ns, "labels": labels},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}})).unwrap()
     }
 
     #[test]
@@ -67,7 +87,7 @@ mod tests {
         let pods = LocalReadyPods::default();
         let mut changes = pods.changes();
         let ip: IpAddr = "10.42.0.7".parse().unwrap();
-        pods.set("u1", Some((pod("shop", json!({"app": "fn", "tier": "web"})), ip)));
+        pods.set("u1", Some((&pod("shop", json!({"app": "fn", "tier": "web"})), ip)));
         assert!(changes.has_changed().unwrap());
         changes.mark_unchanged();
         let service = |ns: &str, selector: serde_json::Value, target: serde_json::Value| -> Service {

@@ -93,12 +93,19 @@ pub fn deletion_rank(pod: &Pod) -> impl Ord {
 /// The pod's port a service port sends to: a number as given, a name looked up among
 /// the pod's container ports (with the same protocol). None when the pod lacks it.
 pub fn resolve_target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<i32> {
+    let declared = pod.spec.as_ref().into_iter().flat_map(|s| s.containers.iter().flat_map(|c| c.ports.iter().flatten()));
+    resolve_target_port_in(port, declared.map(|p| (p.name.as_deref(), p.container_port, p.protocol.as_deref())))
+}
+
+/// [`resolve_target_port`] among declared container ports: (name, number, protocol).
+pub fn resolve_target_port_in<'a>(port: &k8s_openapi::api::core::v1::ServicePort, mut declared: impl Iterator<Item = (Option<&'a str>, i32, Option<&'a str>)>) -> Option<i32> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match &port.target_port {
         None => Some(port.port),
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => Some(*n),
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => {
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => {
             let protocol = port.protocol.as_deref().unwrap_or("TCP");
-            pod.spec.as_ref()?.containers.iter().flat_map(|c| c.ports.iter().flatten()).find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol).map(|p| p.container_port)
+            declared.find(|(n, _, p)| *n == Some(name.as_str()) && p.unwrap_or("TCP") == protocol).map(|(_, number, _)| number)
         }
     }
 }
