@@ -56,6 +56,10 @@ def test_workload_templates_are_warned_of_not_refused(cluster, namespace):
     p = apply(cluster, namespace, deployment)
     assert 'Warning: would violate PodSecurity "baseline:latest": hostPath volumes (volume "h")' in p.stderr, p.stderr
     assert cluster.json("-n", namespace, "get", "deployment", "mounts")["metadata"]["name"] == "mounts"
+    # A change that leaves the template alone is not judged again.
+    for change in (["label", "deployment", "mounts", "tier=web"], ["scale", "deployment", "mounts", "--replicas=2"]):
+        p = cluster.kubectl("-n", namespace, *change)
+        assert "Warning" not in p.stderr, (change, p.stderr)
 
 
 def test_namespace_labels_choose_each_mode(cluster, namespace):

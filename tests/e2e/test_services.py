@@ -135,7 +135,13 @@ def get_host(url, host=None, timeout=5):
 
 
 def ready_addresses(cluster, ns, name):
-    ep = cluster.json("get", "endpoints", "-n", ns, name)
+    """The Service's ready addresses; none while its Endpoints are not written yet (the
+    controller writes them and the EndpointSlices together, a moment after the Service)."""
+    p = cluster.kubectl("get", "endpoints", "-n", ns, name, "-o", "json", check=False)
+    if p.returncode != 0 and "NotFound" in p.stderr:
+        return []
+    assert p.returncode == 0, p.stderr
+    ep = json.loads(p.stdout)
     return sorted(a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or [])
 
 

@@ -356,10 +356,15 @@ impl ApiServer {
         let mut warnings = Vec::new();
         let mut object = normalise(r, object, opts.field_validation, &mut warnings)?;
         validate(r, &object)?;
-        // PodSecurity looks again when what runs changes (a pod's spec, a template).
+        // PodSecurity looks again when what runs changes: a pod's spec, a workload's
+        // template (not its replicas, as in Kubernetes).
         let mut audit = Vec::new();
-        if let Some(ns) = namespace.as_deref().filter(|_| subresource.is_none() && old.get("spec") != object.get("spec"))
-            && (r.kind == "Pod" || pod_security::template_of(r.kind, &object).is_some())
+        fn runs<'a>(kind: &str, o: &'a Value) -> Option<&'a Value> {
+            if kind == "Pod" { o.get("spec") } else { pod_security::template_of(kind, o) }
+        }
+        if let Some(ns) = namespace.as_deref().filter(|_| subresource.is_none())
+            && let Some(running) = runs(r.kind, &object)
+            && runs(r.kind, old) != Some(running)
         {
             let labels = self.namespaces.labels(&*self.store, ns).await?;
             let verdict = self.pod_security(r, &labels, &name, &object)?;
