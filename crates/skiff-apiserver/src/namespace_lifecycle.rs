@@ -39,21 +39,33 @@ struct Known {
 /// A namespace's labels.
 pub type Labels = Arc<Map<String, Value>>;
 
-impl NamespaceLifecycle {
-    /// Records what `namespace` (its stored object) says, unless a later revision is
-    /// already recorded (a slower reader must not undo a deletion). `closed`: it takes no
-    /// new objects whatever the object says (it was just deleted).
-    fn record(&self, namespace: &Value, closed: bool) {
-        let (Some(name), Some(revision)) = (meta::name(namespace), object_revision(namespace)) else { return };
+impl Known {
+    /// What a stored namespace says, and its name; `closed`: it takes no new objects
+    /// whatever the object says (it was just deleted).
+    fn of(namespace: &Value, closed: bool) -> Option<(&str, Known)> {
+        let (name, revision) = (meta::name(namespace)?, object_revision(namespace)?);
         let labels = Arc::new(namespace.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default());
-        let entry = Known { open: !closed && !meta::is_terminating(namespace), revision, labels };
+        Some((name, Known { open: !closed && !meta::is_terminating(namespace), revision, labels }))
+    }
+}
+
+impl NamespaceLifecycle {
+    /// Records `entry` for `name`, unless a later revision is already recorded (a slower
+    /// reader must not undo a deletion).
+    fn record(&self, name: &str, entry: Known) {
         let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
         match known.get_mut(name) {
-            Some(old) if old.revision >= revision => {}
+            Some(old) if old.revision >= entry.revision => {}
             Some(old) => *old = entry,
             None => {
                 known.insert(name.to_string(), entry);
             }
+        }
+    }
+
+    fn record_object(&self, namespace: &Value, closed: bool) {
+        if let Some((name, entry)) = Known::of(namespace, closed) {
+            self.record(name, entry);
         }
     }
 
@@ -81,9 +93,9 @@ impl NamespaceLifecycle {
         let key = resources::find("", "v1", "namespaces").expect("namespaces").key(None, ns);
         match store.get(&key).await {
             Ok(n) => {
-                self.record(&n, false);
-                let labels = Arc::new(n.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default());
-                Ok(Known { open: !meta::is_terminating(&n), revision: object_revision(&n).unwrap_or(0), labels })
+                let (_, entry) = Known::of(&n, false).ok_or_else(|| ApiError::internal(format!("namespace {ns} is stored without a name or revision")))?;
+                self.record(ns, entry.clone());
+                Ok(entry)
             }
             Err(StoreError::NotFound(_)) => Err(ApiError::not_found("namespaces", ns)),
             Err(e) => Err(ApiError::from_store(e, "namespaces", ns)),
@@ -93,12 +105,12 @@ impl NamespaceLifecycle {
     /// Records a namespace this server just created or updated (`object` is what the
     /// store returned: its state at that revision), so label changes count at once.
     pub fn written(&self, object: &Value) {
-        self.record(object, false);
+        self.record_object(object, false);
     }
 
     /// Records a namespace this server just marked for deletion or removed.
     pub fn closed(&self, object: &Value) {
-        self.record(object, true);
+        self.record_object(object, true);
     }
 }
 
