@@ -6,32 +6,59 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service};
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use std::sync::Arc;
 
-/// ConfigMaps and Secrets as the agent's watches last saw them.
+use kube::runtime::reflector::Store;
+
+use crate::referenced::Referenced;
+
+/// ConfigMaps and Secrets as the agent's watches last saw them: those the node's pods
+/// name, each watched while a pod names it ([`Referenced`]).
 #[derive(Clone)]
 pub struct ConfigSources {
-    pub config_maps: Store<ConfigMap>,
-    pub secrets: Store<Secret>,
+    pub config_maps: Arc<Referenced<ConfigMap>>,
+    pub secrets: Arc<Referenced<Secret>>,
     /// For the `*_SERVICE_HOST`/`*_SERVICE_PORT` variables.
     pub services: Store<Service>,
     /// How many ConfigMap and Secret changes the watches have seen: volumes whose pod and
     /// tokens are unchanged need no rewrite while it stays the same.
-    pub changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ConfigSources {
+    /// Watches what a pod the node just took names.
+    pub fn hold(&self, pod: &Pod) {
+        let (namespace, refs) = references(pod);
+        refs.config_maps.iter().for_each(|n| self.config_maps.hold(&namespace, n));
+        refs.secrets.iter().for_each(|n| self.secrets.hold(&namespace, n));
+    }
+
+    /// The pod is gone from the node: what only it named is watched no more.
+    pub fn release(&self, pod: &Pod) {
+        let (namespace, refs) = references(pod);
+        refs.config_maps.iter().for_each(|n| self.config_maps.release(&namespace, n));
+        refs.secrets.iter().for_each(|n| self.secrets.release(&namespace, n));
+    }
+
+    /// Waits until everything the pod names has been listed once (found or not).
+    pub async fn listed_for(&self, pod: &Pod) {
+        let (namespace, refs) = references(pod);
+        let maps = refs.config_maps.iter().map(|n| self.config_maps.listed(&namespace, n));
+        let secrets = refs.secrets.iter().map(|n| self.secrets.listed(&namespace, n));
+        futures::future::join(futures::future::join_all(maps), futures::future::join_all(secrets)).await;
+    }
+
     /// The count of ConfigMap and Secret changes seen so far.
     pub fn changes_seen(&self) -> u64 {
         self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn config_map(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<ConfigMap>> {
-        self.config_maps.get(&ObjectRef::new(name).within(namespace))
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps.get(namespace, name)
     }
 
-    pub fn secret(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<Secret>> {
-        self.secrets.get(&ObjectRef::new(name).within(namespace))
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(namespace, name)
     }
 
     /// The keys of a ConfigMap as bytes (`data` and `binaryData`).
@@ -49,6 +76,12 @@ impl ConfigSources {
         out.extend(s.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
         Some(out)
     }
+}
+
+/// A pod's namespace and the objects it names.
+fn references(pod: &Pod) -> (String, skiff_core::pod_refs::PodReferences) {
+    let refs = serde_json::to_value(pod).map(|p| skiff_core::pod_refs::of(&p)).unwrap_or_default();
+    (pod.namespace().unwrap_or_default(), refs)
 }
 
 /// Why a container's configuration cannot be built (`CreateContainerConfigError`).
@@ -275,12 +308,9 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     fn sources() -> ConfigSources {
-        let (cms, mut w) = store::<ConfigMap>();
         let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"greeting": "hi", "who": "world"}})).unwrap();
-        w.apply_watcher_event(&Event::Apply(cm));
-        let (secrets, _) = store::<Secret>();
         let (services, _) = store::<Service>();
-        ConfigSources { config_maps: cms, secrets, services, changes: Default::default() }
+        ConfigSources { config_maps: Arc::new(Referenced::fixed([cm])), secrets: Arc::new(Referenced::fixed([])), services, changes: Default::default() }
     }
 
     #[test]

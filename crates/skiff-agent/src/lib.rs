@@ -22,6 +22,7 @@ pub mod port_forward_websocket;
 pub mod registries;
 pub mod node;
 pub mod probes;
+pub mod referenced;
 pub mod runtime;
 pub mod server;
 pub mod service_account_tokens;
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -179,6 +180,8 @@ impl Agent {
                 tx.send_replace(Arc::new(pod));
             }
             None => {
+                // What a pod names cannot change once it exists: watched from now on.
+                self.sources.hold(&pod);
                 let (tx, rx) = watch::channel(Arc::new(pod));
                 let worker = tokio::spawn(worker::run(self.clone(), rx));
                 pods.insert(uid, (tx, worker));
@@ -192,6 +195,7 @@ impl Agent {
         let Some((tx, worker)) = self.pods.lock().unwrap().remove(uid) else { return };
         worker.abort();
         let pod = tx.borrow().clone();
+        self.sources.release(&pod);
         self.usage.lock().unwrap().remove(uid);
         if let Some(oci) = self.runtimes.oci.clone() {
             let uid = uid.to_string();
@@ -305,19 +309,14 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let config_maps = skiff_client::SharedInformer::new(Api::<ConfigMap>::all(client.clone()));
-    let secrets = skiff_client::SharedInformer::new(Api::<Secret>::all(client.clone()));
     let services = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::core::v1::Service>::all(client.clone()));
-    let sources = ConfigSources { config_maps: config_maps.store(), secrets: secrets.store(), services: services.store(), changes: Default::default() };
-    let counter = sources.changes.clone();
-    let mut changes = futures::stream::select(config_maps.changes().map(|_| ()), secrets.changes().map(|_| ()));
-    tokio::spawn(async move {
-        while changes.next().await.is_some() {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    tokio::spawn(config_maps.run());
-    tokio::spawn(secrets.run());
+    let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sources = ConfigSources {
+        config_maps: Arc::new(referenced::Referenced::new(client.clone(), changes.clone())),
+        secrets: Arc::new(referenced::Referenced::new(client.clone(), changes.clone())),
+        services: services.store(),
+        changes,
+    };
     tokio::spawn(services.run());
     let runtime_classes = skiff_client::SharedInformer::new(Api::<k8s_openapi::api::node::v1::RuntimeClass>::all(client.clone()));
     let runtime_classes_store = runtime_classes.store();
@@ -356,8 +355,6 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(network::route_other_nodes(client.clone(), registration.name.clone()));
     }
     let _ = tokio::join!(
-        agent.sources.config_maps.wait_until_ready(),
-        agent.sources.secrets.wait_until_ready(),
         agent.sources.services.wait_until_ready(),
         agent.runtime_classes.wait_until_ready()
     );

@@ -275,6 +275,7 @@ async fn run_pod(shared: Arc<Shared>) {
         }
     };
     shared.update(|s| s.pod_ip = ip);
+    node.sources.listed_for(&pod).await;
     let volumes = loop {
         let facts = node.facts(&pod);
         match volumes::prepare(&node.client, &node.volumes, &facts, &node.sources, &node.tokens).await {

@@ -81,8 +81,9 @@ impl ApiServer {
             };
             match result {
                 Ok(o) => {
-                    if r.kind == "Namespace" {
-                        self.namespaces.closed(&o);
+                    match r.kind {
+                        "Namespace" => self.namespaces.closed(&o),
+                        _ => self.written(r, &o),
                     }
                     return Ok(o);
                 }

@@ -98,13 +98,14 @@ pub struct ApiServer {
     /// Service creates and updates allocate addresses one at a time.
     service_lock: tokio::sync::Mutex<()>,
     pub namespaces: namespace_lifecycle::NamespaceLifecycle,
+    pub rbac: authz::rbac::RbacCache,
     /// Node and pod usage for `metrics.k8s.io`, kept by [`metrics_api::collect`].
     pub metrics: metrics_api::ResourceMetrics,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), metrics: Default::default() })
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), metrics: Default::default() })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
@@ -254,9 +255,10 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
     // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
     let attributes = authz::Attributes::of(request.method(), path, request.uri().query());
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
-    let user = match presented {
-        Some(t) => authz::authenticate_bearer(&server, &t, &[authz::tokens::ISSUER]).await,
-        None => None,
+    let user = match (request.extensions().get::<authz::InProcess>(), presented) {
+        (Some(authz::InProcess(user)), _) => Some(user.clone()),
+        (None, Some(t)) => authz::authenticate_bearer(&server, &t, &[authz::tokens::ISSUER]).await,
+        (None, None) => None,
     };
     let mut entry = match (&server.config.audit, arrival) {
         (Some(auditor), Some(arrival)) => auditor.begin(arrival, user.as_ref(), &attributes),
@@ -309,21 +311,22 @@ async fn not_found(uri: http::Uri) -> Response {
 }
 
 /// The HTTP router of the whole API.
-/// A kube-rs client whose requests go straight into `router`, authenticated with
-/// `token`: how the scheduler, controllers and benchmarks in the same process reach the
-/// API (no socket, no TLS, the same request path as any client). `component` is its
-/// User-Agent, the field manager its writes are recorded for.
-pub fn in_process_client(router: Router, token: &str, component: &'static str) -> Result<kube::Client, http::header::InvalidHeaderValue> {
-    let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+/// A kube-rs client whose requests go straight into `router` as `user`: how the
+/// scheduler, controllers, proxy and agent in the same process reach the API, each with
+/// its own identity (no socket, no TLS, no credential to keep, the same request path and
+/// authorization as any client). `component` is its User-Agent, the field manager its
+/// writes are recorded for.
+pub fn in_process_client(router: Router, user: authz::UserInfo, component: &'static str) -> kube::Client {
+    let user = authz::InProcess(user);
     let agent = http::HeaderValue::from_static(component);
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut req: http::Request<kube::client::Body>| {
-            req.headers_mut().insert(header::AUTHORIZATION, auth.clone());
+            req.extensions_mut().insert(user.clone());
             req.headers_mut().insert(header::USER_AGENT, agent.clone());
             req
         })
         .service(router);
-    Ok(kube::Client::new(service, "default"))
+    kube::Client::new(service, "default")
 }
 
 pub fn router(server: Arc<ApiServer>) -> Router {

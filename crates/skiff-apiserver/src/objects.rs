@@ -252,10 +252,17 @@ impl ApiServer {
             attempt
         };
         let stored = stored.map_err(store_err(r, &name))?;
-        if r.kind == "Namespace" {
-            self.namespaces.written(&stored);
-        }
+        self.written(r, &stored);
         Ok(Written { object: convert::from_storage(r, stored), warnings, audit })
+    }
+
+    /// Tells the server's caches of a write they follow, before it is answered.
+    pub(crate) fn written(&self, r: &ResourceType, stored: &Value) {
+        match r.group {
+            "" if r.kind == "Namespace" => self.namespaces.written(stored),
+            "rbac.authorization.k8s.io" => self.rbac.changed(),
+            _ => {}
+        }
     }
 
     /// PodSecurity admission of a pod, or of a workload's pod template, in a namespace
@@ -391,6 +398,7 @@ impl ApiServer {
         // The last finalizer gone from a terminating object completes its deletion.
         if meta::is_terminating(&object) && strategy::of(r.kind).finalizers(&object).is_empty() {
             let deleted = self.store.delete(&key, Some(expected.unwrap_or_else(|| object_revision(old).unwrap_or(0)))).await.map_err(store_err(r, &name))?;
+            self.written(r, &deleted);
             return Ok(Written { object: convert::from_storage(r, deleted), warnings, audit });
         }
         let stored = if strategy::of(r.kind).allocates_addresses() {
@@ -401,9 +409,7 @@ impl ApiServer {
             self.store.update(&key, object, expected).await
         };
         let stored = stored.map_err(store_err(r, &name))?;
-        if r.kind == "Namespace" {
-            self.namespaces.written(&stored);
-        }
+        self.written(r, &stored);
         Ok(Written { object: convert::from_storage(r, stored), warnings, audit })
     }
 }

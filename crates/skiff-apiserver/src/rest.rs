@@ -224,13 +224,14 @@ pub async fn handle(State(server): State<Arc<ApiServer>>, request: axum::extract
     } else {
         None
     };
-    match dispatch(server, parts.method, parts.uri, parts.headers, body, websocket).await {
+    let user = parts.extensions.remove::<crate::authz::UserInfo>().unwrap_or_default();
+    match dispatch(server, parts.method, parts.uri, parts.headers, body, websocket, &user).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: HeaderMap, body: Body, websocket: Option<WebSocketUpgrade>) -> ApiResult<Response> {
+async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: HeaderMap, body: Body, websocket: Option<WebSocketUpgrade>, user: &crate::authz::UserInfo) -> ApiResult<Response> {
     let target = request::parse(uri.path())?;
     let params: Params = Query::try_from_uri(&uri).map(|Query(p)| p).map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     let limit = server.config.max_body_bytes;
@@ -251,6 +252,7 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
+            crate::authz::node::admit_create(user, r.kind, &object)?;
             let written = server.create_object(r, target.namespace.as_deref(), object, write_options(&params, &headers)?).await?;
             Ok(respond_written(StatusCode::CREATED, r, written, out))
         }

@@ -54,7 +54,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     let certs = skiff_apiserver::tls::load_or_create(dir, &["127.0.0.1".into()])?;
     let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), TOKEN, "skiff-bench")?;
+    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), skiff_apiserver::authz::UserInfo::admin(), "skiff-bench");
     tokio::spawn(skiff_scheduler::run(client.clone(), std::future::pending()));
     // The controllers give the node its pod range: a /16, room for the biggest density run.
     let ranges = skiff_controllers::node_ipam::PodRanges::new("10.240.0.0/12".parse().map_err(anyhow::Error::msg)?, 16).map_err(anyhow::Error::msg)?;

@@ -21,6 +21,9 @@ use skiff_store::{RedbStore, Store, StoreOptions};
 
 struct Cluster {
     client: kube::Client,
+    /// The scheduler's and controllers' own identities, as `skiff up` runs them.
+    scheduler: kube::Client,
+    controllers: kube::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -29,7 +32,11 @@ async fn cluster(nodes: usize) -> anyhow::Result<Cluster> {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("db"), StoreOptions::default())?);
     let server = skiff_apiserver::ApiServer::new(store, skiff_apiserver::Config::new("bench-token".into()));
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), "bench-token", "skiff-bench")?;
+    let router = skiff_apiserver::router(server);
+    let as_user = |user, component| skiff_apiserver::in_process_client(router.clone(), user, component);
+    use skiff_apiserver::authz::UserInfo;
+    let (client, scheduler, controllers) =
+        (as_user(UserInfo::admin(), "skiff-bench"), as_user(UserInfo::scheduler(), "skiff-scheduler"), as_user(UserInfo::controllers(), "skiff-controllers"));
     let config = HollowConfig { prefix: "sim".into(), count: nodes, cpu: "32".into(), memory: "128Gi".into(), pods: 250, ..Default::default() };
     let config = &config;
     futures::stream::iter(0..nodes)
@@ -42,7 +49,7 @@ async fn cluster(nodes: usize) -> anyhow::Result<Cluster> {
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Cluster { client, _dir: dir })
+    Ok(Cluster { client, scheduler, controllers, _dir: dir })
 }
 
 fn pod_spec() -> serde_json::Value {
@@ -89,7 +96,7 @@ async fn throughput(nodes: usize, pods: usize) -> anyhow::Result<(f64, Duration)
         .collect::<Result<Vec<_>, _>>()?;
     let watching = tokio::spawn(watch_bound(c.client.clone(), pods, None));
     let start = Instant::now();
-    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone(), std::future::pending()));
+    let scheduler = tokio::spawn(skiff_scheduler::run(c.scheduler.clone(), std::future::pending()));
     let bound = watching.await?;
     let elapsed = bound.values().max().map(|t| t.duration_since(start)).unwrap_or_default();
     scheduler.abort();
@@ -104,8 +111,8 @@ fn replica_set(name: &str, replicas: usize) -> anyhow::Result<ReplicaSet> {
 
 async fn scale_up(nodes: usize, replicas: usize) -> anyhow::Result<(Duration, Duration, Duration)> {
     let c = cluster(nodes).await?;
-    let scheduler = tokio::spawn(skiff_scheduler::run(c.client.clone(), std::future::pending()));
-    let controllers = tokio::spawn(skiff_controllers::run(c.client.clone(), skiff_controllers::Options::default(), std::future::pending()));
+    let scheduler = tokio::spawn(skiff_scheduler::run(c.scheduler.clone(), std::future::pending()));
+    let controllers = tokio::spawn(skiff_controllers::run(c.controllers.clone(), skiff_controllers::Options::default(), std::future::pending()));
     let api = Api::<ReplicaSet>::namespaced(c.client.clone(), "default");
     // The clock starts once a ReplicaSet of one has its pod bound (the controllers and the
     // scheduler have listed everything and are at work; a fixed pause alone would measure

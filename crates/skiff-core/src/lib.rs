@@ -10,6 +10,7 @@ pub mod fields;
 pub mod labels;
 pub mod meta;
 pub mod names;
+pub mod pod_refs;
 pub mod quantity;
 pub mod request_counts;
 pub mod resources;

@@ -180,6 +180,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     config.pod_security = skiff_apiserver::pod_security::Defaults { enforce: ps.pod_security_enforce, audit: ps.pod_security_audit, warn: ps.pod_security_warn };
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
+    tokio::spawn(skiff_apiserver::authz::rbac::follow(api.clone()));
     tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -200,17 +201,19 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let registry = crate::registry::start(&dir, &token)?;
     let router = skiff_apiserver::router(api).merge(skiff_registry::router(registry));
-    // The scheduler and controllers are API clients like any other, wired straight to the
-    // router: no socket, no TLS, same request path.
-    let client = |component| skiff_apiserver::in_process_client(router.clone(), &token, component);
+    // The scheduler, controllers, proxy and agent are API clients like any other, wired
+    // straight to the router (no socket, no TLS, same request path), each as its own user
+    // with only its own role's rights.
+    use skiff_apiserver::authz::{UserInfo, node::node_user};
+    let client = |user, component| skiff_apiserver::in_process_client(router.clone(), user, component);
     let stop = crate::Stop::new();
-    let scheduler = tokio::spawn(skiff_scheduler::run(client("skiff-scheduler")?, stop.wait()));
+    let scheduler = tokio::spawn(skiff_scheduler::run(client(UserInfo::scheduler(), "skiff-scheduler"), stop.wait()));
     let options = skiff_controllers::Options {
         node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
         pod_ranges: Some(pod_ranges),
         root_ca: Some(certs.ca_pem.clone()),
     };
-    let controllers = tokio::spawn(skiff_controllers::run(client("skiff-controllers")?, options, stop.wait()));
+    let controllers = tokio::spawn(skiff_controllers::run(client(UserInfo::controllers(), "skiff-controllers"), options, stop.wait()));
     let mut loops = vec![scheduler, controllers];
     let mut agent_dir = None;
     if whole_cluster {
@@ -218,8 +221,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
         let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca], &token);
         let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
-        loops.push(crate::agent::spawn_proxy(client("skiff-proxy")?, &args.node, &config, args.service_cidr, stop.clone()));
-        let client = client("skiff-agent")?;
+        loops.push(crate::agent::spawn_proxy(client(UserInfo::proxy(), "skiff-proxy"), &args.node, &config, args.service_cidr, stop.clone()));
+        let client = client(node_user(&config.node_name), "skiff-agent");
         agent_dir = Some(config.data_dir.clone());
         tokio::spawn(async move {
             if let Err(e) = skiff_agent::run(client, config).await {

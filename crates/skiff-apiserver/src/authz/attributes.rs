@@ -71,6 +71,9 @@ impl Attributes {
             _ => "",
         }
         .to_string();
+        if matches!(a.verb.as_str(), "list" | "watch") {
+            a.name = query.and_then(selected_name).unwrap_or_default();
+        }
         a
     }
 
@@ -91,6 +94,18 @@ impl Attributes {
         let subject = if self.name.is_empty() { qualified } else { format!("{qualified} {:?}", self.name) };
         format!("{subject} is forbidden: {what}{scope}")
     }
+}
+
+/// The one name a list or watch selects with `fieldSelector=metadata.name=NAME` (as
+/// kubelet watches each Secret it uses): its request is for that object, as
+/// kube-apiserver's RequestInfo reads it, so a rule with resourceNames or the Node
+/// authorizer can allow it.
+fn selected_name(query: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("fieldSelector="))?;
+    let raw = raw.replace('+', " ");
+    let selector = percent_encoding::percent_decode_str(&raw).decode_utf8().ok()?;
+    let value = selector.strip_prefix("metadata.name==").or_else(|| selector.strip_prefix("metadata.name="))?;
+    (!value.is_empty() && !value.contains([',', '=', '!'])).then(|| value.to_string())
 }
 
 #[cfg(test)]
@@ -118,6 +133,10 @@ mod tests {
         assert_eq!(of(Method::GET, "/api/v1/nodes", None).namespace, "");
         // exec over WebSocket arrives as GET and is a create.
         assert_eq!(of(Method::GET, "/api/v1/namespaces/shop/pods/web/exec", Some("command=ls")).verb, "create");
+        // A list or watch of one object by name is a request for that object.
+        let a = of(Method::GET, "/api/v1/namespaces/shop/secrets", Some("fieldSelector=metadata.name%3Dtls&watch=true"));
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", "tls"));
+        assert_eq!(of(Method::GET, "/api/v1/namespaces/shop/secrets", Some("fieldSelector=metadata.name%3Dtls%2Ctype%3Dx")).name, "");
         let a = of(Method::GET, "/apis/apps/v1", None);
         assert!(!a.resource_request && a.verb == "get" && a.path == "/apis/apps/v1");
     }

@@ -5,6 +5,11 @@
 //! `system:discovery` and `system:public-info-viewer`, bound to every authenticated user,
 //! and `system:service-account-issuer-discovery` (the OIDC documents), bound to every
 //! ServiceAccount.
+//! The control plane's parts have their own: `system:kube-scheduler`,
+//! `system:kube-controller-manager` (one identity for every controller, where
+//! kube-controller-manager can give each its own ServiceAccount) and `system:node-proxier`
+//! with `system:skiff:ingress` for the node proxy (Services, and the ingress and
+//! scale-from-zero activator it also runs). Nodes are the Node authorizer's ([`super::node`]).
 //! Created when missing; a role a user changed is left as it is.
 
 use serde_json::{Value, json};
@@ -14,6 +19,14 @@ use crate::error::ApiError;
 use crate::objects::WriteOptions;
 
 const READ: &[&str] = &["get", "list", "watch"];
+const RECORD: &[&str] = &["create", "patch", "update"];
+
+/// The scheduler's user.
+pub const SCHEDULER: &str = "system:kube-scheduler";
+/// The controllers' user.
+pub const CONTROLLERS: &str = "system:kube-controller-manager";
+/// The node proxy's user.
+pub const PROXY: &str = "system:kube-proxy";
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
@@ -44,7 +57,14 @@ fn aggregate_to(to: &[&str]) -> Value {
 }
 
 fn binding(name: &str, role: &str, groups: &[&str]) -> Value {
-    let subjects: Vec<Value> = groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect();
+    subjects_binding(name, role, groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect())
+}
+
+fn user_binding(name: &str, role: &str, user: &str) -> Value {
+    subjects_binding(name, role, vec![json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user})])
+}
+
+fn subjects_binding(name: &str, role: &str, subjects: Vec<Value>) -> Value {
     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
            "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}, "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": subjects})
@@ -102,6 +122,55 @@ pub fn cluster_roles() -> Vec<Value> {
         ]),
         cluster_role("system:public-info-viewer", json!({}), vec![paths(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
         cluster_role("system:service-account-issuer-discovery", json!({}), vec![paths(&["/.well-known/openid-configuration", "/openid/v1/jwks"], &["get"])]),
+        cluster_role(SCHEDULER, json!({}), scheduler()),
+        cluster_role(CONTROLLERS, json!({}), controllers()),
+        cluster_role("system:node-proxier", json!({}), vec![
+            rule(&[""], &["services", "endpoints"], &["list", "watch"]),
+            rule(&[""], &["nodes"], READ),
+            rule(&["discovery.k8s.io"], &["endpointslices"], &["list", "watch"]),
+            rule(&["", "events.k8s.io"], &["events"], RECORD),
+        ]),
+        cluster_role("system:skiff:ingress", json!({}), vec![
+            rule(&["networking.k8s.io"], &["ingresses", "ingressclasses"], READ),
+            rule(&["networking.k8s.io"], &["ingresses/status"], &["patch", "update"]),
+            // TLS certificates of Ingresses: any node may serve any Ingress's host.
+            rule(&[""], &["secrets"], READ),
+            // The activator wakes a workload scaled to zero by its autoscaler.
+            rule(&["autoscaling"], &["horizontalpodautoscalers"], READ),
+            rule(&["apps"], &["deployments", "statefulsets", "replicasets"], &["get"]),
+            rule(&["apps"], &["deployments/scale", "statefulsets/scale", "replicasets/scale"], &["get", "patch", "update"]),
+        ]),
+    ]
+}
+
+/// What the scheduler reads and writes, as Kubernetes' `system:kube-scheduler` role.
+fn scheduler() -> Vec<Value> {
+    vec![
+        rule(&["", "events.k8s.io"], &["events"], RECORD),
+        rule(&[""], &["pods"], READ),
+        rule(&[""], &["bindings", "pods/binding"], &["create"]),
+        rule(&[""], &["pods/status"], &["patch", "update"]),
+        rule(&[""], &["nodes", "namespaces", "services", "persistentvolumeclaims", "persistentvolumes", "replicationcontrollers"], READ),
+        rule(&["apps"], &["replicasets", "statefulsets"], READ),
+        rule(&["node.k8s.io"], &["runtimeclasses"], READ),
+        rule(&["coordination.k8s.io"], &["leases"], &["create", "get", "update"]),
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
+    ]
+}
+
+/// What the controllers read and write. The garbage collector and the namespace
+/// controller delete, and take finalizers off, any kind; the others create only what
+/// they own.
+fn controllers() -> Vec<Value> {
+    vec![
+        rule(&["*"], &["*"], &["get", "list", "watch", "update", "patch", "delete", "deletecollection"]),
+        rule(&[""], &["pods", "pods/eviction", "events", "endpoints", "serviceaccounts", "configmaps", "persistentvolumeclaims"], &["create"]),
+        rule(&["events.k8s.io"], &["events"], &["create"]),
+        rule(&["apps"], &["replicasets", "controllerrevisions"], &["create"]),
+        rule(&["batch"], &["jobs"], &["create"]),
+        rule(&["discovery.k8s.io"], &["endpointslices"], &["create"]),
+        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
     ]
 }
 
@@ -113,6 +182,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("system:discovery", "system:discovery", &[super::AUTHENTICATED]),
         binding("system:public-info-viewer", "system:public-info-viewer", &[super::AUTHENTICATED, "system:unauthenticated"]),
         binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
+        user_binding(SCHEDULER, SCHEDULER, SCHEDULER),
+        user_binding(CONTROLLERS, CONTROLLERS, CONTROLLERS),
+        user_binding("system:node-proxier", "system:node-proxier", PROXY),
+        user_binding("system:skiff:ingress", "system:skiff:ingress", PROXY),
     ]
 }
 

@@ -9,6 +9,7 @@
 pub mod attributes;
 pub mod bootstrap;
 pub mod identity;
+pub mod node;
 pub mod rbac;
 pub mod reviews;
 pub mod tokens;
@@ -47,7 +48,31 @@ impl UserInfo {
     pub fn admin() -> UserInfo {
         UserInfo { name: ADMIN.into(), groups: vec![MASTERS.into(), AUTHENTICATED.into()], ..Default::default() }
     }
+
+    /// A user in no group but `system:authenticated`: what the control plane's parts are,
+    /// each granted its role by [`bootstrap`].
+    fn component(name: &str) -> UserInfo {
+        UserInfo { name: name.into(), groups: vec![AUTHENTICATED.into()], ..Default::default() }
+    }
+
+    pub fn scheduler() -> UserInfo {
+        Self::component(bootstrap::SCHEDULER)
+    }
+
+    pub fn controllers() -> UserInfo {
+        Self::component(bootstrap::CONTROLLERS)
+    }
+
+    pub fn proxy() -> UserInfo {
+        Self::component(bootstrap::PROXY)
+    }
 }
+
+/// The user of a request made in this process (the scheduler, controllers, proxy and
+/// node agent of `skiff up`), put on the request by [`crate::in_process_client`]: a request
+/// extension, which nothing arriving over the network can carry.
+#[derive(Debug, Clone)]
+pub struct InProcess(pub UserInfo);
 
 /// A ServiceAccount's user name.
 pub fn service_account_user(namespace: &str, name: &str) -> String {
@@ -134,12 +159,20 @@ fn impersonate(group: &str, resource: &str, namespace: &str, name: &str) -> Attr
     Attributes { verb: "impersonate".into(), resource_request: true, api_group: group.into(), resource: resource.into(), namespace: namespace.into(), name: name.into(), ..Default::default() }
 }
 
-/// Refuses a request its user may not make, with Kubernetes' message.
+/// Refuses a request its user may not make, with Kubernetes' message: the Node authorizer
+/// decides a node's requests it governs, RBAC the rest.
 pub async fn authorize(server: &ApiServer, user: &UserInfo, a: &Attributes) -> ApiResult<()> {
-    if rbac::allows(server, user, a).await? {
-        return Ok(());
+    let why = match node::decide(server, user, a).await? {
+        node::Decision::Allow => return Ok(()),
+        node::Decision::Deny(why) => Some(why),
+        node::Decision::NoOpinion if rbac::allows(server, user, a).await? => return Ok(()),
+        node::Decision::NoOpinion => None,
+    };
+    let mut message = a.forbidden_message(&user.name);
+    if let Some(why) = why {
+        message = format!("{message}: {why}");
     }
-    let mut refusal = ApiError::forbidden(a.forbidden_message(&user.name));
+    let mut refusal = ApiError::forbidden(message);
     if a.resource_request {
         refusal.details = Some(serde_json::json!({"name": a.name, "group": a.api_group, "kind": a.resource}));
     }

@@ -8,7 +8,12 @@
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
 use serde::de::DeserializeOwned;
-use skiff_core::LabelSelector;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use skiff_core::{LabelSelector, meta};
 use skiff_store::ListOptions;
 
 use super::{Attributes, UserInfo};
@@ -46,37 +51,138 @@ fn names(subject: &Subject, user: &UserInfo, binding_namespace: &str) -> bool {
     }
 }
 
-async fn list<T: DeserializeOwned>(server: &ApiServer, plural: &str, namespace: Option<&str>) -> ApiResult<Vec<T>> {
+/// Every RBAC object, as the store held them at one generation of [`RbacCache`], and the
+/// rules already worked out from them per user and namespace.
+struct Snapshot {
+    generation: u64,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
+    /// Per namespace.
+    roles: HashMap<String, Vec<Role>>,
+    bindings: HashMap<String, Vec<RoleBinding>>,
+    /// Per (user, groups, namespace): the rules that apply.
+    resolved: Mutex<HashMap<(String, Vec<String>, String), Arc<Vec<PolicyRule>>>>,
+}
+
+/// Users × namespaces worked out before the memo starts again (a bound on its memory).
+const RESOLVED_LIMIT: usize = 10_000;
+
+/// RBAC objects read once per change instead of on every request: listing and decoding
+/// every role and binding cost each request of a user outside `system:masters` more
+/// than the request itself, and the scheduler, controllers and agents are such users.
+/// Every write of an RBAC object through this server moves the generation before it is
+/// answered, so a binding is in force the moment its create returns; [`follow`] moves
+/// it for writes through other servers sharing the store (etcd).
+#[derive(Default)]
+pub struct RbacCache {
+    generation: AtomicU64,
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+}
+
+impl RbacCache {
+    /// Notes that an RBAC object changed.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn current(&self, server: &ApiServer) -> ApiResult<Arc<Snapshot>> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some(s) = self.snapshot.read().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|s| s.generation == generation) {
+            return Ok(s.clone());
+        }
+        // Read after taking the generation: a change during the read moves it again, and
+        // the next request reads anew.
+        let by_namespace = |items: Vec<Value>| {
+            let mut map: HashMap<String, Vec<Value>> = HashMap::new();
+            for o in items {
+                map.entry(meta::namespace(&o).unwrap_or_default().to_string()).or_default().push(o);
+            }
+            map
+        };
+        let snapshot = Arc::new(Snapshot {
+            generation,
+            cluster_roles: decode(list(server, "clusterroles").await?),
+            cluster_bindings: decode(list(server, "clusterrolebindings").await?),
+            roles: by_namespace(list(server, "roles").await?).into_iter().map(|(ns, items)| (ns, decode(items))).collect(),
+            bindings: by_namespace(list(server, "rolebindings").await?).into_iter().map(|(ns, items)| (ns, decode(items))).collect(),
+            resolved: Default::default(),
+        });
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+/// Moves the cache's generation on every RBAC change in the store, whoever made it.
+pub async fn follow(server: Arc<ApiServer>) {
+    loop {
+        let mut watch = match server.store.watch(PREFIX, Some(server.store.current_revision())) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow RBAC changes; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Whatever changed while no watch was open is read anew.
+        server.rbac.changed();
+        while let Some(Ok(_)) = watch.next().await {
+            server.rbac.changed();
+        }
+    }
+}
+
+/// Where the store keeps RBAC objects.
+const PREFIX: &str = "/rbac.authorization.k8s.io/";
+
+async fn list(server: &ApiServer, plural: &str) -> ApiResult<Vec<Value>> {
     let r = skiff_core::resources::find("rbac.authorization.k8s.io", "v1", plural).expect("RBAC kinds are served");
-    let items = server.store.list(&r.list_prefix(namespace), &ListOptions::default()).await.map_err(|e| ApiError::from_store(e, plural, ""))?.items;
-    // An object the store holds was validated on its way in.
-    Ok(items.into_iter().filter_map(|o| serde_json::from_value(o).ok()).collect())
+    Ok(server.store.list(&r.list_prefix(None), &ListOptions::default()).await.map_err(|e| ApiError::from_store(e, plural, ""))?.items)
+}
+
+/// An object the store holds was validated on its way in.
+fn decode<T: DeserializeOwned>(items: Vec<Value>) -> Vec<T> {
+    items.into_iter().filter_map(|o| serde_json::from_value(o).ok()).collect()
 }
 
 /// The rules that apply to `user` in `namespace` (cluster-wide only, when empty).
-pub async fn rules_for(server: &ApiServer, user: &UserInfo, namespace: &str) -> ApiResult<Vec<PolicyRule>> {
-    let cluster_roles: Vec<ClusterRole> = list(server, "clusterroles", None).await?;
-    let cluster_role = |name: &str| cluster_role_rules(&cluster_roles, name, &mut Vec::new());
+pub async fn rules_for(server: &ApiServer, user: &UserInfo, namespace: &str) -> ApiResult<Arc<Vec<PolicyRule>>> {
+    let snapshot = server.rbac.current(server).await?;
+    let key = (user.name.clone(), user.groups.clone(), namespace.to_string());
+    if let Some(rules) = snapshot.resolved.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(rules.clone());
+    }
+    let rules = Arc::new(resolve(&snapshot, user, namespace));
+    let mut resolved = snapshot.resolved.lock().unwrap_or_else(|e| e.into_inner());
+    if resolved.len() >= RESOLVED_LIMIT {
+        resolved.clear();
+    }
+    resolved.insert(key, rules.clone());
+    Ok(rules)
+}
+
+fn resolve(s: &Snapshot, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
+    let cluster_role = |name: &str| cluster_role_rules(&s.cluster_roles, name, &mut Vec::new());
     let mut rules = Vec::new();
-    for binding in list::<ClusterRoleBinding>(server, "clusterrolebindings", None).await? {
+    for binding in &s.cluster_bindings {
         if binding.subjects.iter().flatten().any(|s| names(s, user, "")) && binding.role_ref.kind == "ClusterRole" {
             rules.extend(cluster_role(&binding.role_ref.name));
         }
     }
-    if !namespace.is_empty() {
-        let roles: Vec<Role> = list(server, "roles", Some(namespace)).await?;
-        for binding in list::<RoleBinding>(server, "rolebindings", Some(namespace)).await? {
-            if !binding.subjects.iter().flatten().any(|s| names(s, user, namespace)) {
-                continue;
-            }
-            match binding.role_ref.kind.as_str() {
-                "ClusterRole" => rules.extend(cluster_role(&binding.role_ref.name)),
-                "Role" => rules.extend(roles.iter().filter(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str())).flat_map(|r| r.rules.clone().unwrap_or_default())),
-                _ => {}
-            }
+    if namespace.is_empty() {
+        return rules;
+    }
+    let roles = s.roles.get(namespace).map(Vec::as_slice).unwrap_or_default();
+    for binding in s.bindings.get(namespace).into_iter().flatten() {
+        if !binding.subjects.iter().flatten().any(|s| names(s, user, namespace)) {
+            continue;
+        }
+        match binding.role_ref.kind.as_str() {
+            "ClusterRole" => rules.extend(cluster_role(&binding.role_ref.name)),
+            "Role" => rules.extend(roles.iter().filter(|r| r.metadata.name.as_deref() == Some(binding.role_ref.name.as_str())).flat_map(|r| r.rules.clone().unwrap_or_default())),
+            _ => {}
         }
     }
-    Ok(rules)
+    rules
 }
 
 /// A ClusterRole's rules; an aggregated one's are those of the ClusterRoles its selectors

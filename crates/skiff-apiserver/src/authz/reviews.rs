@@ -105,7 +105,7 @@ fn subject(spec: &Value) -> UserInfo {
 async fn rules(server: &ApiServer, user: &UserInfo, namespace: &str) -> ApiResult<Value> {
     let mut resource_rules = Vec::new();
     let mut non_resource_rules = Vec::new();
-    for rule in rbac::rules_for(server, user, namespace).await? {
+    for rule in rbac::rules_for(server, user, namespace).await?.iter().cloned() {
         if let Some(urls) = rule.non_resource_urls.filter(|u| !u.is_empty()) {
             non_resource_rules.push(json!({"verbs": rule.verbs, "nonResourceURLs": urls}));
         }
