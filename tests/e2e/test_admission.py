@@ -3,10 +3,12 @@
 PodSecurity: every namespace is held to the baseline Pod Security Standard unless its
 `pod-security.kubernetes.io/<mode>` labels say otherwise; `enforce` refuses, `warn` prints
 kubectl's warnings (for workloads' templates too), `audit` notes violations in the audit
-log. LimitRanger: a namespace's LimitRanges fill in and bound its pods' resources."""
+log. LimitRanger: a namespace's LimitRanges fill in and bound its pods' resources.
+ResourceQuota: a namespace's quotas refuse what would go over them."""
 
 import json
 import os
+import threading
 
 import pytest
 from kubernetes import client
@@ -120,3 +122,51 @@ def test_limit_ranges_fill_in_and_bound_resources(cluster, namespace):
     p = apply(cluster, namespace, pod("greedy", container_extra={"resources": {"limits": {"cpu": "2"}, "requests": {"memory": "8Mi"}}}), check=False)
     assert p.returncode != 0
     assert 'pods "greedy" is forbidden: [minimum memory usage per Container is 16Mi, but request is 8Mi, maximum cpu usage per Container is 1, but limit is 2]' in p.stderr, p.stderr
+
+
+def quota(name, hard):
+    return {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": hard}}
+
+
+def used(cluster, namespace, name):
+    return cluster.json("get", "resourcequota", name, "-n", namespace).get("status", {}).get("used", {})
+
+
+def test_quota_refuses_a_pod_over_it_with_the_kubernetes_message(cluster, namespace):
+    apply(cluster, namespace, quota("compute", {"pods": "3", "requests.cpu": "1", "limits.memory": "1Gi"}))
+    bare = apply(cluster, namespace, pod("bare"), check=False)
+    assert 'pods "bare" is forbidden: failed quota: compute: must specify limits.memory for: app; requests.cpu for: app' in bare.stderr, bare.stderr
+    sized = {"resources": {"requests": {"cpu": "600m"}, "limits": {"memory": "256Mi"}}}
+    apply(cluster, namespace, pod("first", container_extra=sized))
+    over = apply(cluster, namespace, pod("second", container_extra=sized), check=False)
+    assert over.returncode != 0
+    assert ('Error from server (Forbidden): error when creating "STDIN": pods "second" is forbidden: exceeded quota: compute, '
+            'requested: requests.cpu=600m, used: requests.cpu=600m, limited: requests.cpu=1') in over.stderr, over.stderr
+    charged = {"pods": "1", "requests.cpu": "600m", "limits.memory": "256Mi"}
+    wait_for(lambda: used(cluster, namespace, "compute") == charged, 30, "the quota's use to read the one pod")
+    # A deleted pod frees its share: the quota controller recounts.
+    cluster.kubectl("delete", "pod", "first", "-n", namespace, "--grace-period=0", "--force", "--wait=true")
+    wait_for(lambda: used(cluster, namespace, "compute").get("pods") == "0", 60, "the quota to be recounted")
+    apply(cluster, namespace, pod("second", container_extra=sized))
+
+
+def test_quota_counts_exactly_under_concurrent_creates(cluster, namespace, api):
+    apply(cluster, namespace, quota("counts", {"count/configmaps": "5"}))
+    # The namespace already holds kube-root-ca.crt: four more fit.
+    core = client.CoreV1Api(api)
+    results = []
+    def create(i):
+        try:
+            core.create_namespaced_config_map(namespace, {"metadata": {"name": f"cm-{i}"}})
+            results.append(201)
+        except ApiException as e:
+            results.append(e.status)
+            assert "exceeded quota: counts" in e.body, e.body
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201] * 4 + [403] * 8, results
+    assert len(core.list_namespaced_config_map(namespace).items) == 5
+    wait_for(lambda: used(cluster, namespace, "counts") == {"count/configmaps": "5"}, 30, "the quota's use to read five")

@@ -178,3 +178,54 @@ def test_whoami_and_token_reviews(cluster, namespace, reader):
     status, body = review([])
     assert status == 201 and body["status"]["authenticated"] is False, "a token for widgets is not one for the API"
     assert cluster.raw("GET", f"/api/v1/namespaces/{namespace}/configmaps", token=token)[0] == 401
+
+
+def as_node(name):
+    return [f"--as=system:node:{name}", "--as-group=system:nodes"]
+
+
+def test_a_node_reads_only_the_secrets_of_its_own_pods(cluster, namespace, nodes):
+    """The Node authorizer: a node's agent reads a Secret a pod bound to it names, by name,
+    and nothing else of the kind; it changes only its own Node."""
+    cluster.kubectl("create", "secret", "generic", "used", "--from-literal=k=v", "-n", namespace)
+    cluster.kubectl("create", "secret", "generic", "unused", "--from-literal=k=v", "-n", namespace)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "consumer", "namespace": namespace},
+           "spec": {"nodeName": nodes[0], "containers": [{"name": "app", "image": "registry.skiff.internal/none:v1",
+                    "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "used", "key": "k"}}}]}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    mine = cluster.kubectl("get", "secret", "used", "-n", namespace, "-o", "name", *as_node(nodes[0]))
+    assert mine.stdout.strip() == "secret/used"
+    other = cluster.kubectl("get", "secret", "used", "-n", namespace, *as_node(nodes[1]), check=False)
+    assert other.returncode != 0
+    assert (f'secrets "used" is forbidden: User "system:node:{nodes[1]}" cannot get resource "secrets" in API group "" '
+            f"in the namespace \"{namespace}\": no relationship found between node '{nodes[1]}' and this object") in other.stderr, other.stderr
+    unused = cluster.kubectl("get", "secret", "unused", "-n", namespace, *as_node(nodes[0]), check=False)
+    assert "no relationship found" in unused.stderr, unused.stderr
+    every = cluster.kubectl("get", "secrets", "-n", namespace, *as_node(nodes[0]), check=False)
+    assert "Forbidden" in every.stderr and "only by name" in every.stderr, every.stderr
+    # One Secret watched by name, as the agent watches it.
+    status, _ = cluster.raw("GET", f"/api/v1/namespaces/{namespace}/secrets?fieldSelector=metadata.name%3Dused",
+                            headers={"Impersonate-User": f"system:node:{nodes[0]}", "Impersonate-Group": "system:nodes"})
+    assert status == 200
+    # Its own Node only.
+    assert cluster.kubectl("label", "node", nodes[1], "touched=yes", *as_node(nodes[0]), check=False).returncode != 0
+    assert cluster.kubectl("label", "node", nodes[0], "touched=yes", *as_node(nodes[0])).returncode == 0
+    impostor = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "someone-else"}}
+    created = cluster.kubectl("create", "-f", "-", *as_node(nodes[0]), input=json.dumps(impostor), check=False)
+    assert f'node "{nodes[0]}" is not allowed to create a Node named "someone-else"' in created.stderr, created.stderr
+    # Once the pod is gone, so is the node's right to its Secret.
+    cluster.kubectl("delete", "pod", "consumer", "-n", namespace, "--grace-period=0", "--force", "--wait=true")
+    after = cluster.kubectl("get", "secret", "used", "-n", namespace, *as_node(nodes[0]), check=False)
+    assert "no relationship found" in after.stderr, after.stderr
+
+
+def test_the_control_planes_parts_have_their_own_rights(cluster):
+    def can(user, *args):
+        return cluster.kubectl("auth", "can-i", *args, f"--as={user}", check=False).stdout.strip()
+    assert can("system:kube-scheduler", "create", "pods", "--subresource=binding", "-n", "default") == "yes"
+    assert can("system:kube-scheduler", "get", "secrets", "-n", "default") == "no"
+    assert can("system:kube-scheduler", "delete", "nodes") == "no"
+    assert can("system:kube-controller-manager", "create", "replicasets.apps", "-n", "default") == "yes"
+    assert can("system:kube-controller-manager", "create", "clusterrolebindings") == "no"
+    assert can("system:kube-proxy", "list", "endpointslices.discovery.k8s.io", "-A") == "yes"
+    assert can("system:kube-proxy", "delete", "pods", "-n", "default") == "no"

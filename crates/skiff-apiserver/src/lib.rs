@@ -25,6 +25,7 @@ pub mod pod_logs;
 pub mod pod_streams;
 pub mod protobuf;
 pub mod request;
+pub mod resource_quota;
 pub mod rest;
 pub mod service_accounts;
 pub mod services;

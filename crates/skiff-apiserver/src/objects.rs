@@ -227,6 +227,10 @@ impl ApiServer {
             let verdict = self.pod_security(r, &labels, &name, &object)?;
             warnings.extend(verdict.warnings);
             audit = verdict.audit;
+            // Last: only an object every other check let through is charged.
+            if !opts.dry_run {
+                crate::resource_quota::admit(self, r, ns, &name, &object).await?;
+            }
         }
         let key = r.key(namespace, &name);
         if opts.dry_run {

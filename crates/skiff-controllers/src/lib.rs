@@ -18,6 +18,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod resource_quota;
 pub mod revisions;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
@@ -67,12 +68,13 @@ pub async fn run(client: Client, options: Options, shutdown: impl Future<Output 
         endpoints::controller(&i, &client),
         load_balancer::controllers(&i, &client),
         hpa::controller(&i, &client),
+        resource_quota::controller(&i, &client),
         node_lifecycle::run(client.clone(), i.nodes.store(), i.pods.store(), options.node_monitor_grace_period),
         garbage_collector::run(client.clone()),
     );
     let controllers = async move {
-        let (rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, lifecycle, gc) = parts;
-        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, lifecycle, gc)
+        let (rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, lifecycle, gc) = parts;
+        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, lifecycle, gc)
     };
     tokio::select! {
         _ = futures::future::join(controllers, i.run()) => {}

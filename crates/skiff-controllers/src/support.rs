@@ -37,6 +37,7 @@ pub struct Informers {
     pub ingresses: SharedInformer<Ingress>,
     pub ingress_classes: SharedInformer<IngressClass>,
     pub autoscalers: SharedInformer<HorizontalPodAutoscaler>,
+    pub quotas: SharedInformer<k8s_openapi::api::core::v1::ResourceQuota>,
     /// The `kube-root-ca.crt` ConfigMaps only (no controller reads others).
     pub root_ca_maps: SharedInformer<ConfigMap>,
 }
@@ -67,6 +68,7 @@ impl Informers {
             ingresses: informer(client),
             ingress_classes: informer(client),
             autoscalers: informer(client),
+            quotas: informer(client),
             root_ca_maps: SharedInformer::with_config(Api::all(client.clone()), kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", crate::root_ca_publisher::NAME))),
         }
     }
@@ -90,6 +92,7 @@ impl Informers {
             self.ingresses.run(),
             self.ingress_classes.run(),
             self.autoscalers.run(),
+            self.quotas.run(),
             self.root_ca_maps.run(),
         );
     }

@@ -12,6 +12,7 @@ pub mod meta;
 pub mod names;
 pub mod pod_refs;
 pub mod quantity;
+pub mod quota;
 pub mod request_counts;
 pub mod resources;
 
