@@ -29,6 +29,7 @@ pub mod resource_quota;
 pub mod rest;
 pub mod service_accounts;
 pub mod services;
+pub mod store_follow;
 pub mod strategy;
 pub mod table;
 pub mod tls;
@@ -100,13 +101,14 @@ pub struct ApiServer {
     service_lock: tokio::sync::Mutex<()>,
     pub namespaces: namespace_lifecycle::NamespaceLifecycle,
     pub rbac: authz::rbac::RbacCache,
+    pub quotas: resource_quota::QuotaNamespaces,
     /// Node and pod usage for `metrics.k8s.io`, kept by [`metrics_api::collect`].
     pub metrics: metrics_api::ResourceMetrics,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), metrics: Default::default() })
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), quotas: Default::default(), metrics: Default::default() })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`

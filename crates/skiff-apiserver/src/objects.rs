@@ -264,6 +264,7 @@ impl ApiServer {
     pub(crate) fn written(&self, r: &ResourceType, stored: &Value) {
         match r.group {
             "" if r.kind == "Namespace" => self.namespaces.written(stored),
+            "" if r.kind == "ResourceQuota" => self.quotas.changed(),
             "rbac.authorization.k8s.io" => self.rbac.changed(),
             _ => {}
         }

@@ -422,6 +422,7 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
         rows.push(api_path(clients, level_creates, ApiMode::AS_SERVED).await.context("API bench")?);
         rows.push(api_path(clients, level_creates, ApiMode { authorization: false, ..ApiMode::AS_SERVED }).await.context("API bench without authorization")?);
         rows.push(api_path(clients, level_creates, ApiMode { audit: false, ..ApiMode::AS_SERVED }).await.context("API bench without the audit log")?);
+        rows.push(api_path(clients, level_creates, ApiMode { as_editor: true, ..ApiMode::AS_SERVED }).await.context("API bench as a user bound to edit")?);
     }
     println!("api bench: durable ConfigMap creates ({})", report::machine());
     println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
@@ -433,7 +434,7 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
     // clients up (or the highest level measured, when all are below).
     let headline_from = rows.iter().map(|r| r.clients).max().unwrap_or(0).min(64);
     let mut headlines = Vec::new();
-    for level in rows.chunks(5) {
+    for level in rows.chunks(6) {
         let [etcd, paths @ ..] = level else { continue };
         if etcd.clients < headline_from {
             continue;
@@ -443,7 +444,9 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
         for f in paths {
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, {}", f.clients, f.what), figure(f), reference.clone(), Some(f.rate() / etcd.rate())));
         }
-        if let [_, with, no_authorization, no_audit] = paths {
+        if let [_, with, no_authorization, no_audit, editor] = paths {
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, as a user RBAC allows against no authorization", editor.clients), figure(editor),
+                format!("no authorization, same run: {}/s (goal ≥ 0.9×)", report::thousands(no_authorization.rate())), Some(editor.rate() / no_authorization.rate())));
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, with authorization against without", with.clients), figure(with),
                 format!("without, same run: {}/s (goal ≥ 0.9×)", report::thousands(no_authorization.rate())), Some(with.rate() / no_authorization.rate())));
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, with the audit log against without", with.clients), figure(with),
@@ -461,13 +464,20 @@ struct ApiMode {
     authorization: bool,
     /// The audit log, with the default policy (every create logged).
     audit: bool,
+    /// Requests impersonate a user RBAC allows through a RoleBinding to `edit` (the admin
+    /// is in `system:masters`, which RBAC never consults).
+    as_editor: bool,
 }
 
+/// The user the bench's requests impersonate in [`ApiMode::as_editor`].
+const EDITOR: &str = "bench-editor";
+
 impl ApiMode {
-    const AS_SERVED: ApiMode = ApiMode { authorization: true, audit: true };
+    const AS_SERVED: ApiMode = ApiMode { authorization: true, audit: true, as_editor: false };
 
     fn name(self) -> &'static str {
         match (self.authorization, self.audit) {
+            _ if self.as_editor => "API server (HTTP, JSON), as a user bound to edit",
             (true, true) => "API server (HTTP, JSON)",
             (false, _) => "API server (HTTP, JSON), no authorization",
             (true, false) => "API server (HTTP, JSON), no audit log",
@@ -492,6 +502,13 @@ async fn serve_api(mode: ApiMode) -> anyhow::Result<(std::net::SocketAddr, tokio
     let config = skiff_apiserver::Config { authorization: mode.authorization, audit, ..skiff_apiserver::Config::new("bench-token".into()) };
     let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    if mode.as_editor {
+        let bindings = skiff_core::resources::find("rbac.authorization.k8s.io", "v1", "rolebindings").expect("served");
+        let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "bench-editor"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": EDITOR}]});
+        server.create_object(bindings, Some("default"), binding, Default::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let serving = tokio::spawn(async move { axum::serve(listener, skiff_apiserver::router(server)).await });
@@ -509,7 +526,11 @@ async fn api_path(clients: usize, creates: usize, mode: ApiMode) -> anyhow::Resu
         let client = client.clone();
         let url = url.clone();
         async move {
-            let req = http::Request::post(&url)
+            let mut req = http::Request::post(&url);
+            if mode.as_editor {
+                req = req.header("Impersonate-User", EDITOR);
+            }
+            let req = req
                 .header("Authorization", "Bearer bench-token")
                 .header("Content-Type", "application/json")
                 .body(Full::new(Bytes::from(serde_json::to_vec(&configmap(i))?)))?;

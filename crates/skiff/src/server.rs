@@ -181,6 +181,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
     let api = ApiServer::new(Arc::new(store), config);
     tokio::spawn(skiff_apiserver::authz::rbac::follow(api.clone()));
+    tokio::spawn(skiff_apiserver::resource_quota::follow(api.clone()));
     tokio::spawn(skiff_apiserver::metrics_api::collect(api.clone(), args.metric_resolution));
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;

@@ -6,12 +6,12 @@
 //! with a trailing `*` as a prefix. A ClusterRole with an `aggregationRule` holds the
 //! rules of every ClusterRole its selectors match. Nothing denies: no rule, no access.
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
-use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use skiff_core::{LabelSelector, meta};
 use skiff_store::ListOptions;
@@ -114,25 +114,8 @@ impl RbacCache {
 
 /// Moves the cache's generation on every RBAC change in the store, whoever made it.
 pub async fn follow(server: Arc<ApiServer>) {
-    loop {
-        let mut watch = match server.store.watch(PREFIX, Some(server.store.current_revision())) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow RBAC changes; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        // Whatever changed while no watch was open is read anew.
-        server.rbac.changed();
-        while let Some(Ok(_)) = watch.next().await {
-            server.rbac.changed();
-        }
-    }
+    crate::store_follow::follow(server, "/rbac.authorization.k8s.io/", |s| s.rbac.changed()).await
 }
-
-/// Where the store keeps RBAC objects.
-const PREFIX: &str = "/rbac.authorization.k8s.io/";
 
 async fn list(server: &ApiServer, plural: &str) -> ApiResult<Vec<Value>> {
     let r = skiff_core::resources::find("rbac.authorization.k8s.io", "v1", plural).expect("RBAC kinds are served");
