@@ -77,7 +77,7 @@ def test_every_kubectl_generator(cluster, namespace, nodes):
         ["create", "job", "once", f"--image={image}"],
         ["create", "cronjob", "tick", f"--image={image}", "--schedule=*/5 * * * *"],
         ["create", "ingress", "ing", "--rule=foo.example/bar=cs:80"],
-        ["create", "quota", "q", "--hard=pods=10,requests.cpu=2"],
+        ["create", "quota", "q", "--hard=pods=10,services=20"],
         ["run", "p1", f"--image={image}", "--restart=Never", "--env=MODE=blue", "--labels=app=p1", "--port=8080"],
         ["expose", "deployment", "web", "--port=80", "--target-port=8080", "--name=web"],
         ["expose", "pod", "p1", "--port=8081", "--name=p1"],
@@ -108,7 +108,7 @@ def test_every_kubectl_generator(cluster, namespace, nodes):
     hpa = cluster.json("get", "hpa", "web", *ns)
     assert hpa["spec"]["maxReplicas"] == 3 and hpa["spec"]["scaleTargetRef"]["name"] == "web"
     assert cluster.json("get", "rolebinding", "reader", *ns)["subjects"][0]["name"] == "robot"
-    assert cluster.json("get", "quota", "q", *ns)["spec"]["hard"] == {"pods": "10", "requests.cpu": "2"}
+    assert cluster.json("get", "quota", "q", *ns)["spec"]["hard"] == {"pods": "10", "services": "20"}
     assert cluster.json("get", "cronjob", "tick", *ns)["spec"]["schedule"] == "*/5 * * * *"
     cluster.kubectl("scale", "deployment", "web", "--replicas=2", *ns)
     cluster.kubectl("set", "image", "deployment/web", f"http-hello={image}", *ns)

@@ -68,14 +68,16 @@ def test_many_kinds_round_trip(api, namespace):
 
 
 def test_status_subresource_separates_spec_and_status(api, namespace):
-    # A ResourceQuota: it has a status subresource and no controller writing it.
+    # A PersistentVolumeClaim: it has a status subresource and no controller writing it.
     core = client.CoreV1Api(api)
-    q = core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}}, "status": {"hard": {"pods": "9"}}})
-    assert q.status is None or not q.status.hard
-    core.patch_namespaced_resource_quota_status("q", namespace, {"status": {"hard": {"pods": "1"}}})
-    core.patch_namespaced_resource_quota("q", namespace, {"status": {"hard": {"pods": "7"}}})
-    got = core.read_namespaced_resource_quota("q", namespace)
-    assert got.status.hard == {"pods": "1"} and got.spec.hard == {"pods": "10"}
+    claim = {"metadata": {"name": "c"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+             "status": {"phase": "Bound"}}
+    c = core.create_namespaced_persistent_volume_claim(namespace, claim)
+    assert c.status is None or c.status.phase != "Bound"
+    core.patch_namespaced_persistent_volume_claim_status("c", namespace, {"status": {"phase": "Lost"}})
+    core.patch_namespaced_persistent_volume_claim("c", namespace, {"spec": {"resources": {"requests": {"storage": "2Gi"}}}, "status": {"phase": "Pending"}})
+    got = core.read_namespaced_persistent_volume_claim("c", namespace)
+    assert got.status.phase == "Lost" and got.spec.resources.requests == {"storage": "2Gi"}
 
 
 def test_stale_update_conflicts(api, namespace):

@@ -305,7 +305,6 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ConfigMapKeySelector, EnvVar, EnvVarSource, PodSpec};
     use kube::runtime::reflector::store;
-    use kube::runtime::watcher::Event;
 
     fn sources() -> ConfigSources {
         let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"greeting": "hi", "who": "world"}})).unwrap();

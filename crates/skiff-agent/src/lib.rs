@@ -65,8 +65,12 @@ pub struct AgentConfig {
     pub registries: registries::Registries,
     /// Port of the agent's HTTPS endpoint (0: any free port).
     pub port: u16,
-    /// The bearer token callers of the agent's endpoint must present (the API server's).
+    /// The bearer token callers of the agent's endpoint may present (the API server's);
+    /// empty: none is taken.
     pub token: String,
+    /// The cluster CA (DER): a caller presenting the API server's client certificate
+    /// ([`server::API_SERVER_CLIENT`]) signed by it is let in without a token.
+    pub cluster_ca: Vec<Vec<u8>>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
     /// The cluster DNS pods resolve names through (none: the host's resolver).

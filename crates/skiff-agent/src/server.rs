@@ -29,7 +29,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
     let port = listener.local_addr()?.port();
     let names = vec![agent.config.node_name.clone(), agent.config.node_ip.clone(), "localhost".into()];
     let cert = rcgen::generate_simple_self_signed(names)?;
-    let tls = tls_config(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes())?;
+    let tls = tls_config(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes(), &agent.config.cluster_ca)?;
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
@@ -44,9 +44,18 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
         loop {
             let (tcp, _) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
-            let (acceptor, service) = (acceptor.clone(), hyper_util::service::TowerToHyperService::new(router.clone()));
+            let (acceptor, router) = (acceptor.clone(), router.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else { return };
+                // A certificate here was verified against the cluster CA by the handshake.
+                let from_api_server = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).is_some_and(|c| names_api_server(c));
+                let service = tower::ServiceExt::map_request(router, move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    if from_api_server {
+                        request.extensions_mut().insert(ApiServerCertificate);
+                    }
+                    request
+                });
+                let service = hyper_util::service::TowerToHyperService::new(service);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), service).await;
             });
         }
@@ -54,15 +63,38 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
     Ok((port, serving))
 }
 
-fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<rustls::ServerConfig> {
+/// The common name of the client certificate the API server calls agents with.
+pub const API_SERVER_CLIENT: &str = "kube-apiserver-kubelet-client";
+
+/// Marks a request on a connection whose client certificate is the API server's.
+#[derive(Clone, Copy)]
+struct ApiServerCertificate;
+
+fn names_api_server(der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else { return false };
+    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) == Some(API_SERVER_CLIENT)
+}
+
+/// TLS for the endpoint; with the cluster CA, client certificates it signed are asked
+/// for (not required: a caller may present the token instead).
+fn tls_config(cert_pem: &[u8], key_pem: &[u8], cluster_ca: &[Vec<u8>]) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = if cluster_ca.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in cluster_ca {
+            roots.add(CertificateDer::from(ca.clone()))?;
+        }
+        builder.with_client_cert_verifier(rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).allow_unauthenticated().build()?)
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -70,7 +102,9 @@ fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<rustls::ServerC
 async fn authenticate(State(agent): State<Arc<Agent>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use skiff_core::credentials;
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
-    let ok = presented.is_some_and(|p| credentials::same_secret(p.as_bytes(), agent.config.token.as_bytes()));
+    let by_certificate = request.extensions().get::<ApiServerCertificate>().is_some();
+    let by_token = !agent.config.token.is_empty() && presented.is_some_and(|p| credentials::same_secret(p.as_bytes(), agent.config.token.as_bytes()));
+    let ok = by_certificate || by_token;
     if !ok {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod certificate_requests;
 pub mod convert;
 pub mod defaults;
 pub mod deletion;
@@ -258,8 +259,12 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
     // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
     let attributes = authz::Attributes::of(request.method(), path, request.uri().query());
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
-    let user = match (request.extensions().get::<authz::InProcess>(), presented) {
-        (Some(authz::InProcess(user)), _) => Some(user.clone()),
+    // In-process parts, then a verified client certificate, then a bearer token, as
+    // kube-apiserver orders its authenticators.
+    let extensions = request.extensions();
+    let known = extensions.get::<authz::InProcess>().map(|u| u.0.clone()).or_else(|| extensions.get::<authz::ClientCertificate>().map(|c| c.0.clone()));
+    let user = match (known, presented) {
+        (Some(user), _) => Some(user),
         (None, Some(t)) => authz::authenticate_bearer(&server, &t, &[authz::tokens::ISSUER]).await,
         (None, None) => None,
     };

@@ -37,11 +37,14 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// Whose fields the write sets (`metadata.managedFields`).
     pub owner: Owner,
+    /// The user asking, where admission depends on who asks (a node's own objects, a
+    /// certificate request's requester); none for the server's own writes.
+    pub requester: Option<crate::authz::UserInfo>,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { field_validation: FieldValidation::Strict, dry_run: false, owner: Owner::Update("skiff-apiserver".into()) }
+        Self { field_validation: FieldValidation::Strict, dry_run: false, owner: Owner::Update("skiff-apiserver".into()), requester: None }
     }
 }
 
@@ -217,6 +220,13 @@ impl ApiServer {
             field_manager::record_update(None, &mut object, manager, None, r.has_subresource("status"), &now());
         }
         let name = meta::name(&object).unwrap_or_default().to_string();
+        if let Some(user) = &opts.requester {
+            crate::authz::node::admit_create(user, r.kind, &object)?;
+        }
+        if r.kind == "CertificateSigningRequest" {
+            let user = opts.requester.as_ref().ok_or_else(|| ApiError::forbidden("a CertificateSigningRequest is made by a user"))?;
+            crate::certificate_requests::admit_create(user, &mut object)?;
+        }
         let mut audit = Vec::new();
         if let Some(ns) = namespace.filter(|_| r.namespaced) {
             let labels = self.namespaces.check(&*self.store, ns).await?;

@@ -19,12 +19,31 @@ use crate::request::Target;
 const PARAMS: &[&str] = &["container", "follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes", "pretty", "insecureSkipTLSVerifyBackend"];
 const INTEGERS: &[&str] = &["tailLines", "sinceSeconds", "limitBytes"];
 
+/// The client certificate and key (PEM) the API server presents to agents.
+static AGENT_IDENTITY: OnceLock<String> = OnceLock::new();
+
+/// Sets the certificate calls to agents present, before the first call.
+pub fn set_agent_identity(pem: String) {
+    let _ = AGENT_IDENTITY.set(pem);
+}
+
+/// A client for agents' endpoints, presenting the API server's certificate when one is set.
+pub(crate) fn agent_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder().tls_danger_accept_invalid_certs(true);
+    match AGENT_IDENTITY.get().map(|pem| reqwest::Identity::from_pem(pem.as_bytes())) {
+        Some(Ok(identity)) => builder.identity(identity),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the API server's client certificate for agents is unusable");
+            builder
+        }
+        None => builder,
+    }
+}
+
 pub(crate) fn agent_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder().tls_danger_accept_invalid_certs(true).build().expect("an HTTPS client")
-    })
+    CLIENT.get_or_init(|| agent_client_builder().build().expect("an HTTPS client"))
 }
 
 pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, params: &std::collections::HashMap<String, String>) -> ApiResult<Response> {

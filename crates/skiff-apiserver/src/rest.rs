@@ -135,7 +135,7 @@ fn write_options(params: &Params, headers: &HeaderMap) -> ApiResult<WriteOptions
         Some(other) => return Err(ApiError::bad_request(format!("dryRun must be All, not {other:?}"))),
     };
     let field_validation = FieldValidation::parse(params.get("fieldValidation").map(String::as_str))?;
-    Ok(WriteOptions { field_validation, dry_run, owner: Owner::Update(field_manager(params, headers)?) })
+    Ok(WriteOptions { field_validation, dry_run, owner: Owner::Update(field_manager(params, headers)?), requester: None })
 }
 
 /// The manager a write's fields are recorded for: `?fieldManager=`, or else the client's
@@ -252,8 +252,8 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, false, _) => {
             let object = parse_body(&headers, &body)?;
-            crate::authz::node::admit_create(user, r.kind, &object)?;
-            let written = server.create_object(r, target.namespace.as_deref(), object, write_options(&params, &headers)?).await?;
+            let opts = WriteOptions { requester: Some(user.clone()), ..write_options(&params, &headers)? };
+            let written = server.create_object(r, target.namespace.as_deref(), object, opts).await?;
             Ok(respond_written(StatusCode::CREATED, r, written, out))
         }
         (&Method::DELETE, false, _) => delete_collection(&server, &target, &params, &headers, &body, out).await,
@@ -274,6 +274,13 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
             let written = server.update_object(r, &old, new, sub, write_options(&params, &headers)?).await?;
             Ok(respond_written(StatusCode::OK, r, written, out))
         }
+        (&Method::PUT, true, Some("approval")) if r.kind == "CertificateSigningRequest" => {
+            let sent = parse_body(&headers, &body)?;
+            let old = get(&server, &target).await?;
+            let new = crate::certificate_requests::approval(&old, &sent);
+            let written = server.update_object(r, &old, new, Some("status"), write_options(&params, &headers)?).await?;
+            Ok(respond_written(StatusCode::OK, r, written, out))
+        }
         (&Method::PATCH, true, sub @ (None | Some("status"))) => {
             check_subresource(r, sub)?;
             let force = match params.get("force").map(String::as_str) {
@@ -281,7 +288,7 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
                 Some("true") => true,
                 Some(other) => return Err(ApiError::bad_request(format!("force must be true or false, not {other:?}"))),
             };
-            let opts = write_options(&params, &headers)?;
+            let opts = WriteOptions { requester: Some(user.clone()), ..write_options(&params, &headers)? };
             if is_apply(&headers) {
                 let manager = params.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
                     ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![crate::error::FieldError::required("fieldManager")])

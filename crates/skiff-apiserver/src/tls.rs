@@ -77,6 +77,42 @@ pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<ServingCerts, TlsE
     Ok(certs)
 }
 
+/// A client certificate the cluster CA signed, for `cn` in groups `orgs`, valid for
+/// `days`: PEM certificate and key. (The admin's, and the API server's to its agents.)
+pub fn client_certificate(dir: &Path, cn: &str, orgs: &[&str], days: i64) -> Result<(String, String), TlsError> {
+    let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?.ok_or_else(|| TlsError::Pem("ca.key".into()))?)?;
+    let ca_pem = read(&dir.join("ca.crt"))?.ok_or_else(|| TlsError::Pem("ca.crt".into()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    // One O per group: rcgen keeps one value per attribute, so groups beyond the first
+    // are not written (every certificate Skiff makes names one).
+    if let Some(org) = orgs.first() {
+        params.distinguished_name.push(DnType::OrganizationName, *org);
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::days(days);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The admin's client certificate (`system:admin` in `system:masters`), made at first
+/// start beside the token, for the kubeconfig.
+pub fn admin_certificate(dir: &Path) -> Result<(String, String), TlsError> {
+    let (cert_path, key_path) = (dir.join("admin.crt"), dir.join("admin.key"));
+    if let (Some(cert), Some(key)) = (read(&cert_path)?, read(&key_path)?) {
+        return Ok((cert, key));
+    }
+    let (cert, key) = client_certificate(dir, "system:admin", &["system:masters"], 3650)?;
+    write_private(&key_path, &key)?;
+    write_private(&cert_path, &cert)?;
+    Ok((cert, key))
+}
+
 fn server_config(certs: &ServingCerts) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -84,9 +120,19 @@ fn server_config(certs: &ServingCerts) -> Result<rustls::ServerConfig, TlsError>
         .collect::<Result<_, _>>().map_err(|_| TlsError::Pem("server.crt".into()))?;
     let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes()).map_err(|_| TlsError::Pem("server.key".into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates are asked for, not required: one the cluster CA signed names
+    // its user; a client without one authenticates with a token.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|_| TlsError::Pem("ca.crt".into()))?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Pem(format!("ca.crt: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
@@ -109,14 +155,20 @@ pub async fn serve(listener: TcpListener, router: Router, certs: &ServingCerts, 
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        // The client's address, for the audit log.
-        let service = tower::ServiceExt::map_request(router.clone(), move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            request
-        });
-        let service = hyper_util::service::TowerToHyperService::new(service);
+        let router = router.clone();
         tokio::spawn(async move {
             let Ok(stream) = acceptor.accept(tcp).await else { return };
+            // The client's address, for the audit log, and the user its verified
+            // certificate names, if it sent one.
+            let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| crate::authz::ClientCertificate::of(c));
+            let service = tower::ServiceExt::map_request(router, move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                if let Some(c) = &certificate {
+                    request.extensions_mut().insert(c.clone());
+                }
+                request
+            });
+            let service = hyper_util::service::TowerToHyperService::new(service);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                 tracing::debug!(error = %e, "connection ended");

@@ -2,7 +2,7 @@
 //! real type (which rejects wrong field types and drops unknown fields, as Kubernetes
 //! does), and the JSON schemas the OpenAPI documents publish.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, node, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, certificates, coordination, core, discovery, networking, node, rbac};
 use schemars::SchemaGenerator;
 use serde_json::Value;
 
@@ -63,6 +63,7 @@ typed_kinds! {
     ("coordination.k8s.io/v1", "Lease", coordination::v1::Lease),
     ("discovery.k8s.io/v1", "EndpointSlice", discovery::v1::EndpointSlice),
     ("node.k8s.io/v1", "RuntimeClass", node::v1::RuntimeClass),
+    ("certificates.k8s.io/v1", "CertificateSigningRequest", certificates::v1::CertificateSigningRequest),
     ("rbac.authorization.k8s.io/v1", "Role", rbac::v1::Role),
     ("rbac.authorization.k8s.io/v1", "RoleBinding", rbac::v1::RoleBinding),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", rbac::v1::ClusterRole),

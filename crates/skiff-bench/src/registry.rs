@@ -68,6 +68,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         registries: Default::default(),
         port: 0,
         token: TOKEN.into(),
+        cluster_ca: Vec::new(),
         labels: Default::default(),
         // The in-process node runs no proxy, so pods resolve as the host does (and no
         // ingress counts requests).

@@ -5,6 +5,7 @@
 //! starts them all over one set of shared informers ([`support::Informers`]), so a pod is
 //! watched and cached once per process however many controllers read pods.
 
+pub mod certificates;
 pub mod children;
 pub mod cronjob;
 pub mod daemonset;
@@ -42,11 +43,13 @@ pub struct Options {
     /// The API server's CA certificate (PEM), published in every namespace (none: not
     /// published).
     pub root_ca: Option<String>,
+    /// The cluster CA that signs node client certificates (none: none are signed).
+    pub signer: Option<certificates::Signer>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { node_monitor_grace_period: Duration::from_secs(40), pod_ranges: None, root_ca: None }
+        Options { node_monitor_grace_period: Duration::from_secs(40), pod_ranges: None, root_ca: None, signer: None }
     }
 }
 
@@ -69,12 +72,13 @@ pub async fn run(client: Client, options: Options, shutdown: impl Future<Output 
         load_balancer::controllers(&i, &client),
         hpa::controller(&i, &client),
         resource_quota::controller(&i, &client),
+        certificates::controller(&client, options.signer.clone()),
         node_lifecycle::run(client.clone(), i.nodes.store(), i.pods.store(), options.node_monitor_grace_period),
         garbage_collector::run(client.clone()),
     );
     let controllers = async move {
-        let (rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, lifecycle, gc) = parts;
-        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, lifecycle, gc)
+        let (rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, csr, lifecycle, gc) = parts;
+        tokio::join!(rs, deploy, sts, ds, job, cron, ns, sa, ca, ipam, ep, lb, hpa, quota, csr, lifecycle, gc)
     };
     tokio::select! {
         _ = futures::future::join(controllers, i.run()) => {}

@@ -126,6 +126,7 @@ pub static RESOURCES: &[ResourceType] = &[
     res("networking.k8s.io", "v1", "IngressClass", "ingressclasses", "ingressclass", NONE, CLUSTER, NONE, NONE),
     res("coordination.k8s.io", "v1", "Lease", "leases", "lease", NONE, NS, NONE, NONE),
     res("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", NONE, NS, NONE, NONE),
+    res("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest", &["csr"], CLUSTER, &["status", "approval"], NONE),
     res("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", "runtimeclass", NONE, CLUSTER, NONE, NONE),
     res("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", NONE, NS, NONE, NONE),
     res("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", NONE, NS, NONE, NONE),

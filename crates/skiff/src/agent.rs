@@ -13,7 +13,8 @@ pub struct AgentArgs {
     /// API server URL, with --token instead of a kubeconfig.
     #[arg(long, requires = "token")]
     server: Option<String>,
-    /// Bearer token for --server.
+    /// Token for --server: a bootstrap token from `skiff token create` (`ID.SECRET`),
+    /// exchanged once for the node's own client certificate, or a bearer token.
     #[arg(long, requires = "server")]
     token: Option<String>,
     /// PEM file of the CA that signed the API server's certificate (for --server).
@@ -105,10 +106,17 @@ impl NodeArgs {
         Registries::load(&path, self.insecure_registries.clone()).map_err(anyhow::Error::msg)
     }
 
-    pub fn config(&self, data_dir: PathBuf, token: &str, service_cidr: skiff_core::Cidr, registries: Registries) -> anyhow::Result<skiff_agent::AgentConfig> {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
+    /// The node's name: `--node-name`, else the host name.
+    pub fn name(&self) -> String {
+        let hostname = || std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "skiff-node".into());
+        self.node_name.clone().unwrap_or_else(hostname)
+    }
+
+    /// `cluster_ca` (DER) signs the API server's client certificate, which the agent's
+    /// endpoint lets in without `token`.
+    pub fn config(&self, data_dir: PathBuf, token: &str, cluster_ca: Vec<Vec<u8>>, service_cidr: skiff_core::Cidr, registries: Registries) -> anyhow::Result<skiff_agent::AgentConfig> {
         Ok(skiff_agent::AgentConfig {
-            node_name: self.node_name.clone().unwrap_or(hostname),
+            node_name: self.name(),
             node_ip: self.node_ip.clone().unwrap_or_else(default_ip),
             data_dir,
             max_pods: self.max_pods,
@@ -116,6 +124,7 @@ impl NodeArgs {
             registries,
             port: self.agent_port,
             token: token.to_string(),
+            cluster_ca,
             labels: key_values(&self.node_labels, "--node-label")?,
             cluster_dns: Some(skiff_agent::pod_dns::ClusterDns { server: cluster_dns(service_cidr), domain: self.cluster_domain.trim_matches('.').to_lowercase() }),
             // Shared with the node's proxy (`spawn_proxy`), whose ingress counts into it.
@@ -209,15 +218,31 @@ pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut kube_config = kube_config(&args).await?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
+    let joining = args.hollow.is_none() && args.token.as_deref().is_some_and(crate::join::is_bootstrap_token);
+    if joining {
+        // The bootstrap token asks for the node's certificate once; the node then is its
+        // own user.
+        let (cert, key) = crate::join::node_credential(&kube_config, &args.node.name(), &data_dir).await?;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        use base64::Engine;
+        kube_config.auth_info.token = None;
+        kube_config.auth_info.client_certificate_data = Some(b64(&cert));
+        kube_config.auth_info.client_key_data = Some(b64(&key).into());
+    }
     // The agent's writes are recorded under its name (the field manager).
     kube_config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static("skiff-agent")));
     let client = kube::Client::try_from(kube_config.clone())?;
     let Some(count) = args.hollow else {
-        let token = kube_config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string())
-            .context("the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token")?;
-        let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
-        let registries = crate::registry::with_cluster(args.node.registries(&crate::default_data_dir())?, &kube_config)?;
-        let config = args.node.config(data_dir, &token, args.service_cidr, registries)?;
+        // The agent's endpoint takes the cluster's token, or (a joined node, which has none)
+        // the API server's client certificate.
+        let token = kube_config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string()).unwrap_or_default();
+        anyhow::ensure!(joining || !token.is_empty(), "the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token");
+        let registries = args.node.registries(&crate::default_data_dir())?;
+        // The cluster's registry takes the cluster's token, which a joined node does not hold.
+        let registries = if joining { registries } else { crate::registry::with_cluster(registries, &kube_config)? };
+        let cluster_ca = kube_config.root_cert.clone().unwrap_or_default();
+        let config = args.node.config(data_dir, &token, cluster_ca, args.service_cidr, registries)?;
         println!("node agent {} starting", config.node_name);
         let stop = crate::Stop::new();
         let proxy = spawn_proxy(client.clone(), &args.node, &config, args.service_cidr, stop.clone());

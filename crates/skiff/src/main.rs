@@ -5,6 +5,7 @@
 
 mod agent;
 mod client;
+mod join;
 mod logs;
 mod print;
 mod registry;
@@ -115,6 +116,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Bootstrap tokens, with which new nodes join (`skiff agent --server URL --token T`).
+    Token {
+        #[command(subcommand)]
+        what: TokenWhat,
+    },
     /// Manage how Secrets are kept at rest.
     Secrets {
         #[command(subcommand)]
@@ -139,6 +145,23 @@ enum SecretsWhat {
         /// The data directory given to `skiff up` or `skiff server` (default: skiff's own).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenWhat {
+    /// Make a bootstrap token and print it (`ID.SECRET`): a node joining with it gets a
+    /// client certificate of its own.
+    Create {
+        /// How long the token may be used (`24h`, `90m`; `0s`: until deleted).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// A note kept with the token.
+        #[arg(long)]
+        description: Option<String>,
+        /// Kubeconfig of the cluster (default: $KUBECONFIG, then the one `skiff up` wrote).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -280,6 +303,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs { log, target } => logs::logs(&target, &log).await,
             Command::Rollout { what: RolloutWhat::Status { target, timeout, args } } => rollout::status(&args, &target, timeout).await,
             Command::Killall { data_dir } => killall(data_dir).await,
+            Command::Token { what: TokenWhat::Create { ttl, description, kubeconfig } } => join::create_token(kubeconfig, &ttl, description).await,
             Command::Secrets { what: SecretsWhat::RotateKey { data_dir } } => server::rotate_secrets_key(&data_dir.unwrap_or_else(default_data_dir)).await,
             Command::Version { target } => version(&target).await,
             Command::Completion { shell } => {

@@ -153,11 +153,19 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
 }
 
 
-fn kubeconfig(server: &str, token: &str, ca_pem: &str) -> String {
+/// The admin's kubeconfig: the cluster CA and both admin credentials, the token as the
+/// current context's user and the client certificate in context `skiff-cert` (a user with
+/// both would always be the certificate's: the server takes a certificate first, so
+/// `kubectl --token=...` would not act as the token's user).
+fn kubeconfig(server: &str, token: &str, ca_pem: &str, (cert, key): &(String, String)) -> String {
     use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (ca, cert, key) = (b64(ca_pem), b64(cert), b64(key));
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: skiff-admin\n  user:\n    token: {token}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff-admin\n    namespace: default\ncurrent-context: skiff\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: skiff-admin\n  user:\n    token: {token}\n- name: skiff-admin-cert\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n\
+         contexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: skiff-admin\n    namespace: default\n\
+         - name: skiff-cert\n  context:\n    cluster: skiff\n    user: skiff-admin-cert\n    namespace: default\ncurrent-context: skiff\n"
     )
 }
 
@@ -193,7 +201,12 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let certs = skiff_apiserver::tls::load_or_create(&dir, &[addr.ip().to_string(), args.service_cidr.nth(1).to_string()])?;
     let kubeconfig_path = dir.join("kubeconfig");
     let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    skiff_apiserver::tls::write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem))?;
+    let admin = skiff_apiserver::tls::admin_certificate(&dir)?;
+    // The API server's own client certificate, which agents take when it calls them (logs,
+    // exec, stats): made anew at each start.
+    let (cert, key) = skiff_apiserver::tls::client_certificate(&dir, skiff_agent::server::API_SERVER_CLIENT, &["system:masters"], 365)?;
+    skiff_apiserver::pod_logs::set_agent_identity(format!("{cert}{key}"));
+    skiff_apiserver::tls::write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem, &admin))?;
     let what = if whole_cluster { "Skiff cluster" } else { "Skiff control plane" };
     println!("{what} is up: API at https://{host}");
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
@@ -213,6 +226,10 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         node_monitor_grace_period: std::time::Duration::from_secs(args.controllers.node_monitor_grace_period),
         pod_ranges: Some(pod_ranges),
         root_ca: Some(certs.ca_pem.clone()),
+        signer: Some(skiff_controllers::certificates::Signer {
+            ca_cert_pem: certs.ca_pem.clone(),
+            ca_key_pem: std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("reading {}", dir.join("ca.key").display()))?,
+        }),
     };
     let controllers = tokio::spawn(skiff_controllers::run(client(UserInfo::controllers(), "skiff-controllers"), options, stop.wait()));
     let mut loops = vec![scheduler, controllers];
@@ -220,8 +237,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     if whole_cluster {
         // This node reaches the cluster's registry where the API listens, as any client would.
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
-        let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca], &token);
-        let config = args.node.config(dir.join("agent"), &token, args.service_cidr, registries)?;
+        let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca.clone()], &token);
+        let config = args.node.config(dir.join("agent"), &token, vec![ca], args.service_cidr, registries)?;
         loops.push(crate::agent::spawn_proxy(client(UserInfo::proxy(), "skiff-proxy"), &args.node, &config, args.service_cidr, stop.clone()));
         let client = client(node_user(&config.node_name), "skiff-agent");
         agent_dir = Some(config.data_dir.clone());

@@ -27,6 +27,8 @@ pub const SCHEDULER: &str = "system:kube-scheduler";
 pub const CONTROLLERS: &str = "system:kube-controller-manager";
 /// The node proxy's user.
 pub const PROXY: &str = "system:kube-proxy";
+const NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT: &str = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
@@ -122,6 +124,12 @@ pub fn cluster_roles() -> Vec<Value> {
         ]),
         cluster_role("system:public-info-viewer", json!({}), vec![paths(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
         cluster_role("system:service-account-issuer-discovery", json!({}), vec![paths(&["/.well-known/openid-configuration", "/openid/v1/jwks"], &["get"])]),
+        // Joining nodes: a bootstrap token may ask for a node client certificate, which the
+        // controllers approve when its requester may create `nodeclient` (a new node) or
+        // `selfnodeclient` (a node renewing its own).
+        cluster_role("system:node-bootstrapper", json!({}), vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests"], &["create", "get", "list", "watch"])]),
+        cluster_role(NODE_CLIENT, json!({}), vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"], &["create"])]),
+        cluster_role(SELF_NODE_CLIENT, json!({}), vec![rule(&["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"], &["create"])]),
         cluster_role(SCHEDULER, json!({}), scheduler()),
         cluster_role(CONTROLLERS, json!({}), controllers()),
         cluster_role("system:node-proxier", json!({}), vec![
@@ -171,6 +179,8 @@ fn controllers() -> Vec<Value> {
         rule(&["batch"], &["jobs"], &["create"]),
         rule(&["discovery.k8s.io"], &["endpointslices"], &["create"]),
         rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+        // The certificate approver asks whether a requester may have what it asks for.
+        rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
     ]
 }
 
@@ -182,6 +192,9 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("system:discovery", "system:discovery", &[super::AUTHENTICATED]),
         binding("system:public-info-viewer", "system:public-info-viewer", &[super::AUTHENTICATED, "system:unauthenticated"]),
         binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
+        binding("skiff:node-bootstrapper", "system:node-bootstrapper", &[super::bootstrap_tokens::BOOTSTRAPPERS]),
+        binding("skiff:node-autoapprove-bootstrap", NODE_CLIENT, &[super::bootstrap_tokens::BOOTSTRAPPERS]),
+        binding("skiff:node-autoapprove-certificate-rotation", SELF_NODE_CLIENT, &[super::node::NODES]),
         user_binding(SCHEDULER, SCHEDULER, SCHEDULER),
         user_binding(CONTROLLERS, CONTROLLERS, CONTROLLERS),
         user_binding("system:node-proxier", "system:node-proxier", PROXY),

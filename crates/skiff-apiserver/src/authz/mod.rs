@@ -8,6 +8,7 @@
 
 pub mod attributes;
 pub mod bootstrap;
+pub mod bootstrap_tokens;
 pub mod identity;
 pub mod node;
 pub mod rbac;
@@ -73,6 +74,24 @@ impl UserInfo {
 /// extension, which nothing arriving over the network can carry.
 #[derive(Debug, Clone)]
 pub struct InProcess(pub UserInfo);
+
+/// The user a client certificate names (`CN` the user, each `O` a group), put on the
+/// request by the TLS listener once the certificate's chain to the cluster CA is verified.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub UserInfo);
+
+impl ClientCertificate {
+    /// The user of a verified certificate (DER); None when it names no user.
+    pub fn of(der: &[u8]) -> Option<ClientCertificate> {
+        use x509_parser::prelude::FromDer;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+        let subject = cert.subject();
+        let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+        let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+        groups.push(AUTHENTICATED.into());
+        (!name.is_empty()).then(|| ClientCertificate(UserInfo { name, groups, ..Default::default() }))
+    }
+}
 
 /// A ServiceAccount's user name.
 pub fn service_account_user(namespace: &str, name: &str) -> String {
@@ -146,11 +165,14 @@ pub(crate) fn answer_review(parts: &http::request::Parts, mut review: serde_json
     crate::rest::respond(http::StatusCode::CREATED, &review, out, &[])
 }
 
-/// The user a bearer token names: the admin for the admin token, else the ServiceAccount
-/// of a valid token for one of `audiences`.
+/// The user a bearer token names: the admin for the admin token, a bootstrap token's
+/// user, else the ServiceAccount of a valid token for one of `audiences`.
 pub async fn authenticate_bearer(server: &ApiServer, token: &str, audiences: &[&str]) -> Option<UserInfo> {
     if !token.is_empty() && skiff_core::credentials::same_secret(token.as_bytes(), server.config.token.as_bytes()) {
         return Some(UserInfo::admin());
+    }
+    if bootstrap_tokens::parse(token).is_some() {
+        return bootstrap_tokens::authenticate(server, token).await;
     }
     tokens::authenticate_for(server, token, audiences).await
 }

@@ -1,0 +1,155 @@
+"""Node identity, end to end: bootstrap tokens from `skiff token create`, the
+CertificateSigningRequest a joining node makes with one (approved and signed by the
+controllers), client-certificate authentication, and the Node authorizer holding that
+certificate to its own pods' Secrets. Keys and requests are made with the openssl CLI, as
+an outside client would; the last test joins a real `skiff agent` with a token."""
+
+import base64
+import json
+import os
+import ssl
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import Cluster, skiff_binary, wait_for
+
+
+def request_as(cluster, method, path, *, token=None, cert=None, body=None):
+    """(status, parsed body) of a request with a bearer token or a client certificate
+    (a (cert, key) pair of file paths)."""
+    ctx = ssl.create_default_context(cafile=os.path.join(cluster.data_dir, "ca.crt"))
+    if cert:
+        ctx.load_cert_chain(*cert)
+    req = urllib.request.Request(cluster.url + path, data=None if body is None else json.dumps(body).encode(), method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def certificate_request(directory, subject):
+    key, csr = os.path.join(directory, "node.key"), os.path.join(directory, "node.csr")
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", subject, "-keyout", key, "-out", csr], check=True, capture_output=True)
+    return key, open(csr, "rb").read()
+
+
+def csr_object(name, pem):
+    return {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+            "spec": {"request": base64.b64encode(pem).decode(), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                     "usages": ["digital signature", "client auth"], "username": "someone-else"}}
+
+
+@pytest.fixture
+def token(cluster):
+    return cluster.skiff("token", "create", "--ttl", "1h", "--kubeconfig", cluster.kubeconfig).stdout.strip()
+
+
+def test_a_wrong_join_token_is_refused(cluster, token):
+    assert len(token) == 23 and token[6] == "."
+    wrong = token[:7] + ("0" if token[7] != "0" else "1") + token[8:]
+    status, body = request_as(cluster, "GET", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=wrong)
+    assert status == 401 and body["reason"] == "Unauthorized"
+    status, _ = request_as(cluster, "GET", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token)
+    assert status == 200
+    # A bootstrap token asks for certificates and nothing else.
+    status, body = request_as(cluster, "GET", "/api/v1/namespaces/kube-system/secrets", token=token)
+    assert status == 403 and "system:bootstrap:" in body["message"], body
+
+
+def test_a_joining_nodes_certificate_is_its_own_identity(cluster, nodes, namespace, token):
+    with tempfile.TemporaryDirectory() as d:
+        key, pem = certificate_request(d, "/O=system:nodes/CN=system:node:n-1")
+        status, created = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token, body=csr_object("joiner", pem))
+        assert status == 201, created
+        assert created["spec"]["username"] == f"system:bootstrap:{token[:6]}", "the server names the requester"
+        def signed():
+            got = cluster.json("get", "csr", "joiner")
+            return got.get("status", {}).get("certificate")
+        certificate = base64.b64decode(wait_for(signed, 30, "the request to be approved and signed"))
+        conditions = cluster.json("get", "csr", "joiner")["status"]["conditions"]
+        assert [(c["type"], c["reason"]) for c in conditions] == [("Approved", "AutoApproved")]
+        cert = os.path.join(d, "node.crt")
+        open(cert, "wb").write(certificate)
+        whoami = request_as(cluster, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", cert=(cert, key),
+                            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})[1]
+        assert whoami["status"]["userInfo"]["username"] == "system:node:n-1"
+        assert "system:nodes" in whoami["status"]["userInfo"]["groups"]
+        # The certificate reads the Secret of a pod bound to its node, not one of a pod on another.
+        for node in ("n-0", "n-1"):
+            cluster.kubectl("create", "secret", "generic", f"for-{node}", "--from-literal=k=v", "-n", namespace)
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"on-{node}", "namespace": namespace},
+                   "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.skiff.internal/none:v1",
+                            "envFrom": [{"secretRef": {"name": f"for-{node}"}}]}]}}
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        status, _ = request_as(cluster, "GET", f"/api/v1/namespaces/{namespace}/secrets/for-n-1", cert=(cert, key))
+        assert status == 200
+        status, body = request_as(cluster, "GET", f"/api/v1/namespaces/{namespace}/secrets/for-n-0", cert=(cert, key))
+        assert status == 403 and "no relationship found between node 'n-1' and this object" in body["message"], body
+
+
+def test_a_request_for_anything_but_a_node_certificate_is_left_pending(cluster, token):
+    with tempfile.TemporaryDirectory() as d:
+        _, pem = certificate_request(d, "/O=system:masters/CN=mallory")
+        status, _ = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token, body=csr_object("mallory", pem))
+        assert status == 201
+        import time
+        time.sleep(2)
+        assert "certificate" not in cluster.json("get", "csr", "mallory").get("status", {})
+        bad = dict(csr_object("garbage", b"not a request"))
+        status, body = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token, body=bad)
+        assert status == 422 and "spec.request" in body["message"], body
+
+
+def test_the_admin_kubeconfig_carries_a_client_certificate(cluster):
+    """The admin's certificate, in the kubeconfig's `skiff-cert` context, alone."""
+    who = cluster.kubectl("auth", "whoami", "--context", "skiff-cert", "-o", "json")
+    assert json.loads(who.stdout)["status"]["userInfo"]["username"] == "system:admin"
+    assert "system:masters" in json.loads(who.stdout)["status"]["userInfo"]["groups"]
+
+
+def test_an_agent_joins_with_a_token_and_runs_as_its_node():
+    """A real `skiff agent` against its own control plane: a wrong token stops it with the
+    reason; the right one gets it a certificate, and it registers as system:node:NAME."""
+    with tempfile.TemporaryDirectory() as d:
+        server = Cluster(d, ["--metric-resolution", "1s"], command="server").start()
+        agent_dir = os.path.join(d, "joined-agent")
+        try:
+            token = server.skiff("token", "create", "--kubeconfig", server.kubeconfig).stdout.strip()
+            base = [skiff_binary(), "agent", "--server", server.url, "--certificate-authority", os.path.join(d, "ca.crt"),
+                    "--node-name", "joined", "--node-ip", "127.0.0.1", "--agent-port", "0", "--ingress-http-port", "0",
+                    "--ingress-https-port", "0", "--data-dir", agent_dir]
+            wrong = subprocess.run(base + ["--token", "abcdef.0123456789abcdef"], capture_output=True, text=True, timeout=60)
+            assert wrong.returncode != 0 and "refused the join token" in wrong.stderr, wrong.stderr
+            log = open(os.path.join(d, "agent.log"), "ab")
+            agent = subprocess.Popen(base + ["--token", token], stdout=log, stderr=log)
+            try:
+                def ready():
+                    p = server.kubectl("get", "node", "joined", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+                    return p.returncode == 0 and p.stdout == "True"
+                wait_for(ready, 60, "the joined node to be Ready")
+                assert os.path.exists(os.path.join(agent_dir, "pki", "node.crt"))
+                audit = open(os.path.join(d, "audit.log")).read()
+                assert '"username":"system:node:joined"' in audit
+                # The API server reaches the agent (which holds no cluster token) with its own
+                # client certificate: the node's usage comes through.
+                usage = lambda: server.kubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes/joined", check=False).returncode == 0
+                wait_for(usage, 60, "the joined node's metrics, scraped by the API server")
+                csrs = server.json("get", "csr")["items"]
+                assert any(c["spec"]["username"].startswith("system:bootstrap:") for c in csrs)
+            finally:
+                agent.terminate()
+                agent.wait(timeout=20)
+                log.close()
+                subprocess.run([skiff_binary(), "killall", "--data-dir", agent_dir], check=False, capture_output=True)
+        finally:
+            server.stop()
