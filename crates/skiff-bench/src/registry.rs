@@ -54,11 +54,15 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     let certs = skiff_apiserver::tls::load_or_create(dir, &["127.0.0.1".into()])?;
     let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let client = skiff_apiserver::in_process_client(skiff_apiserver::router(server), skiff_apiserver::authz::UserInfo::admin(), "skiff-bench");
-    tokio::spawn(skiff_scheduler::run(client.clone(), std::future::pending()));
+    // Each part as its own user, as under `skiff up` (the agent under the Node authorizer).
+    use skiff_apiserver::authz::{UserInfo, node::node_user};
+    let router = skiff_apiserver::router(server);
+    let as_user = |user, component| skiff_apiserver::in_process_client(router.clone(), user, component);
+    let client = as_user(UserInfo::admin(), "skiff-bench");
+    tokio::spawn(skiff_scheduler::run(as_user(UserInfo::scheduler(), "skiff-scheduler"), std::future::pending()));
     // The controllers give the node its pod range: a /16, room for the biggest density run.
     let ranges = skiff_controllers::node_ipam::PodRanges::new("10.240.0.0/12".parse().map_err(anyhow::Error::msg)?, 16).map_err(anyhow::Error::msg)?;
-    tokio::spawn(skiff_controllers::run(client.clone(), skiff_controllers::Options { pod_ranges: Some(ranges), root_ca: Some(certs.ca_pem), ..Default::default() }, std::future::pending()));
+    tokio::spawn(skiff_controllers::run(as_user(UserInfo::controllers(), "skiff-controllers"), skiff_controllers::Options { pod_ranges: Some(ranges), root_ca: Some(certs.ca_pem), ..Default::default() }, std::future::pending()));
     let config = skiff_agent::AgentConfig {
         node_name: "bench-node".into(),
         node_ip: "127.0.0.1".into(),
@@ -76,7 +80,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         proxied_requests: Default::default(),
         ready_pods: Default::default(),
     };
-    let agent = tokio::spawn(skiff_agent::run(client.clone(), config));
+    let agent = tokio::spawn(skiff_agent::run(as_user(node_user("bench-node"), "skiff-agent"), config));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while nodes.get_opt("bench-node").await?.is_none_or(|n| skiff_client::nodes::ready_status(&n) != Some("True")) {

@@ -80,8 +80,9 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
     let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|_| Error::Invalid("spec.request is not PEM".into()))?;
     let request = CertificateSigningRequestParams::from_pem(&pem).map_err(|e| Error::Invalid(format!("spec.request: {e}")))?;
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    // This signer makes node client certificates only, whoever approved the request.
+    let Some(subresource) = recognised(&csr, &request) else { return Ok(Action::await_change()) };
     if !condition(&csr, "Approved") {
-        let Some(subresource) = recognised(&csr, &request) else { return Ok(Action::await_change()) };
         if !may_request(&ctx.client, &csr, subresource).await? {
             return Ok(Action::await_change());
         }
@@ -168,4 +169,50 @@ fn sign(signer: &Signer, mut request: CertificateSigningRequestParams, life: Dur
     serial[0] &= 0x7f;
     p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     Ok(request.signed_by(&issuer).map_err(invalid)?.pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cn: &str, org: &str) -> (String, CertificateSigningRequestParams) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::OrganizationName, org);
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        let parsed = CertificateSigningRequestParams::from_pem(&pem).unwrap();
+        (pem, parsed)
+    }
+
+    fn csr(username: &str, usages: &[&str]) -> CertificateSigningRequest {
+        serde_json::from_value(json!({"metadata": {"name": "r"}, "spec": {"request": "", "signerName": KUBELET_CLIENT, "usages": usages, "username": username}})).unwrap()
+    }
+
+    #[test]
+    fn only_node_client_requests_are_recognised() {
+        let (_, node) = request("system:node:edge-1", "system:nodes");
+        assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["digital signature", "client auth"]), &node), Some("nodeclient"));
+        assert_eq!(recognised(&csr("system:node:edge-1", &["client auth"]), &node), Some("selfnodeclient"));
+        assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["client auth", "server auth"]), &node), None, "a client's usages only");
+        let (_, admin) = request("system:admin", "system:masters");
+        assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["client auth"]), &admin), None);
+    }
+
+    #[test]
+    fn a_signed_certificate_names_the_node_and_is_the_cas() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let signer = Signer { ca_cert_pem: ca_cert.pem(), ca_key_pem: ca_key.serialize_pem() };
+        let (_, node) = request("system:node:edge-1", "system:nodes");
+        let pem = sign(&signer, node, Duration::from_secs(3600)).unwrap();
+        let issued = rcgen::CertificateParams::from_ca_cert_pem(&pem).unwrap();
+        assert_eq!(text(issued.distinguished_name.get(&DnType::CommonName)).as_deref(), Some("system:node:edge-1"));
+        assert_eq!(text(issued.distinguished_name.get(&DnType::OrganizationName)).as_deref(), Some("system:nodes"));
+        let life = issued.not_after - issued.not_before;
+        assert!(life >= time::Duration::minutes(60) && life <= time::Duration::minutes(62));
+    }
 }

@@ -26,30 +26,15 @@ const TOKEN_GROUP: &str = "system:bootstrappers:skiff:default-node-token";
 /// `n` characters of `[a-z0-9]` from the OS's randomness.
 fn random(n: usize) -> anyhow::Result<String> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; n];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes).context("reading /dev/urandom")?;
-    // 256 is not a multiple of 36: the first 252 values map evenly, the rest are drawn again.
     let mut out = String::new();
-    let mut pool = bytes.into_iter();
     while out.len() < n {
-        let b = match pool.next() {
-            Some(b) => b,
-            None => {
-                pool = random_bytes(n)?.into_iter();
-                continue;
-            }
-        };
-        if b < 252 {
-            out.push(ALPHABET[(b % 36) as usize] as char);
-        }
+        let mut bytes = vec![0u8; n];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes).context("reading /dev/urandom")?;
+        // 256 is not a multiple of 36: bytes from 252 up are drawn again, so each
+        // character is equally likely.
+        out.extend(bytes.into_iter().filter(|b| *b < 252).map(|b| ALPHABET[(b % 36) as usize] as char).take(n - out.len()));
     }
     Ok(out)
-}
-
-fn random_bytes(n: usize) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = vec![0u8; n];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes).context("reading /dev/urandom")?;
-    Ok(bytes)
 }
 
 /// `skiff token create`: a bootstrap token valid for `ttl` (as `24h`, `90m`; 0 never
