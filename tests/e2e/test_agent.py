@@ -23,6 +23,24 @@ def wasm_cluster(registry):
         yield c
 
 
+def test_the_agent_serves_a_certificate_the_cluster_ca_signed(wasm_cluster):
+    """The agent of `skiff up` asks for its serving certificate (signer kubelet-serving),
+    the controllers approve it, and the API server verifies it when it calls the agent."""
+    from test_node_identity import serving_certificate, subject_of
+    import ssl
+    def signed():
+        try:
+            return serving_certificate(wasm_cluster, "wasm-node")
+        except ssl.SSLCertVerificationError:
+            return None
+    cert = wait_for(signed, 30, "the agent to serve the certificate the cluster CA signed")
+    assert subject_of(cert)["commonName"] == "system:node:wasm-node"
+    assert subject_of(cert, "issuer")["commonName"] == "skiff-ca"
+    requests = [c for c in wasm_cluster.json("get", "csr")["items"] if c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"]
+    assert requests and all(c["spec"]["username"] == "system:node:wasm-node" for c in requests), requests
+    assert all(c["status"]["conditions"][0]["type"] == "Approved" for c in requests), requests
+
+
 @pytest.fixture(scope="module")
 def images(registry):
     """The example pushed as a preview 1 module and as a preview 2 component."""

@@ -213,6 +213,13 @@ def test_a_node_reads_only_the_secrets_of_its_own_pods(cluster, namespace, nodes
     impostor = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "someone-else"}}
     created = cluster.kubectl("create", "-f", "-", *as_node(nodes[0]), input=json.dumps(impostor), check=False)
     assert f'node "{nodes[0]}" is not allowed to create a Node named "someone-else"' in created.stderr, created.stderr
+    # Tokens only for its own pods' accounts, bound to the pod.
+    bound = ["--bound-object-kind", "Pod", "--bound-object-name", "consumer"]
+    assert cluster.kubectl("create", "token", "default", "-n", namespace, *bound, *as_node(nodes[0])).stdout.count(".") == 2
+    stolen = cluster.kubectl("create", "token", "default", "-n", namespace, *bound, *as_node(nodes[1]), check=False)
+    assert f"node '{nodes[1]}' may only request tokens for the service accounts of pods bound to it" in stolen.stderr, stolen.stderr
+    unbound = cluster.kubectl("create", "token", "default", "-n", namespace, *as_node(nodes[0]), check=False)
+    assert "a node may only request tokens bound to a pod" in unbound.stderr, unbound.stderr
     # Once the pod is gone, so is the node's right to its Secret.
     cluster.kubectl("delete", "pod", "consumer", "-n", namespace, "--grace-period=0", "--force", "--wait=true")
     after = cluster.kubectl("get", "secret", "used", "-n", namespace, *as_node(nodes[0]), check=False)

@@ -7,6 +7,7 @@ an outside client would; the last test joins a real `skiff agent` with a token."
 import base64
 import json
 import os
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -117,6 +118,46 @@ def test_the_admin_kubeconfig_carries_a_client_certificate(cluster):
     assert "system:masters" in json.loads(who.stdout)["status"]["userInfo"]["groups"]
 
 
+def serving_certificate(cluster, node):
+    """The certificate node `node`'s agent serves, verified against the cluster CA for the
+    node's InternalIP (the handshake fails otherwise)."""
+    status = cluster.json("get", "node", node)["status"]
+    address = next(a["address"] for a in status["addresses"] if a["type"] == "InternalIP")
+    port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    ctx = ssl.create_default_context(cafile=os.path.join(cluster.data_dir, "ca.crt"))
+    with socket.create_connection((address, port), timeout=10) as tcp, ctx.wrap_socket(tcp, server_hostname=address) as tls:
+        return tls.getpeercert()
+
+
+def subject_of(cert, field="subject"):
+    return {k: v for rdn in cert[field] for k, v in rdn}
+
+
+def test_a_serving_certificate_naming_another_address_is_not_approved(cluster, nodes, token):
+    """A node asking for a serving certificate for an address that is not its own gets none."""
+    with tempfile.TemporaryDirectory() as d:
+        key, pem = certificate_request(d, "/O=system:nodes/CN=system:node:n-1")
+        request = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "joiner-client"},
+                   "spec": {"request": base64.b64encode(pem).decode(), "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+                            "usages": ["digital signature", "client auth"]}}
+        assert request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token, body=request)[0] == 201
+        certificate = base64.b64decode(wait_for(lambda: cluster.json("get", "csr", "joiner-client").get("status", {}).get("certificate"), 30, "the client certificate"))
+        cert = os.path.join(d, "node.crt")
+        open(cert, "wb").write(certificate)
+        serving_key, serving = os.path.join(d, "serving.key"), os.path.join(d, "serving.csr")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-subj", "/O=system:nodes/CN=system:node:n-1", "-addext", "subjectAltName=IP:10.99.99.99",
+                        "-keyout", serving_key, "-out", serving], check=True, capture_output=True)
+        request = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": "n-1-elsewhere"},
+                   "spec": {"request": base64.b64encode(open(serving, "rb").read()).decode(), "signerName": "kubernetes.io/kubelet-serving",
+                            "usages": ["digital signature", "server auth"]}}
+        status, created = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", cert=(cert, key), body=request)
+        assert status == 201 and created["spec"]["username"] == "system:node:n-1", created
+        import time
+        time.sleep(2)
+        assert "certificate" not in cluster.json("get", "csr", "n-1-elsewhere").get("status", {})
+
+
 def test_an_agent_joins_with_a_token_and_runs_as_its_node():
     """A real `skiff agent` against its own control plane: a wrong token stops it with the
     reason; the right one gets it a certificate, and it registers as system:node:NAME."""
@@ -146,6 +187,9 @@ def test_an_agent_joins_with_a_token_and_runs_as_its_node():
                 wait_for(usage, 60, "the joined node's metrics, scraped by the API server")
                 csrs = server.json("get", "csr")["items"]
                 assert any(c["spec"]["username"].startswith("system:bootstrap:") for c in csrs)
+                # Its serving certificate is the cluster CA's, asked for as the node itself.
+                assert subject_of(serving_certificate(server, "joined"))["commonName"] == "system:node:joined"
+                assert os.path.exists(os.path.join(agent_dir, "pki", "serving.crt"))
             finally:
                 agent.terminate()
                 agent.wait(timeout=20)

@@ -21,6 +21,7 @@ pub mod port_forward;
 pub mod port_forward_websocket;
 pub mod registries;
 pub mod node;
+pub mod node_certificates;
 pub mod probes;
 pub mod referenced;
 pub mod runtime;
@@ -343,13 +344,15 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
         pods: Mutex::default(),
         network: Default::default(),
     });
-    let (port, serving) = server::start(agent.clone()).await.context("starting the agent's HTTPS endpoint")?;
+    let (port, certificate, serving) = server::start(agent.clone()).await.context("starting the agent's HTTPS endpoint")?;
     let mut registration = registration(&agent, port);
     let node = registration.register(&client).await.with_context(|| format!("registering node {}", registration.name))?;
     tracing::info!(node = %registration.name, port, "node registered");
     let network = network::PodNetwork::set_up(pod_cidr(&client, &registration.name).await);
     registration.network = Some(network.condition());
     let node = registration.report_status(&client).await.unwrap_or(node);
+    // Asked for once the Node's status carries the address the certificate names.
+    tokio::spawn(server::keep_serving_certificate(agent.clone(), certificate));
     let routed = network.fallback.is_none();
     if let Some(oci) = &agent.runtimes.oci {
         oci.set_network(network.range, network.fallback.clone());

@@ -1,7 +1,8 @@
 //! The agent's HTTPS endpoint (kubelet's port 10250): container logs, which the API
 //! server forwards `pods/log` requests to, and per-pod usage (`/stats/summary`). Callers
-//! present the cluster's bearer token. The certificate is self-signed and made at each
-//! start; like kube-apiserver with kubelets by default, the API server does not verify it.
+//! present the API server's client certificate or the cluster's bearer token. The serving
+//! certificate is the one the cluster CA signed for this node ([`crate::node_certificates`]),
+//! which the API server verifies; until the first is signed, a self-signed one stands in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,19 +18,33 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::channels::Upgrade;
-use crate::Agent;
+use crate::{Agent, node_certificates};
 use crate::logs::{self, LogOptions};
 
 /// How often a followed log is checked for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
-/// Binds the endpoint and starts serving; returns the port it listens on.
-pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+/// The names the endpoint's certificate carries: the node's address and its name.
+pub fn serving_names(agent: &Agent) -> Vec<String> {
+    vec![agent.config.node_ip.clone(), agent.config.node_name.clone()]
+}
+
+/// Binds the endpoint and starts serving; returns the port it listens on and the
+/// certificate it serves, which [`keep_serving_certificate`] replaces.
+pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, Arc<ServingCertificate>, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", agent.config.port)).await?;
     let port = listener.local_addr()?.port();
-    let names = vec![agent.config.node_name.clone(), agent.config.node_ip.clone(), "localhost".into()];
-    let cert = rcgen::generate_simple_self_signed(names)?;
-    let tls = tls_config(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes(), &agent.config.cluster_ca)?;
+    let names = serving_names(&agent);
+    let stored = node_certificates::load(&agent.config.data_dir.join(node_certificates::PKI), SERVING).filter(|c| node_certificates::names_match(&c.cert_pem, &names));
+    let first = match stored {
+        Some(issued) => issued,
+        None => {
+            let cert = rcgen::generate_simple_self_signed(names)?;
+            node_certificates::Issued { cert_pem: cert.cert.pem(), key_pem: cert.signing_key.serialize_pem() }
+        }
+    };
+    let certificate = Arc::new(ServingCertificate::new(&first)?);
+    let tls = tls_config(certificate.clone(), &agent.config.cluster_ca)?;
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
@@ -60,7 +75,86 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, tokio::task::JoinH
             });
         }
     });
-    Ok((port, serving))
+    Ok((port, certificate, serving))
+}
+
+/// The serving certificate's file name under the data directory's `pki/`.
+const SERVING: &str = "serving";
+/// How long to wait before asking again when a request for a certificate failed.
+const RETRY: Duration = Duration::from_secs(30);
+
+/// The certificate the endpoint presents, replaced while it serves.
+#[derive(Debug)]
+pub struct ServingCertificate(std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, String)>);
+
+impl ServingCertificate {
+    fn new(issued: &node_certificates::Issued) -> anyhow::Result<Self> {
+        Ok(Self(std::sync::RwLock::new((certified_key(issued)?, issued.cert_pem.clone()))))
+    }
+
+    fn set(&self, issued: &node_certificates::Issued) -> anyhow::Result<()> {
+        *self.0.write().expect("certificate lock") = (certified_key(issued)?, issued.cert_pem.clone());
+        Ok(())
+    }
+
+    fn pem(&self) -> String {
+        self.0.read().expect("certificate lock").1.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().expect("certificate lock").0.clone())
+    }
+}
+
+fn certified_key(issued: &node_certificates::Issued) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, key)))
+}
+
+/// Asks the cluster CA for the endpoint's certificate (once the Node is registered, with
+/// its address, which the approver checks), serves it, and asks again when a fifth of its
+/// life is left. A node whose certificate is not signed keeps the one it has.
+pub async fn keep_serving_certificate(agent: Arc<Agent>, certificate: Arc<ServingCertificate>) {
+    let (names, dir) = (serving_names(&agent), agent.config.data_dir.join(node_certificates::PKI));
+    // The one served at start may be the self-signed stand-in, or one kept from before.
+    let mut from_the_ca = signed_by_cluster(&agent, &certificate.pem());
+    loop {
+        let current = certificate.pem();
+        if from_the_ca && node_certificates::still_good(&current) && node_certificates::names_match(&current, &names) {
+            let at = node_certificates::renew_at(&current).unwrap_or_else(jiff::Timestamp::now);
+            let wait = at.duration_since(jiff::Timestamp::now()).unsigned_abs();
+            tokio::time::sleep(wait.max(RETRY)).await;
+            continue;
+        }
+        let asked = node_certificates::request(agent.client.clone(), node_certificates::KUBELET_SERVING, &agent.config.node_name, &names).await;
+        match asked.and_then(|issued| {
+            certificate.set(&issued)?;
+            node_certificates::store(&dir, SERVING, &issued)
+        }) {
+            Ok(()) => {
+                from_the_ca = true;
+                tracing::info!(node = %agent.config.node_name, "serving with the certificate the cluster CA signed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no serving certificate from the cluster CA yet; asking again soon");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Whether a certificate is the cluster CA's (its issuer is the CA), not the self-signed
+/// stand-in; the API server's handshake checks the signature itself.
+fn signed_by_cluster(agent: &Agent, pem: &str) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else { return false };
+    let Ok(cert) = block.parse_x509() else { return false };
+    agent.config.cluster_ca.iter().any(|ca| x509_parser::certificate::X509Certificate::from_der(ca).is_ok_and(|(_, ca)| ca.subject() == cert.issuer()))
 }
 
 /// The common name of the client certificate the API server calls agents with.
@@ -78,11 +172,8 @@ fn names_api_server(der: &[u8]) -> bool {
 
 /// TLS for the endpoint; with the cluster CA, client certificates it signed are asked
 /// for (not required: a caller may present the token instead).
-fn tls_config(cert_pem: &[u8], key_pem: &[u8], cluster_ca: &[Vec<u8>]) -> anyhow::Result<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem)?;
+fn tls_config(certificate: Arc<ServingCertificate>, cluster_ca: &[Vec<u8>]) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::CertificateDer;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = if cluster_ca.is_empty() {
@@ -94,7 +185,7 @@ fn tls_config(cert_pem: &[u8], key_pem: &[u8], cluster_ca: &[Vec<u8>]) -> anyhow
         }
         builder.with_client_cert_verifier(rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).allow_unauthenticated().build()?)
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

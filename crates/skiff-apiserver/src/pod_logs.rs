@@ -1,8 +1,10 @@
 //! `GET …/pods/{name}/log`: checks the request against the pod, then forwards it to the
 //! agent of the pod's node (its HTTPS endpoint, found in the Node's address and
 //! `daemonEndpoints`) and streams the agent's answer back, as kube-apiserver does with
-//! kubelets. The node-reaching parts serve the streams ([`crate::pod_streams`]) too. Like kube-apiserver by default, it does not verify the agent's certificate;
-//! it authenticates itself with the cluster token.
+//! kubelets. The node-reaching parts serve the streams ([`crate::pod_streams`]) too. The
+//! agent's serving certificate is verified against the cluster CA (kube-apiserver's
+//! `--kubelet-certificate-authority`), unless a log request says
+//! `insecureSkipTLSVerifyBackend=true`; the API server presents its client certificate.
 
 use std::sync::OnceLock;
 
@@ -19,31 +21,48 @@ use crate::request::Target;
 const PARAMS: &[&str] = &["container", "follow", "previous", "timestamps", "tailLines", "sinceSeconds", "sinceTime", "limitBytes", "pretty", "insecureSkipTLSVerifyBackend"];
 const INTEGERS: &[&str] = &["tailLines", "sinceSeconds", "limitBytes"];
 
-/// The client certificate and key (PEM) the API server presents to agents.
-static AGENT_IDENTITY: OnceLock<String> = OnceLock::new();
-
-/// Sets the certificate calls to agents present, before the first call.
-pub fn set_agent_identity(pem: String) {
-    let _ = AGENT_IDENTITY.set(pem);
+/// How the API server meets agents: its client certificate and key, and the CA their
+/// serving certificates are signed by (PEM).
+struct AgentTls {
+    identity_pem: String,
+    ca_pem: String,
 }
 
-/// A client for agents' endpoints, presenting the API server's certificate when one is set.
-pub(crate) fn agent_client_builder() -> reqwest::ClientBuilder {
+static AGENT_TLS: OnceLock<AgentTls> = OnceLock::new();
+
+/// Sets the certificate calls to agents present and the CA they verify agents with,
+/// before the first call. Without it (an API server serving no agents of its own, as in
+/// tests), agents' certificates are not verified.
+pub fn set_agent_tls(identity_pem: String, ca_pem: String) {
+    let _ = AGENT_TLS.set(AgentTls { identity_pem, ca_pem });
+}
+
+/// A client for agents' endpoints, presenting the API server's certificate and verifying
+/// the agent's (unless `verify` is false).
+pub(crate) fn agent_client_builder(verify: bool) -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = reqwest::Client::builder().tls_danger_accept_invalid_certs(true);
-    match AGENT_IDENTITY.get().map(|pem| reqwest::Identity::from_pem(pem.as_bytes())) {
-        Some(Ok(identity)) => builder.identity(identity),
-        Some(Err(e)) => {
+    let builder = reqwest::Client::builder();
+    let Some(tls) = AGENT_TLS.get() else { return builder.tls_danger_accept_invalid_certs(true) };
+    let builder = match reqwest::Certificate::from_pem(tls.ca_pem.as_bytes()) {
+        Ok(ca) if verify => builder.tls_certs_only([ca]),
+        _ => builder.tls_danger_accept_invalid_certs(true),
+    };
+    match reqwest::Identity::from_pem(tls.identity_pem.as_bytes()) {
+        Ok(identity) => builder.identity(identity),
+        Err(e) => {
             tracing::warn!(error = %e, "the API server's client certificate for agents is unusable");
             builder
         }
-        None => builder,
     }
 }
 
-pub(crate) fn agent_client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| agent_client_builder().build().expect("an HTTPS client"))
+/// The client for agents' endpoints; `verify` false for a request that asked to skip the
+/// check of the agent's certificate.
+pub(crate) fn agent_client(verify: bool) -> &'static reqwest::Client {
+    static VERIFYING: OnceLock<reqwest::Client> = OnceLock::new();
+    static TRUSTING: OnceLock<reqwest::Client> = OnceLock::new();
+    let (cell, verify) = if verify { (&VERIFYING, true) } else { (&TRUSTING, false) };
+    cell.get_or_init(|| agent_client_builder(verify).build().expect("an HTTPS client"))
 }
 
 pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, params: &std::collections::HashMap<String, String>) -> ApiResult<Response> {
@@ -65,7 +84,8 @@ pub async fn pod_log(server: &ApiServer, target: &Target, query: Option<&str>, p
         url.push('?');
         url.push_str(q);
     }
-    let response = agent_client().get(&url).bearer_auth(&server.config.token).send().await
+    let verify = params.get("insecureSkipTLSVerifyBackend").is_none_or(|v| v != "true");
+    let response = agent_client(verify).get(&url).bearer_auth(&server.config.token).send().await
         .map_err(|e| ApiError::internal(format!("Get {url:?}: {e}")))?;
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("text/plain").to_string();

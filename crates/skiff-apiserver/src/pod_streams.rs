@@ -24,7 +24,7 @@ const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "sec-websocket-key",
 /// HTTP/1.1 only: an upgrade cannot ride an HTTP/2 stream.
 fn upgrade_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| crate::pod_logs::agent_client_builder().http1_only().build().expect("an HTTPS client"))
+    CLIENT.get_or_init(|| crate::pod_logs::agent_client_builder(true).http1_only().build().expect("an HTTPS client"))
 }
 
 /// Which stream a request opens.

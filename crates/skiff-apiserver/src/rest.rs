@@ -108,7 +108,9 @@ fn present_one(r: &ResourceType, object: Value, out: Output) -> Value {
     }
 }
 
-pub(crate) fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+/// Decodes a request body by its Content-Type: JSON (also when there is none), YAML or
+/// protobuf; CBOR is refused as unsupported.
+pub fn parse_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let media = content_type.split(';').next().unwrap_or_default().trim();
     if body.is_empty() {
@@ -313,7 +315,8 @@ async fn dispatch(server: Arc<ApiServer>, method: Method, uri: Uri, headers: Hea
         }
         (&Method::POST, true, Some("token")) if r.kind == "ServiceAccount" => {
             let request = parse_body(&headers, &body)?;
-            let answered = crate::authz::tokens::request(&server, target.namespace.as_deref().unwrap_or_default(), target.name.as_deref().unwrap_or_default(), request).await?;
+            let node = crate::authz::node::node_of(user);
+            let answered = crate::authz::tokens::request(&server, target.namespace.as_deref().unwrap_or_default(), target.name.as_deref().unwrap_or_default(), request, node).await?;
             Ok(respond(StatusCode::CREATED, &answered, out, &[]))
         }
         (&Method::POST, true, Some("binding")) if r.kind == "Pod" => {

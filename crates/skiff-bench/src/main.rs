@@ -75,6 +75,7 @@ mod port_forward;
 mod etcd;
 mod autoscale;
 mod first_answer;
+mod handshake;
 mod footprint;
 mod push_pull;
 mod registry;
@@ -113,6 +114,15 @@ enum Bench {
         /// Concurrent client counts to measure (each at least 1).
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<std::num::NonZeroUsize>,
+    },
+    /// A new client's TLS handshake and first request to the API, against etcd over TLS.
+    Handshake {
+        /// Tiny sizes, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Connections per path, one at a time.
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
     },
     /// Bytes through `kubectl port-forward` against straight to the pod.
     PortForward {
@@ -565,6 +575,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         Bench::Api { quick, .. } => ("api", *quick),
         Bench::Encoding { quick, .. } => ("encoding", *quick),
+        Bench::Handshake { quick, .. } => ("handshake", *quick),
         Bench::PortForward { quick, .. } => ("port-forward", *quick),
         Bench::Schedule { quick, .. } => ("schedule", *quick),
         Bench::Startup { quick, .. } => ("startup", *quick),
@@ -580,6 +591,7 @@ async fn bench() -> anyhow::Result<()> {
     let rows = match cli.bench {
         Bench::Table { .. } => unreachable!("answered above"),
         Bench::Api { quick, creates, clients } => api_bench(quick, creates, clients).await,
+        Bench::Handshake { quick, connections } => handshake::run(quick, connections).await,
         Bench::Encoding { quick, creates, list_size, lists } => encoding::run(quick, creates, list_size, lists).await,
         Bench::PortForward { quick, mib, rounds, binary } => port_forward::run(quick, mib, rounds, binary).await,
         Bench::Schedule { quick, pods, replicas } => schedule::run(quick, pods, replicas).await,

@@ -1,10 +1,14 @@
-//! Node client certificates through CertificateSigningRequests, as kube-controller-manager's
-//! csrapproving and csrsigning controllers give them: a request for signer
+//! Node certificates through CertificateSigningRequests, as kube-controller-manager's
+//! csrapproving and csrsigning controllers give them. A request for signer
 //! `kubernetes.io/kube-apiserver-client-kubelet` whose subject is a node
 //! (`O=system:nodes`, `CN=system:node:NAME`) and whose usages are a client's is approved
 //! when its requester may create `certificatesigningrequests/nodeclient` (a bootstrap
 //! token's user, for a new node) or `/selfnodeclient` (the node itself, renewing), asked
-//! through a SubjectAccessReview; an approved one is signed with the cluster CA.
+//! through a SubjectAccessReview. A request for `kubernetes.io/kubelet-serving` is
+//! approved when the node asks for itself and every name it carries is the node's name or
+//! one of the addresses in its Node's status (Kubernetes leaves these to an administrator
+//! or an add-on approver; Skiff's agents ask for them at every start, so it approves the
+//! ones it can check). An approved request is signed with the cluster CA.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,11 +17,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use rcgen::{CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{CertificateSigningRequestParams, DnType, DnValue, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use serde_json::json;
 
 use crate::Error;
@@ -26,6 +31,8 @@ use crate::support::retry;
 
 /// The signer of node client certificates.
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of node serving certificates.
+pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 /// A certificate's life when the request names none (`spec.expirationSeconds`), as
 /// kube-controller-manager's default.
 const DEFAULT_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -71,7 +78,8 @@ fn condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
 }
 
 async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    if csr.spec.signer_name != KUBELET_CLIENT || condition(&csr, "Denied") || condition(&csr, "Failed") {
+    let ours = matches!(csr.spec.signer_name.as_str(), KUBELET_CLIENT | KUBELET_SERVING);
+    if !ours || condition(&csr, "Denied") || condition(&csr, "Failed") {
         return Ok(Action::await_change());
     }
     if csr.status.as_ref().is_some_and(|s| s.certificate.is_some()) {
@@ -80,17 +88,18 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
     let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|_| Error::Invalid("spec.request is not PEM".into()))?;
     let request = CertificateSigningRequestParams::from_pem(&pem).map_err(|e| Error::Invalid(format!("spec.request: {e}")))?;
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
-    // This signer makes node client certificates only, whoever approved the request.
-    let Some(subresource) = recognised(&csr, &request) else { return Ok(Action::await_change()) };
+    // These signers make node certificates only, whoever approved the request.
+    let Some(purpose) = recognised(&csr, &request) else { return Ok(Action::await_change()) };
     if !condition(&csr, "Approved") {
-        if !may_request(&ctx.client, &csr, subresource).await? {
-            return Ok(Action::await_change());
-        }
+        let message = match &purpose {
+            Purpose::Client(subresource) if may_request(&ctx.client, &csr, subresource).await? => "Auto approving kubelet client certificate after SubjectAccessReview.",
+            Purpose::Serving(node) if names_are_the_nodes(&ctx.client, node, &request).await? => "Auto approving kubelet serving certificate: its names are the node's own.",
+            _ => return Ok(Action::await_change()),
+        };
         let mut approved = (*csr).clone();
         let status = approved.status.get_or_insert_with(Default::default);
         status.conditions.get_or_insert_with(Vec::new).push(serde_json::from_value(json!({
-            "type": "Approved", "status": "True", "reason": "AutoApproved",
-            "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
+            "type": "Approved", "status": "True", "reason": "AutoApproved", "message": message,
             "lastUpdateTime": jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
         })).map_err(|e| Error::Invalid(e.to_string()))?);
         ignore_gone(api.replace_subresource("approval", &csr.name_any(), &PostParams::default(), &approved).await)?;
@@ -98,7 +107,7 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
         return Ok(Action::await_change());
     }
     let life = csr.spec.expiration_seconds.map(|s| Duration::from_secs(s.max(0) as u64).max(MIN_LIFE)).unwrap_or(DEFAULT_LIFE);
-    let certificate = sign(&ctx.signer, request, life)?;
+    let certificate = sign(&ctx.signer, request, life, &purpose)?;
     let mut signed = (*csr).clone();
     signed.status.get_or_insert_with(Default::default).certificate = Some(k8s_openapi::ByteString(certificate.into_bytes()));
     ignore_gone(api.replace_status(&csr.name_any(), &PostParams::default(), &signed).await)?;
@@ -113,19 +122,50 @@ fn text(value: Option<&DnValue>) -> Option<String> {
     }
 }
 
-/// Whether the request is a node client certificate's, and so which subresource its
-/// requester must be allowed to create: `selfnodeclient` when the node asks for itself.
-fn recognised(csr: &CertificateSigningRequest, request: &CertificateSigningRequestParams) -> Option<&'static str> {
+/// What a request this controller signs is for.
+#[derive(Debug, PartialEq)]
+enum Purpose {
+    /// A node's client certificate, whose requester must be allowed to create this
+    /// subresource of `certificatesigningrequests`: `selfnodeclient` when the node asks for
+    /// itself, `nodeclient` otherwise.
+    Client(&'static str),
+    /// Node NAME's serving certificate, asked for by the node itself.
+    Serving(String),
+}
+
+/// Whether the request is a node certificate's, and which: the signer, the subject, the
+/// usages and the names must all be a node client's or a node server's.
+fn recognised(csr: &CertificateSigningRequest, request: &CertificateSigningRequestParams) -> Option<Purpose> {
     let dn = &request.params.distinguished_name;
     let (cn, org) = (text(dn.get(&DnType::CommonName))?, text(dn.get(&DnType::OrganizationName))?);
     let node = cn.strip_prefix("system:node:").filter(|n| !n.is_empty())?;
     let usages: Vec<&str> = csr.spec.usages.iter().flatten().map(String::as_str).collect();
-    let client_usages = usages.contains(&"client auth") && usages.iter().all(|u| matches!(*u, "client auth" | "digital signature" | "key encipherment"));
-    let no_names = request.params.subject_alt_names.is_empty();
-    if org != "system:nodes" || !client_usages || !no_names {
+    let only = |wanted: &str| usages.contains(&wanted) && usages.iter().all(|u| matches!(*u, "digital signature" | "key encipherment") || *u == wanted);
+    let by_itself = csr.spec.username.as_deref() == Some(cn.as_str());
+    let names = &request.params.subject_alt_names;
+    if org != "system:nodes" {
         return None;
     }
-    Some(if csr.spec.username.as_deref() == Some(format!("system:node:{node}").as_str()) { "selfnodeclient" } else { "nodeclient" })
+    match csr.spec.signer_name.as_str() {
+        KUBELET_CLIENT if only("client auth") && names.is_empty() => Some(Purpose::Client(if by_itself { "selfnodeclient" } else { "nodeclient" })),
+        KUBELET_SERVING if only("server auth") && by_itself && !names.is_empty() => {
+            names.iter().all(|n| matches!(n, SanType::DnsName(_) | SanType::IpAddress(_))).then(|| Purpose::Serving(node.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Whether every name of a serving certificate's request is node `node`'s name or one of
+/// the addresses (and host names) its Node's status gives.
+async fn names_are_the_nodes(client: &Client, node: &str, request: &CertificateSigningRequestParams) -> Result<bool, Error> {
+    let Some(found) = Api::<Node>::all(client.clone()).get_opt(node).await? else { return Ok(false) };
+    let mut known: Vec<String> = found.status.and_then(|s| s.addresses).into_iter().flatten().map(|a| a.address).collect();
+    known.push(node.to_string());
+    Ok(request.params.subject_alt_names.iter().all(|n| match n {
+        SanType::DnsName(d) => known.iter().any(|k| k == d.as_str()),
+        SanType::IpAddress(ip) => known.iter().any(|k| k.parse::<std::net::IpAddr>().is_ok_and(|k| k == *ip)),
+        _ => false,
+    }))
 }
 
 /// Asks the API whether the requester may create `certificatesigningrequests/SUB`.
@@ -151,9 +191,9 @@ async fn may_request(client: &Client, csr: &CertificateSigningRequest, subresour
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// A client certificate for the request's key and subject, signed by the cluster CA,
-/// valid from a minute ago (clocks differ) for `life`.
-fn sign(signer: &Signer, mut request: CertificateSigningRequestParams, life: Duration) -> Result<String, Error> {
+/// A certificate for the request's key, subject and names, signed by the cluster CA for a
+/// client or a server as `purpose` says, valid from a minute ago (clocks differ) for `life`.
+fn sign(signer: &Signer, mut request: CertificateSigningRequestParams, life: Duration, purpose: &Purpose) -> Result<String, Error> {
     let invalid = |e: rcgen::Error| Error::Invalid(format!("signing: {e}"));
     let key = KeyPair::from_pem(&signer.ca_key_pem).map_err(invalid)?;
     let issuer = Issuer::from_ca_cert_pem(&signer.ca_cert_pem, key).map_err(invalid)?;
@@ -161,8 +201,10 @@ fn sign(signer: &Signer, mut request: CertificateSigningRequestParams, life: Dur
     let p = &mut request.params;
     p.not_before = now - time::Duration::minutes(1);
     p.not_after = now + time::Duration::seconds(life.as_secs() as i64);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    (p.key_usages, p.extended_key_usages) = match purpose {
+        Purpose::Client(_) => (vec![KeyUsagePurpose::DigitalSignature], vec![ExtendedKeyUsagePurpose::ClientAuth]),
+        Purpose::Serving(_) => (vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment], vec![ExtendedKeyUsagePurpose::ServerAuth]),
+    };
     p.is_ca = rcgen::IsCa::ExplicitNoCa;
     let mut serial = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").map_err(|e| Error::Invalid(e.to_string()))?, &mut serial).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -176,8 +218,12 @@ mod tests {
     use super::*;
 
     fn request(cn: &str, org: &str) -> (String, CertificateSigningRequestParams) {
+        named(cn, org, &[])
+    }
+
+    fn named(cn: &str, org: &str, names: &[&str]) -> (String, CertificateSigningRequestParams) {
         let key = KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.distinguished_name.push(DnType::OrganizationName, org);
         let pem = params.serialize_request(&key).unwrap().pem().unwrap();
@@ -186,17 +232,35 @@ mod tests {
     }
 
     fn csr(username: &str, usages: &[&str]) -> CertificateSigningRequest {
-        serde_json::from_value(json!({"metadata": {"name": "r"}, "spec": {"request": "", "signerName": KUBELET_CLIENT, "usages": usages, "username": username}})).unwrap()
+        for_signer(KUBELET_CLIENT, username, usages)
+    }
+
+    fn for_signer(signer: &str, username: &str, usages: &[&str]) -> CertificateSigningRequest {
+        serde_json::from_value(json!({"metadata": {"name": "r"}, "spec": {"request": "", "signerName": signer, "usages": usages, "username": username}})).unwrap()
     }
 
     #[test]
     fn only_node_client_requests_are_recognised() {
         let (_, node) = request("system:node:edge-1", "system:nodes");
-        assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["digital signature", "client auth"]), &node), Some("nodeclient"));
-        assert_eq!(recognised(&csr("system:node:edge-1", &["client auth"]), &node), Some("selfnodeclient"));
+        assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["digital signature", "client auth"]), &node), Some(Purpose::Client("nodeclient")));
+        assert_eq!(recognised(&csr("system:node:edge-1", &["client auth"]), &node), Some(Purpose::Client("selfnodeclient")));
         assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["client auth", "server auth"]), &node), None, "a client's usages only");
         let (_, admin) = request("system:admin", "system:masters");
         assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["client auth"]), &admin), None);
+        let (_, named_client) = named("system:node:edge-1", "system:nodes", &["10.0.0.1"]);
+        assert_eq!(recognised(&csr("system:node:edge-1", &["client auth"]), &named_client), None, "a client certificate names nothing");
+    }
+
+    #[test]
+    fn serving_requests_are_recognised_only_from_the_node_itself() {
+        let (_, serving) = named("system:node:edge-1", "system:nodes", &["10.0.0.1", "edge-1"]);
+        let usages = ["digital signature", "key encipherment", "server auth"];
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &usages), &serving), Some(Purpose::Serving("edge-1".into())));
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-2", &usages), &serving), None, "another node");
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:bootstrap:abcdef", &usages), &serving), None, "a bootstrap token");
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &["server auth", "client auth"]), &serving), None, "a server's usages only");
+        let (_, unnamed) = request("system:node:edge-1", "system:nodes");
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &usages), &unnamed), None, "a serving certificate names the node");
     }
 
     #[test]
@@ -204,15 +268,19 @@ mod tests {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test-ca");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let signer = Signer { ca_cert_pem: ca_cert.pem(), ca_key_pem: ca_key.serialize_pem() };
         let (_, node) = request("system:node:edge-1", "system:nodes");
-        let pem = sign(&signer, node, Duration::from_secs(3600)).unwrap();
-        let issued = rcgen::CertificateParams::from_ca_cert_pem(&pem).unwrap();
-        assert_eq!(text(issued.distinguished_name.get(&DnType::CommonName)).as_deref(), Some("system:node:edge-1"));
-        assert_eq!(text(issued.distinguished_name.get(&DnType::OrganizationName)).as_deref(), Some("system:nodes"));
-        let life = issued.not_after - issued.not_before;
-        assert!(life >= time::Duration::minutes(60) && life <= time::Duration::minutes(62));
+        let pem = sign(&signer, node, Duration::from_secs(3600), &Purpose::Client("nodeclient")).unwrap();
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let issued = block.parse_x509().unwrap();
+        let (subject, issuer) = (issued.subject(), issued.issuer());
+        assert_eq!(subject.iter_common_name().next().map(|v| v.as_str().unwrap()), Some("system:node:edge-1"));
+        assert_eq!(subject.iter_organization().next().map(|v| v.as_str().unwrap()), Some("system:nodes"));
+        assert_eq!(issuer.iter_common_name().next().map(|v| v.as_str().unwrap()), Some("test-ca"));
+        let life = issued.validity().not_after.timestamp() - issued.validity().not_before.timestamp();
+        assert!((3600..=3720).contains(&life), "{life}");
     }
 }

@@ -12,11 +12,13 @@ struct Token {
     start: String,
 }
 
+/// The token that resumes a list read at `revision` from key `start`.
 pub fn encode(revision: u64, start: &str) -> String {
     let json = serde_json::to_vec(&Token { rv: revision, start: start.to_string() }).expect("token serializes");
     URL_SAFE_NO_PAD.encode(json)
 }
 
+/// The revision and key a token names; an error for anything [`encode`] did not make.
 pub fn decode(token: &str) -> Result<(u64, String), StoreError> {
     let bad = |why: &str| StoreError::InvalidContinue(why.to_string());
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad("not base64"))?;

@@ -9,7 +9,7 @@
 //! [`RedbStore`] is the embedded backend. Its writes are durable when acknowledged, and
 //! concurrent writes share one commit (group commit), so throughput grows with concurrency.
 
-mod continue_token;
+pub mod continue_token;
 pub mod encrypted;
 mod redb_store;
 mod watch;

@@ -7,19 +7,15 @@
 //! its own pods' objects.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, bail};
-use base64::Engine;
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
+use skiff_agent::node_certificates;
 
-/// Where a joined node keeps its credential, under its data directory.
-const PKI: &str = "pki";
-/// The signer of node client certificates.
-const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The node's client certificate's file name under its data directory's `pki/`.
+const CLIENT: &str = "node";
 /// A token's extra group, as kubeadm's default token has its own.
 const TOKEN_GROUP: &str = "system:bootstrappers:skiff:default-node-token";
 
@@ -72,67 +68,21 @@ pub async fn create_token(kubeconfig: Option<PathBuf>, ttl: &str, description: O
 
 /// Whether `token` has the bootstrap form `ID.SECRET`.
 pub fn is_bootstrap_token(token: &str) -> bool {
-    let ok = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    token.split_once('.').is_some_and(|(id, secret)| ok(id, 6) && ok(secret, 16))
+    skiff_apiserver::authz::bootstrap_tokens::parse(token).is_some()
 }
 
 /// The node's client certificate and key (PEM) in `data_dir`, asked for with the
 /// bootstrap token in `bootstrap` when there is none yet or the one there has less than a
 /// fifth of its life left.
 pub async fn node_credential(bootstrap: &kube::Config, node: &str, data_dir: &Path) -> anyhow::Result<(String, String)> {
-    let dir = data_dir.join(PKI);
-    let (cert_path, key_path) = (dir.join("node.crt"), dir.join("node.key"));
-    if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path))
-        && still_good(&cert)
-    {
-        return Ok((cert, key));
-    }
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
-    let request = params.serialize_request(&key)?.pem()?;
-    let name = format!("node-csr-{}", random(8)?);
-    let csr: CertificateSigningRequest = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "spec": {
-            "request": base64::engine::general_purpose::STANDARD.encode(&request),
-            "signerName": KUBELET_CLIENT,
-            "usages": ["digital signature", "client auth"],
-        },
-    }))?;
-    let api: Api<CertificateSigningRequest> = Api::all(kube::Client::try_from(bootstrap.clone())?);
-    api.create(&PostParams::default(), &csr).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 401 => anyhow::anyhow!("the API server refused the join token (401 {}): is it right, and not expired?", s.message),
-        other => anyhow::anyhow!("asking for node {node}'s certificate: {other}"),
-    })?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let certificate = loop {
-        let got = api.get(&name).await?;
-        let status = got.status.unwrap_or_default();
-        if let Some(c) = status.certificate.filter(|c| !c.0.is_empty()) {
-            break String::from_utf8(c.0).context("the signed certificate is not PEM")?;
+    let dir = data_dir.join(node_certificates::PKI);
+    let issued = match node_certificates::load(&dir, CLIENT) {
+        Some(issued) => issued,
+        None => {
+            let issued = node_certificates::request(kube::Client::try_from(bootstrap.clone())?, node_certificates::KUBELET_CLIENT, node, &[]).await?;
+            node_certificates::store(&dir, CLIENT, &issued)?;
+            issued
         }
-        if let Some(c) = status.conditions.iter().flatten().find(|c| matches!(c.type_.as_str(), "Denied" | "Failed") && c.status == "True") {
-            bail!("node {node}'s certificate request {name} was {}: {}", c.type_.to_lowercase(), c.message.clone().unwrap_or_default());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("node {node}'s certificate request {name} was not signed within a minute (are the controllers running?)");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    skiff_apiserver::tls::write_private(&key_path, &key.serialize_pem())?;
-    skiff_apiserver::tls::write_private(&cert_path, &certificate)?;
-    Ok((certificate, key.serialize_pem()))
-}
-
-/// Whether a certificate (PEM) has more than a fifth of its life left.
-fn still_good(pem: &str) -> bool {
-    use x509_parser::prelude::FromDer;
-    let Some(der) = crate::agent::pem_to_der(pem.as_bytes()) else { return false };
-    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&der) else { return false };
-    let (from, to) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
-    let now = jiff::Timestamp::now().as_second();
-    now < to - (to - from) / 5
+    Ok((issued.cert_pem, issued.key_pem))
 }

@@ -203,9 +203,9 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let admin = skiff_apiserver::tls::admin_certificate(&dir)?;
     // The API server's own client certificate, which agents take when it calls them (logs,
-    // exec, stats): made anew at each start.
+    // exec, stats): made anew at each start. Agents' serving certificates are the CA's.
     let (cert, key) = skiff_apiserver::tls::client_certificate(&dir, skiff_agent::server::API_SERVER_CLIENT, &["system:masters"], 365)?;
-    skiff_apiserver::pod_logs::set_agent_identity(format!("{cert}{key}"));
+    skiff_apiserver::pod_logs::set_agent_tls(format!("{cert}{key}"), certs.ca_pem.clone());
     skiff_apiserver::tls::write_private(&kubeconfig_path, &kubeconfig(&format!("https://{host}"), &token, &certs.ca_pem, &admin))?;
     let what = if whole_cluster { "Skiff cluster" } else { "Skiff control plane" };
     println!("{what} is up: API at https://{host}");

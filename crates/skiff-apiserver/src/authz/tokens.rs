@@ -99,8 +99,9 @@ struct Named {
 }
 
 /// Answers a TokenRequest for ServiceAccount `namespace/name`: the request with its
-/// `status.token` and `status.expirationTimestamp`.
-pub async fn request(server: &ApiServer, namespace: &str, name: &str, mut request: Value) -> ApiResult<Value> {
+/// `status.token` and `status.expirationTimestamp`. A node (`node`, as NodeRestriction
+/// holds it) gets only tokens bound to a pod of its own that runs as the account.
+pub async fn request(server: &ApiServer, namespace: &str, name: &str, mut request: Value, node: Option<&str>) -> ApiResult<Value> {
     let key = server.config.service_account_key.as_ref().ok_or_else(|| ApiError::bad_request("this server issues no service account tokens (it has no signing key)"))?;
     let invalid = |field: &str, value: &str, why: &str| ApiError::invalid("TokenRequest", "authentication.k8s.io", name, vec![FieldError::invalid(field, value, why)]);
     let account = get(server, "serviceaccounts", namespace, name).await?.ok_or_else(|| ApiError::not_found("serviceaccounts", name))?;
@@ -122,11 +123,18 @@ pub async fn request(server: &ApiServer, namespace: &str, name: &str, mut reques
             let pod_name = bound.get("name").and_then(Value::as_str).unwrap_or_default();
             let object = get(server, "pods", namespace, pod_name).await?.ok_or_else(|| ApiError::not_found("pods", pod_name))?;
             let uid = uid_of(&object);
+            if let Some(node) = node {
+                let runs_as = skiff_core::pod_refs::of(&object).service_account;
+                if object.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) || runs_as != name {
+                    return Err(ApiError::forbidden(format!("node '{node}' may only request tokens for the service accounts of pods bound to it")));
+                }
+            }
             if bound.get("uid").and_then(Value::as_str).is_some_and(|u| !u.is_empty() && u != uid) {
                 return Err(ApiError::conflict("pods", pod_name, format!("the UID in the bound object reference ({}) does not match the UID in record ({uid}); the object might have been deleted and then recreated", bound["uid"])));
             }
             Some(Named { name: pod_name.to_string(), uid })
         }
+        None if node.is_some() => return Err(ApiError::forbidden("a node may only request tokens bound to a pod")),
         None => None,
     };
     let now = jiff::Timestamp::now().as_second();

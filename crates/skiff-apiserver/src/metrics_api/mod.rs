@@ -57,7 +57,7 @@ async fn scrape(server: &ApiServer) -> ApiResult<()> {
     let reads = futures::stream::iter(targets)
         .map(|(name, url)| async move {
             let Some(url) = url else { return (name, None) };
-            let request = crate::pod_logs::agent_client().get(format!("{url}/stats/summary")).bearer_auth(&server.config.token).timeout(SCRAPE_TIMEOUT);
+            let request = crate::pod_logs::agent_client(true).get(format!("{url}/stats/summary")).bearer_auth(&server.config.token).timeout(SCRAPE_TIMEOUT);
             let summary = match request.send().await.and_then(|r| r.error_for_status()) {
                 Ok(r) => r.bytes().await.ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()),
                 Err(e) => {
