@@ -26,6 +26,7 @@ pub mod probes;
 pub mod referenced;
 pub mod runtime;
 pub mod server;
+pub mod serving_certificate;
 pub mod service_account_tokens;
 pub mod spdy;
 pub mod status;
@@ -352,7 +353,7 @@ pub async fn run(client: Client, config: AgentConfig) -> anyhow::Result<()> {
     registration.network = Some(network.condition());
     let node = registration.report_status(&client).await.unwrap_or(node);
     // Asked for once the Node's status carries the address the certificate names.
-    tokio::spawn(server::keep_serving_certificate(agent.clone(), certificate));
+    tokio::spawn(serving_certificate::keep(agent.clone(), certificate));
     let routed = network.fallback.is_none();
     if let Some(oci) = &agent.runtimes.oci {
         oci.set_network(network.range, network.fallback.clone());

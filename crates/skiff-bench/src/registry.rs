@@ -62,7 +62,14 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     tokio::spawn(skiff_scheduler::run(as_user(UserInfo::scheduler(), "skiff-scheduler"), std::future::pending()));
     // The controllers give the node its pod range: a /16, room for the biggest density run.
     let ranges = skiff_controllers::node_ipam::PodRanges::new("10.240.0.0/12".parse().map_err(anyhow::Error::msg)?, 16).map_err(anyhow::Error::msg)?;
-    tokio::spawn(skiff_controllers::run(as_user(UserInfo::controllers(), "skiff-controllers"), skiff_controllers::Options { pod_ranges: Some(ranges), root_ca: Some(certs.ca_pem), ..Default::default() }, std::future::pending()));
+    // They sign the agent's serving certificate with the cluster CA, as under `skiff up`.
+    let signer = skiff_controllers::certificates::Signer { ca_cert_pem: certs.ca_pem.clone(), ca_key_pem: std::fs::read_to_string(dir.join("ca.key"))? };
+    let cluster_ca = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        vec![CertificateDer::from_pem_slice(certs.ca_pem.as_bytes())?.to_vec()]
+    };
+    let options = skiff_controllers::Options { pod_ranges: Some(ranges), root_ca: Some(certs.ca_pem), signer: Some(signer), ..Default::default() };
+    tokio::spawn(skiff_controllers::run(as_user(UserInfo::controllers(), "skiff-controllers"), options, std::future::pending()));
     let config = skiff_agent::AgentConfig {
         node_name: "bench-node".into(),
         node_ip: "127.0.0.1".into(),
@@ -72,7 +79,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         registries: Default::default(),
         port: 0,
         token: TOKEN.into(),
-        cluster_ca: Vec::new(),
+        cluster_ca,
         labels: Default::default(),
         // The in-process node runs no proxy, so pods resolve as the host does (and no
         // ingress counts requests).

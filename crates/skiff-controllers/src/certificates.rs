@@ -8,7 +8,8 @@
 //! approved when the node asks for itself and every name it carries is the node's name or
 //! one of the addresses in its Node's status (Kubernetes leaves these to an administrator
 //! or an add-on approver; Skiff's agents ask for them at every start, so it approves the
-//! ones it can check). An approved request is signed with the cluster CA.
+//! ones it can check). An approved request is signed with the cluster CA. Requests are
+//! deleted an hour after they were decided, or after a day pending, as csrcleaner does.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,25 +79,49 @@ fn condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
 }
 
 async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let ours = matches!(csr.spec.signer_name.as_str(), KUBELET_CLIENT | KUBELET_SERVING);
-    if !ours || condition(&csr, "Denied") || condition(&csr, "Failed") {
+    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
+    let left = kept_for(&csr, jiff::Timestamp::now());
+    if left.is_zero() {
+        ignore_gone(api.delete(&csr.name_any(), &Default::default()).await)?;
         return Ok(Action::await_change());
     }
-    if csr.status.as_ref().is_some_and(|s| s.certificate.is_some()) {
-        return Ok(Action::await_change());
+    approve_and_sign(&csr, &ctx, &api).await?;
+    Ok(Action::requeue(left))
+}
+
+/// How long a request is kept, as kube-controller-manager's csrcleaner keeps them: an
+/// approved, denied or failed one for an hour after that, a pending one for a day.
+fn kept_for(csr: &CertificateSigningRequest, now: jiff::Timestamp) -> Duration {
+    let created = csr.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+    let decided = csr.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten()
+        .filter(|c| matches!(c.type_.as_str(), "Approved" | "Denied" | "Failed") && c.status == "True")
+        .map(|c| c.last_update_time.as_ref().map_or(created, |t| t.0))
+        .max();
+    let until = match decided {
+        Some(at) => at + jiff::SignedDuration::from_hours(1),
+        None => created + jiff::SignedDuration::from_hours(24),
+    };
+    until.duration_since(now).try_into().unwrap_or(Duration::ZERO)
+}
+
+/// Approves a request of these signers that its requester may make, and signs an
+/// approved one.
+async fn approve_and_sign(csr: &CertificateSigningRequest, ctx: &Ctx, api: &Api<CertificateSigningRequest>) -> Result<(), Error> {
+    let ours = matches!(csr.spec.signer_name.as_str(), KUBELET_CLIENT | KUBELET_SERVING);
+    if !ours || condition(csr, "Denied") || condition(csr, "Failed") || csr.status.as_ref().is_some_and(|s| s.certificate.is_some()) {
+        return Ok(());
     }
     let pem = String::from_utf8(csr.spec.request.0.clone()).map_err(|_| Error::Invalid("spec.request is not PEM".into()))?;
     let request = CertificateSigningRequestParams::from_pem(&pem).map_err(|e| Error::Invalid(format!("spec.request: {e}")))?;
-    let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     // These signers make node certificates only, whoever approved the request.
-    let Some(purpose) = recognised(&csr, &request) else { return Ok(Action::await_change()) };
-    if !condition(&csr, "Approved") {
+    let Some(purpose) = recognised(csr, &request) else { return Ok(()) };
+    if !condition(csr, "Approved") {
         let message = match &purpose {
-            Purpose::Client(subresource) if may_request(&ctx.client, &csr, subresource).await? => "Auto approving kubelet client certificate after SubjectAccessReview.",
+            Purpose::Client(subresource) if may_request(&ctx.client, csr, subresource).await? => "Auto approving kubelet client certificate after SubjectAccessReview.",
             Purpose::Serving(node) if names_are_the_nodes(&ctx.client, node, &request).await? => "Auto approving kubelet serving certificate: its names are the node's own.",
-            _ => return Ok(Action::await_change()),
+            _ => return Ok(()),
         };
-        let mut approved = (*csr).clone();
+        let mut approved = csr.clone();
         let status = approved.status.get_or_insert_with(Default::default);
         status.conditions.get_or_insert_with(Vec::new).push(serde_json::from_value(json!({
             "type": "Approved", "status": "True", "reason": "AutoApproved", "message": message,
@@ -104,14 +129,14 @@ async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: Arc<Ctx>) -> Result
         })).map_err(|e| Error::Invalid(e.to_string()))?);
         ignore_gone(api.replace_subresource("approval", &csr.name_any(), &PostParams::default(), &approved).await)?;
         // Signed when the approval comes back through the watch.
-        return Ok(Action::await_change());
+        return Ok(());
     }
     let life = csr.spec.expiration_seconds.map(|s| Duration::from_secs(s.max(0) as u64).max(MIN_LIFE)).unwrap_or(DEFAULT_LIFE);
     let certificate = sign(&ctx.signer, request, life, &purpose)?;
-    let mut signed = (*csr).clone();
+    let mut signed = csr.clone();
     signed.status.get_or_insert_with(Default::default).certificate = Some(k8s_openapi::ByteString(certificate.into_bytes()));
     ignore_gone(api.replace_status(&csr.name_any(), &PostParams::default(), &signed).await)?;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 fn text(value: Option<&DnValue>) -> Option<String> {
@@ -249,6 +274,21 @@ mod tests {
         assert_eq!(recognised(&csr("system:bootstrap:abcdef", &["client auth"]), &admin), None);
         let (_, named_client) = named("system:node:edge-1", "system:nodes", &["10.0.0.1"]);
         assert_eq!(recognised(&csr("system:node:edge-1", &["client auth"]), &named_client), None, "a client certificate names nothing");
+    }
+
+    #[test]
+    fn requests_are_kept_an_hour_after_the_decision_or_a_day_pending() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let at = |t: &str| json!(t);
+        let pending: CertificateSigningRequest = serde_json::from_value(json!({"metadata": {"name": "r", "creationTimestamp": at("2026-12-02T11:00:00Z")},
+            "spec": {"request": "", "signerName": KUBELET_CLIENT}})).unwrap();
+        assert_eq!(kept_for(&pending, now), Duration::from_secs(23 * 3600));
+        let mut approved = pending.clone();
+        approved.status = serde_json::from_value(json!({"conditions": [{"type": "Approved", "status": "True", "lastUpdateTime": at("2026-12-02T11:30:00Z")}]})).unwrap();
+        assert_eq!(kept_for(&approved, now), Duration::from_secs(1800));
+        let mut old = pending.clone();
+        old.metadata.creation_timestamp = serde_json::from_value(at("2026-11-30T11:00:00Z")).unwrap();
+        assert_eq!(kept_for(&old, now), Duration::ZERO);
     }
 
     #[test]
