@@ -5,7 +5,8 @@
 //! when its requester may create `certificatesigningrequests/nodeclient` (a bootstrap
 //! token's user, for a new node) or `/selfnodeclient` (the node itself, renewing), asked
 //! through a SubjectAccessReview. A request for `kubernetes.io/kubelet-serving` is
-//! approved when the node asks for itself and every name it carries is the node's name or
+//! approved when the node asks for itself (or someone who may `approve` that signer asks, as
+//! an agent running with the cluster's token does) and every name it carries is the node's name or
 //! one of the addresses in its Node's status (Kubernetes leaves these to an administrator
 //! or an add-on approver; Skiff's agents ask for them at every start, so it approves the
 //! ones it can check). An approved request is signed with the cluster CA. Requests are
@@ -117,8 +118,13 @@ async fn approve_and_sign(csr: &CertificateSigningRequest, ctx: &Ctx, api: &Api<
     let Some(purpose) = recognised(csr, &request) else { return Ok(()) };
     if !condition(csr, "Approved") {
         let message = match &purpose {
-            Purpose::Client(subresource) if may_request(&ctx.client, csr, subresource).await? => "Auto approving kubelet client certificate after SubjectAccessReview.",
-            Purpose::Serving(node) if names_are_the_nodes(&ctx.client, node, &request).await? => "Auto approving kubelet serving certificate: its names are the node's own.",
+            Purpose::Client(subresource) if may(&ctx.client, csr, "create", &format!("certificatesigningrequests/{subresource}")).await? => {
+                "Auto approving kubelet client certificate after SubjectAccessReview."
+            }
+            Purpose::Serving { node, by_itself } if names_are_the_nodes(&ctx.client, node, &request).await?
+                && (*by_itself || may(&ctx.client, csr, "approve", &format!("signers/{KUBELET_SERVING}")).await?) => {
+                "Auto approving kubelet serving certificate: its names are the node's own."
+            }
             _ => return Ok(()),
         };
         let mut approved = csr.clone();
@@ -154,8 +160,9 @@ enum Purpose {
     /// subresource of `certificatesigningrequests`: `selfnodeclient` when the node asks for
     /// itself, `nodeclient` otherwise.
     Client(&'static str),
-    /// Node NAME's serving certificate, asked for by the node itself.
-    Serving(String),
+    /// Node `node`'s serving certificate, asked for by the node itself or (as for an agent
+    /// that runs with the cluster's token) by someone who may approve it anyway.
+    Serving { node: String, by_itself: bool },
 }
 
 /// Whether the request is a node certificate's, and which: the signer, the subject, the
@@ -173,8 +180,8 @@ fn recognised(csr: &CertificateSigningRequest, request: &CertificateSigningReque
     }
     match csr.spec.signer_name.as_str() {
         KUBELET_CLIENT if only("client auth") && names.is_empty() => Some(Purpose::Client(if by_itself { "selfnodeclient" } else { "nodeclient" })),
-        KUBELET_SERVING if only("server auth") && by_itself && !names.is_empty() => {
-            names.iter().all(|n| matches!(n, SanType::DnsName(_) | SanType::IpAddress(_))).then(|| Purpose::Serving(node.to_string()))
+        KUBELET_SERVING if only("server auth") && !names.is_empty() => {
+            names.iter().all(|n| matches!(n, SanType::DnsName(_) | SanType::IpAddress(_))).then(|| Purpose::Serving { node: node.to_string(), by_itself })
         }
         _ => None,
     }
@@ -193,8 +200,15 @@ async fn names_are_the_nodes(client: &Client, node: &str, request: &CertificateS
     }))
 }
 
-/// Asks the API whether the requester may create `certificatesigningrequests/SUB`.
-async fn may_request(client: &Client, csr: &CertificateSigningRequest, subresource: &str) -> Result<bool, Error> {
+/// Asks the API whether the requester may `verb` the `resource` (with its subresource
+/// after a `/`) of group certificates.k8s.io: `create certificatesigningrequests/nodeclient`,
+/// or `approve signers/SIGNER` (asked as Kubernetes asks it: the signer as the name).
+async fn may(client: &Client, csr: &CertificateSigningRequest, verb: &str, resource: &str) -> Result<bool, Error> {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let (subresource, name) = match resource {
+        "signers" => (None, Some(sub.to_string())),
+        _ => (Some(sub.to_string()).filter(|s| !s.is_empty()), None),
+    };
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: csr.spec.username.clone(),
@@ -202,9 +216,10 @@ async fn may_request(client: &Client, csr: &CertificateSigningRequest, subresour
             uid: csr.spec.uid.clone(),
             resource_attributes: Some(ResourceAttributes {
                 group: Some("certificates.k8s.io".into()),
-                resource: Some("certificatesigningrequests".into()),
-                subresource: Some(subresource.into()),
-                verb: Some("create".into()),
+                resource: Some(resource.into()),
+                subresource,
+                name,
+                verb: Some(verb.into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -228,7 +243,7 @@ fn sign(signer: &Signer, mut request: CertificateSigningRequestParams, life: Dur
     p.not_after = now + time::Duration::seconds(life.as_secs() as i64);
     (p.key_usages, p.extended_key_usages) = match purpose {
         Purpose::Client(_) => (vec![KeyUsagePurpose::DigitalSignature], vec![ExtendedKeyUsagePurpose::ClientAuth]),
-        Purpose::Serving(_) => (vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment], vec![ExtendedKeyUsagePurpose::ServerAuth]),
+        Purpose::Serving { .. } => (vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment], vec![ExtendedKeyUsagePurpose::ServerAuth]),
     };
     p.is_ca = rcgen::IsCa::ExplicitNoCa;
     let mut serial = [0u8; 16];
@@ -292,12 +307,12 @@ mod tests {
     }
 
     #[test]
-    fn serving_requests_are_recognised_only_from_the_node_itself() {
+    fn serving_requests_say_whether_the_node_asked_for_itself() {
         let (_, serving) = named("system:node:edge-1", "system:nodes", &["10.0.0.1", "edge-1"]);
         let usages = ["digital signature", "key encipherment", "server auth"];
-        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &usages), &serving), Some(Purpose::Serving("edge-1".into())));
-        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-2", &usages), &serving), None, "another node");
-        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:bootstrap:abcdef", &usages), &serving), None, "a bootstrap token");
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &usages), &serving), Some(Purpose::Serving { node: "edge-1".into(), by_itself: true }));
+        let by_other = Some(Purpose::Serving { node: "edge-1".into(), by_itself: false });
+        assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-2", &usages), &serving), by_other, "another node: approved only if it may approve");
         assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &["server auth", "client auth"]), &serving), None, "a server's usages only");
         let (_, unnamed) = request("system:node:edge-1", "system:nodes");
         assert_eq!(recognised(&for_signer(KUBELET_SERVING, "system:node:edge-1", &usages), &unnamed), None, "a serving certificate names the node");
