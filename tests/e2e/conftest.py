@@ -152,7 +152,7 @@ def cluster():
     """The shared control plane, whose nodes are hollow. A short watch history lets tests
     reach a compacted revision."""
     with tempfile.TemporaryDirectory() as d:
-        c = Cluster(d, ["--watch-history", "1000", "--max-request-bytes", "1048576", "--node-monitor-grace-period", "6"], command="server").start()
+        c = Cluster(d, ["--watch-history", "1000", "--max-request-bytes", "1048576", "--node-monitor-grace-period", "15"], command="server").start()
         yield c
         c.stop()
 

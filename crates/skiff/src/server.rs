@@ -98,8 +98,9 @@ fn parse_pod_security_level(text: &str) -> Result<skiff_apiserver::pod_security:
 #[derive(clap::Args)]
 pub struct ControllerArgs {
     /// How long a node may go without renewing its lease before it is marked unknown
-    /// and tainted unreachable (seconds).
-    #[arg(long, default_value_t = 40)]
+    /// and tainted unreachable (seconds). Agents renew every 10 s, so it must be longer:
+    /// a shorter one marks healthy nodes unknown between two renewals.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(11..))]
     node_monitor_grace_period: u64,
     /// The range pod IPs come from; each node gets a share of it (`spec.podCIDR`).
     #[arg(long, default_value = "10.42.0.0/16")]
