@@ -190,6 +190,28 @@ def test_an_agent_joins_with_a_token_and_runs_as_its_node():
                 # Its serving certificate is the cluster CA's, asked for as the node itself.
                 assert subject_of(serving_certificate(server, "joined"))["commonName"] == "system:node:joined"
                 assert os.path.exists(os.path.join(agent_dir, "pki", "serving.crt"))
+                # It holds no cluster token, yet pulls from the cluster's registry: with the
+                # pod's own ServiceAccount token, made for the registry.
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "from-the-cluster-registry"},
+                       "spec": {"restartPolicy": "Never", "nodeName": "joined",
+                                "containers": [{"name": "hello", "image": "registry.skiff.internal/wasi-hello:v1", "imagePullPolicy": "Always"}]}}
+                server.kubectl("apply", "-f", "-", input=json.dumps(pod))
+                phase = lambda: server.json("get", "pod", "from-the-cluster-registry")["status"].get("phase")
+                wait_for(lambda: phase() in ("Succeeded", "Failed"), 60, "the pod pulled from the cluster's registry to finish")
+                status = server.json("get", "pod", "from-the-cluster-registry")["status"]
+                assert status["phase"] == "Succeeded", status
+                assert "Hello" in server.kubectl("logs", "from-the-cluster-registry").stdout
+                assert status["containerStatuses"][0]["imageID"].startswith("registry.skiff.internal/wasi-hello:v1@sha256:"), status
+                # Such a token pulls, does not push, and ends with its pod.
+                pull_token = server.kubectl("create", "token", "default", "--audience", "registry.skiff.internal", "--bound-object-kind", "Pod",
+                                            "--bound-object-name", "from-the-cluster-registry").stdout.strip()
+                assert request_as(server, "GET", "/v2/wasi-hello/tags/list", token=pull_token)[0] == 200
+                status, body = request_as(server, "POST", "/v2/wasi-hello/blobs/uploads/", token=pull_token)
+                assert status == 403 and body["errors"][0]["code"] == "DENIED", body
+                api_token = server.kubectl("create", "token", "default", "--bound-object-kind", "Pod", "--bound-object-name", "from-the-cluster-registry").stdout.strip()
+                assert request_as(server, "GET", "/v2/wasi-hello/tags/list", token=api_token)[0] == 401, "a token for another audience"
+                server.kubectl("delete", "pod", "from-the-cluster-registry", "--wait=true")
+                assert request_as(server, "GET", "/v2/wasi-hello/tags/list", token=pull_token)[0] == 401
             finally:
                 agent.terminate()
                 agent.wait(timeout=20)

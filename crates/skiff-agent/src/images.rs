@@ -66,7 +66,7 @@ pub struct PullError {
 }
 
 impl PullError {
-    fn pull(message: String) -> Self {
+    pub fn pull(message: String) -> Self {
         PullError { reason: "ErrImagePull", message }
     }
 }
@@ -185,14 +185,20 @@ impl ImageStore {
         self.dir.join("refs").join(hex(&Sha256::digest(reference.as_bytes())))
     }
 
+    /// Where the node pulls from.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
     /// The image as last pulled, if its blobs are still here.
     pub fn present(&self, reference: &str) -> Option<LocalImage> {
         let record: LocalImage = serde_json::from_slice(&std::fs::read(self.record_path(reference)).ok()?).ok()?;
         record.blobs().iter().all(|d| self.blob_path(d).exists()).then_some(record)
     }
 
-    /// Makes the image present per `policy`, pulling it with `auth` if needed.
-    pub async fn ensure(&self, image: &str, policy: PullPolicy, auth: &RegistryAuth) -> Result<LocalImage, PullError> {
+    /// Makes the image present per `policy`, pulling it with the credential `auth` gives
+    /// if needed (asked for only then: it may cost a token request).
+    pub async fn ensure(&self, image: &str, policy: PullPolicy, auth: impl AsyncFnOnce() -> Result<RegistryAuth, PullError>) -> Result<LocalImage, PullError> {
         let reference: Reference = image.parse().map_err(|e| PullError { reason: "InvalidImageName", message: format!("Failed to apply default image tag {image:?}: {e}") })?;
         let key = reference.whole();
         if policy != PullPolicy::Always && let Some(local) = self.present(&key) {
@@ -203,7 +209,7 @@ impl ImageStore {
         }
         let lock = self.pulling.lock().unwrap().entry(key.clone()).or_default().clone();
         let _guard = lock.lock().await;
-        self.pull(&reference, auth).await
+        self.pull(&reference, &auth().await?).await
     }
 
     /// Pulls from the first of the image's sources (mirrors, then its registry) that has
@@ -212,12 +218,13 @@ impl ImageStore {
         let image = reference.whole();
         let mut failures = Vec::new();
         for source in self.registries.pull_sources(reference) {
-            let own = source.reference.registry() == reference.resolve_registry();
+            // The cluster's registry is reached at the API server's address, under its own name.
+            let own = source.reference.registry() == reference.resolve_registry() || reference.registry() == crate::registries::CLUSTER_REGISTRY;
             let source_auth = source.auth.clone().unwrap_or_else(|| if own { auth.clone() } else { RegistryAuth::Anonymous });
             match self.pull_from(&source, &source_auth).await {
                 Ok((manifest_digest, kind)) => return Ok(self.record(LocalImage { reference: image, manifest_digest, kind })),
-                Err(e) if own => failures.push(e),
                 Err(e) if reference.registry() == crate::registries::CLUSTER_REGISTRY => failures.push(format!("the cluster's registry at {}: {e}", source.reference.registry())),
+                Err(e) if own => failures.push(e),
                 Err(e) => failures.push(format!("mirror {}: {e}", source.reference.registry())),
             }
         }
@@ -514,7 +521,7 @@ mod tests {
     async fn never_pull_of_an_absent_image_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path().to_path_buf(), Registries::default()).unwrap();
-        let err = store.ensure("127.0.0.1:1/app:v1", PullPolicy::Never, &RegistryAuth::Anonymous).await.unwrap_err();
+        let err = store.ensure("127.0.0.1:1/app:v1", PullPolicy::Never, async || Ok(RegistryAuth::Anonymous)).await.unwrap_err();
         assert_eq!(err.reason, "ErrImageNeverPull");
     }
 }

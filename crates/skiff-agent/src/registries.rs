@@ -154,13 +154,22 @@ impl Registries {
 
     /// Maps [`CLUSTER_REGISTRY`] to the cluster's registry at `endpoint` (the API server's
     /// `host:port`, over HTTPS), trusting `ca` (DER certificates; none: any certificate)
-    /// and presenting the node's `token`.
-    pub fn with_cluster(mut self, endpoint: &str, ca: Vec<Vec<u8>>, token: &str) -> Registries {
+    /// and presenting the node's `token`. A node with none (one that joined with a
+    /// certificate) pulls with each pod's own token ([`Registries::needs_pod_token`]).
+    pub fn with_cluster(mut self, endpoint: &str, ca: Vec<Vec<u8>>, token: Option<&str>) -> Registries {
         let insecure_skip_verify = ca.is_empty();
         let ca = ca.into_iter().map(|data| Certificate { encoding: CertificateEncoding::Der, data }).collect();
         self.mirrors.insert(CLUSTER_REGISTRY.into(), vec![Endpoint { host: endpoint.into(), plain_http: Some(false) }]);
-        self.hosts.insert(endpoint.into(), HostConfig { auth: Some(RegistryAuth::Bearer(token.into())), ca, insecure_skip_verify });
+        let auth = token.map(|t| RegistryAuth::Bearer(t.into()));
+        self.hosts.insert(endpoint.into(), HostConfig { auth, ca, insecure_skip_verify });
         self
+    }
+
+    /// Whether pulling `image` takes the pod's own ServiceAccount token: an image of the
+    /// cluster's registry on a node that holds no credential for it.
+    pub fn needs_pod_token(&self, image: &Reference) -> bool {
+        image.registry() == CLUSTER_REGISTRY
+            && self.mirrors.get(CLUSTER_REGISTRY).and_then(|m| m.first()).is_some_and(|e| self.hosts.get(&e.host).is_none_or(|h| h.auth.is_none()))
     }
 
     /// Where to pull `reference` from, in order: its mirrors, then the registry itself
@@ -237,12 +246,18 @@ mod tests {
 
     #[test]
     fn the_cluster_registry_maps_to_the_api_server() {
-        let r = Registries::new(vec![]).with_cluster("10.0.0.5:6443", vec![], "tok");
+        let r = Registries::new(vec![]).with_cluster("10.0.0.5:6443", vec![], Some("tok"));
         let image: Reference = format!("{CLUSTER_REGISTRY}/hello:v1").parse().unwrap();
         let sources = r.pull_sources(&image);
         assert_eq!(hosts(&sources), ["10.0.0.5:6443/hello:v1"]);
         assert!(matches!(&sources[0].auth, Some(RegistryAuth::Bearer(t)) if t == "tok"));
         assert_eq!(r.push_target(&image).reference.whole(), "10.0.0.5:6443/hello:v1");
+        assert!(!r.needs_pod_token(&image));
+        // A joined node, with no cluster token: its pods' own tokens, for that registry only.
+        let joined = Registries::new(vec![]).with_cluster("10.0.0.5:6443", vec![], None);
+        assert!(joined.pull_sources(&image)[0].auth.is_none());
+        assert!(joined.needs_pod_token(&image));
+        assert!(!joined.needs_pod_token(&"ghcr.io/a/b:v1".parse().unwrap()));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::env::ConfigError;
 
 /// A projection's lifetime when it names none (Kubernetes' default).
 const DEFAULT_SECONDS: i64 = 3600;
+/// The lifetime of a token asked for one use, such as an image pull (the API's least).
+const PULL_SECONDS: i64 = 600;
 /// A token is renewed after this share of its lifetime.
 const RENEW_AFTER: f64 = 0.8;
 /// ... or after a day, whichever is sooner.
@@ -74,6 +76,19 @@ impl ServiceAccountTokens {
             }
         }
         Ok(renewed)
+    }
+
+    /// A token of the pod's for `audience` (as an image pull asks for the cluster's
+    /// registry), requested unless one held is still fresh.
+    pub async fn for_audience(&self, pod: &Pod, audience: &str) -> Result<String, ConfigError> {
+        let wanted = Wanted { pod_uid: pod.uid().unwrap_or_default(), audience: audience.into(), seconds: PULL_SECONDS };
+        if let Some(held) = self.issued.lock().unwrap().get(&wanted).filter(|i| Instant::now() < i.renew_at) {
+            return Ok(held.token.clone());
+        }
+        let issued = Box::pin(self.request(pod, &wanted)).await?;
+        let token = issued.token.clone();
+        self.issued.lock().unwrap().insert(wanted, issued);
+        Ok(token)
     }
 
     /// The token for one of the pod's sources, once requested.

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::Agent;
 use crate::env::ConfigError;
-use crate::images::PullPolicy;
+use crate::images::{PullError, PullPolicy};
 use crate::exec::ExecTarget;
 use crate::runtime::AbortOnDrop;
 use crate::runtime::{Exec, Exit, Launch, Prepared, Usage};
@@ -606,25 +606,30 @@ async fn prepare(node: &Arc<Agent>, pod: &Pod, container: &Container) -> Result<
         return Err(Failure { reason: "InvalidImageName", message: "the container has no image".into() });
     }
     let policy = PullPolicy::of(container.image_pull_policy.as_deref(), &image);
-    let auth = pull_auth(node, pod, &image);
-    let local = node.images.ensure(&image, policy, &auth).await.map_err(|e| Failure { reason: e.reason, message: e.message })?;
+    let local = node.images.ensure(&image, policy, async || pull_auth(node, pod, &image).await).await.map_err(|e| Failure { reason: e.reason, message: e.message })?;
     let handler = node.runtime_handler(pod).map_err(|message| Failure { reason: "CreateContainerConfigError", message })?;
     let prepared = node.runtimes.prepare(&node.images, &local, handler.as_deref()).await.map_err(|e| Failure { reason: "CreateContainerError", message: e.0 })?;
     Ok((prepared, format!("{}@{}", local.reference, local.manifest_digest)))
 }
 
-/// Registry credentials from the pod's `imagePullSecrets` for the image's registry.
-fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> RegistryAuth {
-    let Ok(reference) = image.parse::<oci_client::Reference>() else { return RegistryAuth::Anonymous };
+/// Registry credentials from the pod's `imagePullSecrets` for the image's registry; else,
+/// for the cluster's registry on a node without a credential for it, a token of the pod's
+/// ServiceAccount made for that registry.
+async fn pull_auth(node: &Agent, pod: &Pod, image: &str) -> Result<RegistryAuth, PullError> {
+    let Ok(reference) = image.parse::<oci_client::Reference>() else { return Ok(RegistryAuth::Anonymous) };
     let ns = pod.namespace().unwrap_or_default();
     for secret in pod.spec.as_ref().and_then(|s| s.image_pull_secrets.as_ref()).into_iter().flatten() {
         let Some(data) = node.sources.secret_data(&ns, &secret.name) else { continue };
         let config = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg"));
         if let Some(auth) = config.and_then(|c| crate::images::auth_from_docker_config(c, reference.resolve_registry())) {
-            return auth;
+            return Ok(auth);
         }
     }
-    RegistryAuth::Anonymous
+    if node.images.registries().needs_pod_token(&reference) {
+        let token = node.tokens.for_audience(pod, crate::registries::CLUSTER_REGISTRY).await.map_err(|e| PullError::pull(format!("Failed to pull image {image:?}: {}", e.0)))?;
+        return Ok(RegistryAuth::Bearer(token));
+    }
+    Ok(RegistryAuth::Anonymous)
 }
 
 /// What one run of the container gets, whatever runs it: its command and args with

@@ -187,7 +187,7 @@ pub async fn run_bench(quick: bool, pods: usize, idle: usize, layer_mib: usize) 
     let oci = std::sync::Arc::new(skiff_agent::runtime::oci::OciRuntime::detect(&pull_dir.join("oci")).map_err(anyhow::Error::msg)?);
     images.set_layer_sink(oci.clone());
     let started = Instant::now();
-    let local = images.ensure(&big, skiff_agent::images::PullPolicy::Always, &oci_client::secrets::RegistryAuth::Anonymous).await?;
+    let local = images.ensure(&big, skiff_agent::images::PullPolicy::Always, async || Ok(oci_client::secrets::RegistryAuth::Anonymous)).await?;
     let pulled = started.elapsed();
     oci.prepare(&images, &local).await.map_err(|e| anyhow::anyhow!(e.0))?;
     let skiff_pull = started.elapsed();

@@ -560,6 +560,11 @@ fn main() -> anyhow::Result<()> {
     // The containers bench runs a node agent in this process, whose containers' shims are
     // this binary.
     skiff_agent::runtime::oci::shim::run_if_asked();
+    // The in-process parts log only when asked (SKIFF_LOG, as for `skiff`): a bench's
+    // output is its figures, and the logs say where the time went.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench())
 }
 

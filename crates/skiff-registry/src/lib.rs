@@ -2,7 +2,10 @@
 //! on the API server's port, so the cluster has somewhere to keep its images with nothing
 //! else to run. Every request carries the cluster's credential, as a bearer token or as the
 //! password of HTTP Basic; clients that follow Docker's token authentication trade the
-//! Basic form for the bearer one at `/v2/token`. Digests are verified as blobs and
+//! Basic form for the bearer one at `/v2/token`. Pulls may also carry a pod's
+//! ServiceAccount token made for the registry (a node that joined with a certificate
+//! holds no cluster token: it pulls for a pod with the pod's own token, as kubelet's
+//! service-account credential providers do); the control plane says which are valid. Digests are verified as blobs and
 //! manifests arrive (a mismatch is 400 `DIGEST_INVALID`), a manifest may only name blobs
 //! the registry has, and blobs no manifest refers to are garbage-collected ([`gc`]).
 
@@ -24,18 +27,24 @@ use skiff_core::credentials;
 
 pub use storage::{Digest, Storage};
 
+/// Says whether a token is valid for pulling (a pod's ServiceAccount token whose audience
+/// is the registry, for a pod that still exists).
+pub type PullTokenCheck = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
 /// The registry: its files and the uploads in progress.
 pub struct Registry {
     storage: Storage,
     token: String,
+    pull_tokens: Option<PullTokenCheck>,
     /// Running digest and length of each upload in progress, by upload id.
     uploads: Mutex<HashMap<String, blobs::Upload>>,
 }
 
 impl Registry {
-    /// The registry in `dir`, open to requests carrying `token`.
-    pub fn open(dir: std::path::PathBuf, token: String) -> std::io::Result<Arc<Registry>> {
-        Ok(Arc::new(Registry { storage: Storage::open(dir)?, token, uploads: Mutex::default() }))
+    /// The registry in `dir`, open to requests carrying `token`, and to pulls carrying a
+    /// token `pull_tokens` finds valid.
+    pub fn open(dir: std::path::PathBuf, token: String, pull_tokens: Option<PullTokenCheck>) -> std::io::Result<Arc<Registry>> {
+        Ok(Arc::new(Registry { storage: Storage::open(dir)?, token, pull_tokens, uploads: Mutex::default() }))
     }
 
     pub fn storage(&self) -> &Storage {
@@ -103,26 +112,41 @@ fn host_of(request_uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
     request_uri.authority().map(|a| a.to_string()).or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
 }
 
-fn authorized(registry: &Registry, headers: &HeaderMap) -> bool {
+/// What a request's credential lets it do.
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+enum Access {
+    None,
+    Pull,
+    Everything,
+}
+
+async fn access(registry: &Registry, headers: &HeaderMap) -> (Access, Option<String>) {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, true));
-    presented.is_some_and(|p| credentials::same_secret(p.as_bytes(), registry.token.as_bytes()))
+    let Some(presented) = presented else { return (Access::None, None) };
+    if credentials::same_secret(presented.as_bytes(), registry.token.as_bytes()) {
+        return (Access::Everything, Some(presented));
+    }
+    match &registry.pull_tokens {
+        Some(check) if check(presented.clone()).await => (Access::Pull, Some(presented)),
+        _ => (Access::None, None),
+    }
 }
 
 async fn base(State(registry): State<Arc<Registry>>, uri: http::Uri, headers: HeaderMap) -> Response {
-    if !authorized(&registry, &headers) {
+    if access(&registry, &headers).await.0 == Access::None {
         return unauthorized(host_of(&uri, &headers).as_deref());
     }
     ([(header::CONTENT_TYPE, "application/json"), (HeaderName::from_static("docker-distribution-api-version"), "registry/2.0")], "{}").into_response()
 }
 
 /// The token endpoint of Docker's token authentication. A client that met the Bearer
-/// challenge proves it holds the cluster's credential (as Basic, usually) and gets that
-/// same credential back as its bearer token: nothing new is minted or kept.
+/// challenge proves it holds a credential (as Basic, usually) and gets that same
+/// credential back as its bearer token: nothing new is minted or kept.
 async fn token(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
-    if !authorized(&registry, &headers) {
+    let (Access::Pull | Access::Everything, Some(token)) = access(&registry, &headers).await else {
         return unauthorized(None);
-    }
-    json_response(StatusCode::OK, &json!({"token": registry.token, "access_token": registry.token, "expires_in": 3600}))
+    };
+    json_response(StatusCode::OK, &json!({"token": token, "access_token": token, "expires_in": 3600}))
 }
 
 /// What a `/v2/…` path names.
@@ -163,8 +187,11 @@ fn query_param(query: &Option<String>, key: &str) -> Option<String> {
 }
 
 async fn handle(State(registry): State<Arc<Registry>>, Path(rest): Path<String>, RawQuery(query): RawQuery, request: Request) -> Response {
-    if !authorized(&registry, request.headers()) {
-        return unauthorized(host_of(request.uri(), request.headers()).as_deref());
+    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) { Access::Pull } else { Access::Everything };
+    match access(&registry, request.headers()).await.0 {
+        Access::None => return unauthorized(host_of(request.uri(), request.headers()).as_deref()),
+        Access::Pull if needed == Access::Everything => return error(StatusCode::FORBIDDEN, "DENIED", "a pull token may only pull: pushing and deleting take the cluster's token"),
+        _ => {}
     }
     let Some(route) = route(&rest) else {
         return error(StatusCode::NOT_FOUND, "UNSUPPORTED", format!("no registry route for /v2/{rest}"));

@@ -9,7 +9,7 @@ const TOKEN: &str = "s3cret";
 
 fn registry() -> (tempfile::TempDir, Router) {
     let dir = tempfile::tempdir().unwrap();
-    let r = Registry::open(dir.path().join("registry"), TOKEN.into()).unwrap();
+    let r = Registry::open(dir.path().join("registry"), TOKEN.into(), None).unwrap();
     (dir, router(r))
 }
 
@@ -97,6 +97,32 @@ async fn token_authentication_trades_basic_for_bearer() {
     assert_eq!(parts.status, StatusCode::OK);
     let body: Value = serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["token"], TOKEN);
+}
+
+#[tokio::test]
+async fn a_pull_token_pulls_and_does_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let check: PullTokenCheck = Arc::new(|token: String| Box::pin(async move { token == "pod-token" }));
+    let app = router(Registry::open(dir.path().join("registry"), TOKEN.into(), Some(check)).unwrap());
+    let layer = push_blob(&app, "team/app", b"layer").await;
+    let as_pod = |method: &str, uri: &str, authorization: &str| {
+        let request = http::Request::builder().method(method).uri(uri).header("authorization", authorization).body(Body::empty()).unwrap();
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap() }
+    };
+    assert_eq!(as_pod("GET", "/v2/", "Bearer pod-token").await.status(), StatusCode::OK);
+    let pulled = as_pod("GET", &format!("/v2/team/app/blobs/{layer}"), "Bearer pod-token").await;
+    assert_eq!(pulled.status(), StatusCode::OK);
+    assert_eq!(pulled.into_body().collect().await.unwrap().to_bytes().as_ref(), b"layer");
+    assert_eq!(as_pod("GET", &format!("/v2/team/app/blobs/{layer}"), "Bearer other-token").await.status(), StatusCode::UNAUTHORIZED);
+    let push = as_pod("POST", "/v2/team/app/blobs/uploads/", "Bearer pod-token").await;
+    let (parts, body) = push.into_parts();
+    assert_eq!((parts.status, error_code(&body.collect().await.unwrap().to_bytes())), (StatusCode::FORBIDDEN, "DENIED".into()));
+    assert_eq!(as_pod("DELETE", "/v2/team/app/manifests/v1", "Bearer pod-token").await.status(), StatusCode::FORBIDDEN);
+    // Docker's token flow gives the pull token back, never the cluster's ("x:pod-token").
+    let (parts, body) = as_pod("GET", "/v2/token", "Basic eDpwb2QtdG9rZW4=").await.into_parts();
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&body.collect().await.unwrap().to_bytes()).unwrap()["token"], "pod-token");
 }
 
 #[tokio::test]

@@ -239,8 +239,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let token = kube_config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string()).unwrap_or_default();
         anyhow::ensure!(joining || !token.is_empty(), "the kubeconfig has no bearer token; the agent's endpoint accepts the cluster's token");
         let registries = args.node.registries(&crate::default_data_dir())?;
-        // The cluster's registry takes the cluster's token, which a joined node does not hold.
-        let registries = if joining { registries } else { crate::registry::with_cluster(registries, &kube_config)? };
+        // A joined node holds no cluster token: its pods pull from the cluster's registry
+        // with their own ServiceAccount tokens.
+        let registries = crate::registry::with_cluster(registries, &kube_config)?;
         let cluster_ca = kube_config.root_cert.clone().unwrap_or_default();
         let config = args.node.config(data_dir, &token, cluster_ca, args.service_cidr, registries)?;
         println!("node agent {} starting", config.node_name);

@@ -265,7 +265,9 @@ async fn push(file: &std::path::Path, reference: &str, kubeconfig: Option<PathBu
     let insecure: Vec<String> = if insecure { reference.split('/').next().map(|r| vec![r.to_string()]).unwrap_or_default() } else { vec![] };
     let mut registries = Registries::new(insecure);
     if reference.starts_with(&format!("{CLUSTER_REGISTRY}/")) {
-        registries = registry::with_cluster(registries, &client::kube_config(kubeconfig).await?)?;
+        let config = client::kube_config(kubeconfig).await?;
+        anyhow::ensure!(config.auth_info.token.is_some(), "the kubeconfig has no bearer token, which pushing to the cluster's registry needs");
+        registries = registry::with_cluster(registries, &config)?;
     }
     skiff_agent::images::push(file, &reference, &auth, &registries).await?;
     println!("pushed {} as {reference}", file.display());

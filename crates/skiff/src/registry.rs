@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use skiff_agent::images::{MANIFEST_MEDIA_TYPE, WasmArtifact};
 use skiff_agent::registries::{CLUSTER_REGISTRY, Registries};
-use skiff_registry::Registry;
+use skiff_registry::{PullTokenCheck, Registry};
 
 /// The examples' images, carried in the binary so the README's tour runs on a fresh
 /// cluster with nothing built or pushed first. Built from `examples/` by
@@ -23,10 +23,11 @@ const GC_PERIOD: Duration = Duration::from_secs(3600);
 const GC_GRACE: Duration = Duration::from_secs(3600);
 
 /// Opens the registry under `data_dir`, adds the example images it lacks, and starts its
-/// garbage collection.
-pub fn start(data_dir: &Path, token: &str) -> anyhow::Result<Arc<Registry>> {
+/// garbage collection. It takes the cluster's `token`, and for pulls, the tokens
+/// `pull_tokens` finds valid.
+pub fn start(data_dir: &Path, token: &str, pull_tokens: Option<PullTokenCheck>) -> anyhow::Result<Arc<Registry>> {
     let dir = data_dir.join("registry");
-    let registry = Registry::open(dir.clone(), token.to_string()).with_context(|| format!("opening the registry in {}", dir.display()))?;
+    let registry = Registry::open(dir.clone(), token.to_string(), pull_tokens).with_context(|| format!("opening the registry in {}", dir.display()))?;
     for (name, wasm) in EXAMPLES {
         // A user's own push of the same tag is left alone.
         if registry.storage().resolve(name, "v1").is_some() {
@@ -41,15 +42,27 @@ pub fn start(data_dir: &Path, token: &str) -> anyhow::Result<Arc<Registry>> {
     Ok(registry)
 }
 
+/// Pull tokens are the ServiceAccount tokens `api` made for the registry: audience
+/// [`CLUSTER_REGISTRY`], bound to a pod that still exists.
+pub fn pod_pull_tokens(api: Arc<skiff_apiserver::ApiServer>) -> PullTokenCheck {
+    Arc::new(move |token: String| {
+        let api = api.clone();
+        Box::pin(async move {
+            let user = skiff_apiserver::authz::tokens::authenticate_for(&api, &token, &[CLUSTER_REGISTRY]).await;
+            user.is_some_and(|u| u.extra.contains_key(skiff_apiserver::authz::tokens::POD_UID_EXTRA))
+        })
+    })
+}
+
 /// `base` with the cluster's registry reached through the API server `config` points at,
-/// with its CA and token.
+/// with its CA and token (without one, as a joined node has, pods pull with their own).
 pub fn with_cluster(base: Registries, config: &kube::Config) -> anyhow::Result<Registries> {
     let url = &config.cluster_url;
     let host = url.host().with_context(|| format!("the API server URL {url} has no host"))?;
     let port = url.port_u16().unwrap_or(if url.scheme_str() == Some("http") { 80 } else { 443 });
-    let token = config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string()).context("the kubeconfig has no bearer token, which the cluster's registry needs")?;
+    let token = config.auth_info.token.as_ref().map(|t| secrecy::ExposeSecret::expose_secret(t).to_string());
     let ca = if config.accept_invalid_certs { vec![] } else { config.root_cert.clone().unwrap_or_default() };
-    Ok(base.with_cluster(&format!("{host}:{port}"), ca, &token))
+    Ok(base.with_cluster(&format!("{host}:{port}"), ca, token.as_deref()))
 }
 
 /// Whether an image reference names no registry (`hello:v1`, `team/hello`), so that
@@ -78,11 +91,11 @@ mod tests {
     #[tokio::test]
     async fn examples_are_seeded_once() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = start(dir.path(), "t").unwrap();
+        let registry = start(dir.path(), "t", None).unwrap();
         let (digest, media_type) = registry.storage().resolve("http-hello", "v1").unwrap();
         assert_eq!(media_type, MANIFEST_MEDIA_TYPE);
         assert!(registry.storage().resolve("wasi-hello", "v1").is_some());
         // Same bytes, same artifact: a restart finds them and changes nothing.
-        assert_eq!(start(dir.path(), "t").unwrap().storage().resolve("http-hello", "v1").unwrap().0, digest);
+        assert_eq!(start(dir.path(), "t", None).unwrap().storage().resolve("http-hello", "v1").unwrap().0, digest);
     }
 }

@@ -214,7 +214,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     println!("  kubectl get namespaces");
     tracing::info!(%addr, data_dir = %dir.display(), "serving the Kubernetes API");
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-    let registry = crate::registry::start(&dir, &token)?;
+    let registry = crate::registry::start(&dir, &token, Some(crate::registry::pod_pull_tokens(api.clone())))?;
     let router = skiff_apiserver::router(api).merge(skiff_registry::router(registry));
     // The scheduler, controllers, proxy and agent are API clients like any other, wired
     // straight to the router (no socket, no TLS, same request path), each as its own user
@@ -238,7 +238,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     if whole_cluster {
         // This node reaches the cluster's registry where the API listens, as any client would.
         let ca = crate::agent::pem_to_der(certs.ca_pem.as_bytes()).context("the cluster CA is not PEM")?;
-        let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca.clone()], &token);
+        let registries = args.node.registries(&dir)?.with_cluster(&host.to_string(), vec![ca.clone()], Some(&token));
         let config = args.node.config(dir.join("agent"), &token, vec![ca], args.service_cidr, registries)?;
         loops.push(crate::agent::spawn_proxy(client(UserInfo::proxy(), "skiff-proxy"), &args.node, &config, args.service_cidr, stop.clone()));
         let client = client(node_user(&config.node_name), "skiff-agent");

@@ -159,6 +159,9 @@ pub async fn request(server: &ApiServer, namespace: &str, name: &str, mut reques
     Ok(request)
 }
 
+/// The user's extra field that names the pod a token is bound to.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
 /// The user a ServiceAccount token names, if it is valid for one of `audiences` and its
 /// account (and pod) still exist.
 pub async fn authenticate_for(server: &ApiServer, token: &str, audiences: &[&str]) -> Option<UserInfo> {
@@ -180,7 +183,7 @@ pub async fn authenticate_for(server: &ApiServer, token: &str, audiences: &[&str
             return None;
         }
         extra.insert("authentication.kubernetes.io/pod-name".to_string(), vec![pod.name.clone()]);
-        extra.insert("authentication.kubernetes.io/pod-uid".to_string(), vec![pod.uid.clone()]);
+        extra.insert(POD_UID_EXTRA.to_string(), vec![pod.uid.clone()]);
     }
     Some(UserInfo {
         name: claims.sub,
