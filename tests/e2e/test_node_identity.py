@@ -5,12 +5,15 @@ certificate to its own pods' Secrets. Keys and requests are made with the openss
 an outside client would; the last test joins a real `skiff agent` with a token."""
 
 import base64
+import contextlib
+import datetime
 import json
 import os
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -103,7 +106,6 @@ def test_a_request_for_anything_but_a_node_certificate_is_left_pending(cluster, 
         _, pem = certificate_request(d, "/O=system:masters/CN=mallory")
         status, _ = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", token=token, body=csr_object("mallory", pem))
         assert status == 201
-        import time
         time.sleep(2)
         assert "certificate" not in cluster.json("get", "csr", "mallory").get("status", {})
         bad = dict(csr_object("garbage", b"not a request"))
@@ -153,9 +155,46 @@ def test_a_serving_certificate_naming_another_address_is_not_approved(cluster, n
                             "usages": ["digital signature", "server auth"]}}
         status, created = request_as(cluster, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", cert=(cert, key), body=request)
         assert status == 201 and created["spec"]["username"] == "system:node:n-1", created
-        import time
         time.sleep(2)
         assert "certificate" not in cluster.json("get", "csr", "n-1-elsewhere").get("status", {})
+
+
+@contextlib.contextmanager
+def joined_agent(server, d, name):
+    """A real `skiff agent` joined to `server` with a bootstrap token, Ready; yields its
+    data directory, and stops it and its containers at the end."""
+    agent_dir = os.path.join(d, f"agent-{name}")
+    token = server.skiff("token", "create", "--kubeconfig", server.kubeconfig).stdout.strip()
+    log = open(os.path.join(d, f"agent-{name}.log"), "ab")
+    agent = subprocess.Popen(joining_command(server, d, name, agent_dir) + ["--token", token], stdout=log, stderr=log)
+    try:
+        def ready():
+            p = server.kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
+            return p.returncode == 0 and p.stdout == "True"
+        wait_for(ready, 60, f"the joined node {name} to be Ready")
+        yield agent_dir
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+        log.close()
+        subprocess.run([skiff_binary(), "killall", "--data-dir", agent_dir], check=False, capture_output=True)
+
+
+def joining_command(server, d, name, agent_dir):
+    return [skiff_binary(), "agent", "--server", server.url, "--certificate-authority", os.path.join(d, "ca.crt"),
+            "--node-name", name, "--node-ip", "127.0.0.1", "--agent-port", "0", "--ingress-http-port", "0",
+            "--ingress-https-port", "0", "--data-dir", agent_dir]
+
+
+def run_from_the_cluster_registry(server, name, node):
+    """Runs the registry's wasi-hello example on `node` to completion; its status."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"restartPolicy": "Never", "nodeName": node,
+                    "containers": [{"name": "hello", "image": "registry.skiff.internal/wasi-hello:v1", "imagePullPolicy": "Always"}]}}
+    server.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    phase = lambda: server.json("get", "pod", name)["status"].get("phase")
+    wait_for(lambda: phase() in ("Succeeded", "Failed"), 60, f"pod {name} to finish")
+    return server.json("get", "pod", name)["status"]
 
 
 def test_an_agent_joins_with_a_token_and_runs_as_its_node():
@@ -163,21 +202,11 @@ def test_an_agent_joins_with_a_token_and_runs_as_its_node():
     reason; the right one gets it a certificate, and it registers as system:node:NAME."""
     with tempfile.TemporaryDirectory() as d:
         server = Cluster(d, ["--metric-resolution", "1s"], command="server").start()
-        agent_dir = os.path.join(d, "joined-agent")
         try:
-            token = server.skiff("token", "create", "--kubeconfig", server.kubeconfig).stdout.strip()
-            base = [skiff_binary(), "agent", "--server", server.url, "--certificate-authority", os.path.join(d, "ca.crt"),
-                    "--node-name", "joined", "--node-ip", "127.0.0.1", "--agent-port", "0", "--ingress-http-port", "0",
-                    "--ingress-https-port", "0", "--data-dir", agent_dir]
-            wrong = subprocess.run(base + ["--token", "abcdef.0123456789abcdef"], capture_output=True, text=True, timeout=60)
+            wrong = subprocess.run(joining_command(server, d, "joined", os.path.join(d, "wrong")) + ["--token", "abcdef.0123456789abcdef"],
+                                   capture_output=True, text=True, timeout=60)
             assert wrong.returncode != 0 and "refused the join token" in wrong.stderr, wrong.stderr
-            log = open(os.path.join(d, "agent.log"), "ab")
-            agent = subprocess.Popen(base + ["--token", token], stdout=log, stderr=log)
-            try:
-                def ready():
-                    p = server.kubectl("get", "node", "joined", "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
-                    return p.returncode == 0 and p.stdout == "True"
-                wait_for(ready, 60, "the joined node to be Ready")
+            with joined_agent(server, d, "joined") as agent_dir:
                 assert os.path.exists(os.path.join(agent_dir, "pki", "node.crt"))
                 audit = open(os.path.join(d, "audit.log")).read()
                 assert '"username":"system:node:joined"' in audit
@@ -192,16 +221,10 @@ def test_an_agent_joins_with_a_token_and_runs_as_its_node():
                 assert os.path.exists(os.path.join(agent_dir, "pki", "serving.crt"))
                 # It holds no cluster token, yet pulls from the cluster's registry: with the
                 # pod's own ServiceAccount token, made for the registry.
-                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "from-the-cluster-registry"},
-                       "spec": {"restartPolicy": "Never", "nodeName": "joined",
-                                "containers": [{"name": "hello", "image": "registry.skiff.internal/wasi-hello:v1", "imagePullPolicy": "Always"}]}}
-                server.kubectl("apply", "-f", "-", input=json.dumps(pod))
-                phase = lambda: server.json("get", "pod", "from-the-cluster-registry")["status"].get("phase")
-                wait_for(lambda: phase() in ("Succeeded", "Failed"), 60, "the pod pulled from the cluster's registry to finish")
-                status = server.json("get", "pod", "from-the-cluster-registry")["status"]
+                status = run_from_the_cluster_registry(server, "from-the-cluster-registry", "joined")
                 assert status["phase"] == "Succeeded", status
-                assert "Hello" in server.kubectl("logs", "from-the-cluster-registry").stdout
                 assert status["containerStatuses"][0]["imageID"].startswith("registry.skiff.internal/wasi-hello:v1@sha256:"), status
+                assert "Hello" in server.kubectl("logs", "from-the-cluster-registry").stdout
                 # Such a token pulls, does not push, and ends with its pod.
                 pull_token = server.kubectl("create", "token", "default", "--audience", "registry.skiff.internal", "--bound-object-kind", "Pod",
                                             "--bound-object-name", "from-the-cluster-registry").stdout.strip()
@@ -212,10 +235,38 @@ def test_an_agent_joins_with_a_token_and_runs_as_its_node():
                 assert request_as(server, "GET", "/v2/wasi-hello/tags/list", token=api_token)[0] == 401, "a token for another audience"
                 server.kubectl("delete", "pod", "from-the-cluster-registry", "--wait=true")
                 assert request_as(server, "GET", "/v2/wasi-hello/tags/list", token=pull_token)[0] == 401
-            finally:
-                agent.terminate()
-                agent.wait(timeout=20)
-                log.close()
-                subprocess.run([skiff_binary(), "killall", "--data-dir", agent_dir], check=False, capture_output=True)
+        finally:
+            server.stop()
+
+
+def not_after(pem_path):
+    out = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", pem_path], capture_output=True, text=True, check=True).stdout
+    return datetime.datetime.strptime(out.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.timezone.utc)
+
+
+def test_a_joined_node_renews_its_certificates_while_it_runs():
+    """With certificates that live 30 s (--cluster-signing-duration), a joined agent asks
+    for new ones as itself with a fifth of their life left, swaps them in while it runs,
+    and goes on working past the first ones' end."""
+    with tempfile.TemporaryDirectory() as d:
+        server = Cluster(d, ["--cluster-signing-duration", "30s"], command="server").start()
+        try:
+            with joined_agent(server, d, "renewing") as agent_dir:
+                client, serving = os.path.join(agent_dir, "pki", "node.crt"), os.path.join(agent_dir, "pki", "serving.crt")
+                wait_for(lambda: os.path.exists(serving), 30, "the first serving certificate")
+                first_client, first_serving = open(client).read(), open(serving).read()
+                first_end = not_after(client)
+                wait_for(lambda: open(client).read() != first_client, 45, "the client certificate renewed")
+                wait_for(lambda: open(serving).read() != first_serving, 45, "the serving certificate renewed")
+                renewals = [c for c in server.json("get", "csr")["items"]
+                            if c["spec"]["username"] == "system:node:renewing" and c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"]
+                assert renewals and all(any(k["type"] == "Approved" for k in c["status"]["conditions"]) for c in renewals), renewals
+                # Past the first certificate's end, the node is still itself: it runs a pod
+                # and reports it, over connections only the new certificate opens.
+                remaining = (first_end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+                time.sleep(max(0, remaining) + 2)
+                status = run_from_the_cluster_registry(server, "after-renewal", "renewing")
+                assert status["phase"] == "Succeeded", status
+                assert subject_of(serving_certificate(server, "renewing"))["commonName"] == "system:node:renewing"
         finally:
             server.stop()

@@ -80,12 +80,17 @@ pub fn still_good(pem: &str) -> bool {
     renew_at(pem).is_some_and(|at| jiff::Timestamp::now() < at)
 }
 
-/// The certificate `dir/NAME.crt` with its key `dir/NAME.key`, if both are there and the
-/// certificate is still good.
+/// Whether a certificate has not expired yet.
+pub fn still_valid(pem: &str) -> bool {
+    let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else { return false };
+    block.parse_x509().is_ok_and(|cert| jiff::Timestamp::now().as_second() < cert.validity().not_after.timestamp())
+}
+
+/// The certificate `dir/NAME.crt` with its key `dir/NAME.key`, if both are there.
 pub fn load(dir: &Path, name: &str) -> Option<Issued> {
     let cert_pem = std::fs::read_to_string(dir.join(format!("{name}.crt"))).ok()?;
     let key_pem = std::fs::read_to_string(dir.join(format!("{name}.key"))).ok()?;
-    still_good(&cert_pem).then_some(Issued { cert_pem, key_pem })
+    Some(Issued { cert_pem, key_pem })
 }
 
 /// Keeps `issued` as `dir/NAME.crt` and `dir/NAME.key`, readable by the owner only.

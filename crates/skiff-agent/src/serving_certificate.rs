@@ -24,11 +24,13 @@ const RETRY: Duration = Duration::from_secs(30);
 pub struct ServingCertificate(std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, String)>);
 
 impl ServingCertificate {
-    /// The certificate kept from an earlier start, if it is still good and names this
-    /// node as it is now; otherwise a self-signed stand-in until the CA signs one.
+    /// The certificate kept from an earlier start, if it has not expired and names this
+    /// node as it is now (one due is renewed by [`keep`]); otherwise a self-signed
+    /// stand-in until the CA signs one.
     pub fn at_start(agent: &Agent) -> anyhow::Result<Self> {
         let names = serving_names(agent);
-        let stored = node_certificates::load(&agent.config.data_dir.join(node_certificates::PKI), SERVING).filter(|c| node_certificates::names_match(&c.cert_pem, &names));
+        let stored = node_certificates::load(&agent.config.data_dir.join(node_certificates::PKI), SERVING)
+            .filter(|c| node_certificates::still_valid(&c.cert_pem) && node_certificates::names_match(&c.cert_pem, &names));
         let first = match stored {
             Some(issued) => issued,
             None => {
@@ -79,7 +81,7 @@ pub async fn keep(agent: Arc<Agent>, certificate: Arc<ServingCertificate>) {
         if from_the_ca && node_certificates::still_good(&current) && node_certificates::names_match(&current, &names) {
             let at = node_certificates::renew_at(&current).unwrap_or_else(jiff::Timestamp::now);
             let wait = at.duration_since(jiff::Timestamp::now()).unsigned_abs();
-            tokio::time::sleep(wait.max(RETRY)).await;
+            tokio::time::sleep(wait).await;
             continue;
         }
         let asked = node_certificates::request(agent.client.clone(), node_certificates::KUBELET_SERVING, &agent.config.node_name, &names).await;

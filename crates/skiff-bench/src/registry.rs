@@ -63,7 +63,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
     // The controllers give the node its pod range: a /16, room for the biggest density run.
     let ranges = skiff_controllers::node_ipam::PodRanges::new("10.240.0.0/12".parse().map_err(anyhow::Error::msg)?, 16).map_err(anyhow::Error::msg)?;
     // They sign the agent's serving certificate with the cluster CA, as under `skiff up`.
-    let signer = skiff_controllers::certificates::Signer { ca_cert_pem: certs.ca_pem.clone(), ca_key_pem: std::fs::read_to_string(dir.join("ca.key"))? };
+    let signer = skiff_controllers::certificates::Signer { ca_cert_pem: certs.ca_pem.clone(), ca_key_pem: std::fs::read_to_string(dir.join("ca.key"))?, duration: skiff_controllers::certificates::DEFAULT_DURATION };
     let cluster_ca = {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
         vec![CertificateDer::from_pem_slice(certs.ca_pem.as_bytes())?.to_vec()]

@@ -35,17 +35,19 @@ use crate::support::retry;
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The signer of node serving certificates.
 pub const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
-/// A certificate's life when the request names none (`spec.expirationSeconds`), as
-/// kube-controller-manager's default.
-const DEFAULT_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A certificate's longest life, as kube-controller-manager's default: a year.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shortest life a request may ask for.
 const MIN_LIFE: Duration = Duration::from_secs(600);
 
-/// The cluster CA, PEM, which signs.
+/// The cluster CA, PEM, which signs, and the longest life it gives a certificate
+/// (kube-controller-manager's `--cluster-signing-duration`; a request's
+/// `expirationSeconds` may ask for less).
 #[derive(Clone)]
 pub struct Signer {
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
+    pub duration: Duration,
 }
 
 impl std::fmt::Debug for Signer {
@@ -137,7 +139,8 @@ async fn approve_and_sign(csr: &CertificateSigningRequest, ctx: &Ctx, api: &Api<
         // Signed when the approval comes back through the watch.
         return Ok(());
     }
-    let life = csr.spec.expiration_seconds.map(|s| Duration::from_secs(s.max(0) as u64).max(MIN_LIFE)).unwrap_or(DEFAULT_LIFE);
+    let asked = csr.spec.expiration_seconds.map(|s| Duration::from_secs(s.max(0) as u64).max(MIN_LIFE));
+    let life = asked.map_or(ctx.signer.duration, |asked| asked.min(ctx.signer.duration));
     let certificate = sign(&ctx.signer, request, life, &purpose)?;
     let mut signed = csr.clone();
     signed.status.get_or_insert_with(Default::default).certificate = Some(k8s_openapi::ByteString(certificate.into_bytes()));
@@ -326,7 +329,7 @@ mod tests {
         ca.distinguished_name.push(DnType::CommonName, "test-ca");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let signer = Signer { ca_cert_pem: ca_cert.pem(), ca_key_pem: ca_key.serialize_pem() };
+        let signer = Signer { ca_cert_pem: ca_cert.pem(), ca_key_pem: ca_key.serialize_pem(), duration: DEFAULT_DURATION };
         let (_, node) = request("system:node:edge-1", "system:nodes");
         let pem = sign(&signer, node, Duration::from_secs(3600), &Purpose::Client("nodeclient")).unwrap();
         let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();

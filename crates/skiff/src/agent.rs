@@ -209,30 +209,29 @@ async fn kube_config(args: &AgentArgs) -> anyhow::Result<kube::Config> {
     })
 }
 
+/// The first certificate of a PEM file, DER.
 pub fn pem_to_der(pem: &[u8]) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let text = std::str::from_utf8(pem).ok()?;
-    let body: String = text.lines().skip_while(|l| !l.starts_with("-----BEGIN")).skip(1).take_while(|l| !l.starts_with("-----END")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem).ok().map(|c| c.to_vec())
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut kube_config = kube_config(&args).await?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::default_data_dir().join("agent"));
     let joining = args.hollow.is_none() && args.token.as_deref().is_some_and(crate::join::is_bootstrap_token);
-    if joining {
-        // The bootstrap token asks for the node's certificate once; the node then is its
-        // own user.
-        let (cert, key) = crate::join::node_credential(&kube_config, &args.node.name(), &data_dir).await?;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        use base64::Engine;
-        kube_config.auth_info.token = None;
-        kube_config.auth_info.client_certificate_data = Some(b64(&cert));
-        kube_config.auth_info.client_key_data = Some(b64(&key).into());
-    }
     // The agent's writes are recorded under its name (the field manager).
     kube_config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static("skiff-agent")));
-    let client = kube::Client::try_from(kube_config.clone())?;
+    let client = if joining {
+        // The bootstrap token asks for the node's certificate once; the node then is its
+        // own user, and renews its certificate itself.
+        let issued = crate::join::node_credential(&kube_config, &args.node.name(), &data_dir).await?;
+        kube_config.auth_info.token = None;
+        let node_client = crate::join::NodeClient::new(kube_config.clone(), &issued, &args.node.name(), &data_dir)?;
+        tokio::spawn(node_client.clone().keep_renewed());
+        node_client.client()
+    } else {
+        kube::Client::try_from(kube_config.clone())?
+    };
     let Some(count) = args.hollow else {
         // The agent's endpoint takes the cluster's token, or (a joined node, which has none)
         // the API server's client certificate.

@@ -7,6 +7,8 @@
 //! its own pods' objects.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
@@ -72,17 +74,96 @@ pub fn is_bootstrap_token(token: &str) -> bool {
 }
 
 /// The node's client certificate and key (PEM) in `data_dir`, asked for with the
-/// bootstrap token in `bootstrap` when there is none yet or the one there has less than a
-/// fifth of its life left.
-pub async fn node_credential(bootstrap: &kube::Config, node: &str, data_dir: &Path) -> anyhow::Result<(String, String)> {
+/// bootstrap token in `bootstrap` when there is none yet or the one there has expired
+/// (one due for renewal is renewed by [`NodeClient::keep_renewed`], as the node itself).
+pub async fn node_credential(bootstrap: &kube::Config, node: &str, data_dir: &Path) -> anyhow::Result<node_certificates::Issued> {
     let dir = data_dir.join(node_certificates::PKI);
-    let issued = match node_certificates::load(&dir, CLIENT) {
-        Some(issued) => issued,
-        None => {
-            let issued = node_certificates::request(kube::Client::try_from(bootstrap.clone())?, node_certificates::KUBELET_CLIENT, node, &[]).await?;
-            node_certificates::store(&dir, CLIENT, &issued)?;
-            issued
+    if let Some(issued) = node_certificates::load(&dir, CLIENT).filter(|i| node_certificates::still_valid(&i.cert_pem)) {
+        return Ok(issued);
+    }
+    let issued = node_certificates::request(kube::Client::try_from(bootstrap.clone())?, node_certificates::KUBELET_CLIENT, node, &[]).await?;
+    node_certificates::store(&dir, CLIENT, &issued)?;
+    Ok(issued)
+}
+
+/// `config` presenting `issued` as its client certificate, in place of any token.
+fn with_certificate(mut config: kube::Config, issued: &node_certificates::Issued) -> kube::Config {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    config.auth_info.token = None;
+    config.auth_info.client_certificate_data = Some(b64(&issued.cert_pem));
+    config.auth_info.client_key_data = Some(b64(&issued.key_pem).into());
+    config
+}
+
+/// A joined node's API client, which keeps its client certificate renewed while the agent
+/// runs, as kubelet's certificate manager does: every request goes through the client of
+/// the newest certificate (connections already open keep the one they were made with).
+#[derive(Clone)]
+pub struct NodeClient {
+    current: Arc<RwLock<kube::Client>>,
+    config: kube::Config,
+    node: String,
+    dir: PathBuf,
+}
+
+/// How long to wait before asking again when a renewal failed.
+const RETRY: Duration = Duration::from_secs(30);
+
+impl NodeClient {
+    /// The node's client from `config` (its server, CA and headers) and its certificate.
+    pub fn new(config: kube::Config, issued: &node_certificates::Issued, node: &str, data_dir: &Path) -> anyhow::Result<NodeClient> {
+        let client = kube::Client::try_from(with_certificate(config.clone(), issued))?;
+        Ok(NodeClient { current: Arc::new(RwLock::new(client)), config, node: node.into(), dir: data_dir.join(node_certificates::PKI) })
+    }
+
+    /// A `kube::Client` whose requests go to whichever client is current.
+    pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.clone(), self.config.default_namespace.clone())
+    }
+
+    /// Asks for a new certificate (as the node, which the controllers approve as
+    /// `selfnodeclient`) with a fifth of the current one's life left, keeps it and swaps
+    /// it in; runs while the agent does.
+    pub async fn keep_renewed(self) {
+        loop {
+            let current = std::fs::read_to_string(self.dir.join(format!("{CLIENT}.crt"))).unwrap_or_default();
+            let at = node_certificates::renew_at(&current).unwrap_or_else(jiff::Timestamp::now);
+            let wait = at.duration_since(jiff::Timestamp::now());
+            if wait.is_positive() {
+                tokio::time::sleep(wait.unsigned_abs()).await;
+            }
+            match self.renew().await {
+                Ok(()) => tracing::info!(node = %self.node, "renewed the node's client certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not renew the node's client certificate; asking again soon");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
         }
-    };
-    Ok((issued.cert_pem, issued.key_pem))
+    }
+
+    async fn renew(&self) -> anyhow::Result<()> {
+        let asking = self.current.read().unwrap().clone();
+        let issued = node_certificates::request(asking, node_certificates::KUBELET_CLIENT, &self.node, &[]).await?;
+        let client = kube::Client::try_from(with_certificate(self.config.clone(), &issued))?;
+        node_certificates::store(&self.dir, CLIENT, &issued)?;
+        *self.current.write().unwrap() = client;
+        Ok(())
+    }
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for NodeClient {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let client = self.current.read().unwrap().clone();
+        Box::pin(async move { client.send(request).await })
+    }
 }

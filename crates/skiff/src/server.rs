@@ -109,6 +109,16 @@ pub struct ControllerArgs {
     /// default --max-pods is 1,000), so a /16 serves 64 nodes.
     #[arg(long, default_value_t = 22)]
     node_cidr_mask_size: u8,
+    /// The longest life of the certificates the cluster CA signs for nodes (as `8760h`,
+    /// `30m`); nodes ask for new ones with a fifth of it left.
+    #[arg(long, default_value = "8760h", value_parser = parse_signing_duration)]
+    cluster_signing_duration: std::time::Duration,
+}
+
+fn parse_signing_duration(text: &str) -> Result<std::time::Duration, String> {
+    let span: jiff::Span = text.parse().map_err(|_| format!("{text:?} is not a duration such as 8760h or 30m"))?;
+    let duration = jiff::SignedDuration::try_from(span).map_err(|_| format!("{text:?} is not a fixed duration (use hours, not days)"))?;
+    std::time::Duration::try_from(duration).ok().filter(|d| *d >= std::time::Duration::from_secs(10)).ok_or_else(|| format!("{text:?}: a certificate lives at least 10s"))
 }
 
 /// The file of the keys Secrets are encrypted with at rest.
@@ -230,6 +240,7 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
         signer: Some(skiff_controllers::certificates::Signer {
             ca_cert_pem: certs.ca_pem.clone(),
             ca_key_pem: std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("reading {}", dir.join("ca.key").display()))?,
+            duration: args.controllers.cluster_signing_duration,
         }),
     };
     let controllers = tokio::spawn(skiff_controllers::run(client(UserInfo::controllers(), "skiff-controllers"), options, stop.wait()));
