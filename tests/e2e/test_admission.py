@@ -150,10 +150,29 @@ def test_quota_refuses_a_pod_over_it_with_the_kubernetes_message(cluster, namesp
     apply(cluster, namespace, pod("second", container_extra=sized))
 
 
+def test_a_quota_scoped_by_priority_class_counts_only_those_pods(cluster, namespace):
+    scoped = quota("high-only", {"pods": "1"})
+    scoped["spec"]["scopeSelector"] = {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}
+    apply(cluster, namespace, scoped)
+    high = {"priorityClassName": "high"}
+    apply(cluster, namespace, pod("high-1", spec_extra=high))
+    over = apply(cluster, namespace, pod("high-2", spec_extra=high), check=False)
+    assert 'pods "high-2" is forbidden: exceeded quota: high-only, requested: pods=1, used: pods=1, limited: pods=1' in over.stderr, over.stderr
+    apply(cluster, namespace, pod("unclassed"))
+    wait_for(lambda: used(cluster, namespace, "high-only") == {"pods": "1"}, 30, "the scoped quota to count the one high pod")
+    # A selector Kubernetes would refuse is refused, with its field.
+    bad = quota("bad-scope", {"pods": "1"})
+    bad["spec"]["scopeSelector"] = {"matchExpressions": [{"scopeName": "BestEffort", "operator": "In", "values": ["x"]}]}
+    refused = apply(cluster, namespace, bad, check=False)
+    assert "spec.scopeSelector.matchExpressions[0].operator: Invalid value: \"In\": must be 'Exist' when scope is any of" in refused.stderr, refused.stderr
+
+
 def test_quota_counts_exactly_under_concurrent_creates(cluster, namespace, api):
-    apply(cluster, namespace, quota("counts", {"count/configmaps": "5"}))
-    # The namespace already holds kube-root-ca.crt: four more fit.
+    # The namespace holds kube-root-ca.crt once the root CA publisher has been by (it is
+    # not there the moment the namespace is): then four more fit.
     core = client.CoreV1Api(api)
+    wait_for(lambda: [c.metadata.name for c in core.list_namespaced_config_map(namespace).items] == ["kube-root-ca.crt"], 30, "kube-root-ca.crt")
+    apply(cluster, namespace, quota("counts", {"count/configmaps": "5"}))
     results = []
     def create(i):
         try:

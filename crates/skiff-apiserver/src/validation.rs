@@ -25,6 +25,7 @@ pub fn validate(kind: &str, object: &Value) -> Vec<FieldError> {
         "Service" => service(spec, &mut errs),
         "Namespace" => errs.extend(crate::pod_security::validate_labels(object.pointer("/metadata/labels").and_then(Value::as_object))),
         "HorizontalPodAutoscaler" => autoscaler(spec, &mut errs),
+        "ResourceQuota" => quota_scopes(spec, &mut errs),
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in object.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
@@ -227,6 +228,57 @@ fn autoscaler(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// A quota's `scopes` and `scopeSelector`, by Kubernetes' rules: known scopes, no
+/// Terminating with NotTerminating (nor BestEffort with NotBestEffort), and expressions
+/// whose operator and values suit their scope.
+fn quota_scopes(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
+    use skiff_core::quota::SCOPES;
+    let names: Vec<&str> = SCOPES.iter().map(|(name, _)| *name).collect();
+    let mut named = Vec::new();
+    for (i, scope) in spec.and_then(|s| s.get("scopes")).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let scope = scope.as_str().unwrap_or_default();
+        if names.contains(&scope) {
+            named.push(scope);
+        } else {
+            errs.push(FieldError::unsupported(&format!("spec.scopes[{i}]"), scope, &names));
+        }
+    }
+    let expressions = spec.and_then(|s| s.pointer("/scopeSelector/matchExpressions")).and_then(Value::as_array).into_iter().flatten();
+    for (i, e) in expressions.enumerate() {
+        let path = format!("spec.scopeSelector.matchExpressions[{i}]");
+        let (scope, operator) = (e.get("scopeName").and_then(Value::as_str).unwrap_or_default(), e.get("operator").and_then(Value::as_str).unwrap_or_default());
+        let values = e.get("values").and_then(Value::as_array).map_or(0, Vec::len);
+        let Some((_, takes_values)) = SCOPES.iter().find(|(name, _)| *name == scope) else {
+            errs.push(FieldError::unsupported(&format!("{path}.scopeName"), scope, &names));
+            continue;
+        };
+        match operator {
+            "In" | "NotIn" if values == 0 => errs.push(FieldError {
+                field: format!("{path}.values"),
+                reason: "FieldValueRequired",
+                message: "Required value: must be at least one value when `operator` is 'In' or 'NotIn' for scope selector".into(),
+            }),
+            "Exists" | "DoesNotExist" if values > 0 => {
+                errs.push(FieldError::invalid(&format!("{path}.values"), &format!("{values} values"), "must be no value when `operator` is 'Exist' or 'DoesNotExist' for scope selector"));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            _ => errs.push(FieldError::invalid(&format!("{path}.operator"), operator, "not a valid selector operator")),
+        }
+        if !takes_values && operator != "Exists" && !operator.is_empty() {
+            errs.push(FieldError::invalid(&format!("{path}.operator"), operator,
+                "must be 'Exist' when scope is any of ResourceQuotaScopeTerminating, ResourceQuotaScopeNotTerminating, ResourceQuotaScopeBestEffort, ResourceQuotaScopeNotBestEffort or ResourceQuotaScopeCrossNamespacePodAffinity"));
+        }
+        if operator == "Exists" {
+            named.push(scope);
+        }
+    }
+    for (a, b) in [("Terminating", "NotTerminating"), ("BestEffort", "NotBestEffort")] {
+        if named.contains(&a) && named.contains(&b) {
+            errs.push(FieldError::invalid("spec.scopeSelector", &format!("{a}, {b}"), "conflicting scopes"));
+        }
+    }
+}
+
 fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     let Some(spec) = spec else {
         errs.push(FieldError::required("spec"));
@@ -335,6 +387,20 @@ mod tests {
         let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
             "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         assert_eq!(fields("Deployment", d), ["spec.template.metadata.labels"]);
+    }
+
+    #[test]
+    fn quota_scopes_follow_kubernetes_rules() {
+        let quota = |spec: Value| fields("ResourceQuota", json!({"metadata": {"name": "q"}, "spec": spec}));
+        assert!(quota(json!({"scopes": ["BestEffort"], "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}})).is_empty());
+        assert_eq!(quota(json!({"scopes": ["Sometimes"]})), ["spec.scopes[0]"]);
+        assert_eq!(quota(json!({"scopes": ["Terminating", "NotTerminating"]})), ["spec.scopeSelector"]);
+        let expression = |e: Value| quota(json!({"scopeSelector": {"matchExpressions": [e]}}));
+        assert_eq!(expression(json!({"scopeName": "PriorityClass", "operator": "In"})), ["spec.scopeSelector.matchExpressions[0].values"]);
+        assert_eq!(expression(json!({"scopeName": "PriorityClass", "operator": "Exists", "values": ["x"]})), ["spec.scopeSelector.matchExpressions[0].values"]);
+        assert_eq!(expression(json!({"scopeName": "PriorityClass", "operator": "Near", "values": ["x"]})), ["spec.scopeSelector.matchExpressions[0].operator"]);
+        assert_eq!(expression(json!({"scopeName": "BestEffort", "operator": "In", "values": ["x"]})), ["spec.scopeSelector.matchExpressions[0].operator"]);
+        assert_eq!(expression(json!({"scopeName": "Whenever", "operator": "Exists"})), ["spec.scopeSelector.matchExpressions[0].scopeName"]);
     }
 
     #[test]

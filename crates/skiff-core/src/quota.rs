@@ -136,26 +136,76 @@ pub fn unspecified(pod: &Value, limited: &[&str]) -> Vec<(String, Vec<String>)> 
     out
 }
 
-/// Whether a quota's `spec.scopes` take in the pod (BestEffort, NotBestEffort,
-/// Terminating, NotTerminating); a scope it does not know takes in nothing.
+/// The scopes a quota may name, and whether each takes values (PriorityClass's names;
+/// the rest match with `Exists` only).
+pub const SCOPES: [(&str, bool); 6] = [
+    ("Terminating", false), ("NotTerminating", false), ("BestEffort", false), ("NotBestEffort", false),
+    ("PriorityClass", true), ("CrossNamespacePodAffinity", false),
+];
+
+/// Whether a quota's `spec.scopes` and `spec.scopeSelector` take in the object: only pods
+/// are scoped, and every scope and expression must match; a scope it does not know takes
+/// in nothing.
 pub fn scopes_match(quota: &Value, group: &str, plural: &str, object: &Value) -> bool {
     let scopes: Vec<&str> = quota.pointer("/spec/scopes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    if scopes.is_empty() {
+    let expressions: Vec<&Value> = quota.pointer("/spec/scopeSelector/matchExpressions").and_then(Value::as_array).into_iter().flatten().collect();
+    if scopes.is_empty() && expressions.is_empty() {
         return true;
     }
     if !(group.is_empty() && plural == "pods") {
         return false;
     }
-    let best_effort = !containers(object, "containers").chain(containers(object, "initContainers"))
-        .any(|c| c.pointer("/resources/requests").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
-            || c.pointer("/resources/limits").and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
-    let terminating = object.pointer("/spec/activeDeadlineSeconds").is_some();
-    scopes.iter().all(|s| match *s {
-        "BestEffort" => best_effort,
-        "NotBestEffort" => !best_effort,
-        "Terminating" => terminating,
-        "NotTerminating" => !terminating,
+    let strings = |e: &Value| e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>();
+    scopes.iter().all(|s| scope_matches(object, s, "Exists", &[]))
+        && expressions.iter().all(|e| {
+            let field = |f: &str| e.get(f).and_then(Value::as_str).unwrap_or_default();
+            scope_matches(object, field("scopeName"), field("operator"), &strings(e))
+        })
+}
+
+/// Whether pod `pod` is in `scope` as `operator` (In, NotIn, Exists, DoesNotExist) and
+/// `values` say, as kube-apiserver's quota evaluator decides.
+fn scope_matches(pod: &Value, scope: &str, operator: &str, values: &[String]) -> bool {
+    let in_scope = match scope {
+        "PriorityClass" => {
+            let class = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|c| !c.is_empty());
+            return match operator {
+                "Exists" => class.is_some(),
+                "DoesNotExist" => class.is_none(),
+                "In" => class.is_some_and(|c| values.iter().any(|v| v == c)),
+                "NotIn" => class.is_none_or(|c| !values.iter().any(|v| v == c)),
+                _ => false,
+            };
+        }
+        "BestEffort" => best_effort(pod),
+        "NotBestEffort" => !best_effort(pod),
+        "Terminating" => pod.pointer("/spec/activeDeadlineSeconds").is_some(),
+        "NotTerminating" => pod.pointer("/spec/activeDeadlineSeconds").is_none(),
+        "CrossNamespacePodAffinity" => cross_namespace_affinity(pod),
+        _ => return false,
+    };
+    match operator {
+        "Exists" => in_scope,
+        "DoesNotExist" => !in_scope,
         _ => false,
+    }
+}
+
+fn best_effort(pod: &Value) -> bool {
+    !containers(pod, "containers").chain(containers(pod, "initContainers"))
+        .any(|c| c.pointer("/resources/requests").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
+            || c.pointer("/resources/limits").and_then(Value::as_object).is_some_and(|m| !m.is_empty()))
+}
+
+/// Whether a pod (anti-)affinity term reaches other namespaces (names them, or selects them).
+fn cross_namespace_affinity(pod: &Value) -> bool {
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let Some(affinity) = pod.pointer(&format!("/spec/affinity/{kind}")) else { return false };
+        let required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array).into_iter().flatten();
+        let preferred = affinity.get("preferredDuringSchedulingIgnoredDuringExecution").and_then(Value::as_array).into_iter().flatten().filter_map(|w| w.get("podAffinityTerm"));
+        required.chain(preferred).any(|term| {
+            term.get("namespaces").and_then(Value::as_array).is_some_and(|n| !n.is_empty()) || term.get("namespaceSelector").is_some_and(|s| !s.is_null())
+        })
     })
 }
 
@@ -163,6 +213,31 @@ pub fn scopes_match(quota: &Value, group: &str, plural: &str, object: &Value) ->
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn scope_selectors_match_as_kubernetes_does() {
+        let quota = |exprs: Value| json!({"spec": {"scopeSelector": {"matchExpressions": exprs}}});
+        let high = json!({"spec": {"priorityClassName": "high", "containers": [{"name": "a"}]}});
+        let plain = json!({"spec": {"containers": [{"name": "a", "resources": {"limits": {"cpu": "1"}}}]}});
+        let in_high = quota(json!([{"scopeName": "PriorityClass", "operator": "In", "values": ["high", "top"]}]));
+        assert!(scopes_match(&in_high, "", "pods", &high));
+        assert!(!scopes_match(&in_high, "", "pods", &plain));
+        assert!(!scopes_match(&in_high, "", "configmaps", &json!({})), "only pods are scoped");
+        let not_in = quota(json!([{"scopeName": "PriorityClass", "operator": "NotIn", "values": ["high"]}]));
+        assert!(!scopes_match(&not_in, "", "pods", &high));
+        assert!(scopes_match(&not_in, "", "pods", &plain), "a pod with no class is not in any");
+        assert!(scopes_match(&quota(json!([{"scopeName": "PriorityClass", "operator": "Exists"}])), "", "pods", &high));
+        assert!(scopes_match(&quota(json!([{"scopeName": "PriorityClass", "operator": "DoesNotExist"}])), "", "pods", &plain));
+        // Both lists must match: scopes and expressions.
+        let both = json!({"spec": {"scopes": ["BestEffort"], "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}});
+        assert!(scopes_match(&both, "", "pods", &high));
+        assert!(!scopes_match(&both, "", "pods", &json!({"spec": {"priorityClassName": "high", "containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]}})));
+        let best_effort = quota(json!([{"scopeName": "BestEffort", "operator": "Exists"}]));
+        assert!(scopes_match(&best_effort, "", "pods", &high) && !scopes_match(&best_effort, "", "pods", &plain));
+        let cross = quota(json!([{"scopeName": "CrossNamespacePodAffinity", "operator": "Exists"}]));
+        let reaching = json!({"spec": {"containers": [], "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "h", "namespaceSelector": {}}]}}}});
+        assert!(scopes_match(&cross, "", "pods", &reaching) && !scopes_match(&cross, "", "pods", &high));
+    }
 
     #[test]
     fn a_pod_is_charged_its_count_and_its_containers_resources() {
