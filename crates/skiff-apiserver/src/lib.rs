@@ -27,6 +27,7 @@ pub mod pod_streams;
 pub mod protobuf;
 pub mod request;
 pub mod resource_quota;
+pub mod server_metrics;
 pub mod rest;
 pub mod service_accounts;
 pub mod services;
@@ -74,6 +75,9 @@ pub struct Config {
     pub authorization: bool,
     /// Where requests are logged, and by which policy (none: not logged).
     pub audit: Option<Arc<audit::Auditor>>,
+    /// Requests counted in `/metrics`. Always on in `skiff up` and `skiff server`; the API
+    /// bench turns it off to measure its cost.
+    pub request_metrics: bool,
     /// The PodSecurity levels of namespaces without labels.
     pub pod_security: pod_security::Defaults,
 }
@@ -90,6 +94,7 @@ impl Config {
             service_account_key: None,
             authorization: true,
             audit: None,
+            request_metrics: true,
             pod_security: pod_security::Defaults::default(),
         }
     }
@@ -105,11 +110,13 @@ pub struct ApiServer {
     pub quotas: resource_quota::QuotaNamespaces,
     /// Node and pod usage for `metrics.k8s.io`, kept by [`metrics_api::collect`].
     pub metrics: metrics_api::ResourceMetrics,
+    /// The server's own Prometheus metrics, at `/metrics`.
+    pub server_metrics: Arc<server_metrics::ServerMetrics>,
 }
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), quotas: Default::default(), metrics: Default::default() })
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), quotas: Default::default(), metrics: Default::default(), server_metrics: Default::default() })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
@@ -292,6 +299,25 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
     }
 }
 
+/// Counts every request and its answer (refusals too) in the server's metrics; a watch
+/// or stream stays counted as open until its body ends.
+async fn count(State(server): State<Arc<ApiServer>>, request: Request, next: Next) -> Response {
+    if !server.config.request_metrics {
+        return next.run(request).await;
+    }
+    let since = std::time::Instant::now();
+    let labels = server_metrics::RequestLabels::of(&authz::Attributes::of(request.method(), request.uri().path(), request.uri().query()));
+    let streaming = labels.streams(request.uri().query());
+    let response = next.run(request).await;
+    match server.server_metrics.answered(labels, response.status().as_u16(), since, streaming) {
+        None => response,
+        Some(open) => response.map(|body| axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _open = &open;
+            frame
+        }))),
+    }
+}
+
 /// The user the request acts as (`user`, or whom it impersonates) when that user may make
 /// it; the audit entry notes the decision.
 async fn authorize(server: &ApiServer, user: authz::UserInfo, a: &authz::Attributes, asked: authz::Impersonation, entry: Option<&mut audit::Entry>) -> Result<authz::UserInfo, ApiError> {
@@ -364,8 +390,12 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/apis/authorization.k8s.io/v1/{*rest}", axum::routing::any(authz::reviews::handle))
         .route("/apis/authentication.k8s.io/v1/{*rest}", axum::routing::any(authz::identity::handle))
         .route("/apis/{group}/{version}/{*rest}", axum::routing::any(rest::handle))
+        .route("/metrics", get(|State(server): State<Arc<ApiServer>>| async move {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], server.server_metrics.encode())
+        }))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(server.clone(), count))
         .layer(DefaultBodyLimit::disable())
         .with_state(server)
 }

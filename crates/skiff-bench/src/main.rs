@@ -433,6 +433,7 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
         rows.push(api_path(clients, level_creates, ApiMode { authorization: false, ..ApiMode::AS_SERVED }).await.context("API bench without authorization")?);
         rows.push(api_path(clients, level_creates, ApiMode { audit: false, ..ApiMode::AS_SERVED }).await.context("API bench without the audit log")?);
         rows.push(api_path(clients, level_creates, ApiMode { as_editor: true, ..ApiMode::AS_SERVED }).await.context("API bench as a user bound to edit")?);
+        rows.push(api_path(clients, level_creates, ApiMode { metrics: false, ..ApiMode::AS_SERVED }).await.context("API bench without request metrics")?);
     }
     println!("api bench: durable ConfigMap creates ({})", report::machine());
     println!("| path | clients | creates | creates/s | p50 ms | p99 ms |");
@@ -444,7 +445,7 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
     // clients up (or the highest level measured, when all are below).
     let headline_from = rows.iter().map(|r| r.clients).max().unwrap_or(0).min(64);
     let mut headlines = Vec::new();
-    for level in rows.chunks(6) {
+    for level in rows.chunks(7) {
         let [etcd, paths @ ..] = level else { continue };
         if etcd.clients < headline_from {
             continue;
@@ -454,7 +455,9 @@ async fn api_bench(quick: bool, creates: usize, levels: Vec<std::num::NonZeroUsi
         for f in paths {
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, {}", f.clients, f.what), figure(f), reference.clone(), Some(f.rate() / etcd.rate())));
         }
-        if let [_, with, no_authorization, no_audit, editor] = paths {
+        if let [_, with, no_authorization, no_audit, editor, no_metrics] = paths {
+            headlines.push(report::Row::new(format!("durable creates/s, {} clients, with request metrics against without", with.clients), figure(with),
+                format!("without, same run: {}/s (goal ≥ 0.97×)", report::thousands(no_metrics.rate())), Some(with.rate() / no_metrics.rate())));
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, as a user RBAC allows against no authorization", editor.clients), figure(editor),
                 format!("no authorization, same run: {}/s (goal ≥ 0.9×)", report::thousands(no_authorization.rate())), Some(editor.rate() / no_authorization.rate())));
             headlines.push(report::Row::new(format!("durable creates/s, {} clients, with authorization against without", with.clients), figure(with),
@@ -477,17 +480,20 @@ struct ApiMode {
     /// Requests impersonate a user RBAC allows through a RoleBinding to `edit` (the admin
     /// is in `system:masters`, which RBAC never consults).
     as_editor: bool,
+    /// Requests counted in `/metrics`.
+    metrics: bool,
 }
 
 /// The user the bench's requests impersonate in [`ApiMode::as_editor`].
 const EDITOR: &str = "bench-editor";
 
 impl ApiMode {
-    const AS_SERVED: ApiMode = ApiMode { authorization: true, audit: true, as_editor: false };
+    const AS_SERVED: ApiMode = ApiMode { authorization: true, audit: true, as_editor: false, metrics: true };
 
     fn name(self) -> &'static str {
         match (self.authorization, self.audit) {
             _ if self.as_editor => "API server (HTTP, JSON), as a user bound to edit",
+            _ if !self.metrics => "API server (HTTP, JSON), no request metrics",
             (true, true) => "API server (HTTP, JSON)",
             (false, _) => "API server (HTTP, JSON), no authorization",
             (true, false) => "API server (HTTP, JSON), no audit log",
@@ -509,7 +515,7 @@ async fn serve_api(mode: ApiMode) -> anyhow::Result<(std::net::SocketAddr, tokio
         }
         false => None,
     };
-    let config = skiff_apiserver::Config { authorization: mode.authorization, audit, ..skiff_apiserver::Config::new("bench-token".into()) };
+    let config = skiff_apiserver::Config { authorization: mode.authorization, audit, request_metrics: mode.metrics, ..skiff_apiserver::Config::new("bench-token".into()) };
     let server = skiff_apiserver::ApiServer::new(store, config);
     server.bootstrap(([127, 0, 0, 1], 6443).into()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     if mode.as_editor {

@@ -199,7 +199,7 @@ impl Auditor {
 }
 
 /// `v1` of `/api/v1/...`, `apps/v1` → `v1` of `/apis/apps/v1/...`.
-fn api_version(path: &str) -> String {
+pub(crate) fn api_version(path: &str) -> String {
     let mut segments = path.trim_start_matches('/').split('/');
     match segments.next() {
         Some("api") => segments.next(),

@@ -123,6 +123,7 @@ pub fn cluster_roles() -> Vec<Value> {
             paths(&["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], &["get"]),
         ]),
         cluster_role("system:public-info-viewer", json!({}), vec![paths(&["/healthz", "/livez", "/readyz", "/version", "/version/"], &["get"])]),
+        cluster_role("system:monitoring", json!({}), vec![paths(&["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/readyz", "/readyz/*"], &["get"])]),
         cluster_role("system:service-account-issuer-discovery", json!({}), vec![paths(&["/.well-known/openid-configuration", "/openid/v1/jwks"], &["get"])]),
         // Joining nodes: a bootstrap token may ask for a node client certificate, which the
         // controllers approve when its requester may create `nodeclient` (a new node) or
@@ -191,6 +192,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("system:basic-user", "system:basic-user", &[super::AUTHENTICATED]),
         binding("system:discovery", "system:discovery", &[super::AUTHENTICATED]),
         binding("system:public-info-viewer", "system:public-info-viewer", &[super::AUTHENTICATED, "system:unauthenticated"]),
+        binding("system:monitoring", "system:monitoring", &["system:monitoring"]),
         binding("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", &["system:serviceaccounts"]),
         binding("skiff:node-bootstrapper", "system:node-bootstrapper", &[super::bootstrap_tokens::BOOTSTRAPPERS]),
         binding("skiff:node-autoapprove-bootstrap", NODE_CLIENT, &[super::bootstrap_tokens::BOOTSTRAPPERS]),
