@@ -27,8 +27,9 @@ HTTP_HELLO = os.path.join(ROOT, "examples/artifacts/http-hello.wasm")
 
 
 def blocks(marker):
-    """The ```sh blocks after each `<!-- tour:MARKER -->` line of the README."""
-    return re.findall(r"<!-- tour:%s -->\n```sh\n(.*?)```" % re.escape(marker), open(README).read(), re.S)
+    """The ```sh blocks after each `<!-- tour:MARKER -->` line of the README (indented
+    too, as a block inside a list item is)."""
+    return re.findall(r"<!-- tour:%s -->\n[ ]*```sh\n(.*?)```" % re.escape(marker), open(README).read(), re.S)
 
 
 class Tour:
@@ -117,6 +118,8 @@ def test_the_readme_tour_runs_as_written(tour):
     assert "successfully rolled out" in out
     assert "a Wasm function, which said:\nHello from a Wasm pod!" in out, out   # the mixed example: a container calls a Wasm function
     assert "search default.svc.cluster.local svc.cluster.local cluster.local" in out   # the container's resolv.conf
+    assert re.search(r"Hello from hello-fn-\S+!", out), out                      # the Helm chart's function
+    assert "Rollback was a success" in out
 
 
 def test_registry_refuses_unauthenticated_and_corrupt_pushes(tour):
