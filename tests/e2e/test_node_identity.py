@@ -160,13 +160,13 @@ def test_a_serving_certificate_naming_another_address_is_not_approved(cluster, n
 
 
 @contextlib.contextmanager
-def joined_agent(server, d, name):
+def joined_agent(server, d, name, *extra):
     """A real `skiff agent` joined to `server` with a bootstrap token, Ready; yields its
     data directory, and stops it and its containers at the end."""
     agent_dir = os.path.join(d, f"agent-{name}")
     token = server.skiff("token", "create", "--kubeconfig", server.kubeconfig).stdout.strip()
     log = open(os.path.join(d, f"agent-{name}.log"), "ab")
-    agent = subprocess.Popen(joining_command(server, d, name, agent_dir) + ["--token", token], stdout=log, stderr=log)
+    agent = subprocess.Popen(joining_command(server, d, name, agent_dir) + ["--token", token, *extra], stdout=log, stderr=log)
     try:
         def ready():
             p = server.kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False)
@@ -186,11 +186,13 @@ def joining_command(server, d, name, agent_dir):
             "--ingress-https-port", "0", "--data-dir", agent_dir]
 
 
-def run_from_the_cluster_registry(server, name, node):
+def run_from_the_cluster_registry(server, name, node, tolerate_all=False):
     """Runs the registry's wasi-hello example on `node` to completion; its status."""
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
            "spec": {"restartPolicy": "Never", "nodeName": node,
                     "containers": [{"name": "hello", "image": "registry.skiff.internal/wasi-hello:v1", "imagePullPolicy": "Always"}]}}
+    if tolerate_all:
+        pod["spec"]["tolerations"] = [{"operator": "Exists"}]
     server.kubectl("apply", "-f", "-", input=json.dumps(pod))
     phase = lambda: server.json("get", "pod", name)["status"].get("phase")
     wait_for(lambda: phase() in ("Succeeded", "Failed"), 60, f"pod {name} to finish")
@@ -251,7 +253,10 @@ def test_a_joined_node_renews_its_certificates_while_it_runs():
     with tempfile.TemporaryDirectory() as d:
         server = Cluster(d, ["--cluster-signing-duration", "30s"], command="server").start()
         try:
-            with joined_agent(server, d, "renewing") as agent_dir:
+            with joined_agent(server, d, "renewing", "--register-with-taints", "skiff.dev/wasm=true:NoSchedule,dedicated:PreferNoSchedule") as agent_dir:
+                # Registered with its taints, as kubelet's --register-with-taints does.
+                taints = server.json("get", "node", "renewing")["spec"]["taints"]
+                assert [(t["key"], t.get("value"), t["effect"]) for t in taints] == [("skiff.dev/wasm", "true", "NoSchedule"), ("dedicated", None, "PreferNoSchedule")], taints
                 client, serving = os.path.join(agent_dir, "pki", "node.crt"), os.path.join(agent_dir, "pki", "serving.crt")
                 wait_for(lambda: os.path.exists(serving), 30, "the first serving certificate")
                 first_client, first_serving = open(client).read(), open(serving).read()
@@ -265,7 +270,7 @@ def test_a_joined_node_renews_its_certificates_while_it_runs():
                 # and reports it, over connections only the new certificate opens.
                 remaining = (first_end - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
                 time.sleep(max(0, remaining) + 2)
-                status = run_from_the_cluster_registry(server, "after-renewal", "renewing")
+                status = run_from_the_cluster_registry(server, "after-renewal", "renewing", tolerate_all=True)
                 assert status["phase"] == "Succeeded", status
                 assert subject_of(serving_certificate(server, "renewing"))["commonName"] == "system:node:renewing"
         finally:

@@ -73,6 +73,7 @@ pub fn registration(config: &HollowConfig, i: usize) -> NodeRegistration {
         agent_port: None,
         pressure: Default::default(),
         network: None,
+        taints: vec![],
         labels,
         name,
     }

@@ -75,6 +75,8 @@ pub struct AgentConfig {
     pub cluster_ca: Vec<Vec<u8>>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
+    /// Taints the Node is registered with.
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// The cluster DNS pods resolve names through (none: the host's resolver).
     pub cluster_dns: Option<pod_dns::ClusterDns>,
     /// The HTTP requests the node's proxy and ingress sent to each endpoint, reported in
@@ -416,6 +418,7 @@ fn registration(agent: &Agent, port: u16) -> NodeRegistration {
         agent_port: Some(port),
         pressure: Machine::pressure(&c.data_dir),
         network: None,
+        taints: c.taints.clone(),
     }
 }
 

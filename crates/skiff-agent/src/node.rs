@@ -41,6 +41,9 @@ pub struct NodeRegistration {
     /// How pods are addressed (the `NetworkUnavailable=False` condition's reason and
     /// message), once the agent has set up the pod network.
     pub network: Option<(String, String)>,
+    /// Taints the Node is created with (kubelet's `--register-with-taints`); an existing
+    /// Node's taints are left as they are, as kubelet leaves them.
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 /// Which resources of the machine are short (the node's pressure conditions).
@@ -205,7 +208,8 @@ impl NodeRegistration {
     /// Creates the Node, or brings an existing one's labels and status up to date.
     pub async fn register(&self, client: &Client) -> Result<Node, kube::Error> {
         let api: Api<Node> = Api::all(client.clone());
-        let node = Node { metadata: ObjectMeta { name: Some(self.name.clone()), labels: Some(self.labels.clone()), ..Default::default() }, spec: None, status: None };
+        let spec = (!self.taints.is_empty()).then(|| k8s_openapi::api::core::v1::NodeSpec { taints: Some(self.taints.clone()), ..Default::default() });
+        let node = Node { metadata: ObjectMeta { name: Some(self.name.clone()), labels: Some(self.labels.clone()), ..Default::default() }, spec, status: None };
         match api.create(&PostParams::default(), &node).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {

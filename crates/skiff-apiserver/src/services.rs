@@ -67,10 +67,10 @@ pub fn allocate(spec: &mut Value, cidr: Cidr, node_ports: (u16, u16), in_use: &I
         let mut taken = in_use.node_ports.clone();
         for (i, p) in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten().enumerate() {
             match p.get("nodePort").and_then(Value::as_i64) {
-                Some(n) if !(i64::from(node_ports.0)..=i64::from(node_ports.1)).contains(&n) => errs.push(FieldError::invalid(
-                    &format!("spec.ports[{i}].nodePort"), &n.to_string(),
+                Some(n) if !(i64::from(node_ports.0)..=i64::from(node_ports.1)).contains(&n) => errs.push(FieldError::invalid_number(
+                    &format!("spec.ports[{i}].nodePort"), n,
                     format!("provided port is not in the valid range. The range of valid ports is {}-{}", node_ports.0, node_ports.1))),
-                Some(n) if taken.contains(&n) => errs.push(FieldError::invalid(&format!("spec.ports[{i}].nodePort"), &n.to_string(), "provided port is already allocated")),
+                Some(n) if taken.contains(&n) => errs.push(FieldError::invalid_number(&format!("spec.ports[{i}].nodePort"), n, "provided port is already allocated")),
                 Some(n) => {
                     taken.insert(n);
                 }

@@ -126,7 +126,7 @@ fn pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
             for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    errs.push(FieldError::invalid(&format!("{cpath}.ports[{j}].containerPort"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+                    errs.push(FieldError::invalid_number(&format!("{cpath}.ports[{j}].containerPort"), port, "must be between 1 and 65535, inclusive"));
                 }
             }
         }
@@ -146,7 +146,7 @@ fn workload(object: &Value, errs: &mut Vec<FieldError>) {
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
         && r < 0
     {
-        errs.push(FieldError::invalid("spec.replicas", &r.to_string(), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid_number("spec.replicas", r, "must be greater than or equal to 0"));
     }
     template_matches_selector(spec, "spec", errs);
 }
@@ -199,7 +199,7 @@ fn job(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
         if let Some(n) = spec.get(field).and_then(Value::as_i64)
             && n < 0
         {
-            errs.push(FieldError::invalid(&format!("{path}.{field}"), &n.to_string(), "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid_number(&format!("{path}.{field}"), n, "must be greater than or equal to 0"));
         }
     }
 }
@@ -305,7 +305,7 @@ fn service(spec: Option<&Value>, errs: &mut Vec<FieldError>) {
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            errs.push(FieldError::invalid(&format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+            errs.push(FieldError::invalid_number(&format!("spec.ports[{i}].port"), port, "must be between 1 and 65535, inclusive"));
         }
         if many && p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
             errs.push(FieldError::required(&format!("spec.ports[{i}].name")));

@@ -81,6 +81,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         token: TOKEN.into(),
         cluster_ca,
         labels: Default::default(),
+        taints: vec![],
         // The in-process node runs no proxy, so pods resolve as the host does (and no
         // ingress counts requests).
         cluster_dns: None,

@@ -92,6 +92,21 @@ pub struct NodeArgs {
     /// Extra node label, `key=value` (repeatable).
     #[arg(long = "node-label")]
     node_labels: Vec<String>,
+    /// Taints a new Node is registered with, `key[=value]:Effect` (comma-separated or
+    /// repeated), as kubelet's flag.
+    #[arg(long = "register-with-taints", value_delimiter = ',', value_parser = parse_taint)]
+    register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+}
+
+/// `key[=value]:Effect`, Effect one of NoSchedule, PreferNoSchedule, NoExecute.
+fn parse_taint(text: &str) -> Result<k8s_openapi::api::core::v1::Taint, String> {
+    let (key_value, effect) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not key[=value]:Effect"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!("{text:?}: the effect must be NoSchedule, PreferNoSchedule or NoExecute, not {effect:?}"));
+    }
+    let (key, value) = key_value.split_once('=').map_or((key_value, None), |(k, v)| (k, Some(v.to_string())));
+    skiff_core::names::validate_qualified_name(key).map_err(|e| format!("{text:?}: the key {key:?} {e}"))?;
+    Ok(k8s_openapi::api::core::v1::Taint { key: key.into(), value, effect: effect.into(), time_added: None })
 }
 
 impl NodeArgs {
@@ -126,6 +141,7 @@ impl NodeArgs {
             token: token.to_string(),
             cluster_ca,
             labels: key_values(&self.node_labels, "--node-label")?,
+            taints: self.register_with_taints.clone(),
             cluster_dns: Some(skiff_agent::pod_dns::ClusterDns { server: cluster_dns(service_cidr), domain: self.cluster_domain.trim_matches('.').to_lowercase() }),
             // Shared with the node's proxy (`spawn_proxy`), whose ingress counts into it.
             proxied_requests: Default::default(),

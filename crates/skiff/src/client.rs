@@ -59,6 +59,10 @@ pub async fn kube_config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Co
         .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
         .unwrap_or_else(|| crate::default_data_dir().join("kubeconfig"));
     if !path.exists() {
+        // In a pod (the agent as a DaemonSet of charts/skiff): its ServiceAccount's.
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            return kube::Config::incluster().context("using the pod's ServiceAccount (in-cluster config)");
+        }
         bail!("no kubeconfig at {}: start a cluster with `skiff up` (it writes one there), or give --kubeconfig or $KUBECONFIG", path.display());
     }
     let kubeconfig = Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
