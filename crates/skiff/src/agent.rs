@@ -288,3 +288,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_taint;
+
+    #[test]
+    fn taints_read_as_kubelet_reads_them() {
+        let t = parse_taint("skiff.dev/wasm=true:NoSchedule").unwrap();
+        assert_eq!((t.key.as_str(), t.value.as_deref(), t.effect.as_str()), ("skiff.dev/wasm", Some("true"), "NoSchedule"));
+        let t = parse_taint("dedicated:NoExecute").unwrap();
+        assert_eq!((t.key.as_str(), t.value, t.effect.as_str()), ("dedicated", None, "NoExecute"));
+        assert!(parse_taint("dedicated").unwrap_err().contains("is not key[=value]:Effect"));
+        assert!(parse_taint("a=b:Sometimes").unwrap_err().contains("the effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+        assert!(parse_taint("bad key!=x:NoSchedule").unwrap_err().contains("the key \"bad key!\""));
+    }
+}
