@@ -37,6 +37,7 @@ pub mod table;
 pub mod tls;
 pub mod typed;
 pub mod validation;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,7 +263,7 @@ async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
 async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request, next: Next) -> Response {
     let arrival = server.config.audit.is_some().then(|| audit::Arrival::of(&request));
     let path = request.uri().path();
-    let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz");
+    let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz") || ui::serves(path);
     // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
     let attributes = authz::Attributes::of(request.method(), path, request.uri().query());
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
@@ -393,6 +394,9 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/metrics", get(|State(server): State<Arc<ApiServer>>| async move {
             ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], server.server_metrics.encode())
         }))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(server.clone(), authenticate))
         .layer(middleware::from_fn_with_state(server.clone(), count))

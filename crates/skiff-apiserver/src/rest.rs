@@ -35,6 +35,9 @@ pub(crate) enum Output {
     Metadata,
     /// `application/vnd.kubernetes.protobuf`, for kinds that have a protobuf form.
     Protobuf,
+    /// `application/yaml`, for objects and lists (what the dashboard's editor shows);
+    /// a watch answers JSON.
+    Yaml,
 }
 
 pub(crate) fn output(headers: &HeaderMap, params: &Params) -> Output {
@@ -59,6 +62,9 @@ pub(crate) fn output(headers: &HeaderMap, params: &Params) -> Output {
         if media.starts_with(protobuf::MEDIA_TYPE) {
             return Output::Protobuf;
         }
+        if media.starts_with("application/yaml") {
+            return Output::Yaml;
+        }
     }
     Output::Json
 }
@@ -76,11 +82,12 @@ fn respond_written(code: StatusCode, r: &ResourceType, written: Written, out: Ou
 
 pub(crate) fn respond(code: StatusCode, body: &Value, out: Output, warnings: &[String]) -> Response {
     let encoded = match out {
-        Output::Protobuf => protobuf::encode(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok(),
+        Output::Protobuf => protobuf::encode(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok().map(|b| (protobuf::MEDIA_TYPE, b)),
+        Output::Yaml => serde_saphyr::to_string(body).inspect_err(|e| tracing::debug!("answering JSON: {e}")).ok().map(|t| ("application/yaml", t.into_bytes())),
         _ => None,
     };
     let mut resp = match encoded {
-        Some(bytes) => (code, [(header::CONTENT_TYPE, protobuf::MEDIA_TYPE)], bytes).into_response(),
+        Some((media, bytes)) => (code, [(header::CONTENT_TYPE, media)], bytes).into_response(),
         None => (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(body).unwrap_or_default()).into_response(),
     };
     for w in warnings {
@@ -99,7 +106,7 @@ fn partial_metadata(o: &Value) -> Value {
 
 fn present_one(r: &ResourceType, object: Value, out: Output) -> Value {
     match out {
-        Output::Json | Output::Protobuf => object,
+        Output::Json | Output::Protobuf | Output::Yaml => object,
         Output::Metadata => partial_metadata(&object),
         Output::Table(include) => {
             let rv = meta::resource_version(&object).unwrap_or_default().to_string();
@@ -371,7 +378,7 @@ async fn list(server: &ApiServer, target: &Target, params: &Params, out: Output)
         Output::Table(include) => table::table(r.kind, &items, list_meta, include),
         Output::Metadata => json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta,
             "items": items.iter().map(partial_metadata).collect::<Vec<_>>()}),
-        Output::Json | Output::Protobuf => json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": list_meta, "items": items}),
+        Output::Json | Output::Protobuf | Output::Yaml => json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(), "metadata": list_meta, "items": items}),
     };
     Ok(respond(StatusCode::OK, &body, out, &[]))
 }
@@ -583,7 +590,7 @@ fn start_watch(server: Arc<ApiServer>, target: Target, params: &Params, out: Out
 
 fn watch_response(server: Arc<ApiServer>, target: Target, params: Params, mut out: Output) -> ApiResult<Response> {
     let r = target.resource;
-    if out == Output::Protobuf && !protobuf::supports(&r.api_version(), r.kind) {
+    if out == Output::Yaml || (out == Output::Protobuf && !protobuf::supports(&r.api_version(), r.kind)) {
         out = Output::Json;
     }
     let rx = start_watch(server, target, &params, out)?;
