@@ -15,6 +15,7 @@ pub mod exec;
 pub mod hollow;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod pod_dns;
 pub mod port_forward;
@@ -84,6 +85,9 @@ pub struct AgentConfig {
     pub proxied_requests: std::sync::Arc<skiff_core::request_counts::RequestCounts>,
     /// The pods here that are ready, told to the node's proxy as they become so.
     pub ready_pods: std::sync::Arc<skiff_client::local_pods::LocalReadyPods>,
+    /// The parts beside the agent whose metrics its `/metrics` serves too, each as the
+    /// function that registers them (the node's service proxy's).
+    pub metrics_of: Vec<fn(&mut prometheus_client::registry::Registry)>,
 }
 
 /// What every pod worker of the node shares.

@@ -31,6 +31,7 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, Arc<ServingCertifi
     let port = listener.local_addr()?.port();
     let certificate = Arc::new(ServingCertificate::at_start(&agent)?);
     let tls = tls_config(certificate.clone(), &agent.config.cluster_ca)?;
+    let metrics = Arc::new(crate::metrics::registry(&agent.config.metrics_of));
     let router = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
@@ -38,6 +39,11 @@ pub async fn start(agent: Arc<Agent>) -> anyhow::Result<(u16, Arc<ServingCertifi
         .route("/portForward/{namespace}/{pod}", get(port_forward).post(port_forward))
         .route("/stats/summary", get(stats))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &metrics).expect("writing to a String cannot fail");
+            ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        }))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), authenticate))
         .with_state(agent);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));

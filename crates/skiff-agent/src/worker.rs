@@ -43,11 +43,21 @@ struct Shared {
     /// Set when the pod is being deleted and its preStop hooks have run: its containers'
     /// SIGTERM (HTTP functions stop taking connections and finish what they serve).
     terminate: watch::Sender<bool>,
+    /// When this agent first saw the pod; taken when all its containers first run, for
+    /// the pod start metric.
+    seen: Mutex<Option<Instant>>,
 }
 
 impl Shared {
     fn update(&self, f: impl FnOnce(&mut PodState)) {
-        f(&mut self.state.lock().unwrap());
+        let mut state = self.state.lock().unwrap();
+        f(&mut state);
+        if state.containers.iter().all(|c| matches!(c.state, State::Running { .. }))
+            && let Some(seen) = self.seen.lock().unwrap().take()
+        {
+            crate::metrics::pod_started(state.containers.first().map_or(crate::runtime::WASM_HANDLER, |c| c.runtime), seen.elapsed());
+        }
+        drop(state);
         self.changed.notify_one();
     }
 
@@ -68,6 +78,7 @@ pub async fn run(node: Arc<Agent>, pod: watch::Receiver<Arc<Pod>>) {
         changed: Notify::new(),
         written: AtomicBool::new(false),
         terminate: watch::Sender::new(false),
+        seen: Mutex::new(Some(Instant::now())),
     });
     let writer = AbortOnDrop(tokio::spawn(write_status(shared.clone())));
     let _unready_when_gone = UnreadyWhenGone(node.clone(), uid.clone());

@@ -17,6 +17,7 @@ pub mod field_manager;
 pub mod limit_ranger;
 pub mod metrics_api;
 pub mod namespace_lifecycle;
+mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_protobuf;
@@ -81,6 +82,9 @@ pub struct Config {
     pub request_metrics: bool,
     /// The PodSecurity levels of namespaces without labels.
     pub pod_security: pod_security::Defaults,
+    /// The in-process parts whose metrics `/metrics` serves beside the server's own, each
+    /// as the function that registers them (the store's, scheduler's, controllers').
+    pub metrics_of: Vec<fn(&mut prometheus_client::registry::Registry)>,
 }
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
             audit: None,
             request_metrics: true,
             pod_security: pod_security::Defaults::default(),
+            metrics_of: Vec::new(),
         }
     }
 }
@@ -117,7 +122,8 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn new(store: Arc<dyn Store>, config: Config) -> Arc<Self> {
-        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), quotas: Default::default(), metrics: Default::default(), server_metrics: Default::default() })
+        let server_metrics = Arc::new(server_metrics::ServerMetrics::new(&config.metrics_of));
+        Arc::new(Self { store, config, service_lock: tokio::sync::Mutex::new(()), namespaces: Default::default(), rbac: Default::default(), quotas: Default::default(), metrics: Default::default(), server_metrics })
     }
 
     /// Creates what every cluster starts with: the `default`, `kube-system`, `kube-public`
@@ -385,6 +391,7 @@ pub fn router(server: Arc<ApiServer>) -> Router {
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(|| async { json_bytes(openapi::v3_index()) }))
         .route("/openapi/v3/{*gv}", get(openapi_v3_doc))
+        .route("/api/v1/nodes/{name}/proxy/{*path}", get(node_proxy::get))
         .route("/api/v1/{*rest}", axum::routing::any(rest::handle))
         .route("/apis/metrics.k8s.io/v1beta1/{*rest}", axum::routing::any(metrics_api::handle))
         .route("/apis/custom.metrics.k8s.io/v1beta2/{*rest}", axum::routing::any(metrics_api::handle_custom))

@@ -676,6 +676,7 @@ impl WatchRequest {
 
     async fn run(self, server: &ApiServer, tx: Sink) {
         let r = self.target.resource;
+        let _watching = server.server_metrics.watching(r);
         let prefix = r.list_prefix(self.target.namespace.as_deref());
         let deadline = tokio::time::Instant::now() + self.timeout;
         // Without a starting version, the watch begins with the current state as ADDED.

@@ -5,7 +5,12 @@
 //! - `apiserver_request_duration_seconds{verb,group,version,resource,subresource,scope}`,
 //!   until the response's head (a watch or a log stream: until it starts);
 //! - `apiserver_longrunning_requests{verb,group,version,resource,subresource,scope}`: the
-//!   watches and streams open now.
+//!   watches and streams open now;
+//! - `apiserver_registered_watchers{group,version,kind}`: the watches the store feeds now,
+//!   over HTTP or WebSocket.
+//!
+//! The parts in the same process register theirs beside these ([`Config::metrics_of`]):
+//! the store's commits, the scheduler's attempts, the controllers' reconciles.
 //!
 //! Reading `/metrics` needs `get` on that non-resource URL (cluster-admin has it, and
 //! the `system:monitoring` ClusterRole grants it), as in Kubernetes.
@@ -22,6 +27,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::authz::Attributes;
+#[cfg(doc)]
+use crate::Config;
 
 /// kube-apiserver's request latency buckets (seconds).
 const LATENCY_BUCKETS: [f64; 21] = [0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0];
@@ -40,6 +47,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchedLabels {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AnsweredLabels {
     #[prometheus(flatten)]
     request: RequestLabels,
@@ -52,10 +66,18 @@ pub struct ServerMetrics {
     requests: Family<AnsweredLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
     longrunning: Family<RequestLabels, Gauge<i64, AtomicI64>>,
+    watchers: Family<WatchedLabels, Gauge<i64, AtomicI64>>,
 }
 
 impl Default for ServerMetrics {
     fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl ServerMetrics {
+    /// The server's metrics, and those each of `parts` registers.
+    pub fn new(parts: &[fn(&mut Registry)]) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<AnsweredLabels, Counter>::default();
         let durations = Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter()));
@@ -63,11 +85,21 @@ impl Default for ServerMetrics {
         registry.register("apiserver_request", "Counter of API requests, by verb, group, version, resource, subresource, scope and HTTP response code", requests.clone());
         registry.register("apiserver_request_duration_seconds", "Response latency of API requests in seconds, until the response's head, by verb, group, version, resource, subresource and scope", durations.clone());
         registry.register("apiserver_longrunning_requests", "Watches and streams open now, by verb, group, version, resource, subresource and scope", longrunning.clone());
-        ServerMetrics { registry, requests, durations, longrunning }
+        let watchers = Family::<WatchedLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register("apiserver_registered_watchers", "Watches the store feeds now, by group, version and kind", watchers.clone());
+        for register in parts {
+            register(&mut registry);
+        }
+        ServerMetrics { registry, requests, durations, longrunning, watchers }
     }
-}
 
-impl ServerMetrics {
+    /// A watch of `r` begins; it is counted until the guard returned is dropped.
+    pub fn watching(&self, r: &skiff_core::ResourceType) -> Watching {
+        let gauge = self.watchers.get_or_create_owned(&WatchedLabels { group: r.group, version: r.version, kind: r.kind });
+        gauge.inc();
+        Watching(gauge)
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -97,6 +129,15 @@ pub struct LongRunning {
 impl Drop for LongRunning {
     fn drop(&mut self) {
         self.metrics.longrunning.get_or_create(&self.labels).dec();
+    }
+}
+
+/// A watch the store feeds, counted until dropped.
+pub struct Watching(Gauge<i64, AtomicI64>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -9,7 +9,9 @@ export class ApiError extends Error {
   }
 }
 
-const PAGE = 500;
+// The first page small, so the first rows show at once; the rest in fewer, larger pages.
+const FIRST_PAGE = 500;
+const PAGE = 2000;
 
 export class Api {
   constructor(token) {
@@ -52,7 +54,7 @@ export class Api {
         onReset();
         let version = "", next = "";
         do {
-          const list = await this.json(`${path}${sep}limit=${PAGE}${next ? `&continue=${encodeURIComponent(next)}` : ""}`, { signal });
+          const list = await this.json(`${path}${sep}limit=${next ? PAGE : FIRST_PAGE}${next ? `&continue=${encodeURIComponent(next)}` : ""}`, { signal });
           version = version || list.metadata.resourceVersion;
           next = list.metadata.continue || "";
           onPage(list.items);

@@ -49,6 +49,9 @@
 //! `cargo run --release -p skiff-bench -- autoscale [--quick]`: first response from zero
 //! replicas through the activator, and a load step to a new replica serving.
 //!
+//! `cargo run --release -p skiff-bench -- dashboard [--quick]`: the dashboard's pod list
+//! with 10,000 pods, loaded fresh in headless Chromium, against `kubectl get pods -A`.
+//!
 //! `cargo run --release -p skiff-bench -- tour [--quick]`: from a fresh `skiff up` to the
 //! README tour's first answer (examples/hello.yaml's Service on its ClusterIP).
 
@@ -69,6 +72,7 @@ use skiff_store::{RedbStore, Store, StoreOptions};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod containers;
+mod dashboard;
 mod density;
 mod encoding;
 mod port_forward;
@@ -294,6 +298,21 @@ enum Bench {
         /// Fresh clusters started, one after another.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// The skiff binary (default: the one built beside this bench).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// The dashboard's pod list with 10,000 pods in headless Chromium, against kubectl.
+    Dashboard {
+        /// 500 pods, one load, to check the bench still runs.
+        #[arg(long)]
+        quick: bool,
+        /// Pods in the cluster.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Fresh page loads (and kubectl runs) measured.
+        #[arg(long, default_value_t = 5)]
+        loads: usize,
         /// The skiff binary (default: the one built beside this bench).
         #[arg(long)]
         binary: Option<std::path::PathBuf>,
@@ -597,6 +616,7 @@ async fn bench() -> anyhow::Result<()> {
         Bench::Footprint { quick, .. } => ("footprint", *quick),
         Bench::Registry { quick, .. } => ("registry", *quick),
         Bench::Tour { quick, .. } => ("tour", *quick),
+        Bench::Dashboard { quick, .. } => ("dashboard", *quick),
         Bench::Autoscale { quick, .. } => ("autoscale", *quick),
     };
     let rows = match cli.bench {
@@ -618,6 +638,7 @@ async fn bench() -> anyhow::Result<()> {
         Bench::Footprint { quick, idle_seconds, binary, wasm } => footprint::run(quick, idle_seconds, binary, wasm).await,
         Bench::Registry { quick, images, layer_mib, at_once, binary } => push_pull::run(quick, images, layer_mib, at_once, binary).await,
         Bench::Tour { quick, runs, binary } => first_answer::run(quick, runs, binary).await,
+        Bench::Dashboard { quick, pods, loads, binary } => dashboard::run(quick, pods, loads, binary).await,
         Bench::Autoscale { quick, trials, steps, connections, binary } => autoscale::run(quick, trials, steps, connections, binary).await,
     }?;
     anyhow::ensure!(!rows.is_empty(), "the {name} bench produced no figures");

@@ -87,6 +87,7 @@ pub async fn in_process_node(dir: &Path, max_instances: u32) -> anyhow::Result<(
         cluster_dns: None,
         proxied_requests: Default::default(),
         ready_pods: Default::default(),
+        metrics_of: vec![],
     };
     let agent = tokio::spawn(skiff_agent::run(as_user(node_user("bench-node"), "skiff-agent"), config));
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());

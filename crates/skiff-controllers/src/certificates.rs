@@ -67,7 +67,7 @@ pub fn controller(client: &Client, signer: Option<Signer>) -> impl Future<Output
     let run = signer.map(|signer| {
         let api: Api<CertificateSigningRequest> = Api::all(client.clone());
         Controller::new(api, watcher::Config::default())
-            .run(reconcile, retry, Arc::new(Ctx { client: client.clone(), signer }))
+            .run(crate::metrics::metered("csrsigning", reconcile), retry, Arc::new(Ctx { client: client.clone(), signer }))
             .for_each(|_| async {})
     });
     async move {

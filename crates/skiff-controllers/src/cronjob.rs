@@ -68,7 +68,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     let ctx = Ctx { client: client.clone(), jobs: i.jobs.store(), recorder: Recorder::new(client.clone(), "cronjob-controller") };
     Controller::for_shared_stream(i.cron_jobs.subscribe(), i.cron_jobs.store())
         .owns_shared_stream(i.jobs.changes())
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("cronjob", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

@@ -113,7 +113,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     Controller::for_shared_stream(i.daemon_sets.subscribe(), i.daemon_sets.store())
         .owns_shared_stream(i.pods.changes())
         .reconcile_all_on(i.nodes.subscribe().map(|_| ()))
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("daemonset", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

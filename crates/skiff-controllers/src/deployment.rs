@@ -352,7 +352,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     let ctx = Ctx { client: client.clone(), replica_sets: i.replica_sets.store(), recorder: Recorder::new(client.clone(), "deployment-controller") };
     Controller::for_shared_stream(i.deployments.subscribe(), i.deployments.store())
         .owns_shared_stream(i.replica_sets.changes())
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("deployment", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

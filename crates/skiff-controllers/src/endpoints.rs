@@ -264,7 +264,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
             s.metadata.labels.as_ref().and_then(|l| l.get(skiff_client::SERVICE_NAME_LABEL)).map(|n| ObjectRef::new(n).within(ns.as_deref().unwrap_or_default()))
         })
         // Conflicts with a newer cache are common; look again soon, as proxies wait.
-        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(1)), Arc::new(ctx))
+        .run(crate::metrics::metered("endpointslice", reconcile), |_, _, _| Action::requeue(Duration::from_secs(1)), Arc::new(ctx))
         .for_each(|_| async {})
 }
 

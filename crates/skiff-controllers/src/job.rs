@@ -124,7 +124,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     let ctx = Ctx { client: client.clone(), pods: i.pods.store(), recorder: Recorder::new(client.clone(), "job-controller"), expectations: Expectations::new() };
     Controller::for_shared_stream(i.jobs.subscribe(), i.jobs.store())
         .owns_shared_stream(i.pods.changes())
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("job", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

@@ -15,6 +15,7 @@ pub mod garbage_collector;
 pub mod hpa;
 pub mod job;
 pub mod load_balancer;
+pub mod metrics;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;

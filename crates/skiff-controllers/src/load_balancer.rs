@@ -33,11 +33,11 @@ pub fn controllers(i: &Informers, client: &Client) -> impl Future<Output = ()> +
     let ctx = Arc::new(Ctx { client: client.clone(), nodes: i.nodes.store(), classes: i.ingress_classes.store() });
     let services = Controller::for_shared_stream(i.services.subscribe(), i.services.store())
         .reconcile_all_on(address_changes(i.nodes.subscribe(), i.nodes.store()))
-        .run(reconcile_service, retry, ctx.clone())
+        .run(crate::metrics::metered("service-lb", reconcile_service), retry, ctx.clone())
         .for_each(|_| async {});
     let ingresses = Controller::for_shared_stream(i.ingresses.subscribe(), i.ingresses.store())
         .reconcile_all_on(futures::stream::select(address_changes(i.nodes.subscribe(), i.nodes.store()), i.ingress_classes.subscribe().map(|_| ())))
-        .run(reconcile_ingress, retry, ctx)
+        .run(crate::metrics::metered("ingress-lb", reconcile_ingress), retry, ctx)
         .for_each(|_| async {});
     async move {
         tokio::join!(services, ingresses);

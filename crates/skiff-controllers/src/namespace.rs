@@ -29,7 +29,7 @@ pub struct Ctx {
 /// The controller: Namespaces.
 pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
     let ctx = Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), "namespace-controller") };
-    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(reconcile, retry, Arc::new(ctx)).for_each(|_| async {})
+    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(crate::metrics::metered("namespace", reconcile), retry, Arc::new(ctx)).for_each(|_| async {})
 }
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -67,7 +67,7 @@ pub fn controller(i: &Informers, client: &Client, ranges: Option<PodRanges>) -> 
         let ctx = Ctx { client: client.clone(), nodes: nodes.clone(), ranges, recorder: Recorder::new(client, "node-ipam-controller"), pending: Default::default() };
         Controller::for_shared_stream(events, nodes)
             .with_config(kube::runtime::controller::Config::default().concurrency(1))
-            .run(reconcile, retry, Arc::new(ctx))
+            .run(crate::metrics::metered("nodeipam", reconcile), retry, Arc::new(ctx))
             .for_each(|_| async {})
             .await
     }

@@ -82,7 +82,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     let ctx = Ctx { client: client.clone(), pods: i.pods.store(), recorder: Recorder::new(client.clone(), "replicaset-controller"), expectations: Expectations::new() };
     Controller::for_shared_stream(i.replica_sets.subscribe(), i.replica_sets.store())
         .owns_shared_stream(i.pods.changes())
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("replicaset", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

@@ -38,7 +38,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
             let ns = pod.namespace().unwrap_or_default();
             quotas.state().into_iter().filter(|q| q.namespace().as_deref() == Some(ns.as_str())).map(|q| ObjectRef::from_obj(&*q)).collect::<Vec<_>>()
         })
-        .run(reconcile, retry, Arc::new(Ctx { client: client.clone() }))
+        .run(crate::metrics::metered("resourcequota", reconcile), retry, Arc::new(Ctx { client: client.clone() }))
         .for_each(|_| async {})
 }
 

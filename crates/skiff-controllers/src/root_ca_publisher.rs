@@ -34,7 +34,7 @@ pub fn controller(i: &Informers, client: &Client, ca_pem: Option<String>) -> imp
     let run = ca_pem.map(|ca_pem| {
         Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store())
             .watches_shared_stream(i.root_ca_maps.changes(), |cm: Arc<ConfigMap>| Some(ObjectRef::new(&cm.namespace().unwrap_or_default())))
-            .run(reconcile, retry, Arc::new(Ctx { client: client.clone(), ca_pem }))
+            .run(crate::metrics::metered("root-ca-cert-publisher", reconcile), retry, Arc::new(Ctx { client: client.clone(), ca_pem }))
             .for_each(|_| async {})
     });
     async move {

@@ -20,7 +20,7 @@ pub struct Ctx {
 
 /// The controller: Namespaces, for their `default` ServiceAccount.
 pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + Send + use<> {
-    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(reconcile, retry, Arc::new(Ctx { client: client.clone() })).for_each(|_| async {})
+    Controller::for_shared_stream(i.namespaces.subscribe(), i.namespaces.store()).run(crate::metrics::metered("serviceaccount", reconcile), retry, Arc::new(Ctx { client: client.clone() })).for_each(|_| async {})
 }
 
 pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action, Error> {

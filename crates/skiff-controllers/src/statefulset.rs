@@ -163,7 +163,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
     let ctx = Ctx { client: client.clone(), pods: i.pods.store(), revisions: i.revisions.store(), recorder: Recorder::new(client.clone(), "statefulset-controller") };
     Controller::for_shared_stream(i.stateful_sets.subscribe(), i.stateful_sets.store())
         .owns_shared_stream(i.pods.changes())
-        .run(reconcile, retry, Arc::new(ctx))
+        .run(crate::metrics::metered("statefulset", reconcile), retry, Arc::new(ctx))
         .for_each(|_| async {})
 }
 

@@ -143,7 +143,8 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
             }
             if let Some((upstream, endpoint)) = upstream {
                 route.used(peer.ip(), endpoint);
-                let _ = relay_counting(client, upstream, endpoint.ip(), &counts).await;
+                let relayed = crate::metrics::Relayed::start(&route.backends().service);
+                let _ = relay_counting(client, upstream, endpoint.ip(), &counts, &relayed).await;
             } else {
                 // Reset, so the client learns at once that nothing serves here.
                 let _ = client.set_zero_linger();
@@ -157,7 +158,7 @@ pub async fn serve_tcp(listener: TcpListener, route: Arc<Route>, activator: Opti
 /// requests the client sends. A request is in flight from its head until the endpoint's
 /// next bytes: the start of its response, as HTTP/1.1 answers in order. (A client that
 /// pipelines has its later requests' time cut short; few do.)
-async fn relay_counting(mut client: TcpStream, mut upstream: TcpStream, endpoint: IpAddr, counts: &RequestCounts) -> std::io::Result<()> {
+async fn relay_counting(mut client: TcpStream, mut upstream: TcpStream, endpoint: IpAddr, counts: &RequestCounts, relayed: &crate::metrics::Relayed) -> std::io::Result<()> {
     let (mut from_client, mut to_client) = client.split();
     let (mut from_upstream, mut to_upstream) = upstream.split();
     let waiting = Mutex::new(std::collections::VecDeque::new());
@@ -173,6 +174,7 @@ async fn relay_counting(mut client: TcpStream, mut upstream: TcpStream, endpoint
                 waiting.lock().unwrap().extend((0..began).map(|_| counts.start(endpoint)));
             }
             to_upstream.write_all(&buf[..n]).await?;
+            relayed.to_endpoint.inc_by(n as u64);
         }
     };
     let responses = async {
@@ -184,6 +186,7 @@ async fn relay_counting(mut client: TcpStream, mut upstream: TcpStream, endpoint
             }
             drop(waiting.lock().unwrap().pop_front());
             to_client.write_all(&buf[..n]).await?;
+            relayed.to_client.inc_by(n as u64);
         }
     };
     tokio::try_join!(requests, responses).map(|_| ())

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod forward;
 pub mod ingress;
 pub mod ingress_routes;
+pub mod metrics;
 mod request_heads;
 pub mod services;
 

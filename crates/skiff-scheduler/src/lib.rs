@@ -8,6 +8,7 @@
 //! assumption back and retries the pod after backoff.
 
 pub mod cache;
+pub mod metrics;
 pub mod plugins;
 pub mod queue;
 pub mod resources;
@@ -247,13 +248,15 @@ impl Scheduler {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let key = pod_key(&pod);
+        let since = Instant::now();
         match decide(&self.plugins, &self.cache, &pod, self.rng) {
             Decision::Node(node) => {
                 self.cache.place(key.clone(), &node, PlacedPod::of(&pod, true));
                 self.in_flight += 1;
-                tokio::spawn(bind(self.client.clone(), self.recorder.clone(), pod, node, self.binds.clone()));
+                tokio::spawn(bind(self.client.clone(), self.recorder.clone(), pod, node, self.binds.clone(), since));
             }
             Decision::Unschedulable(message) => {
+                metrics::attempted("unschedulable", since);
                 self.queue.unschedulable(&key);
                 tokio::spawn(report_unschedulable(self.client.clone(), self.recorder.clone(), pod, message));
             }
@@ -277,7 +280,8 @@ impl Scheduler {
     }
 }
 
-async fn bind(client: Client, recorder: Recorder, pod: Arc<Pod>, node: String, done: mpsc::UnboundedSender<(PodKey, BindOutcome)>) {
+/// Binds `pod` to `node`: the end of a scheduling attempt begun at `since`.
+async fn bind(client: Client, recorder: Recorder, pod: Arc<Pod>, node: String, done: mpsc::UnboundedSender<(PodKey, BindOutcome)>, since: Instant) {
     let key = pod_key(&pod);
     let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
     let binding = serde_json::json!({
@@ -294,6 +298,7 @@ async fn bind(client: Client, recorder: Recorder, pod: Arc<Pod>, node: String, d
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => BindOutcome::Gone,
         Err(e) => BindOutcome::Failed(e.to_string()),
     };
+    metrics::attempted(if matches!(outcome, BindOutcome::Bound) { "scheduled" } else { "error" }, since);
     let _ = done.send((key, outcome));
 }
 
@@ -361,6 +366,7 @@ pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>
             Some((key, outcome)) = bound.recv() => s.on_bound(key, outcome),
             _ = tokio::time::sleep_until(next_flush.into()) => {
                 next_flush = s.queue.flush(Instant::now()).unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
+                metrics::pending(s.queue.pending());
             }
             _ = std::future::ready(()), if can_schedule => {
                 // A batch per turn keeps throughput up while events still get their turn.

@@ -119,6 +119,16 @@ impl Queue {
         }
     }
 
+    /// The pods waiting: (active, in backoff, unschedulable).
+    pub fn pending(&self) -> (usize, usize, usize) {
+        self.entries.values().fold((0, 0, 0), |(a, b, u), e| match e.place {
+            Where::Active => (a + 1, b, u),
+            Where::Backoff(_) => (a, b + 1, u),
+            Where::Unschedulable(_) => (a, b, u + 1),
+            Where::InFlight => (a, b, u),
+        })
+    }
+
     /// Moves pods whose backoff ended (or that waited long as unschedulable) to active;
     /// returns when to look again.
     pub fn flush(&mut self, now: Instant) -> Option<Instant> {

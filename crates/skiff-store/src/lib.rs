@@ -11,6 +11,7 @@
 
 pub mod continue_token;
 pub mod encrypted;
+pub mod metrics;
 mod redb_store;
 mod watch;
 

@@ -341,7 +341,11 @@ fn writer_loop(shared: Arc<Shared>, requests: mpsc::Receiver<WriteRequest>, rete
                 Err(_) => break,
             }
         }
-        match commit_batch(&shared, &mut batch, retention) {
+        let started = std::time::Instant::now();
+        let committed = commit_batch(&shared, &mut batch, retention);
+        crate::metrics::COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
+        crate::metrics::BATCH_SIZE.observe(batch.len() as f64);
+        match committed {
             Ok((results, events)) => {
                 if let Some(last) = events.last() {
                     shared.revision.store(last.revision, Ordering::Release);

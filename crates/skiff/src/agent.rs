@@ -146,6 +146,8 @@ impl NodeArgs {
             // Shared with the node's proxy (`spawn_proxy`), whose ingress counts into it.
             proxied_requests: Default::default(),
             ready_pods: Default::default(),
+            // The node's service proxy runs beside it (`spawn_proxy`).
+            metrics_of: vec![skiff_proxy::metrics::register],
         })
     }
 }

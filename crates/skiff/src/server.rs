@@ -198,6 +198,8 @@ pub async fn run(args: ServerArgs, whole_cluster: bool) -> anyhow::Result<()> {
     let ps = &args.pod_security;
     config.pod_security = skiff_apiserver::pod_security::Defaults { enforce: ps.pod_security_enforce, audit: ps.pod_security_audit, warn: ps.pod_security_warn };
     anyhow::ensure!(args.metric_resolution >= std::time::Duration::from_secs(1), "--metric-resolution must be at least 1s");
+    // The scheduler and controllers run here, beside the store: `/metrics` serves theirs.
+    config.metrics_of = vec![skiff_store::metrics::register, skiff_scheduler::metrics::register, skiff_controllers::metrics::register];
     let api = ApiServer::new(Arc::new(store), config);
     tokio::spawn(skiff_apiserver::authz::rbac::follow(api.clone()));
     tokio::spawn(skiff_apiserver::resource_quota::follow(api.clone()));

@@ -113,7 +113,7 @@ pub fn controller(i: &Informers, client: &Client) -> impl Future<Output = ()> + 
         recorder: Recorder::new(client.clone(), "horizontal-pod-autoscaler"),
         state: Default::default(),
     };
-    Controller::for_shared_stream(i.autoscalers.subscribe(), i.autoscalers.store()).run(reconcile, retry, Arc::new(ctx)).for_each(|_| async {})
+    Controller::for_shared_stream(i.autoscalers.subscribe(), i.autoscalers.store()).run(crate::metrics::metered("horizontalpodautoscaling", reconcile), retry, Arc::new(ctx)).for_each(|_| async {})
 }
 
 pub async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, ctx: Arc<Ctx>) -> Result<Action, Error> {

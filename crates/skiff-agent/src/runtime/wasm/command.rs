@@ -66,7 +66,9 @@ impl WasmRuntime {
                 let mut store = Store::new(&self.engine, P1State { wasi: builder.build_p1(), limiter });
                 store.limiter(|s| &mut s.limiter);
                 store.epoch_deadline_async_yield_and_update(1);
+                let started = std::time::Instant::now();
                 let instance = self.p1_linker.instantiate_async(&mut store, &module).await.map_err(link_error)?;
+                crate::metrics::instantiated("command", started.elapsed());
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")
                     .map_err(|_| StartError("the module exports no `_start`: it is not a WASI command".into()))?;
                 let outcome = start.call_async(&mut store, ()).await;
@@ -76,9 +78,11 @@ impl WasmRuntime {
                 let mut store = Store::new(&self.engine, P2State { wasi: builder.build(), table: ResourceTable::new(), limiter });
                 store.limiter(|s| &mut s.limiter);
                 store.epoch_deadline_async_yield_and_update(1);
+                let started = std::time::Instant::now();
                 let command = wasmtime_wasi::p2::bindings::Command::instantiate_async(&mut store, &component, &self.p2_linker)
                     .await
                     .map_err(link_error)?;
+                crate::metrics::instantiated("command", started.elapsed());
                 let outcome = command.wasi_cli_run().call_run(&mut store).await;
                 exit_of(outcome.map(|r| if r.is_ok() { 0 } else { 1 }), store.data().limiter.exceeded)
             }

@@ -199,7 +199,12 @@ impl WasmRuntime {
                 let run = async {
                     let (instance, served) = match warm {
                         Some(warm) => warm,
-                        None => (function.pre.instantiate_async(&mut store).await.map_err(|e| Ended::Failed(format!("instantiating: {e:#}")))?, 0),
+                        None => {
+                            let started = std::time::Instant::now();
+                            let instance = function.pre.instantiate_async(&mut store).await.map_err(|e| Ended::Failed(format!("instantiating: {e:#}")))?;
+                            crate::metrics::instantiated("http", started.elapsed());
+                            (instance, 0)
+                        }
                     };
                     let result = instance.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await;
                     // The root cause says what happened (the trap, the limit); the backtrace

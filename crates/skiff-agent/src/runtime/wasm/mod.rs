@@ -183,12 +183,15 @@ impl WasmRuntime {
             return Err(StartError("not a WebAssembly binary (no \\0asm header)".into()));
         }
         let invalid = |e: wasmtime::Error| StartError(format!("invalid Wasm: {e:#}"));
+        let started = std::time::Instant::now();
         if is_component(bytes) {
             let c = Component::new(&self.engine, bytes).map_err(invalid)?;
+            crate::metrics::compiled("component", started.elapsed());
             let artifact = c.serialize().map_err(invalid)?;
             Ok((Program::Component(c), artifact))
         } else {
             let m = Module::new(&self.engine, bytes).map_err(invalid)?;
+            crate::metrics::compiled("module", started.elapsed());
             let artifact = m.serialize().map_err(invalid)?;
             Ok((Program::Module(m), artifact))
         }

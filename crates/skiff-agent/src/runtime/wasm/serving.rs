@@ -41,6 +41,7 @@ pub struct Function {
     guest: GuestSpec,
     limits: RequestLimits,
     permits: Arc<tokio::sync::Semaphore>,
+    series: crate::metrics::FunctionSeries,
 }
 
 /// Prepares a component to serve, or says why it cannot.
@@ -67,7 +68,8 @@ pub fn prepare(runtime: &Arc<WasmRuntime>, component: &Component, pod: &Pod, con
     let allowed_hosts = annotation(ALLOWED_HOSTS_ANNOTATION).unwrap_or_else(|| CLUSTER_SERVICES.into()).split(',').map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect();
     let resolver = dns.map(|d| Arc::new(crate::pod_dns::PodResolver::new(d, &pod.namespace().unwrap_or_default())));
     let limits = RequestLimits { memory_limit: guest.memory_limit, timeout, allowed_hosts: Arc::new(allowed_hosts), resolver };
-    Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: Arc::new(tokio::sync::Semaphore::new(concurrency)) }), ports))
+    let series = crate::metrics::FunctionSeries::new(&pod.namespace().unwrap_or_default(), &pod.name_any());
+    Ok((Arc::new(Function { runtime: runtime.clone(), proxy, guest, limits, permits: Arc::new(tokio::sync::Semaphore::new(concurrency)), series }), ports))
 }
 
 /// Binds every port on `ip`; an error names the port.
@@ -169,6 +171,7 @@ impl Function {
         };
         usage.in_flight.fetch_sub(1, Relaxed);
         usage.request_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        self.series.answered(response.status().as_u16(), started.elapsed());
         response
     }
 }
