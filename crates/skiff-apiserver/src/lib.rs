@@ -268,10 +268,14 @@ async fn openapi_v3_doc(Path(gv): Path<String>) -> Response {
 /// ([`audit`]) records it here, where who asked and what was decided are known.
 async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request, next: Next) -> Response {
     let arrival = server.config.audit.is_some().then(|| audit::Arrival::of(&request));
+    // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
+    // The metrics layer before this one has read them already, when it counts.
+    let attributes = match request.extensions_mut().remove::<authz::Attributes>() {
+        Some(read) => read,
+        None => authz::Attributes::of(request.method(), request.uri().path(), request.uri().query()),
+    };
     let path = request.uri().path();
     let public = matches!(path, "/version" | "/healthz" | "/livez" | "/readyz") || ui::serves(path);
-    // (Read before the awaits: a request's body is not Sync, so the future may not hold it.)
-    let attributes = authz::Attributes::of(request.method(), path, request.uri().query());
     let presented = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials::presented(v, false));
     // In-process parts, then a verified client certificate, then a bearer token, as
     // kube-apiserver orders its authenticators.
@@ -308,13 +312,16 @@ async fn authenticate(State(server): State<Arc<ApiServer>>, mut request: Request
 
 /// Counts every request and its answer (refusals too) in the server's metrics; a watch
 /// or stream stays counted as open until its body ends.
-async fn count(State(server): State<Arc<ApiServer>>, request: Request, next: Next) -> Response {
+async fn count(State(server): State<Arc<ApiServer>>, mut request: Request, next: Next) -> Response {
     if !server.config.request_metrics {
         return next.run(request).await;
     }
     let since = std::time::Instant::now();
-    let labels = server_metrics::RequestLabels::of(&authz::Attributes::of(request.method(), request.uri().path(), request.uri().query()));
+    let attributes = authz::Attributes::of(request.method(), request.uri().path(), request.uri().query());
+    let labels = server_metrics::RequestLabels::of(&attributes);
     let streaming = labels.streams(request.uri().query());
+    // Handed on, so `authenticate` does not read the path again.
+    request.extensions_mut().insert(attributes);
     let response = next.run(request).await;
     match server.server_metrics.answered(labels, response.status().as_u16(), since, streaming) {
         None => response,
