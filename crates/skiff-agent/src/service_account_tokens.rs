@@ -65,15 +65,7 @@ impl ServiceAccountTokens {
     pub async fn renew(&self, pod: &Pod) -> Result<bool, ConfigError> {
         let mut renewed = false;
         for source in sources(pod) {
-            let wanted = Wanted::of(pod, source);
-            let due = self.issued.lock().unwrap().get(&wanted).is_none_or(|i| Instant::now() >= i.renew_at);
-            if due {
-                // Boxed: an API call's future is kilobytes, and would otherwise be part of
-                // every pod worker's and volume refresher's state for the pod's whole life.
-                let issued = Box::pin(self.request(pod, &wanted)).await?;
-                self.issued.lock().unwrap().insert(wanted, issued);
-                renewed = true;
-            }
+            renewed |= self.held_or_requested(pod, Wanted::of(pod, source)).await?.1;
         }
         Ok(renewed)
     }
@@ -82,13 +74,21 @@ impl ServiceAccountTokens {
     /// registry), requested unless one held is still fresh.
     pub async fn for_audience(&self, pod: &Pod, audience: &str) -> Result<String, ConfigError> {
         let wanted = Wanted { pod_uid: pod.uid().unwrap_or_default(), audience: audience.into(), seconds: PULL_SECONDS };
+        Ok(self.held_or_requested(pod, wanted).await?.0)
+    }
+
+    /// The token held for `wanted` while it is fresh, else one requested and kept; and
+    /// whether it is new.
+    async fn held_or_requested(&self, pod: &Pod, wanted: Wanted) -> Result<(String, bool), ConfigError> {
         if let Some(held) = self.issued.lock().unwrap().get(&wanted).filter(|i| Instant::now() < i.renew_at) {
-            return Ok(held.token.clone());
+            return Ok((held.token.clone(), false));
         }
+        // Boxed: an API call's future is kilobytes, and would otherwise be part of every
+        // pod worker's and volume refresher's state for the pod's whole life.
         let issued = Box::pin(self.request(pod, &wanted)).await?;
         let token = issued.token.clone();
         self.issued.lock().unwrap().insert(wanted, issued);
-        Ok(token)
+        Ok((token, true))
     }
 
     /// The token for one of the pod's sources, once requested.
