@@ -227,3 +227,15 @@ def test_a_long_list_keeps_only_the_rows_in_view(dash, signed_in):
     filter_box.send_keys("p12")
     wait_for(lambda: text_of(browser, "count") == "10", 5, "the filter to keep p120…p129")
     filter_box.send_keys(Keys.CONTROL, "a", Keys.DELETE)
+
+
+def test_lists_the_node_with_its_runtimes_and_capacity(dash, signed_in):
+    browser = signed_in
+    browser.get(f"{dash.url}/ui/#/nodes")
+    node = dash.json("get", "node", "dash")
+    cpu = node["status"]["capacity"]["cpu"]
+    wait_for(lambda: (row(browser, "dash") or [None] * 5)[1] == "Ready", 20, "the node listed as Ready")
+    listed = row(browser, "dash")
+    assert "wasm" in listed[2].split(","), listed
+    assert listed[3].endswith(f"/ {cpu}"), listed
+    shot(browser, "nodes")
