@@ -75,6 +75,13 @@ def click_row(browser, name=None):
         return row.dataset.name;""", name)
 
 
+def open_detail(browser, url, name):
+    """Opens the list at `url` and the detail of its row `name`."""
+    browser.get(url)
+    wait_for(lambda: row(browser, name), 20, f"{name} listed")
+    click_row(browser, name)
+
+
 def shot(browser, name):
     browser.save_screenshot(os.path.join(ARTIFACTS, f"dashboard-{name}.png"))
 
@@ -150,9 +157,7 @@ def test_lists_a_deployment_and_follows_a_scale_live(dash, signed_in, app):
 
 def test_scale_and_restart_from_the_page(dash, signed_in, app):
     browser = signed_in
-    browser.get(f"{dash.url}/ui/#/deployments/dash")
-    wait_for(lambda: row(browser, "greeter"), 20, "the Deployment listed")
-    click_row(browser, "greeter")
+    open_detail(browser, f"{dash.url}/ui/#/deployments/dash", "greeter")
     replicas = browser.find_element(By.ID, "replicas")
     replicas.clear()
     replicas.send_keys("2")
@@ -175,18 +180,14 @@ def test_shows_a_pods_log_lines(dash, signed_in, app):
 
 def test_shows_a_services_endpoints(dash, signed_in, app):
     browser = signed_in
-    browser.get(f"{dash.url}/ui/#/services/dash")
-    wait_for(lambda: row(browser, "greeter"), 20, "the Service listed")
-    click_row(browser, "greeter")
+    open_detail(browser, f"{dash.url}/ui/#/services/dash", "greeter")
     ips = {p["status"]["podIP"] for p in dash.json("get", "pods", "-n", "dash")["items"] if p["status"].get("podIP")}
     wait_for(lambda: any(ip in text_of(browser, "endpoints") for ip in ips), 20, "a pod's address among the endpoints")
 
 
 def test_an_edit_the_server_refuses_shows_its_error_inline_and_changes_nothing(dash, signed_in, app):
     browser = signed_in
-    browser.get(f"{dash.url}/ui/#/deployments/dash")
-    wait_for(lambda: row(browser, "greeter"), 20, "the Deployment listed")
-    click_row(browser, "greeter")
+    open_detail(browser, f"{dash.url}/ui/#/deployments/dash", "greeter")
     editor = browser.find_element(By.ID, "yaml")
     wait_for(lambda: "replicas: 2" in editor.get_property("value"), 10, "the YAML loaded")
     text = editor.get_property("value").replace("replicas: 2", "replicas: -1", 1)

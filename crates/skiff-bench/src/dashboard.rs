@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use crate::registry::{Child, client_for, free_port, skiff_binary, spawn_skiff, wait_for_kubeconfig};
+use crate::registry::{Child, free_port, skiff_binary, spawn_skiff, wait_for_api, wait_for_kubeconfig};
 use crate::report::Row;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -106,16 +106,7 @@ pub async fn run(quick: bool, pods: usize, loads: usize, binary: Option<PathBuf>
     let port = free_port()?;
     let _server = spawn_skiff(&binary, &["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"], &data)?;
     let kubeconfig = wait_for_kubeconfig(&data).await?;
-    let started = Instant::now();
-    let client = loop {
-        if let Ok(c) = client_for(&kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            break c;
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the API did not answer within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let client = wait_for_api(&kubeconfig, Duration::from_millis(50)).await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
     let created: Vec<_> = futures::stream::iter(0..pods)
         .map(|i| { let api = api.clone(); async move { api.create(&PostParams::default(), &pod(i)?).await.map_err(anyhow::Error::from) } })

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, PostParams};
 use serde_json::Value;
 
-use crate::registry::{client_for, free_port, skiff_binary, spawn_skiff, wait_for_kubeconfig};
+use crate::registry::{free_port, skiff_binary, spawn_skiff, wait_for_api, wait_for_kubeconfig};
 use crate::report::{Row, percentile};
 
 /// The tour's first manifest, as the repository has it.
@@ -34,15 +34,7 @@ async fn once(binary: &std::path::Path, docs: &[Value]) -> anyhow::Result<(Durat
     let started = Instant::now();
     let _cluster = spawn_skiff(binary, &args, &data)?;
     let kubeconfig = wait_for_kubeconfig(&data).await?;
-    let client = loop {
-        if let Ok(c) = client_for(&kubeconfig).await
-            && c.apiserver_version().await.is_ok()
-        {
-            break c;
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the API did not answer within 60 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let client = wait_for_api(&kubeconfig, Duration::from_millis(10)).await?;
     let api_ready = started.elapsed();
     let post = PostParams::default();
     for doc in docs {

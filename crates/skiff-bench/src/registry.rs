@@ -156,6 +156,21 @@ pub async fn wait_for_kubeconfig(data_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(kubeconfig)
 }
 
+/// A client of the cluster whose `kubeconfig` this is, once its API answers (polled
+/// every `every`, for up to 60 s).
+pub async fn wait_for_api(kubeconfig: &Path, every: Duration) -> anyhow::Result<kube::Client> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = client_for(kubeconfig).await
+            && c.apiserver_version().await.is_ok()
+        {
+            return Ok(c);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the API did not answer within 60 s");
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A client once the cluster has written `kubeconfig` and `node` is registered with its
 /// pod network set up (so pods can start on it).
 pub async fn wait_for_node(kubeconfig: &Path, node: &str) -> anyhow::Result<kube::Client> {
