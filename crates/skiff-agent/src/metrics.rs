@@ -88,7 +88,9 @@ pub(crate) fn instantiated(kind: &'static str, took: Duration) {
 }
 
 /// The series of one function pod's requests, removed when it is dropped (the pod stopped
-/// serving): a node sees many pods come and go.
+/// serving): a node sees many pods come and go. Each request looks its series up again
+/// rather than holding them: a restarted container's new series and its old one share
+/// labels, and the old one's removal must not leave the new one's counts unexported.
 pub(crate) struct FunctionSeries {
     pod: PodLabels,
     codes: Mutex<BTreeSet<u16>>,
