@@ -87,7 +87,9 @@ window.addEventListener("hashchange", route);
 function route() {
   const [, name = "pods", namespace = ""] = location.hash.split("/");
   const r = RESOURCES[name] ? name : "pods";
-  show(r, decodeURIComponent(namespace));
+  // A namespace is a DNS label; anything else in the address means all namespaces.
+  const ns = decodeURIComponent(namespace);
+  show(r, /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(ns) ? ns : "");
 }
 
 function show(name, namespace) {

@@ -95,10 +95,11 @@ export const RESOURCES = {
 };
 
 // The collection's path: all namespaces, or one.
+// (Names are encoded: the namespace comes from the page's address, which anyone can write.)
 export function listPath(r, namespace) {
-  return !r.cluster && namespace ? `${r.base}/namespaces/${namespace}/${r.plural}` : `${r.base}/${r.plural}`;
+  return !r.cluster && namespace ? `${r.base}/namespaces/${encodeURIComponent(namespace)}/${r.plural}` : `${r.base}/${r.plural}`;
 }
 
 export function objectPath(r, o) {
-  return `${listPath(r, o.metadata.namespace)}/${o.metadata.name}`;
+  return `${listPath(r, o.metadata.namespace)}/${encodeURIComponent(o.metadata.name)}`;
 }
