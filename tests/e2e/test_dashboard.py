@@ -196,6 +196,10 @@ def test_an_edit_the_server_refuses_shows_its_error_inline_and_changes_nothing(d
     wait_for(lambda: "spec.replicas" in text_of(browser, "detail-error"), 10, "the validation error shown")
     assert "must be greater than or equal to 0" in text_of(browser, "detail-error")
     shot(browser, "invalid-edit")
+    # A misspelled field is refused, as `kubectl edit` refuses it, not silently dropped.
+    browser.execute_script("arguments[0].value = arguments[1]", editor, text.replace("  replicas: -1", "  replicas: 3\n  replicaz: 3", 1))
+    browser.find_element(By.ID, "save").click()
+    wait_for(lambda: 'unknown field "spec.replicaz"' in text_of(browser, "detail-error"), 10, "the unknown field refused")
     assert dash.json("get", "deployment", "-n", "dash", "greeter")["spec"]["replicas"] == 2
 
 

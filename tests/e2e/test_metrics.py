@@ -93,6 +93,18 @@ def test_the_store_scheduler_and_controllers_are_counted_beside_the_api(cluster,
     assert value(after, "controller_runtime_reconcile_time_seconds", "controller_runtime_reconcile_time_seconds_count", controller="replicaset") >= 1
     # The scheduler and controllers watch pods all the time.
     assert value(after, "apiserver_registered_watchers", "apiserver_registered_watchers", group="", version="v1", kind="Pod") >= 2
+    # The node monitor's passes are counted as reconciles; the garbage collector's
+    # deletions too, and what waits for its workers is its queue's depth.
+    assert value(after, "controller_runtime_reconcile", "controller_runtime_reconcile_total", controller="nodelifecycle") >= 1
+    collected = value(after, "controller_runtime_reconcile", "controller_runtime_reconcile_total", controller="garbagecollector")
+    cluster.kubectl("delete", "deployment", "counted", "-n", namespace)
+
+    def collecting():
+        _, now = scrape(cluster)
+        return value(now, "controller_runtime_reconcile", "controller_runtime_reconcile_total", controller="garbagecollector") > collected and now
+    now = wait_for(collecting, 30, "the garbage collector's work counted")
+    assert now["workqueue_depth"].type == "gauge"
+    assert any(s.labels.get("name") == "garbagecollector" for s in now["workqueue_depth"].samples)
 
 
 @pytest.fixture(scope="module")

@@ -218,7 +218,7 @@ function yamlEditor(path, act) {
   const load = async () => { text.value = await api.text(path, "application/yaml"); };
   const save = element("button", "", "Save");
   save.id = "save";
-  save.addEventListener("click", () => act(async () => { await api.send("PUT", path, text.value, "application/yaml"); await load(); }, "Saved."));
+  save.addEventListener("click", () => act(async () => { await api.send("PUT", `${path}?fieldValidation=Strict`, text.value, "application/yaml"); await load(); }, "Saved."));
   const reload = element("button", "", "Reload");
   reload.addEventListener("click", () => act(load, ""));
   const bar = element("div", "actions");

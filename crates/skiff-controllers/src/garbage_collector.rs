@@ -180,9 +180,11 @@ pub async fn run(client: Client) {
                 other => other,
             };
             let (client, limit) = (client.clone(), limit.clone());
+            let queued = crate::metrics::queued("garbagecollector");
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                if let Err(e) = process(&client, w).await {
+                drop(queued);
+                if let Err(e) = crate::metrics::pass("garbagecollector", process(&client, w)).await {
                     tracing::debug!(error = %e, "garbage collection step failed; the next change retries it");
                 }
             });

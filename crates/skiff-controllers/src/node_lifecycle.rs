@@ -65,7 +65,7 @@ pub async fn run(client: Client, nodes: Store<Node>, pods: Store<Pod>, grace: Du
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        if let Err(e) = monitor(&client, &nodes, &pods, grace, started, &recorder).await {
+        if let Err(e) = crate::metrics::pass("nodelifecycle", monitor(&client, &nodes, &pods, grace, started, &recorder)).await {
             tracing::debug!(error = %e, "node monitor pass failed");
         }
     }
