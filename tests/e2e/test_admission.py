@@ -173,6 +173,7 @@ def test_quota_counts_exactly_under_concurrent_creates(cluster, namespace, api):
     core = client.CoreV1Api(api)
     wait_for(lambda: [c.metadata.name for c in core.list_namespaced_config_map(namespace).items] == ["kube-root-ca.crt"], 30, "kube-root-ca.crt")
     apply(cluster, namespace, quota("counts", {"count/configmaps": "5"}))
+    wait_for(lambda: used(cluster, namespace, "counts") == {"count/configmaps": "1"}, 30, "the quota counted")
     results = []
     def create(i):
         try:
